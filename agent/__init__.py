@@ -1,0 +1,1 @@
+"""The gpuplace agent: a sidecar next to one inference-server replica."""

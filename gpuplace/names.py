@@ -1,0 +1,26 @@
+"""Names that become paths, labels or keys: DNS-1123 rules, checked before any use."""
+
+from __future__ import annotations
+
+import re
+
+_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+LABEL_RULE = (
+    "a DNS-1123 label: at most 63 characters, lower-case letters, digits and '-', "
+    "starting and ending with a letter or digit"
+)
+
+
+class InvalidName(ValueError):
+    """A name that breaks the DNS-1123 label rule."""
+
+
+def is_dns1123_label(value: str) -> bool:
+    return len(value) <= 63 and bool(_LABEL.match(value))
+
+
+def check_name(value: str, field: str) -> str:
+    """Return `value` when it is a DNS-1123 label; raise naming the field and the rule."""
+    if not is_dns1123_label(value):
+        raise InvalidName(f"{field}: {value!r} is not {LABEL_RULE}")
+    return value

@@ -1,0 +1,65 @@
+"""Kubernetes resource quantities ("360Gi", "40", "500m", "1e9"), parsed as Kubernetes does."""
+
+from __future__ import annotations
+
+import re
+from decimal import ROUND_CEILING, Decimal, InvalidOperation
+
+_BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+_DECIMAL = {
+    "n": Decimal("1e-9"),
+    "u": Decimal("1e-6"),
+    "m": Decimal("1e-3"),
+    "": Decimal(1),
+    "k": Decimal("1e3"),
+    "M": Decimal("1e6"),
+    "G": Decimal("1e9"),
+    "T": Decimal("1e12"),
+    "P": Decimal("1e15"),
+    "E": Decimal("1e18"),
+}
+_PATTERN = re.compile(
+    r"^(?P<number>[+-]?(?:\d+\.?\d*|\.\d+))"
+    r"(?:(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE])|(?P<exp>[eE][+-]?\d+))?$"
+)
+ALLOWED = "a number with an optional suffix: Ki Mi Gi Ti Pi Ei, n u m k M G T P E, or e<exponent>"
+
+
+class QuantityError(ValueError):
+    """A string that is not a Kubernetes quantity."""
+
+
+def parse_quantity(value: str | int | float) -> Decimal:
+    """The exact value of a quantity; raise QuantityError with what is allowed."""
+    if isinstance(value, bool):
+        raise QuantityError(f"{value!r} is not a quantity; expected {ALLOWED}")
+    if isinstance(value, int | float):
+        return Decimal(str(value))
+    match = _PATTERN.match(value.strip())
+    if not match:
+        raise QuantityError(f"{value!r} is not a quantity; expected {ALLOWED}")
+    try:
+        number = Decimal(match["number"])
+    except InvalidOperation as exc:  # pragma: no cover - the pattern admits only numbers
+        raise QuantityError(f"{value!r} is not a quantity; expected {ALLOWED}") from exc
+    if match["exp"]:
+        return number.scaleb(int(match["exp"][1:]))
+    suffix = match["suffix"] or ""
+    return number * (_BINARY[suffix] if suffix in _BINARY else _DECIMAL[suffix])
+
+
+def parse_bytes(value: str | int | float) -> int:
+    """A non-negative quantity of bytes, rounded up to a whole byte as Kubernetes does."""
+    amount = parse_quantity(value)
+    if amount < 0:
+        raise QuantityError(f"{value!r} is negative; a memory quantity must be 0 or more")
+    return int(amount.to_integral_value(rounding=ROUND_CEILING))
+
+
+def format_bytes(value: int) -> str:
+    """A short human form: 20 GiB, 512 MiB, 0 B."""
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if value >= size:
+            shown = value / size
+            return f"{shown:.0f} {unit}" if shown == int(shown) else f"{shown:.1f} {unit}"
+    return f"{value} B"

@@ -1,0 +1,1 @@
+"""The gpuplace scheduler: places models on capable replicas and tracks them."""
