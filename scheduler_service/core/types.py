@@ -92,6 +92,9 @@ class Assignment:
     server: str
     index: int
     device_uuids: tuple[str, ...] = ()
+    # The replica already holds the model (`Request.model in Replica.models`): it was not
+    # charged memory again, and `device_uuids` is empty when its devices have no room left.
+    held: bool = False
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,100 @@
+"""Filters: may this replica take this request?
+
+Each filter is `(request, replica, now) -> str | None`: None when the replica may take the
+model, else a short reason a person reads ("missing capability model-on-gpu").
+
+A replica that already holds the model (`request.model in replica.models`) is not charged
+its memory again: the host memory it uses is in `used_memory_bytes` and the GPU memory it
+uses is already gone from the devices' measured free memory. The amount checks (host memory,
+GPU room) are therefore waived for it; the structural checks (capabilities, draining,
+exclusion, having GPUs at all and enough of them) still apply.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from gpuplace.quantity import format_bytes
+from scheduler_service.core.types import Replica, Request
+
+Filter = Callable[[Request, Replica, float], str | None]
+
+
+def holds_model(request: Request, replica: Replica) -> bool:
+    """The replica already holds the model (any version), so its memory is counted."""
+    return request.model in replica.models
+
+
+def gpus_needed(request: Request) -> int:
+    """Devices a GPU model spans (at least one); 0 for a model that asks no GPU memory."""
+    if request.gpu_memory_bytes <= 0:
+        return 0
+    return max(request.gpus, 1)
+
+
+def capabilities(request: Request, replica: Replica, now: float) -> str | None:
+    """Every requirement must be one of the replica's capabilities (exact match)."""
+    missing = sorted(request.requirements - replica.capabilities)
+    if not missing:
+        return None
+    noun = "capability" if len(missing) == 1 else "capabilities"
+    return f"missing {noun} {', '.join(missing)}"
+
+
+def draining(request: Request, replica: Replica, now: float) -> str | None:
+    """A draining replica takes no model."""
+    return "draining" if replica.draining else None
+
+
+def excluded(request: Request, replica: Replica, now: float) -> str | None:
+    """A replica that failed this version stays out until its cool-down ends."""
+    until = max((until for key, until in request.excluded_until if key == replica.key), default=now)
+    if now >= until:
+        return None
+    return f"load of version {request.version} failed here; excluded for {math.ceil(until - now)}s"
+
+
+def host_memory(request: Request, replica: Replica, now: float) -> str | None:
+    """The model's host memory must fit in what the replica has left (with overcommit)."""
+    available = replica.available_memory_bytes
+    if holds_model(request, replica) or request.memory_bytes <= available:
+        return None
+    return (
+        f"needs {format_bytes(request.memory_bytes)} host memory, "
+        f"{format_bytes(available)} available"
+    )
+
+
+def gpu_memory(request: Request, replica: Replica, now: float) -> str | None:
+    """A GPU model needs `gpus` distinct devices, each with room for `gpu_memory_bytes`."""
+    count = gpus_needed(request)
+    if count == 0:
+        return None
+    if not replica.gpus:
+        return "no GPUs"
+    if len(replica.gpus) < count:
+        return f"needs {count} GPUs, has {len(replica.gpus)}"
+    if holds_model(request, replica):
+        return None
+    rooms = sorted((gpu.room_bytes for gpu in replica.gpus), reverse=True)[:count]
+    if rooms[-1] >= request.gpu_memory_bytes:
+        return None
+    need = format_bytes(request.gpu_memory_bytes)
+    shown = ", ".join(format_bytes(room) for room in rooms)
+    if count == 1:
+        return f"needs {need} on 1 GPU, largest room {shown}"
+    return f"needs {need} on each of {count} GPUs, largest rooms {shown}"
+
+
+# In order: the first reason found is the one reported.
+FILTERS: tuple[Filter, ...] = (capabilities, draining, excluded, host_memory, gpu_memory)
+
+
+def first_failure(request: Request, replica: Replica, now: float) -> str | None:
+    """The first filter's reason against this replica, or None when it may take the model."""
+    for check in FILTERS:
+        reason = check(request, replica, now)
+        if reason is not None:
+            return reason
+    return None

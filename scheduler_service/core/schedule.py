@@ -1,0 +1,162 @@
+"""`schedule()`: one placement decision over one snapshot, with a reason for every server.
+
+Replica counts: `request.replicas` (at least 1) distinct replicas of one server. When no
+server has that many fitting replicas, a partial placement is made on the server with the
+most fitting replicas, provided it has at least `max(request.min_replicas, 1)`: a
+`min_replicas` of 0 allows a partial placement of any size but never an empty one — with no
+fitting replica anywhere the answer is a Rejection, so the model stays pending and is retried.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from scheduler_service.core.filters import first_failure
+from scheduler_service.core.sorters import Candidate, ReplicaKey, candidate, replica_key
+from scheduler_service.core.types import (
+    Assignment,
+    Placement,
+    Policy,
+    Rejection,
+    Replica,
+    Request,
+    Snapshot,
+)
+
+UNKNOWN_SERVER = "server not connected / unknown server"
+
+
+@dataclass(frozen=True)
+class ServerVerdict:
+    """How one server's replicas fared: the fitting ones ranked, the others with reasons."""
+
+    server: str
+    fitting: tuple[Candidate, ...]  # best first
+    failures: tuple[tuple[int, str], ...]  # (replica index, reason), by index
+
+
+def schedule(
+    snapshot: Snapshot, request: Request, policy: Policy, now: float
+) -> Placement | Rejection:
+    """Place `request` on replicas of one server, or say for every server why not.
+
+    Pure and deterministic: the same snapshot (in any replica order), request, policy and
+    `now` give the same answer. A pinned request (`request.server`) considers that server
+    only, and its reasons name that server only.
+    """
+    groups = _group_by_server(snapshot.replicas, request.server)
+    if request.server is not None and not groups:
+        return Rejection(((request.server, UNKNOWN_SERVER),))
+    verdicts = [_judge(request, policy, now, replicas) for _, replicas in sorted(groups.items())]
+    wanted = max(request.replicas, 1)
+    least = min(max(request.min_replicas, 1), wanted)
+    chosen = _choose(verdicts, wanted, least, replica_key(request, policy))
+    if chosen is None:
+        return Rejection(tuple((v.server, _shortfall(v, wanted)) for v in verdicts))
+    picked = sorted(chosen.fitting[:wanted], key=lambda option: option.replica.index)
+    return Placement(
+        server=chosen.server,
+        assignments=tuple(_assignment(option) for option in picked),
+        reasons=_placement_reasons(verdicts, chosen, wanted),
+    )
+
+
+def _group_by_server(replicas: Iterable[Replica], pinned: str | None) -> dict[str, list[Replica]]:
+    groups: dict[str, list[Replica]] = {}
+    for replica in replicas:
+        if pinned is None or replica.server == pinned:
+            groups.setdefault(replica.server, []).append(replica)
+    return groups
+
+
+def _judge(
+    request: Request, policy: Policy, now: float, replicas: Sequence[Replica]
+) -> ServerVerdict:
+    """Filter one server's replicas (all of one server) and rank the ones that fit."""
+    fitting: list[Candidate] = []
+    failures: list[tuple[int, str]] = []
+    for replica in sorted(replicas, key=lambda r: r.index):
+        reason = first_failure(request, replica, now)
+        if reason is None:
+            fitting.append(candidate(request, replica, policy))
+        else:
+            failures.append((replica.index, reason))
+    ranked = tuple(sorted(fitting, key=replica_key(request, policy)))
+    return ServerVerdict(replicas[0].server, ranked, tuple(failures))
+
+
+def _choose(
+    verdicts: Sequence[ServerVerdict],
+    wanted: int,
+    least: int,
+    key: Callable[[Candidate], ReplicaKey],
+) -> ServerVerdict | None:
+    """The server with `wanted` fitting replicas that ranks best; else the partial one.
+
+    A server ranks by how many of its chosen replicas already hold the model (more first),
+    then by the key of its best replica (which ends in the server name).
+    """
+
+    def rank(verdict: ServerVerdict) -> tuple[int, ReplicaKey]:
+        chosen = verdict.fitting[:wanted]
+        return (-sum(option.held for option in chosen), key(chosen[0]))
+
+    full = [v for v in verdicts if len(v.fitting) >= wanted]
+    if full:
+        return min(full, key=rank)
+    partial = [v for v in verdicts if len(v.fitting) >= least]
+    if partial:
+        return min(partial, key=lambda v: (-len(v.fitting), rank(v)))
+    return None
+
+
+def _assignment(option: Candidate) -> Assignment:
+    return Assignment(
+        server=option.replica.server,
+        index=option.replica.index,
+        device_uuids=tuple(gpu.uuid for gpu in option.devices),
+        held=option.held,
+    )
+
+
+def _placement_reasons(
+    verdicts: Sequence[ServerVerdict], chosen: ServerVerdict, wanted: int
+) -> tuple[tuple[str, str], ...]:
+    """Why each other server was not chosen, and why the chosen one got fewer, if it did."""
+    reasons: list[tuple[str, str]] = []
+    for verdict in verdicts:
+        if len(verdict.fitting) < wanted:
+            reasons.append((verdict.server, _shortfall(verdict, wanted)))
+        elif verdict is not chosen:
+            reasons.append((verdict.server, f"fits, but {chosen.server} ranks first"))
+    return tuple(reasons)
+
+
+def _shortfall(verdict: ServerVerdict, wanted: int) -> str:
+    """Why a server has fewer than `wanted` fitting replicas."""
+    count = len(verdict.fitting)
+    if count == 0:
+        return _describe_failures(verdict.failures, name_replicas=False)
+    head = f"only {count} of {wanted} requested replicas fit"
+    if not verdict.failures:
+        return f"{head}; the server has {count} connected"
+    return f"{head}: {_describe_failures(verdict.failures, name_replicas=True)}"
+
+
+def _describe_failures(failures: Sequence[tuple[int, str]], *, name_replicas: bool) -> str:
+    """Replicas grouped by reason: "replicas 0, 2: draining; replica 1: no GPUs".
+
+    When every replica failed for the same reason and names are not asked for, the reason
+    alone is enough ("missing capability model-on-gpu").
+    """
+    groups: dict[str, list[int]] = {}
+    for index, reason in failures:
+        groups.setdefault(reason, []).append(index)
+    if len(groups) == 1 and not name_replicas:
+        return next(iter(groups))
+    parts = []
+    for reason, indexes in groups.items():
+        noun = "replica" if len(indexes) == 1 else "replicas"
+        parts.append(f"{noun} {', '.join(map(str, indexes))}: {reason}")
+    return "; ".join(parts)
