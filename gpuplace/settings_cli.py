@@ -28,7 +28,9 @@ def _env_name(settings_cls: type[BaseSettings], field: str) -> str:
     return f"{prefix}{field}".upper()
 
 
-def add_settings_arguments(parser: argparse.ArgumentParser, settings_cls: type[BaseSettings]) -> None:
+def add_settings_arguments(
+    parser: argparse.ArgumentParser, settings_cls: type[BaseSettings]
+) -> None:
     """Add `--field-name` for every field of `settings_cls` (value kept as a string)."""
     group = parser.add_argument_group("settings (flag > environment variable > default)")
     for field, info in settings_cls.model_fields.items():

@@ -1,11 +1,58 @@
-"""Placeholder: replaced by the scheduler service."""
+"""`gpuplace scheduler`: settings from flags and environment, then run until signalled."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
+import signal
+import sys
 from typing import Any
+
+from pydantic import ValidationError
+
+from gpuplace.settings_cli import add_settings_arguments, describe_error, settings_from_args
+from scheduler_service.server import running
+from scheduler_service.settings import SchedulerSettings
+from scheduler_service.store import StoreError
+
+log = logging.getLogger(__name__)
 
 
 def register(commands: Any) -> None:
-    parser: argparse.ArgumentParser = commands.add_parser("scheduler", help="run the scheduler")
-    parser.set_defaults(func=lambda args: 2)
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "scheduler",
+        help="run the scheduler (client API, agent API, HTTP /metrics)",
+        description="Run the gpuplace scheduler. It places models on the replicas whose agents "
+        "connect to it, persists its state in SQLite and serves gRPC health and reflection "
+        "on both gRPC ports.",
+    )
+    add_settings_arguments(parser, SchedulerSettings)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        settings = settings_from_args(SchedulerSettings, args)
+    except ValidationError as exc:
+        print(describe_error(SchedulerSettings, exc), file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(serve(settings))
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"error: cannot listen: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def serve(settings: SchedulerSettings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with running(settings):
+        await stop.wait()
+        log.info("signal received, stopping")

@@ -1,0 +1,132 @@
+"""Scheduler metrics, in one registry injected by the composition root."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from scheduler_service.model import ModelState
+
+
+@dataclass(frozen=True)
+class DeviceView:
+    server: str
+    replica: int
+    uuid: str
+    name: str
+    total_bytes: int
+    free_bytes: int
+    reserved_bytes: int
+
+
+@dataclass(frozen=True)
+class ClusterGauges:
+    """What the gauges show, read from the service at scrape time."""
+
+    models_by_state: dict[str, int]
+    connected_agents: int
+    replica_memory: list[tuple[str, int, int, int]]  # server, replica, capacity, available
+    devices: list[DeviceView]
+
+
+class _StateCollector(Collector):
+    def __init__(self, read: Callable[[], ClusterGauges]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        gauges = self._read()
+        models = GaugeMetricFamily("gpuplace_scheduler_models", "Models by state", labels=["state"])
+        for state in ModelState:
+            models.add_metric([state.value], gauges.models_by_state.get(state.value, 0))
+        yield models
+        yield GaugeMetricFamily(
+            "gpuplace_scheduler_connected_agents",
+            "Agents connected now",
+            value=gauges.connected_agents,
+        )
+        capacity = GaugeMetricFamily(
+            "gpuplace_scheduler_replica_memory_capacity_bytes",
+            "Host memory of a replica with overcommit",
+            labels=["server", "replica"],
+        )
+        available = GaugeMetricFamily(
+            "gpuplace_scheduler_replica_memory_available_bytes",
+            "Host memory of a replica not yet promised to a model",
+            labels=["server", "replica"],
+        )
+        for server, replica, cap, free in gauges.replica_memory:
+            capacity.add_metric([server, str(replica)], cap)
+            available.add_metric([server, str(replica)], free)
+        yield capacity
+        yield available
+        labels = ["server", "replica", "uuid", "name"]
+        families = {
+            "total": GaugeMetricFamily(
+                "gpuplace_scheduler_gpu_memory_total_bytes", "GPU memory per device", labels=labels
+            ),
+            "free": GaugeMetricFamily(
+                "gpuplace_scheduler_gpu_memory_free_bytes",
+                "Free GPU memory per device, as last measured by its agent",
+                labels=labels,
+            ),
+            "reserved": GaugeMetricFamily(
+                "gpuplace_scheduler_gpu_memory_reserved_bytes",
+                "GPU memory promised to loads still in flight",
+                labels=labels,
+            ),
+        }
+        for device in gauges.devices:
+            values = [device.server, str(device.replica), device.uuid, device.name]
+            families["total"].add_metric(values, device.total_bytes)
+            families["free"].add_metric(values, device.free_bytes)
+            families["reserved"].add_metric(values, device.reserved_bytes)
+        yield from families.values()
+
+
+class SchedulerMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.placements = Counter(
+            "gpuplace_scheduler_placements",
+            "Placement decisions by outcome (placed, partial, rejected)",
+            ["outcome"],
+            registry=registry,
+        )
+        self.load_failures = Counter(
+            "gpuplace_scheduler_load_failures",
+            "Loads that failed, by reason (load_failed, load_failed_memory, timeout, "
+            "agent_disconnected)",
+            ["reason"],
+            registry=registry,
+        )
+        self.retries = Counter(
+            "gpuplace_scheduler_retries",
+            "Placements made again after a failed load or a refusal",
+            registry=registry,
+        )
+        self.placement_seconds = Histogram(
+            "gpuplace_scheduler_placement_duration_seconds",
+            "Time to take one placement decision",
+            buckets=(1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1.0),
+            registry=registry,
+        )
+        self.load_seconds = Histogram(
+            "gpuplace_scheduler_load_duration_seconds",
+            "From load requested to loaded, per replica",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+            registry=registry,
+        )
+
+    def watch_state(self, read: Callable[[], ClusterGauges]) -> None:
+        self.registry.register(_StateCollector(read))
+
+
+def count_states(states: Iterable[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for state in states:
+        counts[state] = counts.get(state, 0) + 1
+    return counts

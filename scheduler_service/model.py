@@ -1,0 +1,186 @@
+"""The scheduler's records: what a user asked for and what each replica holds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from urllib.parse import urlsplit
+
+from gpuplace.names import InvalidName, check_name
+from gpuplace.quantity import QuantityError, parse_bytes
+from scheduler_service.errors import InvalidArgument
+
+
+class ModelState(StrEnum):
+    PENDING = "Pending"
+    SCHEDULE_FAILED = "ScheduleFailed"
+    PROGRESSING = "Progressing"
+    AVAILABLE = "Available"
+    FAILED = "Failed"
+    TERMINATING = "Terminating"
+    TERMINATED = "Terminated"
+
+
+class ReplicaState(StrEnum):
+    LOAD_REQUESTED = "LoadRequested"
+    LOADING = "Loading"
+    AVAILABLE = "Available"
+    LOAD_FAILED = "LoadFailed"
+    UNLOADING = "Unloading"
+    UNLOADED = "Unloaded"
+
+
+IN_FLIGHT = frozenset({ReplicaState.LOAD_REQUESTED, ReplicaState.LOADING})
+# A replica in one of these states holds (or is about to hold) the model.
+ACTIVE = IN_FLIGHT | {ReplicaState.AVAILABLE}
+STORAGE_SCHEMES = ("", "file", "http", "https")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A validated model spec; quantities kept as written and resolved to bytes."""
+
+    name: str
+    storage_uri: str = ""
+    requirements: tuple[str, ...] = ()
+    server: str = ""
+    memory: str = ""
+    gpu_memory: str = ""
+    gpus: int = 1
+    replicas: int = 1
+    min_replicas: int | None = None
+    parameters: tuple[tuple[str, str], ...] = ()
+    memory_bytes: int = 0
+    gpu_memory_bytes: int = 0
+
+    @property
+    def required_replicas(self) -> int:
+        """Fewest available replicas that make the model Available (at least one)."""
+        wanted = self.replicas if self.min_replicas is None else self.min_replicas
+        return max(1, min(wanted, self.replicas))
+
+
+def validate_spec(
+    name: str,
+    *,
+    storage_uri: str = "",
+    requirements: tuple[str, ...] = (),
+    server: str = "",
+    memory: str = "",
+    gpu_memory: str = "",
+    gpus: int = 0,
+    replicas: int | None = None,
+    min_replicas: int | None = None,
+    parameters: tuple[tuple[str, str], ...] = (),
+) -> ModelSpec:
+    """Check every field; raise InvalidArgument naming the field and the rule."""
+    try:
+        check_name(name, "model.name")
+        if server:
+            check_name(server, "model.server")
+    except InvalidName as exc:
+        field_name = str(exc).split(":", 1)[0]
+        raise InvalidArgument(field_name, str(exc).split(": ", 1)[1]) from None
+    count = 1 if replicas is None else replicas
+    if count < 1:
+        raise InvalidArgument("model.replicas", f"{count} is not allowed; must be 1 or more")
+    if min_replicas is not None and not 0 <= min_replicas <= count:
+        raise InvalidArgument(
+            "model.minReplicas", f"{min_replicas} is not allowed; must be 0..replicas ({count})"
+        )
+    scheme = urlsplit(storage_uri).scheme
+    if scheme not in STORAGE_SCHEMES:
+        raise InvalidArgument(
+            "model.storageUri",
+            f"scheme {scheme!r} is not supported; use a local path, file://, http:// or https://",
+        )
+    for requirement in requirements:
+        if not requirement.strip() or "," in requirement:
+            raise InvalidArgument(
+                "model.requirements", f"{requirement!r} must be non-empty and contain no comma"
+            )
+    memory_bytes = _bytes("model.memory", memory)
+    gpu_memory_bytes = _bytes("model.gpuMemory", gpu_memory)
+    if gpus < 0 or gpus > 64:
+        raise InvalidArgument("model.gpus", f"{gpus} is not allowed; must be 0..64")
+    if gpus > 0 and gpu_memory_bytes == 0:
+        raise InvalidArgument("model.gpuMemory", "must be set when model.gpus is set")
+    return ModelSpec(
+        name=name,
+        storage_uri=storage_uri,
+        requirements=tuple(requirements),
+        server=server,
+        memory=memory,
+        gpu_memory=gpu_memory,
+        gpus=max(gpus, 1),
+        replicas=count,
+        min_replicas=min_replicas,
+        parameters=tuple(sorted(parameters)),
+        memory_bytes=memory_bytes,
+        gpu_memory_bytes=gpu_memory_bytes,
+    )
+
+
+def _bytes(field_name: str, value: str) -> int:
+    if not value:
+        return 0
+    try:
+        return parse_bytes(value)
+    except QuantityError as exc:
+        raise InvalidArgument(field_name, str(exc)) from None
+
+
+@dataclass
+class ReplicaRecord:
+    """One replica's copy of a model (the latest version sent there)."""
+
+    server: str
+    index: int
+    version: int
+    state: ReplicaState
+    reason: str = ""
+    device_uuids: tuple[str, ...] = ()
+    footprint_bytes: dict[str, int] = field(default_factory=dict)
+    # Wall-clock time when a load in flight times out (0: none).
+    deadline: float = 0.0
+    # The placement no longer wants this replica: unload it once the model is available.
+    retire: bool = False
+    # When its agent went away while it was Available (0: connected).
+    lost_since: float = 0.0
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.server, self.index)
+
+
+@dataclass
+class ModelRecord:
+    """A model: the desired spec and version, the observed replicas, the last decision."""
+
+    spec: ModelSpec
+    version: int
+    state: ModelState = ModelState.PENDING
+    reason: str = ""
+    server_reasons: tuple[tuple[str, str], ...] = ()
+    replicas: dict[tuple[str, int], ReplicaRecord] = field(default_factory=dict)
+    deleted: bool = False
+    updated_at: float = 0.0
+    # Not persisted: runtime bookkeeping of retries.
+    excluded_until: dict[tuple[str, int], float] = field(default_factory=dict)
+    attempts: int = 0
+    next_retry_at: float = 0.0
+    load_failures: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def available_count(self) -> int:
+        return sum(
+            1
+            for r in self.replicas.values()
+            if r.version == self.version and r.state == ReplicaState.AVAILABLE and not r.retire
+        )
+
+    def in_flight(self) -> list[ReplicaRecord]:
+        return [r for r in self.replicas.values() if r.state in IN_FLIGHT]

@@ -1,0 +1,117 @@
+"""Composition root: store, service, gRPC servers, HTTP server, reconcile loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import grpc
+from aiohttp import web
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
+
+from gpuplace.aio import start_task, stop_tasks
+from protos import agent_pb2, agent_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
+from scheduler_service.http import build_app
+from scheduler_service.metrics import SchedulerMetrics
+from scheduler_service.service import Clock, SchedulerService
+from scheduler_service.servicers import AgentServicer, ClientServicer
+from scheduler_service.settings import SchedulerSettings
+from scheduler_service.store import Store
+
+log = logging.getLogger(__name__)
+_GRACE_S = 2.0
+
+
+@dataclass
+class RunningScheduler:
+    service: SchedulerService
+    registry: CollectorRegistry
+    client_port: int
+    agent_port: int
+    http_port: int
+
+
+@dataclass
+class _GrpcServer:
+    server: grpc.aio.Server
+    health: health.HealthServicer
+    port: int
+
+    async def start(self, service_name: str) -> None:
+        await self.server.start()
+        for name in ("", service_name):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+
+def _grpc_server(settings: SchedulerSettings, service_name: str, port: int) -> _GrpcServer:
+    """A gRPC server with health checking and reflection, bound to `port` (0: any)."""
+    limit = settings.max_message_bytes
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+        ]
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (service_name, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    bound = server.add_insecure_port(f"{settings.host}:{port}")
+    return _GrpcServer(server, health_servicer, bound)
+
+
+_AGENT_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
+_CLIENT_SERVICE = scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name
+
+
+@asynccontextmanager
+async def running(
+    settings: SchedulerSettings, clock: Clock | None = None
+) -> AsyncIterator[RunningScheduler]:
+    """Start everything; on exit stop it all, in order, and close the state file."""
+    registry = CollectorRegistry()
+    store = Store(settings.db)
+    service = SchedulerService(settings, store, SchedulerMetrics(registry), clock)
+    client = _grpc_server(settings, _CLIENT_SERVICE, settings.port)
+    scheduler_pb2_grpc.add_SchedulerServicer_to_server(ClientServicer(service), client.server)
+    agent = _grpc_server(settings, _AGENT_SERVICE, settings.agent_port)
+    agent_pb2_grpc.add_AgentServiceServicer_to_server(
+        AgentServicer(service, settings.agent_queue_size), agent.server
+    )
+    ready = False
+    runner = web.AppRunner(build_app(registry, lambda: ready), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.http_port)
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        await site.start()
+        http_port = runner.addresses[0][1]
+        await client.start(_CLIENT_SERVICE)
+        await agent.start(_AGENT_SERVICE)
+        tasks.append(start_task(service.run(), "reconcile"))
+        ready = True
+        log.info(
+            "scheduler ready: client=%s:%d agent=%s:%d http=%s:%d db=%s policy=%s",
+            settings.host,
+            client.port,
+            settings.host,
+            agent.port,
+            settings.host,
+            http_port,
+            settings.db,
+            settings.policy.value,
+        )
+        yield RunningScheduler(service, registry, client.port, agent.port, http_port)
+    finally:
+        ready = False
+        await asyncio.gather(client.server.stop(_GRACE_S), agent.server.stop(_GRACE_S))
+        await stop_tasks(tasks)
+        await runner.cleanup()
+        store.close()
+        log.info("scheduler stopped")

@@ -1,0 +1,193 @@
+"""gRPC servicers: convert the request, call the service, convert the reply."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+
+from gpuplace.aio import start_task
+from protos import agent_pb2, agent_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
+from scheduler_service import convert
+from scheduler_service.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    SchedulerError,
+)
+from scheduler_service.messages import Command
+from scheduler_service.service import AgentConn, SchedulerService
+
+log = logging.getLogger(__name__)
+_CODES: dict[type[SchedulerError], grpc.StatusCode] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+_HELLO_TIMEOUT_S = 30.0
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> NoReturn:
+    """The one place where errors become status codes."""
+    if isinstance(exc, SchedulerError):
+        await context.abort(_CODES.get(type(exc), grpc.StatusCode.UNKNOWN), str(exc))
+    log.error("unexpected error in a gRPC call", exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the scheduler log")
+
+
+def _unary(
+    method: Callable[[Any, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]],
+) -> Callable[[Any, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]]:
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext[Any, Any]) -> Resp:
+        try:
+            return await method(self, request, context)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await _abort(context, exc)
+
+    return wrapper
+
+
+class ClientServicer(scheduler_pb2_grpc.SchedulerServicer):
+    def __init__(self, service: SchedulerService) -> None:
+        self._service = service
+
+    @_unary
+    async def LoadModel(
+        self, request: scheduler_pb2.LoadModelRequest, context: Any
+    ) -> scheduler_pb2.LoadModelResponse:
+        spec = convert.spec_from_proto(request.model)
+        version, changed = self._service.load_model(spec)
+        return scheduler_pb2.LoadModelResponse(name=spec.name, version=version, changed=changed)
+
+    @_unary
+    async def UnloadModel(
+        self, request: scheduler_pb2.UnloadModelRequest, context: Any
+    ) -> scheduler_pb2.UnloadModelResponse:
+        self._service.unload_model(request.name)
+        return scheduler_pb2.UnloadModelResponse()
+
+    @_unary
+    async def GetModelStatus(
+        self, request: scheduler_pb2.GetModelStatusRequest, context: Any
+    ) -> scheduler_pb2.ModelStatus:
+        return convert.status_to_proto(self._service.model(request.name))
+
+    @_unary
+    async def ListModels(
+        self, request: scheduler_pb2.ListModelsRequest, context: Any
+    ) -> scheduler_pb2.ListModelsResponse:
+        return scheduler_pb2.ListModelsResponse(
+            models=[convert.status_to_proto(record) for record in self._service.models()]
+        )
+
+    @_unary
+    async def ListServers(
+        self, request: scheduler_pb2.ListServersRequest, context: Any
+    ) -> scheduler_pb2.ListServersResponse:
+        servers: dict[str, scheduler_pb2.ServerStatus] = {}
+        for conn in self._service.agents():
+            server = servers.setdefault(
+                conn.hello.server, scheduler_pb2.ServerStatus(name=conn.hello.server)
+            )
+            view = self._service.replica_view(conn.key)
+            server.replicas.append(convert.replica_to_proto(conn, view))
+        return scheduler_pb2.ListServersResponse(servers=list(servers.values()))
+
+    async def WatchModels(
+        self, request: scheduler_pb2.WatchModelsRequest, context: Any
+    ) -> AsyncIterator[scheduler_pb2.ModelStatus]:
+        try:
+            watcher = self._service.watch(request.name)
+        except SchedulerError as exc:
+            await _abort(context, exc)
+        try:
+            while (record := await watcher.queue.get()) is not None:
+                yield convert.status_to_proto(record)
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, "watcher too slow: updates were dropped"
+            )
+        finally:
+            self._service.unwatch(watcher)
+
+
+class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
+    def __init__(self, service: SchedulerService, queue_size: int) -> None:
+        self._service = service
+        self._queue_size = queue_size
+
+    async def Connect(
+        self, request_iterator: AsyncIterator[agent_pb2.AgentMessage], context: Any
+    ) -> AsyncIterator[agent_pb2.SchedulerMessage]:
+        try:
+            first = await asyncio.wait_for(anext(request_iterator), _HELLO_TIMEOUT_S)
+        except (StopAsyncIteration, TimeoutError):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "expected a hello first")
+        if not first.HasField("hello"):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the first message must be a hello, not {first.WhichOneof('message')}",
+            )
+        try:
+            hello = convert.hello_from_proto(first.hello)
+        except SchedulerError as exc:
+            await _abort(context, exc)
+        outbox: asyncio.Queue[agent_pb2.SchedulerMessage | None] = asyncio.Queue()
+
+        def send(command: Command) -> bool:
+            if outbox.qsize() >= self._queue_size:
+                return False
+            outbox.put_nowait(convert.command_to_proto(command))
+            return True
+
+        def close(reason: str) -> None:
+            log.info("replica %s-%d: closing stream: %s", hello.server, hello.index, reason)
+            outbox.put_nowait(None)
+
+        conn = self._service.connect(hello, send, close)
+        reader = start_task(
+            self._read(request_iterator, conn, close), f"agent-{hello.server}-{hello.index}"
+        )
+        try:
+            while (message := await outbox.get()) is not None:
+                yield message
+        finally:
+            reader.cancel()
+            self._service.disconnect(conn)
+
+    async def _read(
+        self,
+        messages: AsyncIterator[agent_pb2.AgentMessage],
+        conn: AgentConn,
+        close: Callable[[str], None],
+    ) -> None:
+        reason = "agent closed the stream"
+        try:
+            async for message in messages:
+                kind = message.WhichOneof("message")
+                if kind == "event":
+                    self._service.on_event(conn, convert.event_from_proto(message.event))
+                elif kind == "resources":
+                    self._service.on_resources(
+                        conn, [convert.gpu_from_proto(d) for d in message.resources.devices]
+                    )
+                elif kind == "drain":
+                    self._service.on_drain(conn)
+                else:
+                    raise InvalidArgument("message", f"unexpected {kind} after the hello")
+        except SchedulerError as exc:
+            reason = f"protocol error: {exc}"
+        except grpc.aio.AioRpcError as exc:
+            reason = f"stream broken: {exc.code().name}"
+        finally:
+            close(reason)

@@ -1,0 +1,51 @@
+"""Scheduler settings: flags override environment variables override defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from scheduler_service.core.types import Policy
+
+
+class SchedulerSettings(BaseSettings):
+    """Loaded once in main() and passed in; nothing reads the environment elsewhere."""
+
+    model_config = SettingsConfigDict(env_prefix="GPUPLACE_SCHEDULER_", extra="forbid")
+
+    host: str = Field("0.0.0.0", description="address every listener binds to")
+    port: int = Field(9004, ge=0, le=65535, description="client API gRPC port (0: any free)")
+    agent_port: int = Field(9005, ge=0, le=65535, description="agent API gRPC port (0: any free)")
+    http_port: int = Field(
+        9999, ge=0, le=65535, description="HTTP port for /live, /ready and /metrics (0: any free)"
+    )
+    db: Path = Field(Path("gpuplace-state.db"), description="SQLite state file")
+    policy: Policy = Field(Policy.BINPACK, description="placement policy: binpack or spread")
+    load_timeout_s: float = Field(
+        300.0, gt=0, description="a load not finished by then fails and is retried elsewhere"
+    )
+    disconnect_grace_s: float = Field(
+        30.0, ge=0, description="how long a disconnected agent's models wait before moving"
+    )
+    exclusion_s: float = Field(
+        300.0, ge=0, description="how long a replica that failed a model version is skipped"
+    )
+    retry_initial_s: float = Field(
+        1.0, gt=0, description="first back-off before a refused model is placed again"
+    )
+    retry_max_s: float = Field(60.0, gt=0, description="longest back-off between retries")
+    drain_timeout_s: float = Field(
+        120.0, gt=0, description="how long a draining agent waits for its models to move"
+    )
+    max_message_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="largest gRPC message accepted or sent"
+    )
+    agent_queue_size: int = Field(
+        1024, ge=1, description="commands queued for one agent before it is disconnected as slow"
+    )
+    watch_queue_size: int = Field(
+        1024, ge=1, description="updates queued for one watcher before it is dropped as slow"
+    )
+    max_models: int = Field(10000, ge=1, description="most models the scheduler accepts")

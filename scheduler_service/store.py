@@ -1,0 +1,163 @@
+"""SQLite persistence of desired specs, versions and per-replica state.
+
+Every change to a model is written, in one transaction, before it is acknowledged or acted
+on. WAL with synchronous=NORMAL survives a killed process (kill -9): a committed
+transaction is in the log the moment commit returns.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+
+from scheduler_service.model import ModelRecord, ModelSpec, ModelState, ReplicaRecord, ReplicaState
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS models (
+    name TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    spec TEXT NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    server_reasons TEXT NOT NULL,
+    deleted INTEGER NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS replicas (
+    model TEXT NOT NULL REFERENCES models(name) ON DELETE CASCADE,
+    server TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    devices TEXT NOT NULL,
+    footprint TEXT NOT NULL,
+    retire INTEGER NOT NULL,
+    PRIMARY KEY (model, server, idx)
+);
+"""
+
+
+class StoreError(RuntimeError):
+    """The state file cannot be used (wrong schema version, corrupt)."""
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self._db = sqlite3.connect(path, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(_SCHEMA)
+        row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        if row is None:
+            self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        elif int(row[0]) != SCHEMA_VERSION:
+            raise StoreError(
+                f"{path}: schema version {row[0]}, this scheduler reads {SCHEMA_VERSION}"
+            )
+
+    def close(self) -> None:
+        self._db.close()
+
+    def save(self, record: ModelRecord) -> None:
+        """Write the model and all its replicas atomically."""
+        spec = asdict(record.spec)
+        with self._transaction():
+            self._db.execute(
+                "INSERT INTO models VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(name) DO UPDATE SET "
+                "version=excluded.version, spec=excluded.spec, state=excluded.state, "
+                "reason=excluded.reason, server_reasons=excluded.server_reasons, "
+                "deleted=excluded.deleted, updated_at=excluded.updated_at",
+                (
+                    record.name,
+                    record.version,
+                    json.dumps(spec),
+                    record.state.value,
+                    record.reason,
+                    json.dumps(record.server_reasons),
+                    int(record.deleted),
+                    record.updated_at,
+                ),
+            )
+            self._db.execute("DELETE FROM replicas WHERE model=?", (record.name,))
+            self._db.executemany(
+                "INSERT INTO replicas VALUES (?,?,?,?,?,?,?,?,?)",
+                [
+                    (
+                        record.name,
+                        r.server,
+                        r.index,
+                        r.version,
+                        r.state.value,
+                        r.reason,
+                        json.dumps(r.device_uuids),
+                        json.dumps(r.footprint_bytes),
+                        int(r.retire),
+                    )
+                    for r in record.replicas.values()
+                ],
+            )
+
+    def delete(self, name: str) -> None:
+        with self._transaction():
+            self._db.execute("DELETE FROM models WHERE name=?", (name,))
+
+    def load(self) -> list[ModelRecord]:
+        """Every model with its replicas, as last saved."""
+        records: dict[str, ModelRecord] = {}
+        for name, version, spec, state, reason, reasons, deleted, updated_at in self._db.execute(
+            "SELECT name, version, spec, state, reason, server_reasons, deleted, updated_at "
+            "FROM models ORDER BY name"
+        ):
+            fields = json.loads(spec)
+            fields["requirements"] = tuple(fields["requirements"])
+            fields["parameters"] = tuple(tuple(item) for item in fields["parameters"])
+            records[name] = ModelRecord(
+                spec=ModelSpec(**fields),
+                version=version,
+                state=ModelState(state),
+                reason=reason,
+                server_reasons=tuple(tuple(item) for item in json.loads(reasons)),
+                deleted=bool(deleted),
+                updated_at=updated_at,
+            )
+        for (
+            model,
+            server,
+            idx,
+            version,
+            state,
+            reason,
+            devices,
+            footprint,
+            retire,
+        ) in self._db.execute("SELECT * FROM replicas ORDER BY model, server, idx"):
+            replica = ReplicaRecord(
+                server=server,
+                index=idx,
+                version=version,
+                state=ReplicaState(state),
+                reason=reason,
+                device_uuids=tuple(json.loads(devices)),
+                footprint_bytes=json.loads(footprint),
+                retire=bool(retire),
+            )
+            records[model].replicas[replica.key] = replica
+        return list(records.values())
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")

@@ -1,0 +1,151 @@
+"""HTTP, metrics, gRPC health and reflection, the watch stream and the command line."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+from protos import common_pb2, scheduler_pb2, scheduler_pb2_grpc
+from scheduler_service.settings import SchedulerSettings
+from tests.support.scheduler import SchedulerHandle
+from tests.support.sim_agent import GiB, SimGpu
+from tests.support.wait import wait_until
+
+Stub = scheduler_pb2_grpc.SchedulerStub
+
+
+async def scrape(
+    scheduler: SchedulerHandle,
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{scheduler.http_url}/metrics") as response:
+            assert response.status == 200
+            text = await response.text()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+async def test_live_and_ready(scheduler: SchedulerHandle) -> None:
+    async with aiohttp.ClientSession() as session:
+        for path in ("/live", "/ready"):
+            async with session.get(f"{scheduler.http_url}{path}") as response:
+                assert response.status == 200, path
+
+
+async def test_metrics_follow_placements_failures_and_gpus(
+    scheduler: SchedulerHandle, client: Stub, agents: Callable[..., Any]
+) -> None:
+    await agents("bad", fail={"iris": "boom"})
+    await agents("gpu", capabilities=("model-on-gpu",), gpus=[SimGpu("GPU-1", 40 * GiB, 30 * GiB)])
+    await agents("good")
+    await wait_until(lambda: len(scheduler.service.agents()) == 3, what="three agents")
+    await client.LoadModel(scheduler_pb2.LoadModelRequest(model=common_pb2.ModelSpec(name="iris")))
+    await client.LoadModel(
+        scheduler_pb2.LoadModelRequest(
+            model=common_pb2.ModelSpec(name="big", requirements=["model-on-gpu"], gpu_memory="80Gi")
+        )
+    )
+
+    async def settled() -> Any:
+        metrics = await scrape(scheduler)
+        ok = metrics.get(("gpuplace_scheduler_models", (("state", "Available"),))) == 1
+        ok = ok and metrics.get(("gpuplace_scheduler_models", (("state", "ScheduleFailed"),))) == 1
+        return metrics if ok else None
+
+    metrics = await wait_until(settled, what="one model available and one refused")
+    assert metrics[("gpuplace_scheduler_connected_agents", ())] == 3
+    assert metrics[("gpuplace_scheduler_load_failures_total", (("reason", "load_failed"),))] == 1
+    assert metrics[("gpuplace_scheduler_retries_total", ())] >= 1
+    assert metrics[("gpuplace_scheduler_placements_total", (("outcome", "rejected"),))] >= 1
+    assert metrics[("gpuplace_scheduler_placement_duration_seconds_count", ())] >= 3
+    labels = (("name", "Simulated GPU"), ("replica", "0"), ("server", "gpu"), ("uuid", "GPU-1"))
+    assert metrics[("gpuplace_scheduler_gpu_memory_total_bytes", labels)] == 40 * GiB
+    assert metrics[("gpuplace_scheduler_gpu_memory_free_bytes", labels)] == 30 * GiB
+    assert metrics[("gpuplace_scheduler_gpu_memory_reserved_bytes", labels)] == 0
+
+
+async def test_health_and_reflection_on_both_ports(scheduler: SchedulerHandle) -> None:
+    for address, service in (
+        (scheduler.client_address, "gpuplace.scheduler.v1.Scheduler"),
+        (scheduler.agent_address, "gpuplace.agent.v1.AgentService"),
+    ):
+        async with grpc.aio.insecure_channel(address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            for name in ("", service):
+                reply = await health.Check(health_pb2.HealthCheckRequest(service=name))
+                assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+            request = reflection_pb2.ServerReflectionRequest(list_services="")
+            async for answer in reflection.ServerReflectionInfo(iter([request])):
+                names = {s.name for s in answer.list_services_response.service}
+                assert service in names
+
+
+async def test_watch_streams_every_state_change(
+    scheduler: SchedulerHandle, client: Stub, agents: Callable[..., Any]
+) -> None:
+    await agents("a-server")
+    await wait_until(scheduler.service.agents, what="an agent")
+    seen: list[str] = []
+
+    async def watch() -> None:
+        async for status in client.WatchModels(scheduler_pb2.WatchModelsRequest(name="")):
+            seen.append(f"{status.name}:{status.state}")
+            if status.state == "Available":
+                return
+
+    watcher = asyncio.create_task(watch())
+    await wait_until(lambda: scheduler.service._watchers, what="the watcher registered")
+    await client.LoadModel(scheduler_pb2.LoadModelRequest(model=common_pb2.ModelSpec(name="iris")))
+    await asyncio.wait_for(watcher, 10)
+    assert seen[0] == "iris:Pending"
+    assert seen[-1] == "iris:Available"
+
+
+async def test_watch_of_an_unknown_model_is_not_found(client: Stub) -> None:
+    call = client.WatchModels(scheduler_pb2.WatchModelsRequest(name="nope"))
+    try:
+        async for _ in call:
+            raise AssertionError("no status expected")
+    except grpc.aio.AioRpcError as exc:
+        assert exc.code() == grpc.StatusCode.NOT_FOUND
+    else:
+        raise AssertionError("expected NOT_FOUND")
+
+
+def test_help_documents_every_setting() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "gpuplace.cli", "scheduler", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    for field in SchedulerSettings.model_fields:
+        flag = f"--{field.replace('_', '-')}"
+        assert flag in result.stdout, flag
+        assert f"GPUPLACE_SCHEDULER_{field.upper()}" in result.stdout, field
+
+
+def test_a_bad_setting_stops_the_scheduler_with_one_line_naming_it() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "gpuplace.cli", "scheduler"],
+        capture_output=True,
+        text=True,
+        env={"GPUPLACE_SCHEDULER_PORT": "ninety", "PATH": "/usr/bin:/bin"},
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "GPUPLACE_SCHEDULER_PORT" in result.stderr
+    assert "'ninety'" in result.stderr

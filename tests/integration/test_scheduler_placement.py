@@ -1,0 +1,347 @@
+"""The scheduler over real gRPC, with simulated agents speaking the real protocol."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import pytest
+
+from protos import common_pb2, scheduler_pb2, scheduler_pb2_grpc
+from tests.support.scheduler import SchedulerHandle
+from tests.support.sim_agent import GiB, SimAgent, SimGpu
+from tests.support.wait import wait_until
+
+# Seldon Core 2's default MLServer capabilities.
+MLSERVER_CAPABILITIES = (
+    "mlserver", "alibi-detect", "alibi-explain", "huggingface", "lightgbm", "mlflow", "python",
+    "sklearn", "spark-mlib", "xgboost",
+)  # fmt: skip
+Stub = scheduler_pb2_grpc.SchedulerStub
+
+
+def spec(name: str, **fields: Any) -> common_pb2.ModelSpec:
+    return common_pb2.ModelSpec(name=name, **fields)
+
+
+async def load(client: Stub, name: str, **fields: Any) -> scheduler_pb2.LoadModelResponse:
+    return await client.LoadModel(scheduler_pb2.LoadModelRequest(model=spec(name, **fields)))
+
+
+async def status(client: Stub, name: str) -> scheduler_pb2.ModelStatus:
+    return await client.GetModelStatus(scheduler_pb2.GetModelStatusRequest(name=name))
+
+
+async def wait_state(client: Stub, name: str, state: str, timeout: float = 10) -> Any:
+    async def reached() -> scheduler_pb2.ModelStatus | None:
+        current = await status(client, name)
+        return current if current.state == state else None
+
+    return await wait_until(reached, timeout=timeout, what=f"model {name} to be {state}")
+
+
+def where(model: scheduler_pb2.ModelStatus, state: str = "Available") -> set[str]:
+    return {f"{r.server}-{r.replica_index}" for r in model.replicas if r.state == state}
+
+
+async def seed_cluster(agents: Callable[..., Any]) -> dict[str, SimAgent]:
+    """The seed document's cluster: `mlserver` x2 (no GPU capability) and
+    `mlserver-llm-local-gpu` x1 with extraCapabilities model-on-gpu and two 40 GiB GPUs."""
+    return {
+        "mlserver-0": await agents("mlserver", index=0, capabilities=MLSERVER_CAPABILITIES),
+        "mlserver-1": await agents("mlserver", index=1, capabilities=MLSERVER_CAPABILITIES),
+        "gpu-0": await agents(
+            "mlserver-llm-local-gpu",
+            index=0,
+            capabilities=(*MLSERVER_CAPABILITIES, "model-on-gpu"),
+            memory_bytes=360 * GiB,
+            gpus=[
+                SimGpu("GPU-aaaa", 40 * GiB, 38 * GiB, index=0),
+                SimGpu("GPU-bbbb", 40 * GiB, 30 * GiB, index=1),
+            ],
+        ),
+    }
+
+
+async def wait_connected(scheduler: SchedulerHandle, count: int) -> None:
+    await wait_until(
+        lambda: sum(a.connected for a in scheduler.service.agents()) == count,
+        what=f"{count} agents connected",
+    )
+
+
+async def test_seed_scenario_llama3_lands_only_on_the_gpu_server(
+    scheduler: SchedulerHandle, client: Stub, agents: Callable[..., Any]
+) -> None:
+    cluster = await seed_cluster(agents)
+    await wait_connected(scheduler, 3)
+    await load(client, "llama3", requirements=["model-on-gpu"], gpu_memory="20Gi")
+    model = await wait_state(client, "llama3", "Available")
+    assert where(model) == {"mlserver-llm-local-gpu-0"}
+    # Best fit: the 30 GiB-free device, leaving the larger one whole.
+    assert list(model.replicas[0].device_uuids) == ["GPU-bbbb"]
+    assert cluster["mlserver-0"].loads == [] and cluster["mlserver-1"].loads == []
+    # A CPU sklearn model on 2 replicas goes to the one server with two.
+    await load(client, "iris", requirements=["sklearn"], replicas=2, memory="1Gi")
+    iris = await wait_state(client, "iris", "Available")
+    assert where(iris) == {"mlserver-0", "mlserver-1"}
+
+
+async def test_too_big_for_any_single_gpu_is_refused_with_a_reason_per_server(
+    scheduler: SchedulerHandle, client: Stub, agents: Callable[..., Any]
+) -> None:
+    await seed_cluster(agents)
+    await wait_connected(scheduler, 3)
+    await load(client, "huge", requirements=["model-on-gpu"], gpu_memory="60Gi")
+    model = await wait_state(client, "huge", "ScheduleFailed")
+    reasons = {r.server: r.reason for r in model.server_reasons}
+    assert set(reasons) == {"mlserver", "mlserver-llm-local-gpu"}
+    assert "model-on-gpu" in reasons["mlserver"]
+    assert "GiB" in reasons["mlserver-llm-local-gpu"]
+
+
+async def test_pinned_to_a_server_without_room_fails_and_names_only_it(
+    scheduler: SchedulerHandle, client: Stub, agents: Callable[..., Any]
+) -> None:
+    cluster = await seed_cluster(agents)
+    await wait_connected(scheduler, 3)
+    await load(
+        client,
+        "llama3",
+        server="mlserver-llm-local-gpu",
+        requirements=["model-on-gpu"],
+        gpu_memory="39Gi",
+    )
+    model = await wait_state(client, "llama3", "ScheduleFailed")
+    assert [r.server for r in model.server_reasons] == ["mlserver-llm-local-gpu"]
+    assert all(not agent.loads for agent in cluster.values())
+
+
+async def test_a_failed_load_is_retried_on_another_server(
+    scheduler: SchedulerHandle, client: Stub, agents: Callable[..., Any]
+) -> None:
+    first = await agents("a-server", index=0, fail={"iris": "artifact unreadable"})
+    second = await agents("b-server", index=0)
+    await wait_connected(scheduler, 2)
+    await load(client, "iris", requirements=["sklearn"])
+    model = await wait_state(client, "iris", "Available")
+    assert [c.spec.name for c in first.loads] == ["iris"]
+    assert [c.spec.name for c in second.loads] == ["iris"]
+    assert where(model) == {"b-server-0"}
+    failed = [r for r in model.replicas if r.state == "LoadFailed"]
+    assert [(r.server, r.reason) for r in failed] == [("a-server", "artifact unreadable")]
+
+
+async def test_a_pinned_model_whose_load_fails_is_not_tried_elsewhere(
+    scheduler: SchedulerHandle, client: Stub, agents: Callable[..., Any]
+) -> None:
+    pinned = await agents("a-server", index=0, fail={"iris": "boom"})
+    other = await agents("b-server", index=0)
+    await wait_connected(scheduler, 2)
+    await load(client, "iris", server="a-server")
+    model = await wait_state(client, "iris", "Failed")
+    assert len(pinned.loads) == 1
+    assert other.loads == []
+    assert [r.server for r in model.server_reasons] == ["a-server"]
+
+
+async def test_a_load_that_times_out_is_retried_elsewhere(tmp_path: Any) -> None:
+    from tests.support.scheduler import running_scheduler
+
+    async with (
+        running_scheduler(tmp_path, load_timeout_s=0.3) as scheduler,
+        grpc.aio.insecure_channel(scheduler.client_address) as channel,
+    ):
+        client = scheduler_pb2_grpc.SchedulerStub(channel)
+        mute = await SimAgent(scheduler.agent_address, "a-server", silent={"iris"}).connect()
+        good = await SimAgent(scheduler.agent_address, "b-server").connect()
+        await wait_connected(scheduler, 2)
+        await load(client, "iris")
+        model = await wait_state(client, "iris", "Available")
+        assert where(model) == {"b-server-0"}, model
+        assert "timed out" in next(r for r in model.replicas if r.server == "a-server").reason
+        # The scheduler told the silent agent to drop the late load.
+        await wait_until(lambda: mute.unloads, what="an unload for the timed-out load")
+        await mute.disconnect()
+        await good.disconnect()
+
+
+async def test_agent_disconnect_moves_its_models_after_the_grace_period(
+    scheduler: SchedulerHandle, client: Stub, agents: Callable[..., Any]
+) -> None:
+    first = await agents("a-server", index=0)
+    await wait_connected(scheduler, 1)
+    await load(client, "iris")
+    await wait_state(client, "iris", "Available")
+    second = await agents("b-server", index=0)
+    await wait_connected(scheduler, 2)
+    await first.disconnect()
+    model = await wait_until(
+        lambda: _available_on(client, "iris", "b-server-0"), what="iris moved to b-server"
+    )
+    assert where(model) == {"b-server-0"}
+    assert [c.spec.name for c in second.loads] == ["iris"]
+
+
+async def test_an_agent_back_within_the_grace_period_keeps_its_models(
+    tmp_path: Any,
+) -> None:
+    from tests.support.scheduler import running_scheduler
+
+    async with (
+        running_scheduler(tmp_path, disconnect_grace_s=30) as scheduler,
+        grpc.aio.insecure_channel(scheduler.client_address) as channel,
+    ):
+        client = scheduler_pb2_grpc.SchedulerStub(channel)
+        agent = await SimAgent(scheduler.agent_address, "a-server").connect()
+        other = await SimAgent(scheduler.agent_address, "b-server").connect()
+        await wait_connected(scheduler, 2)
+        await load(client, "iris")
+        await wait_state(client, "iris", "Available")
+        holder, spare = (agent, other) if agent.loaded else (other, agent)
+        await holder.disconnect()
+        await holder.connect()
+        await wait_until(lambda: holder.welcomed == 2, what="the second welcome")
+        model = await wait_state(client, "iris", "Available")
+        assert where(model) == {holder.name}
+        assert len(holder.loads) == 1 and spare.loads == []
+        await holder.disconnect()
+        await spare.disconnect()
+
+
+async def _available_on(client: Stub, name: str, replica: str) -> Any:
+    model = await status(client, name)
+    return model if replica in where(model) else None
+
+
+async def test_a_changed_spec_makes_a_new_version_and_unloads_the_old_after(
+    scheduler: SchedulerHandle, client: Stub, agents: Callable[..., Any]
+) -> None:
+    agent = await agents("a-server", index=0)
+    await wait_connected(scheduler, 1)
+    first = await load(client, "iris", storage_uri="/models/iris-v1")
+    await wait_state(client, "iris", "Available")
+    same = await load(client, "iris", storage_uri="/models/iris-v1")
+    assert (same.version, same.changed) == (first.version, False)
+    second = await load(client, "iris", storage_uri="/models/iris-v2")
+    assert second.version == first.version + 1
+    model = await wait_until(
+        lambda: _version_available(client, "iris", second.version), what="version 2 available"
+    )
+    assert [(c.spec.storage_uri, c.version) for c in agent.loads] == [
+        ("/models/iris-v1", 1),
+        ("/models/iris-v2", 2),
+    ]
+    # Reloaded in place: the name the server sees did not change, so no unload was sent.
+    assert agent.unloads == []
+    assert [(r.version, r.state) for r in model.replicas] == [(2, "Available")]
+
+
+async def _version_available(client: Stub, name: str, version: int) -> Any:
+    model = await status(client, name)
+    ok = model.version == version and model.state == "Available"
+    return model if ok and all(r.version == version for r in model.replicas) else None
+
+
+async def test_scaling_replicas_keeps_the_version(
+    scheduler: SchedulerHandle, client: Stub, agents: Callable[..., Any]
+) -> None:
+    for index in range(3):
+        await agents("a-server", index=index)
+    await wait_connected(scheduler, 3)
+    first = await load(client, "iris", replicas=1)
+    await wait_state(client, "iris", "Available")
+    scaled = await load(client, "iris", replicas=3)
+    assert scaled.version == first.version
+    model = await wait_until(
+        lambda: _available_count(client, "iris", 3), what="three available replicas"
+    )
+    assert where(model) == {"a-server-0", "a-server-1", "a-server-2"}
+    await load(client, "iris", replicas=1)
+    model = await wait_until(lambda: _available_count(client, "iris", 1), what="one replica")
+    assert len(model.replicas) == 1
+
+
+async def _available_count(client: Stub, name: str, count: int) -> Any:
+    model = await status(client, name)
+    return (
+        model
+        if model.state == "Available"
+        and len(model.replicas) == count
+        and all(r.state == "Available" for r in model.replicas)
+        else None
+    )
+
+
+async def test_unload_removes_the_model_from_every_replica(
+    scheduler: SchedulerHandle, client: Stub, agents: Callable[..., Any]
+) -> None:
+    a = await agents("a-server", index=0)
+    b = await agents("a-server", index=1)
+    await wait_connected(scheduler, 2)
+    await load(client, "iris", replicas=2)
+    await wait_state(client, "iris", "Available")
+    await client.UnloadModel(scheduler_pb2.UnloadModelRequest(name="iris"))
+
+    async def gone() -> bool:
+        try:
+            await status(client, "iris")
+        except grpc.aio.AioRpcError as exc:
+            return exc.code() == grpc.StatusCode.NOT_FOUND
+        return False
+
+    await wait_until(gone, what="iris gone")
+    assert a.loaded == {} and b.loaded == {}
+
+
+async def test_drain_moves_models_first_then_completes(
+    scheduler: SchedulerHandle, client: Stub, agents: Callable[..., Any]
+) -> None:
+    leaving = await agents("a-server", index=0)
+    await wait_connected(scheduler, 1)
+    await load(client, "iris")
+    await load(client, "stuck", requirements=["only-here"])
+    await wait_state(client, "iris", "Available")
+    staying = await agents("b-server", index=0)
+    await wait_connected(scheduler, 2)
+    leaving.drain()
+    await wait_until(lambda: leaving.drain_complete is not None, what="drain complete")
+    model = await status(client, "iris")
+    assert where(model) == {"b-server-0"}
+    assert "iris" in staying.loaded and "iris" not in leaving.loaded
+    assert leaving.drain_complete is not None and list(leaving.drain_complete.stranded_models) == []
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "rule"),
+    [
+        ({"name": "Bad_Name"}, "model.name", "DNS-1123"),
+        ({"name": "ok", "replicas": 0}, "model.replicas", "1 or more"),
+        ({"name": "ok", "replicas": 2, "min_replicas": 3}, "model.minReplicas", "0..replicas"),
+        ({"name": "ok", "memory": "lots"}, "model.memory", "not a quantity"),
+        ({"name": "ok", "gpu_memory": "-1Gi"}, "model.gpuMemory", "negative"),
+        ({"name": "ok", "storage_uri": "s3://bucket/x"}, "model.storageUri", "not supported"),
+        ({"name": "ok", "server": "../etc"}, "model.server", "DNS-1123"),
+        ({"name": "ok", "gpus": 2}, "model.gpuMemory", "must be set"),
+    ],
+    ids=lambda value: str(value) if isinstance(value, str) else None,
+)
+async def test_bad_input_is_invalid_argument_naming_the_field(
+    client: Stub, fields: dict[str, Any], field: str, rule: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await client.LoadModel(scheduler_pb2.LoadModelRequest(model=common_pb2.ModelSpec(**fields)))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details().startswith(field)
+    assert rule in caught.value.details()
+
+
+async def test_an_unknown_model_is_not_found(client: Stub) -> None:
+    for call in (
+        client.GetModelStatus(scheduler_pb2.GetModelStatusRequest(name="nope")),
+        client.UnloadModel(scheduler_pb2.UnloadModelRequest(name="nope")),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND

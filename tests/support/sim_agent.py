@@ -1,0 +1,175 @@
+"""A simulated agent: speaks the real agent protocol over a real gRPC stream.
+
+It does what a test tells it: load (or fail, or stay silent), unload, drain. Everything it
+receives is kept for assertions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from protos import agent_pb2, agent_pb2_grpc, common_pb2
+
+GiB = 2**30
+
+
+@dataclass
+class SimGpu:
+    uuid: str
+    total_bytes: int
+    free_bytes: int
+    name: str = "Simulated GPU"
+    index: int = 0
+
+    def proto(self) -> common_pb2.GpuDevice:
+        return common_pb2.GpuDevice(
+            uuid=self.uuid,
+            name=self.name,
+            index=self.index,
+            total_bytes=self.total_bytes,
+            free_bytes=self.free_bytes,
+            used_bytes=self.total_bytes - self.free_bytes,
+        )
+
+
+@dataclass
+class SimAgent:
+    address: str
+    server: str
+    index: int = 0
+    capabilities: tuple[str, ...] = ("mlserver", "sklearn", "xgboost")
+    memory_bytes: int = 8 * GiB
+    overcommit_percentage: int = 0
+    gpus: list[SimGpu] = field(default_factory=list)
+    # Behaviour: models whose loads fail (message), or never answer.
+    fail: dict[str, str] = field(default_factory=dict)
+    fail_memory: set[str] = field(default_factory=set)
+    silent: set[str] = field(default_factory=set)
+    # State and what was seen.
+    loaded: dict[str, int] = field(default_factory=dict)
+    loads: list[agent_pb2.LoadCommand] = field(default_factory=list)
+    unloads: list[agent_pb2.UnloadCommand] = field(default_factory=list)
+    welcomed: int = 0
+    drain_complete: agent_pb2.DrainComplete | None = None
+    closed_with: grpc.StatusCode | None = None
+
+    def __post_init__(self) -> None:
+        self._outgoing: asyncio.Queue[agent_pb2.AgentMessage | None] = asyncio.Queue()
+        self._channel: grpc.aio.Channel | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._call: grpc.aio.StreamStreamCall[Any, Any] | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.server}-{self.index}"
+
+    def hello(self) -> agent_pb2.AgentMessage:
+        return agent_pb2.AgentMessage(
+            hello=agent_pb2.Hello(
+                server_name=self.server,
+                replica_index=self.index,
+                capabilities=self.capabilities,
+                memory_bytes=self.memory_bytes,
+                overcommit_percentage=self.overcommit_percentage,
+                devices=[gpu.proto() for gpu in self.gpus],
+                loaded_models=[
+                    common_pb2.LoadedModel(name=name, version=version)
+                    for name, version in sorted(self.loaded.items())
+                ],
+            )
+        )
+
+    async def connect(self) -> SimAgent:
+        """Open the stream and send the hello (with what it holds)."""
+        self._outgoing = asyncio.Queue()
+        self._outgoing.put_nowait(self.hello())
+        self._channel = grpc.aio.insecure_channel(self.address)
+        stub = agent_pb2_grpc.AgentServiceStub(self._channel)
+        call = stub.Connect(self._requests())
+        self._call = call
+        self._task = asyncio.create_task(self._receive(call))
+        return self
+
+    async def disconnect(self) -> None:
+        """Drop the stream, as a crashed agent would."""
+        if self._call is not None:
+            self._call.cancel()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+                await self._task
+        if self._channel is not None:
+            await self._channel.close()
+        self._task = self._channel = self._call = None
+
+    @property
+    def connected(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def drain(self) -> None:
+        self._outgoing.put_nowait(agent_pb2.AgentMessage(drain=agent_pb2.DrainRequest()))
+
+    def report_resources(self) -> None:
+        self._outgoing.put_nowait(
+            agent_pb2.AgentMessage(
+                resources=agent_pb2.ResourceUpdate(devices=[g.proto() for g in self.gpus])
+            )
+        )
+
+    def event(
+        self, kind: agent_pb2.ModelEvent.Kind.ValueType, name: str, version: int, message: str = ""
+    ) -> None:
+        self._outgoing.put_nowait(
+            agent_pb2.AgentMessage(
+                event=agent_pb2.ModelEvent(
+                    kind=kind, model_name=name, version=version, message=message
+                )
+            )
+        )
+
+    async def _requests(self) -> AsyncIterator[agent_pb2.AgentMessage]:
+        while (message := await self._outgoing.get()) is not None:
+            yield message
+
+    async def _receive(self, call: AsyncIterator[agent_pb2.SchedulerMessage]) -> None:
+        try:
+            await self._dispatch(call)
+        except grpc.aio.AioRpcError as exc:
+            self.closed_with = exc.code()
+
+    async def _dispatch(self, call: AsyncIterator[agent_pb2.SchedulerMessage]) -> None:
+        async for message in call:
+            kind = message.WhichOneof("message")
+            if kind == "welcome":
+                self.welcomed += 1
+            elif kind == "load":
+                self._load(message.load)
+            elif kind == "unload":
+                self._unload(message.unload)
+            elif kind == "drain_complete":
+                self.drain_complete = message.drain_complete
+
+    def _load(self, command: agent_pb2.LoadCommand) -> None:
+        name, version = command.spec.name, command.version
+        self.loads.append(command)
+        if name in self.silent:
+            return
+        if name in self.fail_memory:
+            self.event(agent_pb2.ModelEvent.LOAD_FAILED_MEMORY, name, version, "not enough memory")
+        elif name in self.fail:
+            self.event(agent_pb2.ModelEvent.LOAD_FAILED, name, version, self.fail[name])
+        else:
+            self.loaded[name] = version
+            self.event(agent_pb2.ModelEvent.LOADED, name, version)
+
+    def _unload(self, command: agent_pb2.UnloadCommand) -> None:
+        self.unloads.append(command)
+        if self.loaded.get(command.model_name, 0) <= command.version:
+            self.loaded.pop(command.model_name, None)
+        self.event(agent_pb2.ModelEvent.UNLOADED, command.model_name, command.version)
