@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from urllib.parse import urlsplit
 
+from gpuplace import spec_rules as rules
 from gpuplace.names import InvalidName, check_name
 from gpuplace.quantity import QuantityError, parse_bytes
 from scheduler_service.errors import InvalidArgument
@@ -33,7 +33,6 @@ class ReplicaState(StrEnum):
 IN_FLIGHT = frozenset({ReplicaState.LOAD_REQUESTED, ReplicaState.LOADING})
 # A replica in one of these states holds (or is about to hold) the model.
 ACTIVE = IN_FLIGHT | {ReplicaState.AVAILABLE}
-STORAGE_SCHEMES = ("", "file", "http", "https")
 
 
 @dataclass(frozen=True)
@@ -82,29 +81,19 @@ def validate_spec(
         field_name = str(exc).split(":", 1)[0]
         raise InvalidArgument(field_name, str(exc).split(": ", 1)[1]) from None
     count = 1 if replicas is None else replicas
-    if count < 1:
-        raise InvalidArgument("model.replicas", f"{count} is not allowed; must be 1 or more")
-    if min_replicas is not None and not 0 <= min_replicas <= count:
-        raise InvalidArgument(
-            "model.minReplicas", f"{min_replicas} is not allowed; must be 0..replicas ({count})"
-        )
-    scheme = urlsplit(storage_uri).scheme
-    if scheme not in STORAGE_SCHEMES:
-        raise InvalidArgument(
-            "model.storageUri",
-            f"scheme {scheme!r} is not supported; use a local path, file://, http:// or https://",
-        )
-    for requirement in requirements:
-        if not requirement.strip() or "," in requirement:
-            raise InvalidArgument(
-                "model.requirements", f"{requirement!r} must be non-empty and contain no comma"
-            )
     memory_bytes = _bytes("model.memory", memory)
     gpu_memory_bytes = _bytes("model.gpuMemory", gpu_memory)
-    if gpus < 0 or gpus > 64:
-        raise InvalidArgument("model.gpus", f"{gpus} is not allowed; must be 0..64")
-    if gpus > 0 and gpu_memory_bytes == 0:
-        raise InvalidArgument("model.gpuMemory", "must be set when model.gpus is set")
+    checks = [
+        ("model.replicas", rules.replicas_problem(count)),
+        ("model.storageUri", rules.storage_uri_problem(storage_uri)),
+        ("model.gpus", rules.gpus_problem(gpus, gpu_memory_bytes > 0)),
+        *(("model.requirements", rules.requirement_problem(r)) for r in requirements),
+    ]
+    if min_replicas is not None:
+        checks.append(("model.minReplicas", rules.min_replicas_problem(min_replicas, count)))
+    for field_name, problem in checks:
+        if problem:
+            raise InvalidArgument(field_name, problem)
     return ModelSpec(
         name=name,
         storage_uri=storage_uri,

@@ -318,12 +318,12 @@ async def test_drain_moves_models_first_then_completes(
     [
         ({"name": "Bad_Name"}, "model.name", "DNS-1123"),
         ({"name": "ok", "replicas": 0}, "model.replicas", "1 or more"),
-        ({"name": "ok", "replicas": 2, "min_replicas": 3}, "model.minReplicas", "0..replicas"),
+        ({"name": "ok", "replicas": 2, "min_replicas": 3}, "model.minReplicas", "0 to replicas"),
         ({"name": "ok", "memory": "lots"}, "model.memory", "not a quantity"),
         ({"name": "ok", "gpu_memory": "-1Gi"}, "model.gpuMemory", "negative"),
         ({"name": "ok", "storage_uri": "s3://bucket/x"}, "model.storageUri", "not supported"),
         ({"name": "ok", "server": "../etc"}, "model.server", "DNS-1123"),
-        ({"name": "ok", "gpus": 2}, "model.gpuMemory", "must be set"),
+        ({"name": "ok", "gpus": 2}, "model.gpus", "needs gpuMemory"),
     ],
     ids=lambda value: str(value) if isinstance(value, str) else None,
 )

@@ -1,0 +1,138 @@
+"""A thin synchronous client of the scheduler's client API (gRPC :9004)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from types import TracebackType
+
+import grpc
+
+from protos import common_pb2, scheduler_pb2, scheduler_pb2_grpc
+
+DEFAULT_SCHEDULER = "localhost:9004"
+SCHEDULER_ENV = "GPUPLACE_SCHEDULER"
+CALL_TIMEOUT_S = 15.0
+
+
+def scheduler_address(flag: str | None, environ: dict[str, str] | None = None) -> str:
+    """`--scheduler`, else GPUPLACE_SCHEDULER, else localhost:9004."""
+    env = os.environ if environ is None else environ
+    return flag or env.get(SCHEDULER_ENV) or DEFAULT_SCHEDULER
+
+
+class ClientError(Exception):
+    """A call the scheduler refused or could not answer: its gRPC code and details."""
+
+    def __init__(self, address: str, code: grpc.StatusCode, details: str) -> None:
+        self.address = address
+        self.code = code
+        self.details = details
+        super().__init__(self.describe())
+
+    @property
+    def code_name(self) -> str:
+        return str(self.code.name)
+
+    def describe(self) -> str:
+        if self.code == grpc.StatusCode.UNAVAILABLE:
+            return (
+                f"cannot reach the scheduler at {self.address} ({self.details}); set --scheduler "
+                f"HOST:PORT or {SCHEDULER_ENV}"
+            )
+        if self.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return f"the scheduler at {self.address} did not answer in time"
+        return f"{self.details} ({self.code_name})" if self.details else self.code_name
+
+
+def _error(address: str, exc: grpc.RpcError) -> ClientError:
+    code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
+    details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+    return ClientError(address, code, details or "")
+
+
+class SchedulerClient:
+    """One channel to the scheduler; each method is one call; errors become ClientError."""
+
+    def __init__(self, address: str, *, timeout_s: float = CALL_TIMEOUT_S) -> None:
+        self.address = address
+        self.timeout_s = timeout_s
+        self._channel = grpc.insecure_channel(address)
+        self._stub = scheduler_pb2_grpc.SchedulerStub(self._channel)
+
+    def __enter__(self) -> SchedulerClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def load(self, spec: common_pb2.ModelSpec) -> scheduler_pb2.LoadModelResponse:
+        try:
+            return self._stub.LoadModel(
+                scheduler_pb2.LoadModelRequest(model=spec), timeout=self.timeout_s
+            )
+        except grpc.RpcError as exc:
+            raise _error(self.address, exc) from None
+
+    def unload(self, name: str) -> None:
+        try:
+            self._stub.UnloadModel(
+                scheduler_pb2.UnloadModelRequest(name=name), timeout=self.timeout_s
+            )
+        except grpc.RpcError as exc:
+            raise _error(self.address, exc) from None
+
+    def model(self, name: str) -> scheduler_pb2.ModelStatus:
+        try:
+            return self._stub.GetModelStatus(
+                scheduler_pb2.GetModelStatusRequest(name=name), timeout=self.timeout_s
+            )
+        except grpc.RpcError as exc:
+            raise _error(self.address, exc) from None
+
+    def models(self) -> list[scheduler_pb2.ModelStatus]:
+        try:
+            reply = self._stub.ListModels(scheduler_pb2.ListModelsRequest(), timeout=self.timeout_s)
+        except grpc.RpcError as exc:
+            raise _error(self.address, exc) from None
+        return list(reply.models)
+
+    def servers(self) -> list[scheduler_pb2.ServerStatus]:
+        try:
+            reply = self._stub.ListServers(
+                scheduler_pb2.ListServersRequest(), timeout=self.timeout_s
+            )
+        except grpc.RpcError as exc:
+            raise _error(self.address, exc) from None
+        return list(reply.servers)
+
+    def watch(self, name: str, deadline: float) -> Iterator[scheduler_pb2.ModelStatus]:
+        """Statuses of one model ("" = every model) until `deadline` (time.monotonic()).
+
+        Ends quietly at the deadline or when the scheduler ends the stream.
+        """
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        call = self._stub.WatchModels(
+            scheduler_pb2.WatchModelsRequest(name=name), timeout=remaining
+        )
+        try:
+            yield from call
+        except grpc.RpcError as exc:
+            if isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                return
+            if isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.CANCELLED:
+                return
+            raise _error(self.address, exc) from None
+        finally:
+            call.cancel()

@@ -1,0 +1,185 @@
+"""The CLI against the real scheduler (ephemeral ports) with simulated agents.
+
+The scheduler runs in this test's event loop, so the CLI (synchronous gRPC) runs in a
+worker thread: `await cli(...)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from gpuplace.cli import main
+from tests.support.scheduler import SchedulerHandle, running_scheduler
+from tests.support.sim_agent import GiB, SimAgent, SimGpu
+from tests.support.wait import wait_until
+
+SEED = Path(__file__).resolve().parents[1] / "fixtures" / "seed"
+UUID = "GPU-12345678-aaaa-bbbb-cccc-000000000001"
+
+MODELS = """\
+apiVersion: mlops.seldon.io/v1alpha1
+kind: Model
+metadata: {name: iris}
+spec:
+  storageUri: https://models.example/iris
+  requirements: [sklearn]
+  memory: 100Mi
+---
+apiVersion: mlops.seldon.io/v1alpha1
+kind: Model
+metadata: {name: llama3}
+spec:
+  storageUri: https://models.example/llama3
+  requirements: [model-on-gpu]
+  gpuMemory: 20Gi
+"""
+
+
+async def cli(*args: str) -> int:
+    return await asyncio.to_thread(main, list(args))
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[tuple[SchedulerHandle, SimAgent, SimAgent]]:
+    async with running_scheduler(tmp_path) as scheduler:
+        cpu = SimAgent(scheduler.agent_address, "cpu-a", capabilities=("mlserver", "sklearn"))
+        gpu = SimAgent(
+            scheduler.agent_address,
+            "gpu-a",
+            capabilities=("mlserver", "sklearn", "model-on-gpu"),
+            gpus=[SimGpu(UUID, total_bytes=40 * GiB, free_bytes=30 * GiB)],
+        )
+        await cpu.connect()
+        await gpu.connect()
+        await wait_until(lambda: cpu.welcomed and gpu.welcomed, what="both agents welcomed")
+        try:
+            yield scheduler, cpu, gpu
+        finally:
+            await cpu.disconnect()
+            await gpu.disconnect()
+
+
+async def test_load_wait_status_unload_round_trip(
+    cluster: tuple[SchedulerHandle, SimAgent, SimAgent],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    scheduler, _cpu, gpu = cluster
+    address = scheduler.client_address
+    path = tmp_path / "models.yaml"
+    path.write_text(MODELS)
+
+    code = await cli(
+        "model", "load", "-f", str(path), "--wait", "--timeout", "20s", "--scheduler", address
+    )
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "model/iris loaded (version 1)" in captured.out
+    assert "llama3 is Available (version 1, 1/1 replicas): gpu-a-0" in captured.out
+    assert "llama3 v1" in captured.err  # the progress display
+    assert [load.spec.name for load in gpu.loads if load.spec.name == "llama3"] == ["llama3"]
+    assert gpu.loads[-1].spec.gpu_memory == "20Gi" or any(
+        load.spec.gpu_memory == "20Gi" for load in gpu.loads
+    )
+
+    assert await cli("model", "status", "-o", "json", "--scheduler", address) == 0
+    models = {m["name"]: m for m in json.loads(capsys.readouterr().out)["models"]}
+    assert models["iris"]["state"] == "Available"
+    assert models["iris"]["spec"]["memory"] == "100Mi"
+    llama = models["llama3"]
+    assert llama["state"] == "Available"
+    assert [(r["server"], r["replica"], r["state"]) for r in llama["replicas"]] == [
+        ("gpu-a", 0, "Available")
+    ]
+    assert llama["replicas"][0]["devices"] == [UUID]
+
+    assert await cli("model", "status", "--scheduler", address) == 0
+    table = capsys.readouterr().out
+    assert "llama3" in table and "gpu0 (GPU-12345678)" in table
+    assert "missing capability" not in table  # placed: the other servers' reasons are left out
+
+    assert await cli("explain", "model", "llama3", "--scheduler", address) == 0
+    explained = capsys.readouterr().out
+    assert "  the other servers:\n    cpu-a: missing capability model-on-gpu" in explained
+
+    assert await cli("server", "status", "-o", "json", "--scheduler", address) == 0
+    servers = {s["name"]: s for s in json.loads(capsys.readouterr().out)["servers"]}
+    assert set(servers) == {"cpu-a", "gpu-a"}
+    gpu_replica = servers["gpu-a"]["replicas"][0]
+    assert gpu_replica["connected"] is True
+    assert "model-on-gpu" in gpu_replica["capabilities"]
+    assert gpu_replica["gpus"][0]["uuid"] == UUID
+    assert gpu_replica["gpus"][0]["totalBytes"] == 40 * GiB
+
+    assert await cli("server", "status", "--scheduler", address) == 0
+    assert "GPU-12345678" in capsys.readouterr().out
+
+    code = await cli(
+        "model", "unload", "llama3", "--wait", "--timeout", "20s", "--scheduler", address
+    )
+    assert code == 0, capsys.readouterr().err
+    assert "llama3 is deleted" in capsys.readouterr().out
+    assert [u.model_name for u in gpu.unloads] == ["llama3"]
+    assert await cli("model", "wait", "llama3", "--for", "deleted", "--scheduler", address) == 0
+    assert await cli("model", "status", "llama3", "--scheduler", address) == 1
+
+
+async def test_bad_input_reaches_nothing(
+    cluster: tuple[SchedulerHandle, SimAgent, SimAgent], tmp_path: Path
+) -> None:
+    scheduler, cpu, gpu = cluster
+    path = tmp_path / "bad.yaml"
+    path.write_text(MODELS.replace("memory: 100Mi", "memory: -100Mi"))
+    assert await cli("model", "load", "-f", str(path), "--scheduler", scheduler.client_address) == 2
+    assert scheduler.service.models() == []
+    assert cpu.loads == [] and gpu.loads == []
+
+
+async def test_refusal_exits_1_with_reasons_and_explain_model_shows_them(
+    cluster: tuple[SchedulerHandle, SimAgent, SimAgent],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    scheduler, _cpu, _gpu = cluster
+    address = scheduler.client_address
+    path = tmp_path / "huge.yaml"
+    path.write_text(MODELS.split("---\n")[1].replace("20Gi", "35Gi"))
+    code = await cli(
+        "model", "load", "-f", str(path), "--wait", "--timeout", "20s", "--scheduler", address
+    )
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "llama3 failed (state ScheduleFailed)" in err
+    assert "  cpu-a: " in err and "  gpu-a: " in err
+
+    assert await cli("explain", "model", "llama3", "--scheduler", address) == 0
+    out = capsys.readouterr().out
+    assert "Model llama3 (version 1): ScheduleFailed" in out
+    assert "GPU memory 35Gi on each of 1 device" in out
+    assert "servers that could not take it:" in out
+    assert "    gpu-a: " in out
+
+
+async def test_seed_model_pinned_to_an_unknown_server_fails_with_that_reason(
+    cluster: tuple[SchedulerHandle, SimAgent, SimAgent], capsys: pytest.CaptureFixture[str]
+) -> None:
+    scheduler, _cpu, _gpu = cluster
+    code = await cli(
+        "model",
+        "load",
+        "-f",
+        str(SEED / "model-pinned.yaml"),
+        "--wait",
+        "--timeout",
+        "20s",
+        "--scheduler",
+        scheduler.client_address,
+    )
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "mlserver-llm-local-gpu" in err
