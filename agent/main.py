@@ -1,11 +1,247 @@
-"""Placeholder: replaced by the agent work."""
+"""`gpuplace agent`: the sidecar next to an inference server (the composition root).
+
+Start: read settings (a bad one stops here, exit 2), serve /live, wait for the inference
+server, adopt the models it already holds, then keep a stream open to the scheduler.
+SIGTERM: ask the scheduler to drain this replica, keep executing its commands until it
+answers (at most drain_timeout_s), unload whatever is left, exit 0.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
 from typing import Any
+
+from prometheus_client import CollectorRegistry
+from pydantic import ValidationError
+
+from agent.artifacts import ModelRepository
+from agent.gpus import GpuProbe, NvmlGpuProbe
+from agent.http import HttpEndpoints
+from agent.inference_server import (
+    InferenceServer,
+    InferenceServerError,
+    MLServerClient,
+    wait_until_ready,
+)
+from agent.link import Outbox, SchedulerLink
+from agent.metrics import AgentMetrics
+from agent.models import ModelManager
+from agent.resources import GpuMonitor
+from agent.settings import AgentSettings
+from gpuplace import __version__
+from gpuplace.aio import start_task, stop_tasks
+from gpuplace.settings_cli import add_settings_arguments, describe_error, settings_from_args
+
+log = logging.getLogger(__name__)
+
+# How long the last events may take to reach the scheduler before the agent exits.
+_FLUSH_S = 5.0
+
+
+class Agent:
+    """Every part of one agent, wired together; `start()`, then `drain_and_stop()`."""
+
+    def __init__(
+        self,
+        settings: AgentSettings,
+        *,
+        probe: GpuProbe | None = None,
+        inference: InferenceServer | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.metrics = AgentMetrics(self.registry)
+        self.inference: InferenceServer = inference or MLServerClient(
+            settings.inference_url,
+            load_timeout_s=settings.load_timeout_s,
+            request_timeout_s=settings.request_timeout_s,
+        )
+        self.repository = ModelRepository(settings.model_repository)
+        self.gpus = GpuMonitor(
+            probe or NvmlGpuProbe(settings.gpu_uuids),
+            self.metrics,
+            settings.resource_report_threshold_bytes,
+        )
+        self.outbox = Outbox(settings.replica)
+        self.manager = ModelManager(
+            replica=settings.replica,
+            repository=self.repository,
+            inference=self.inference,
+            gpus=self.gpus,
+            metrics=self.metrics,
+            emit=self.outbox.event,
+            max_concurrent_loads=settings.max_concurrent_loads,
+            fetch_timeout_s=settings.fetch_timeout_s,
+            after_change=self._after_change,
+        )
+        self.link = SchedulerLink(settings, self.manager, self.gpus, self.metrics, self.outbox)
+        self.http = HttpEndpoints(
+            settings.http_host,
+            settings.readiness_port,
+            settings.metrics_port,
+            self.ready,
+            self.registry,
+        )
+        self.linked = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    async def _after_change(self) -> None:
+        """After a load or unload: send the fresh GPU reading, after the event, so that the
+        scheduler replaces the footprint it charged with what NVML measures now."""
+        devices = await self.gpus.refresh()
+        if devices and self.link.send_resources(devices):
+            self.gpus.mark_reported(devices)
+
+    async def ready(self) -> tuple[bool, str]:
+        if self.link.draining:
+            return False, "draining"
+        if not self.link.connected:
+            return False, "not connected to the scheduler"
+        try:
+            ok = await asyncio.wait_for(self.inference.ready(), timeout=2.0)
+        except TimeoutError:
+            ok = False
+        return (True, "ready") if ok else (False, "inference server not ready")
+
+    async def start(self) -> None:
+        s = self.settings
+        log.info(
+            "agent %s for %s: server %s replica %d, capabilities [%s], memory %d bytes "
+            "(+%d%% overcommit), inference server %s (gRPC port %d), repository %s",
+            __version__,
+            s.pod_name,
+            s.server_name,
+            s.replica_index,
+            ", ".join(s.capabilities),
+            s.memory_bytes,
+            s.overcommit_percentage,
+            s.inference_url,
+            s.inference_grpc_port,
+            s.model_repository,
+        )
+        await asyncio.to_thread(self.repository.prepare)
+        await self.http.start()
+        self._tasks.append(
+            start_task(
+                self.gpus.run(s.resource_report_interval_s, self.link.send_resources),
+                name="gpu monitor",
+            )
+        )
+        self._tasks.append(start_task(self._connect(), name="agent startup"))
+
+    async def _connect(self) -> None:
+        url = self.settings.inference_url
+        if not await wait_until_ready(self.inference, url, self._stopping):
+            return
+        while not self._stopping.is_set():
+            try:
+                await self.manager.restore()
+                break
+            except InferenceServerError as exc:
+                log.warning("reading the inference server's index failed: %s; retrying", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), timeout=1.0)
+        if self._stopping.is_set():
+            return
+        self._tasks.append(start_task(self.link.run(), name="scheduler link"))
+        self.linked.set()
+
+    async def drain_and_stop(self, force: asyncio.Event | None = None) -> None:
+        """Drain through the scheduler, unload what is left, stop everything."""
+        self._stopping.set()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.drain_timeout_s
+        if self.linked.is_set():
+            self.link.request_drain()
+            waits = [asyncio.ensure_future(self.link.drain_complete.wait())]
+            if force is not None:
+                waits.append(asyncio.ensure_future(force.wait()))
+            _done, pending = await asyncio.wait(
+                waits, timeout=self.settings.drain_timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
+            for future in pending:
+                future.cancel()
+            if not self.link.drain_complete.is_set():
+                log.warning(
+                    "%s: no drain answer from the scheduler; unloading anyway",
+                    self.settings.replica,
+                )
+            if not await self.manager.wait_idle(max(1.0, deadline - loop.time())):
+                log.warning(
+                    "%s: commands still running at shutdown; cancelled", self.settings.replica
+                )
+                await self.manager.cancel_all()
+            events = await self.manager.unload_all()
+            if events:
+                log.info("%s: unloaded %d model(s) at shutdown", self.settings.replica, len(events))
+            await self.outbox.flush(_FLUSH_S)
+        await self.stop()
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        await self.manager.cancel_all()
+        await stop_tasks(self._tasks)
+        self._tasks.clear()
+        self.link.set_connected(False)
+        await self.http.stop()
+        await self.inference.close()
+        await asyncio.to_thread(self.gpus.close)
+
+
+async def run_agent(settings: AgentSettings) -> int:
+    """Run until SIGTERM/SIGINT, then drain and exit 0 (a second signal skips the wait)."""
+    loop = asyncio.get_running_loop()
+    signalled = asyncio.Event()
+    force = asyncio.Event()
+
+    def on_signal(signum: int) -> None:
+        if signalled.is_set():
+            log.warning("second signal: not waiting for the drain any longer")
+            force.set()
+        else:
+            log.info("signal %s: draining", signal.Signals(signum).name)
+            signalled.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    agent = Agent(settings)
+    try:
+        await agent.start()
+    except OSError as exc:
+        log.error("the agent cannot start: %s", exc)
+        await agent.stop()
+        return 1
+    await signalled.wait()
+    await agent.drain_and_stop(force)
+    log.info("%s: stopped", settings.replica)
+    return 0
+
+
+def run_command(args: argparse.Namespace) -> int:
+    try:
+        settings = settings_from_args(AgentSettings, args)
+    except ValidationError as exc:
+        print(describe_error(AgentSettings, exc), file=sys.stderr)
+        return 2
+    return asyncio.run(run_agent(settings))
 
 
 def register(commands: Any) -> None:
-    parser: argparse.ArgumentParser = commands.add_parser("agent", help="run the agent sidecar")
-    parser.set_defaults(func=lambda args: 2)
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "agent",
+        help="run the agent sidecar next to an inference server",
+        description=(
+            "Run the gpuplace agent next to MLServer: report capabilities and NVML-measured "
+            "GPU memory to the scheduler, load and unload models on its command, drain on "
+            "SIGTERM."
+        ),
+    )
+    add_settings_arguments(parser, AgentSettings)
+    parser.set_defaults(func=run_command)

@@ -1,0 +1,239 @@
+"""GPU memory as NVML measures it, keyed by device UUID.
+
+The NVML probe uses nvidia-ml-py (`import pynvml`). When the library is missing, the driver
+is not loaded or no device is present, it says so in one log line and reports zero GPUs: the
+agent keeps serving CPU models. It never raises out of `devices()`.
+
+With MIG mode on, a GPU's memory is usable only through its MIG instances, so the instances
+are reported (with `parent_uuid` set and the parent's index) instead of the physical GPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    """One GPU or MIG instance, as NVML reports it."""
+
+    uuid: str
+    name: str
+    index: int
+    total_bytes: int
+    free_bytes: int
+    used_bytes: int
+    parent_uuid: str = ""
+
+
+class GpuProbe(Protocol):
+    """Reads the devices of this machine. Blocking: call it from a worker thread."""
+
+    def devices(self) -> list[GpuInfo]:
+        """Every selected device, fresh; an empty list when there is no usable GPU."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class NoGpus:
+    """A probe for machines known to have no GPU."""
+
+    def devices(self) -> list[GpuInfo]:
+        return []
+
+    def close(self) -> None:
+        return None
+
+
+def _text(value: Any) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+class NvmlGpuProbe:
+    """The real probe: nvidia-ml-py over libnvidia-ml.so.1."""
+
+    def __init__(self, uuids: Iterable[str] = ()) -> None:
+        self._wanted = tuple(uuids)
+        self._lock = threading.Lock()
+        self._initialised = False
+        self._unavailable = False
+        self._memory_v2: bool | None = None
+        self._warned: set[str] = set()
+        self._last: list[GpuInfo] = []
+
+    def _warn_once(self, key: str, message: str, *args: object) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(message, *args)
+
+    def _init(self) -> bool:
+        if self._initialised:
+            return True
+        if self._unavailable:
+            return False
+        try:
+            import pynvml
+        except ImportError:
+            self._unavailable = True
+            log.warning("NVML: nvidia-ml-py is not installed; reporting no GPUs")
+            return False
+        try:
+            pynvml.nvmlInit()
+        except pynvml.NVMLError_LibraryNotFound:
+            self._unavailable = True
+            log.warning(
+                "NVML: libnvidia-ml.so.1 not found (no NVIDIA driver here); reporting no GPUs"
+            )
+            return False
+        except pynvml.NVMLError as exc:
+            self._unavailable = True
+            log.warning("NVML: initialisation failed (%s); reporting no GPUs", exc)
+            return False
+        self._initialised = True
+        try:
+            driver = _text(pynvml.nvmlSystemGetDriverVersion())
+            count = pynvml.nvmlDeviceGetCount()
+        except pynvml.NVMLError as exc:
+            log.warning("NVML: cannot list devices (%s); reporting no GPUs", exc)
+            return True
+        if count == 0:
+            log.warning("NVML: driver %s sees no device; reporting no GPUs", driver)
+        else:
+            log.info("NVML: driver %s, %d device(s)", driver, count)
+        return True
+
+    def devices(self) -> list[GpuInfo]:
+        with self._lock:
+            if not self._init():
+                return []
+            try:
+                self._last = self._select(self._read_all())
+            except Exception as exc:  # a driver hiccup must never stop the agent
+                self._warn_once(
+                    f"read:{exc}",
+                    "NVML: reading devices failed (%s); keeping the last reading",
+                    exc,
+                )
+            return list(self._last)
+
+    def _select(self, found: Sequence[GpuInfo]) -> list[GpuInfo]:
+        if not self._wanted:
+            return list(found)
+        by_uuid = {device.uuid: device for device in found}
+        for uuid in self._wanted:
+            if uuid not in by_uuid:
+                self._warn_once(f"missing:{uuid}", "NVML: selected GPU %s is not present", uuid)
+        return [by_uuid[uuid] for uuid in self._wanted if uuid in by_uuid]
+
+    def _read_all(self) -> list[GpuInfo]:
+        import pynvml
+
+        result: list[GpuInfo] = []
+        for position in range(pynvml.nvmlDeviceGetCount()):
+            try:
+                handle = pynvml.nvmlDeviceGetHandleByIndex(position)
+                gpu = self._read(handle, index=position)
+            except pynvml.NVMLError as exc:
+                self._warn_once(
+                    f"device:{position}:{exc}", "NVML: device %d unreadable: %s", position, exc
+                )
+                continue
+            migs = self._read_migs(handle, gpu)
+            result.extend(migs if migs is not None else [gpu])
+        return result
+
+    def _read(self, handle: Any, index: int, parent_uuid: str = "") -> GpuInfo:
+        import pynvml
+
+        if not parent_uuid:
+            with contextlib.suppress(pynvml.NVMLError):
+                index = int(pynvml.nvmlDeviceGetIndex(handle))
+        total, free, used = self._memory(handle)
+        return GpuInfo(
+            uuid=_text(pynvml.nvmlDeviceGetUUID(handle)),
+            name=_text(pynvml.nvmlDeviceGetName(handle)),
+            index=index,
+            total_bytes=total,
+            free_bytes=free,
+            used_bytes=used,
+            parent_uuid=parent_uuid,
+        )
+
+    def _memory(self, handle: Any) -> tuple[int, int, int]:
+        import pynvml
+
+        version = getattr(pynvml, "nvmlMemory_v2", None)
+        if version is not None and self._memory_v2 is not False:
+            try:
+                info = pynvml.nvmlDeviceGetMemoryInfo(handle, version=version)
+                self._memory_v2 = True
+                return int(info.total), int(info.free), int(info.used)
+            except (
+                pynvml.NVMLError_FunctionNotFound,
+                pynvml.NVMLError_NotSupported,
+                pynvml.NVMLError_ArgumentVersionMismatch,
+            ):
+                log.info("NVML: memory info v2 unavailable, using v1")
+                self._memory_v2 = False
+        info = pynvml.nvmlDeviceGetMemoryInfo(handle)
+        return int(info.total), int(info.free), int(info.used)
+
+    def _read_migs(self, handle: Any, gpu: GpuInfo) -> list[GpuInfo] | None:
+        """The MIG instances when MIG mode is on; None when it is off or unsupported."""
+        import pynvml
+
+        try:
+            current, _pending = pynvml.nvmlDeviceGetMigMode(handle)
+        except pynvml.NVMLError:
+            return None
+        if current != pynvml.NVML_DEVICE_MIG_ENABLE:
+            return None
+        instances: list[GpuInfo] = []
+        try:
+            slots = pynvml.nvmlDeviceGetMaxMigDeviceCount(handle)
+        except pynvml.NVMLError as exc:
+            self._warn_once(f"mig:{gpu.uuid}", "NVML: MIG devices of %s: %s", gpu.uuid, exc)
+            return instances
+        for slot in range(slots):
+            try:
+                mig = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, slot)
+            except pynvml.NVMLError_NotFound:
+                continue
+            except pynvml.NVMLError as exc:
+                self._warn_once(
+                    f"mig:{gpu.uuid}:{slot}", "NVML: MIG slot %d of %s: %s", slot, gpu.uuid, exc
+                )
+                continue
+            try:
+                instances.append(self._read(mig, index=gpu.index, parent_uuid=gpu.uuid))
+            except pynvml.NVMLError as exc:
+                self._warn_once(
+                    f"mig:{gpu.uuid}:{slot}", "NVML: MIG slot %d of %s: %s", slot, gpu.uuid, exc
+                )
+        if not instances:
+            self._warn_once(
+                f"mig-empty:{gpu.uuid}",
+                "NVML: %s is in MIG mode without instances; it offers no memory",
+                gpu.uuid,
+            )
+        return instances
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._initialised:
+                return
+            import pynvml
+
+            try:
+                pynvml.nvmlShutdown()
+            except pynvml.NVMLError as exc:
+                log.debug("NVML: shutdown: %s", exc)
+            self._initialised = False

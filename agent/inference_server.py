@@ -1,0 +1,188 @@
+"""Control of the inference server next to the agent, through the V2 model-repository API.
+
+`InferenceServer` is the interface the agent depends on (so Triton can be added later);
+`MLServerClient` implements it over MLServer's REST endpoints with aiohttp.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import aiohttp
+
+log = logging.getLogger(__name__)
+
+READY = "READY"
+
+
+class InferenceServerError(Exception):
+    """The inference server refused or failed a request."""
+
+
+class InferenceServerUnavailable(InferenceServerError):
+    """The inference server could not be reached (refused, reset, timed out)."""
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """One entry of the repository index."""
+
+    name: str
+    state: str
+    version: str = ""
+    reason: str = ""
+
+    @property
+    def ready(self) -> bool:
+        return self.state == READY
+
+
+def normalise_state(state: object) -> str:
+    """`State.READY` (as MLServer's gRPC index writes it) and `ready` both become `READY`."""
+    text = str(state or "").strip()
+    if text.startswith("State."):
+        text = text[len("State.") :]
+    return text.upper()
+
+
+class InferenceServer(Protocol):
+    async def ready(self) -> bool:
+        """True when the server answers its readiness check."""
+        ...
+
+    async def index(self) -> list[ModelState]:
+        """Every model the server knows of, with its state."""
+        ...
+
+    async def load(self, name: str) -> None:
+        """Load (or reload) `name` from the model repository; raise InferenceServerError."""
+        ...
+
+    async def unload(self, name: str) -> None:
+        """Unload `name`; an unknown model counts as unloaded."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class MLServerClient:
+    """MLServer's REST API: /v2/health/ready, /v2/repository/index, .../load, .../unload."""
+
+    def __init__(self, base_url: str, *, load_timeout_s: float, request_timeout_s: float) -> None:
+        self._base = base_url.rstrip("/")
+        self._load_timeout = aiohttp.ClientTimeout(total=load_timeout_s)
+        self._request_timeout = aiohttp.ClientTimeout(total=request_timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def base_url(self) -> str:
+        return self._base
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession()
+        return self._session
+
+    async def _post(
+        self, path: str, limit: aiohttp.ClientTimeout, body: Any = None
+    ) -> tuple[int, str]:
+        url = f"{self._base}{path}"
+        try:
+            async with self._client().post(url, json=body, timeout=limit) as response:
+                return response.status, await response.text()
+        except TimeoutError as exc:
+            raise InferenceServerUnavailable(
+                f"POST {path}: no answer within {limit.total:g}s"
+            ) from exc
+        except aiohttp.ClientError as exc:
+            raise InferenceServerUnavailable(f"POST {path}: {exc}") from exc
+
+    async def ready(self) -> bool:
+        try:
+            async with self._client().get(
+                f"{self._base}/v2/health/ready", timeout=self._request_timeout
+            ) as response:
+                return response.status == 200
+        except (TimeoutError, aiohttp.ClientError):
+            return False
+
+    async def index(self) -> list[ModelState]:
+        status, text = await self._post("/v2/repository/index", self._request_timeout, body={})
+        if status != 200:
+            raise InferenceServerError(f"repository index: HTTP {status}: {_error_text(text)}")
+        try:
+            items = json.loads(text)
+        except ValueError as exc:
+            raise InferenceServerError(f"repository index: not JSON: {text[:200]!r}") from exc
+        if not isinstance(items, list):
+            raise InferenceServerError(f"repository index: expected a list, got {text[:200]!r}")
+        return [
+            ModelState(
+                name=str(item.get("name", "")),
+                state=normalise_state(item.get("state")),
+                version=str(item.get("version") or ""),
+                reason=str(item.get("reason") or ""),
+            )
+            for item in items
+            if isinstance(item, dict) and item.get("name")
+        ]
+
+    async def load(self, name: str) -> None:
+        status, text = await self._post(f"/v2/repository/models/{name}/load", self._load_timeout)
+        if status != 200:
+            raise InferenceServerError(f"load {name}: HTTP {status}: {_error_text(text)}")
+
+    async def unload(self, name: str) -> None:
+        status, text = await self._post(
+            f"/v2/repository/models/{name}/unload", self._request_timeout
+        )
+        if status == 404:
+            log.debug("model %s: not held by the inference server (404): counted as unloaded", name)
+            return
+        if status != 200:
+            raise InferenceServerError(f"unload {name}: HTTP {status}: {_error_text(text)}")
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def _error_text(text: str) -> str:
+    """MLServer answers errors as {"error": "..."}; fall back to the raw body."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return text.strip()[:500]
+    if isinstance(body, dict) and "error" in body:
+        return str(body["error"])[:500]
+    return text.strip()[:500]
+
+
+async def wait_until_ready(
+    server: InferenceServer, where: str, stop: asyncio.Event, interval_s: float = 0.5
+) -> bool:
+    """Poll readiness until the server answers (True) or `stop` is set (False).
+
+    Says every 30 s that it is still waiting, so a missing MLServer is visible in the log.
+    """
+    loop = asyncio.get_running_loop()
+    started = last_said = loop.time()
+    while not stop.is_set():
+        if await server.ready():
+            return True
+        if loop.time() - last_said >= 30:
+            last_said = loop.time()
+            log.info(
+                "waiting for the inference server at %s (%.0fs so far)",
+                where,
+                loop.time() - started,
+            )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval_s)
+    return False

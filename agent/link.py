@@ -1,0 +1,350 @@
+"""The agent's one bidirectional stream to the scheduler.
+
+Up: Hello first (every time the stream is opened), then model events, resource updates and a
+drain request. Down: Welcome, then load/unload commands and DrainComplete. A lost stream is
+opened again with capped exponential back-off and jitter; the Hello then reports the models
+loaded here, so the scheduler reconciles instead of reloading them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable, Sequence
+
+import grpc
+import grpc.aio
+
+from agent.gpus import GpuInfo
+from agent.metrics import AgentMetrics
+from agent.models import EventKind, LoadRequest, ModelEvent, ModelManager, UnloadRequest
+from agent.resources import GpuMonitor
+from agent.settings import AgentSettings
+from gpuplace import __version__
+from gpuplace.aio import stop_tasks
+from protos import agent_pb2, agent_pb2_grpc, common_pb2
+
+log = logging.getLogger(__name__)
+
+_KINDS = {
+    EventKind.LOADED: agent_pb2.ModelEvent.LOADED,
+    EventKind.LOAD_FAILED: agent_pb2.ModelEvent.LOAD_FAILED,
+    EventKind.LOAD_FAILED_MEMORY: agent_pb2.ModelEvent.LOAD_FAILED_MEMORY,
+    EventKind.UNLOADED: agent_pb2.ModelEvent.UNLOADED,
+    EventKind.UNLOAD_FAILED: agent_pb2.ModelEvent.UNLOAD_FAILED,
+}
+
+
+def device_message(device: GpuInfo) -> common_pb2.GpuDevice:
+    return common_pb2.GpuDevice(
+        uuid=device.uuid,
+        name=device.name,
+        index=device.index,
+        total_bytes=device.total_bytes,
+        free_bytes=device.free_bytes,
+        used_bytes=device.used_bytes,
+        parent_uuid=device.parent_uuid,
+    )
+
+
+def event_message(event: ModelEvent) -> agent_pb2.AgentMessage:
+    return agent_pb2.AgentMessage(
+        event=agent_pb2.ModelEvent(
+            kind=_KINDS[event.kind],
+            model_name=event.name,
+            version=event.version,
+            message=event.message,
+            footprint_bytes=dict(event.footprint_bytes),
+        )
+    )
+
+
+def load_request(command: agent_pb2.LoadCommand) -> LoadRequest:
+    spec = command.spec
+    return LoadRequest(
+        name=spec.name,
+        version=command.version,
+        storage_uri=spec.storage_uri,
+        parameters=dict(spec.parameters),
+        gpu_memory_bytes=command.gpu_memory_bytes,
+        device_uuids=tuple(command.device_uuids),
+        gpus=spec.gpus or 1,
+    )
+
+
+class BadHandshake(Exception):
+    """The scheduler did not answer the hello with a welcome."""
+
+
+class Outbox:
+    """Where messages for the scheduler go: the open stream's queue, or nowhere.
+
+    Messages produced while no stream is open are dropped: the next Hello carries the state
+    they described (loaded models, devices).
+    """
+
+    def __init__(self, replica: str = "") -> None:
+        self.replica = replica
+        self._queue: asyncio.Queue[agent_pb2.AgentMessage] | None = None
+
+    def attach(self, queue: asyncio.Queue[agent_pb2.AgentMessage]) -> None:
+        self._queue = queue
+
+    def detach(self) -> None:
+        self._queue = None
+
+    @property
+    def attached(self) -> bool:
+        return self._queue is not None
+
+    def send(self, message: agent_pb2.AgentMessage) -> bool:
+        if self._queue is None:
+            return False
+        self._queue.put_nowait(message)
+        return True
+
+    def event(self, event: ModelEvent) -> None:
+        if not self.send(event_message(event)):
+            log.info(
+                "model %s version %d on %s: %s not sent, no stream to the scheduler (the next "
+                "hello reports the state)",
+                event.name,
+                event.version,
+                self.replica,
+                event.kind,
+            )
+
+    async def flush(self, timeout_s: float) -> bool:
+        """Wait until everything queued was written to the stream."""
+        queue = self._queue
+        if queue is None:
+            return True
+        try:
+            await asyncio.wait_for(queue.join(), timeout=timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+
+class SchedulerLink:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        manager: ModelManager,
+        gpus: GpuMonitor,
+        metrics: AgentMetrics,
+        outbox: Outbox,
+        *,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self.settings = settings
+        self.manager = manager
+        self.gpus = gpus
+        self.metrics = metrics
+        self.outbox = outbox
+        self._jitter = jitter
+        self.connected = False
+        self.draining = False
+        self.drain_complete = asyncio.Event()
+        self.stranded: list[str] = []
+        self._welcomed_once = False
+
+    @property
+    def replica(self) -> str:
+        return self.settings.replica
+
+    def backoff_s(self, attempt: int) -> float:
+        """Capped exponential back-off with jitter: between half and all of the step."""
+        step = min(
+            self.settings.reconnect_max_s,
+            self.settings.reconnect_initial_s * 2.0 ** min(attempt, 30),
+        )
+        return step * (0.5 + 0.5 * self._jitter())
+
+    def send_resources(self, devices: Sequence[GpuInfo]) -> bool:
+        sent = self.outbox.send(
+            agent_pb2.AgentMessage(
+                resources=agent_pb2.ResourceUpdate(devices=[device_message(d) for d in devices])
+            )
+        )
+        if sent:
+            self.metrics.resource_updates.inc()
+            log.info("%s: resource update sent (%d device(s))", self.replica, len(devices))
+        return sent
+
+    def request_drain(self) -> None:
+        """Ask the scheduler to move this replica's models (now, and after any reconnect)."""
+        if self.draining:
+            return
+        self.draining = True
+        if self.outbox.send(agent_pb2.AgentMessage(drain=agent_pb2.DrainRequest())):
+            log.info("%s: drain requested", self.replica)
+        else:
+            log.info("%s: drain will be requested once connected", self.replica)
+
+    async def run(self) -> None:
+        """Keep a stream open until cancelled."""
+        attempt = 0
+        while True:
+            try:
+                await self._session()
+                log.warning("%s: the scheduler closed the stream", self.replica)
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AioRpcError as exc:
+                log.warning(
+                    "%s: stream to the scheduler at %s: %s %s",
+                    self.replica,
+                    self.settings.scheduler_address,
+                    exc.code().name,
+                    exc.details(),
+                )
+            except (BadHandshake, TimeoutError) as exc:
+                log.warning("%s: handshake with the scheduler failed: %s", self.replica, exc)
+            except Exception:
+                log.exception("%s: stream to the scheduler failed", self.replica)
+            if self.connected:
+                attempt = 0
+            self.set_connected(False)
+            delay = self.backoff_s(attempt)
+            attempt += 1
+            log.info("%s: reconnecting in %.2fs", self.replica, delay)
+            await asyncio.sleep(delay)
+
+    def set_connected(self, value: bool) -> None:
+        self.connected = value
+        self.metrics.connected.set(1 if value else 0)
+
+    async def hello(self) -> agent_pb2.Hello:
+        devices = await self.gpus.refresh()
+        self.gpus.mark_reported(devices)
+        return agent_pb2.Hello(
+            server_name=self.settings.server_name,
+            replica_index=self.settings.replica_index,
+            capabilities=self.settings.capabilities,
+            memory_bytes=self.settings.memory_bytes,
+            overcommit_percentage=self.settings.overcommit_percentage,
+            devices=[device_message(device) for device in devices],
+            loaded_models=[
+                common_pb2.LoadedModel(
+                    name=model.name,
+                    version=model.version,
+                    footprint_bytes=dict(model.footprint_bytes),
+                )
+                for model in sorted(self.manager.loaded.values(), key=lambda m: m.name)
+            ],
+            agent_version=__version__,
+        )
+
+    async def _session(self) -> None:
+        options = [
+            ("grpc.max_receive_message_length", 64 * 2**20),
+            ("grpc.max_send_message_length", 64 * 2**20),
+            # The scheduler permits a ping every 10 s; one every 20 s finds a dead peer.
+            ("grpc.keepalive_time_ms", 20_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ]
+        async with grpc.aio.insecure_channel(
+            self.settings.scheduler_address, options=options
+        ) as channel:
+            stub = agent_pb2_grpc.AgentServiceStub(channel)
+            call = stub.Connect()
+            # Queue events from now on: whatever completes after the hello is built is sent
+            # right after the welcome, so no event falls between hello and stream.
+            queue: asyncio.Queue[agent_pb2.AgentMessage] = asyncio.Queue()
+            if self.draining:
+                queue.put_nowait(agent_pb2.AgentMessage(drain=agent_pb2.DrainRequest()))
+            self.outbox.attach(queue)
+            try:
+                hello = await self.hello()
+                await call.write(agent_pb2.AgentMessage(hello=hello))
+                first = await asyncio.wait_for(call.read(), timeout=self.settings.request_timeout_s)
+                if not isinstance(first, agent_pb2.SchedulerMessage) or not first.HasField(
+                    "welcome"
+                ):
+                    raise BadHandshake(f"expected a welcome, got {first!r}")
+            except BaseException:
+                self.outbox.detach()
+                call.cancel()
+                raise
+            self.set_connected(True)
+            if self._welcomed_once:
+                self.metrics.reconnects.inc()
+            self._welcomed_once = True
+            log.info(
+                "%s: connected to the scheduler at %s (%d model(s), %d GPU(s) reported)",
+                self.replica,
+                self.settings.scheduler_address,
+                len(hello.loaded_models),
+                len(hello.devices),
+            )
+            # Not start_task: these two end with the stream, and their error is raised
+            # (and logged once) by run() below.
+            writer = asyncio.create_task(self._write(call, queue), name="agent stream writer")
+            reader = asyncio.create_task(self._read(call), name="agent stream reader")
+            try:
+                done, _ = await asyncio.wait({writer, reader}, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if not task.cancelled() and task.exception() is not None:
+                        raise task.exception()  # type: ignore[misc]
+            finally:
+                self.outbox.detach()
+                await stop_tasks([writer, reader])
+                call.cancel()
+
+    async def _write(
+        self,
+        call: grpc.aio.StreamStreamCall[agent_pb2.AgentMessage, agent_pb2.SchedulerMessage],
+        queue: asyncio.Queue[agent_pb2.AgentMessage],
+    ) -> None:
+        while True:
+            message = await queue.get()
+            try:
+                await call.write(message)
+            finally:
+                queue.task_done()
+
+    async def _read(
+        self, call: grpc.aio.StreamStreamCall[agent_pb2.AgentMessage, agent_pb2.SchedulerMessage]
+    ) -> None:
+        while True:
+            message = await call.read()
+            if not isinstance(message, agent_pb2.SchedulerMessage):
+                return  # end of stream
+            self.dispatch(message)
+
+    def dispatch(self, message: agent_pb2.SchedulerMessage) -> None:
+        which = message.WhichOneof("message")
+        if which == "load":
+            request = load_request(message.load)
+            log.info(
+                "model %s version %d on %s: load command (devices %s, %d GPU bytes)",
+                request.name,
+                request.version,
+                self.replica,
+                ",".join(request.device_uuids) or "-",
+                request.gpu_memory_bytes,
+            )
+            self.manager.load(request)
+        elif which == "unload":
+            log.info(
+                "model %s version %d on %s: unload command",
+                message.unload.model_name,
+                message.unload.version,
+                self.replica,
+            )
+            self.manager.unload(UnloadRequest(message.unload.model_name, message.unload.version))
+        elif which == "drain_complete":
+            self.stranded = list(message.drain_complete.stranded_models)
+            log.info(
+                "%s: drain complete%s",
+                self.replica,
+                f" (stranded: {', '.join(self.stranded)})" if self.stranded else "",
+            )
+            self.drain_complete.set()
+        elif which == "welcome":
+            log.debug("%s: extra welcome ignored", self.replica)
+        else:
+            log.warning("%s: unknown message from the scheduler: %s", self.replica, which)

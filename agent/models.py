@@ -1,0 +1,611 @@
+"""What the agent does for each command: load and unload models, one model at a time.
+
+Commands for one model run in the order they arrived, never interleaved (a chain of tasks
+per model); loads of different models run concurrently up to a limit. A load that asks for
+GPU memory takes the lock of each device it targets, so that the free memory it checks and
+the footprint it measures are not disturbed by another load on the same device.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from agent import artifacts
+from agent.artifacts import ArtifactError, ModelRepository, Record
+from agent.gpus import GpuInfo
+from agent.inference_server import (
+    InferenceServer,
+    InferenceServerError,
+    InferenceServerUnavailable,
+)
+from agent.metrics import AgentMetrics
+from agent.resources import GpuMonitor
+from gpuplace.names import InvalidName, is_dns1123_label
+from gpuplace.quantity import format_bytes
+
+log = logging.getLogger(__name__)
+
+
+class EventKind(StrEnum):
+    LOADED = "loaded"
+    LOAD_FAILED = "load_failed"
+    LOAD_FAILED_MEMORY = "load_failed_memory"
+    UNLOADED = "unloaded"
+    UNLOAD_FAILED = "unload_failed"
+
+
+@dataclass(frozen=True)
+class ModelEvent:
+    kind: EventKind
+    name: str
+    version: int
+    message: str = ""
+    footprint_bytes: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    name: str
+    version: int
+    storage_uri: str
+    parameters: Mapping[str, str] = field(default_factory=dict)
+    gpu_memory_bytes: int = 0
+    device_uuids: tuple[str, ...] = ()
+    # How many devices the model spans when the scheduler named none.
+    gpus: int = 1
+
+
+@dataclass(frozen=True)
+class UnloadRequest:
+    name: str
+    version: int
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    name: str
+    version: int
+    footprint_bytes: Mapping[str, int] = field(default_factory=dict)
+
+
+def footprint(
+    before: Mapping[str, int],
+    after: Iterable[GpuInfo],
+    devices: Iterable[str] | None,
+    credit: Mapping[str, int] | None = None,
+) -> dict[str, int]:
+    """Free before minus free after (plus `credit`: memory of a replaced version that was
+    freed meanwhile), never below 0.
+
+    `devices` given: exactly those devices. None: every device whose memory was taken.
+    """
+    now = {device.uuid: device.free_bytes for device in after}
+    credit = credit or {}
+
+    def taken(uuid: str) -> int:
+        start = before.get(uuid, 0)
+        return start - now.get(uuid, start) + credit.get(uuid, 0)
+
+    if devices is not None:
+        return {uuid: max(0, taken(uuid)) for uuid in devices}
+    return {uuid: taken(uuid) for uuid in now if uuid in before and taken(uuid) > 0}
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How a load goes ahead once the memory check passed."""
+
+    # Devices to measure (None: any whose memory is taken) and their free memory now.
+    targets: list[str] | None
+    before: dict[str, int]
+    # Replacing a version: unload it first (its memory is needed) instead of loading the
+    # new version next to it (the server then drops the old one: no downtime).
+    unload_first: bool = False
+
+
+class _Refused(Exception):
+    """A load refused before the inference server was called."""
+
+    def __init__(self, kind: EventKind, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class ModelManager:
+    def __init__(
+        self,
+        *,
+        replica: str,
+        repository: ModelRepository,
+        inference: InferenceServer,
+        gpus: GpuMonitor,
+        metrics: AgentMetrics,
+        emit: Callable[[ModelEvent], None],
+        max_concurrent_loads: int,
+        fetch_timeout_s: float,
+        after_change: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.replica = replica
+        self.repository = repository
+        self.inference = inference
+        self.gpus = gpus
+        self.metrics = metrics
+        self.emit = emit
+        self.fetch_timeout_s = fetch_timeout_s
+        self.after_change = after_change
+        self.loaded: dict[str, LoadedModel] = {}
+        self._slots = asyncio.Semaphore(max_concurrent_loads)
+        self._tails: dict[str, asyncio.Task[ModelEvent]] = {}
+        self._running: set[asyncio.Task[ModelEvent]] = set()
+        self._device_locks: dict[str, asyncio.Lock] = {}
+
+    # -- scheduling -----------------------------------------------------------------------
+
+    def load(self, request: LoadRequest) -> asyncio.Task[ModelEvent]:
+        """Queue a load after every earlier command for the same model."""
+        return self._chain(request.name, lambda: self._timed_load(request))
+
+    def unload(self, request: UnloadRequest) -> asyncio.Task[ModelEvent]:
+        """Queue an unload after every earlier command for the same model."""
+        return self._chain(request.name, lambda: self._timed_unload(request))
+
+    def _chain(
+        self, name: str, work: Callable[[], Awaitable[ModelEvent]]
+    ) -> asyncio.Task[ModelEvent]:
+        previous = self._tails.get(name)
+
+        async def run() -> ModelEvent:
+            if previous is not None:
+                await asyncio.wait([previous])
+            event = await work()
+            self.emit(event)
+            if self.after_change is not None and event.kind in (
+                EventKind.LOADED,
+                EventKind.UNLOADED,
+            ):
+                await self.after_change()
+            return event
+
+        task = asyncio.create_task(run(), name=f"model {name}")
+        self._tails[name] = task
+        self._running.add(task)
+
+        def done(finished: asyncio.Task[ModelEvent]) -> None:
+            self._running.discard(finished)
+            if self._tails.get(name) is finished:
+                del self._tails[name]
+            if not finished.cancelled() and finished.exception() is not None:
+                log.error(
+                    "model %s on %s: command crashed",
+                    name,
+                    self.replica,
+                    exc_info=finished.exception(),
+                )
+
+        task.add_done_callback(done)
+        return task
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._running)
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until no command runs (True), or give up after `timeout_s` (False)."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while self._running:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                return False
+            await asyncio.wait(set(self._running), timeout=left)
+        return True
+
+    async def cancel_all(self) -> None:
+        tasks = list(self._running)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def unload_all(self) -> list[ModelEvent]:
+        """Unload every model still loaded here (shutdown)."""
+        tasks = [
+            self.unload(UnloadRequest(model.name, model.version))
+            for model in list(self.loaded.values())
+        ]
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        return [result for result in results if isinstance(result, ModelEvent)]
+
+    # -- restore --------------------------------------------------------------------------
+
+    async def restore(self) -> None:
+        """Adopt what the inference server already holds (after an agent restart)."""
+        states = await self.inference.index()
+        ready = {state.name: state for state in states if state.ready}
+        for name, state in sorted(ready.items()):
+            if not is_dns1123_label(name):
+                log.warning(
+                    "model %s on %s: loaded in the inference server but its name is not a "
+                    "DNS-1123 label; not managed",
+                    name,
+                    self.replica,
+                )
+                continue
+            record = await asyncio.to_thread(self.repository.read_record, name)
+            version = artifacts.parse_version(state.version)
+            if version is None:
+                version = record.version if record else 0
+            found = dict(record.footprint_bytes) if record else {}
+            self.loaded[name] = LoadedModel(name, version, found)
+            self.metrics.set_footprint(name, found)
+            log.info("model %s on %s: already loaded (version %d)", name, self.replica, version)
+        for name in await asyncio.to_thread(self.repository.installed):
+            if name not in ready:
+                log.info(
+                    "model %s on %s: folder left from an earlier run, not loaded; removing it",
+                    name,
+                    self.replica,
+                )
+                await asyncio.to_thread(self.repository.remove, name)
+        self.metrics.loaded_models.set(len(self.loaded))
+
+    # -- load -----------------------------------------------------------------------------
+
+    async def _timed_load(self, request: LoadRequest) -> ModelEvent:
+        started = time.monotonic()
+        try:
+            event = await self._load(request)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception(
+                "model %s version %d on %s: load crashed",
+                request.name,
+                request.version,
+                self.replica,
+            )
+            event = ModelEvent(
+                EventKind.LOAD_FAILED, request.name, request.version, f"agent error: {exc}"
+            )
+        outcome = {
+            EventKind.LOADED: "loaded",
+            EventKind.LOAD_FAILED_MEMORY: "failed_memory",
+        }.get(event.kind, "failed")
+        self.metrics.loads.labels(outcome).inc()
+        self.metrics.load_seconds.labels(outcome).observe(time.monotonic() - started)
+        return event
+
+    async def _load(self, request: LoadRequest) -> ModelEvent:
+        name, version = request.name, request.version
+        try:
+            artifacts.model_name(name)
+        except InvalidName as exc:
+            log.warning("load refused on %s: %s", self.replica, exc)
+            return ModelEvent(EventKind.LOAD_FAILED, name, version, str(exc))
+        current = self.loaded.get(name)
+        if current is not None and current.version > version:
+            message = f"version {current.version} is loaded here; refusing older version {version}"
+            log.warning("model %s on %s: %s", name, self.replica, message)
+            return ModelEvent(EventKind.LOAD_FAILED, name, version, message)
+        if current is not None and current.version == version:
+            if await self._server_holds(name):
+                log.info("model %s version %d on %s: already loaded", name, version, self.replica)
+                return ModelEvent(
+                    EventKind.LOADED, name, version, footprint_bytes=dict(current.footprint_bytes)
+                )
+            log.warning(
+                "model %s version %d on %s: the inference server lost it; loading again",
+                name,
+                version,
+                self.replica,
+            )
+            self._forget(name)
+            current = None
+
+        log.info("model %s version %d on %s: loading", name, version, self.replica)
+        async with self._slots:
+            # Refuse before a long download; checked again, under the device locks, after it.
+            try:
+                await self._check_memory(request, current)
+            except _Refused as refused:
+                return self._refused(request, refused)
+            staged = await asyncio.to_thread(self.repository.new_staging_folder, name)
+            try:
+                try:
+                    await artifacts.fetch(
+                        self.repository, request.storage_uri, staged, self.fetch_timeout_s
+                    )
+                    await asyncio.to_thread(
+                        self.repository.describe, staged, name, version, request.parameters
+                    )
+                except ArtifactError as exc:
+                    log.warning(
+                        "model %s version %d on %s: artifact: %s", name, version, self.replica, exc
+                    )
+                    return ModelEvent(EventKind.LOAD_FAILED, name, version, f"artifact: {exc}")
+                async with AsyncExitStack() as stack:
+                    for uuid in self._lock_targets(request):
+                        await stack.enter_async_context(self._device_lock(uuid))
+                    try:
+                        plan = await self._check_memory(request, current)
+                    except _Refused as refused:
+                        return self._refused(request, refused)
+                    return await self._install_and_load(request, current, staged, plan)
+            finally:
+                await asyncio.to_thread(self.repository.discard, staged)
+
+    def _refused(self, request: LoadRequest, refused: _Refused) -> ModelEvent:
+        log.warning(
+            "model %s version %d on %s: refused: %s",
+            request.name,
+            request.version,
+            self.replica,
+            refused,
+        )
+        return ModelEvent(refused.kind, request.name, request.version, str(refused))
+
+    def _lock_targets(self, request: LoadRequest) -> list[str]:
+        if request.device_uuids:
+            return sorted(set(request.device_uuids))
+        if request.gpu_memory_bytes > 0:
+            return sorted(device.uuid for device in self.gpus.latest)
+        return []
+
+    def _device_lock(self, uuid: str) -> asyncio.Lock:
+        return self._device_locks.setdefault(uuid, asyncio.Lock())
+
+    async def _check_memory(self, request: LoadRequest, current: LoadedModel | None) -> _Plan:
+        """Check that the target devices have the model's GPU memory free right now.
+
+        Raises _Refused when they do not, even counting the memory of the version this load
+        replaces as free.
+        """
+        devices = await self.gpus.refresh()
+        before = {device.uuid: device.free_bytes for device in devices}
+        need = request.gpu_memory_bytes
+        if not request.device_uuids and need <= 0:
+            return _Plan(None, before)
+        reclaim = dict(current.footprint_bytes) if current is not None else {}
+        plan = self._fit(request, devices, {}) if need > 0 else None
+        if plan is None or isinstance(plan, _Refused):
+            with_reclaim = self._fit(request, devices, reclaim)
+            if isinstance(with_reclaim, _Refused):
+                raise with_reclaim
+            return _Plan(with_reclaim, before, unload_first=bool(reclaim) and need > 0)
+        return _Plan(plan, before)
+
+    def _fit(
+        self, request: LoadRequest, devices: list[GpuInfo], reclaim: Mapping[str, int]
+    ) -> list[str] | _Refused:
+        """The target devices, or why they cannot take the model now."""
+        by_uuid = {device.uuid: device for device in devices}
+        need = request.gpu_memory_bytes
+
+        def available(device: GpuInfo) -> int:
+            return device.free_bytes + reclaim.get(device.uuid, 0)
+
+        if request.device_uuids:
+            targets = list(dict.fromkeys(request.device_uuids))
+            missing = [uuid for uuid in targets if uuid not in by_uuid]
+            if missing:
+                return _Refused(
+                    EventKind.LOAD_FAILED_MEMORY,
+                    f"GPU {', '.join(missing)} is not on this replica "
+                    f"(it has {', '.join(sorted(by_uuid)) or 'no GPU'})",
+                )
+            short = [by_uuid[uuid] for uuid in targets if available(by_uuid[uuid]) < need]
+            if short:
+                return _Refused(
+                    EventKind.LOAD_FAILED_MEMORY,
+                    f"needs {format_bytes(need)} free on each GPU; "
+                    + "; ".join(
+                        f"{device.uuid} has {format_bytes(available(device))} free now"
+                        for device in short
+                    ),
+                )
+            return targets
+        count = max(1, request.gpus)
+        if not devices:
+            return _Refused(
+                EventKind.LOAD_FAILED_MEMORY,
+                f"needs {format_bytes(need)} of GPU memory; this replica has no GPU",
+            )
+        ranked = sorted(devices, key=lambda device: (-available(device), device.uuid))
+        fitting = [device for device in ranked if available(device) >= need]
+        if len(fitting) < count:
+            return _Refused(
+                EventKind.LOAD_FAILED_MEMORY,
+                f"needs {format_bytes(need)} free on {count} GPU(s); {len(fitting)} have it, "
+                f"largest free now {format_bytes(available(ranked[0]))}",
+            )
+        return [device.uuid for device in fitting[:count]]
+
+    async def _install_and_load(
+        self, request: LoadRequest, current: LoadedModel | None, staged: Path, plan: _Plan
+    ) -> ModelEvent:
+        name, version = request.name, request.version
+        before = plan.before
+        credit: dict[str, int] = {}
+        if current is not None and plan.unload_first:
+            try:
+                await self.inference.unload(name)
+            except InferenceServerError as exc:
+                message = f"cannot unload version {current.version} to make room: {exc}"
+                log.warning("model %s version %d on %s: %s", name, version, self.replica, message)
+                return ModelEvent(EventKind.LOAD_FAILED, name, version, message)
+            log.info(
+                "model %s on %s: version %d unloaded first to make room for version %d",
+                name,
+                self.replica,
+                current.version,
+                version,
+            )
+            before = {device.uuid: device.free_bytes for device in await self.gpus.refresh()}
+        elif current is not None:
+            # MLServer loads the new version next to the old one, then drops the old one:
+            # the memory freed meanwhile belongs to the new version's footprint.
+            credit = dict(current.footprint_bytes)
+        aside = await asyncio.to_thread(self.repository.install, name, staged)
+        try:
+            await self.inference.load(name)
+        except InferenceServerError as exc:
+            log.warning(
+                "model %s version %d on %s: the inference server failed to load it: %s",
+                name,
+                version,
+                self.replica,
+                exc,
+            )
+            old_kept = (
+                current is not None
+                and not plan.unload_first
+                and not isinstance(exc, InferenceServerUnavailable)
+            )
+            await self._undo_failed_load(name, current, aside, old_kept)
+            return ModelEvent(EventKind.LOAD_FAILED, name, version, str(exc))
+        after = await self.gpus.refresh()
+        measured = footprint(before, after, plan.targets, credit)
+        await asyncio.to_thread(self.repository.discard, aside)
+        await asyncio.to_thread(self.repository.write_record, Record(name, version, measured))
+        self.loaded[name] = LoadedModel(name, version, measured)
+        self.metrics.set_footprint(name, measured)
+        self.metrics.loaded_models.set(len(self.loaded))
+        log.info(
+            "model %s version %d on %s: loaded, footprint %s",
+            name,
+            version,
+            self.replica,
+            ", ".join(f"{uuid}={format_bytes(size)}" for uuid, size in measured.items()) or "none",
+        )
+        return ModelEvent(EventKind.LOADED, name, version, footprint_bytes=measured)
+
+    async def _undo_failed_load(
+        self, name: str, current: LoadedModel | None, aside: Path | None, old_kept: bool
+    ) -> None:
+        """Put the previous state back after a failed load.
+
+        `old_kept`: the server refused the new version and still serves the old one (MLServer
+        drops only the version that failed). Otherwise make sure the server holds nothing of
+        this model (a timed-out load may still finish inside it), then load the old version
+        again when there was one.
+        """
+        if not old_kept:
+            try:
+                await self.inference.unload(name)
+            except InferenceServerError as exc:
+                log.warning("model %s on %s: cleanup unload failed: %s", name, self.replica, exc)
+        await asyncio.to_thread(self.repository.roll_back, name, aside)
+        if current is None:
+            return
+        try:
+            if not (old_kept and await self._server_holds(name)):
+                await self.inference.load(name)
+            log.info(
+                "model %s on %s: version %d kept after the failed replacement",
+                name,
+                self.replica,
+                current.version,
+            )
+        except InferenceServerError as exc:
+            log.error(
+                "model %s on %s: version %d could not be restored either: %s",
+                name,
+                self.replica,
+                current.version,
+                exc,
+            )
+            await asyncio.to_thread(self.repository.remove, name)
+            self._forget(name)
+            self.emit(
+                ModelEvent(
+                    EventKind.UNLOADED,
+                    name,
+                    current.version,
+                    f"lost while being replaced by a version that failed to load: {exc}",
+                )
+            )
+
+    async def _server_holds(self, name: str) -> bool:
+        try:
+            return any(state.name == name and state.ready for state in await self.inference.index())
+        except InferenceServerError:
+            return False
+
+    def _forget(self, name: str) -> None:
+        self.loaded.pop(name, None)
+        self.metrics.clear_footprint(name)
+        self.metrics.loaded_models.set(len(self.loaded))
+
+    # -- unload ---------------------------------------------------------------------------
+
+    async def _timed_unload(self, request: UnloadRequest) -> ModelEvent:
+        started = time.monotonic()
+        try:
+            event = await self._unload(request)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception(
+                "model %s version %d on %s: unload crashed",
+                request.name,
+                request.version,
+                self.replica,
+            )
+            event = ModelEvent(
+                EventKind.UNLOAD_FAILED, request.name, request.version, f"agent error: {exc}"
+            )
+        outcome = "unloaded" if event.kind is EventKind.UNLOADED else "failed"
+        self.metrics.unloads.labels(outcome).inc()
+        self.metrics.unload_seconds.labels(outcome).observe(time.monotonic() - started)
+        return event
+
+    async def _unload(self, request: UnloadRequest) -> ModelEvent:
+        name, version = request.name, request.version
+        try:
+            artifacts.model_name(name)
+        except InvalidName as exc:
+            return ModelEvent(EventKind.UNLOAD_FAILED, name, version, str(exc))
+        current = self.loaded.get(name)
+        if current is not None and version and current.version and version != current.version:
+            log.info(
+                "model %s on %s: unload of version %d acknowledged; version %d stays loaded",
+                name,
+                self.replica,
+                version,
+                current.version,
+            )
+            return ModelEvent(
+                EventKind.UNLOADED,
+                name,
+                version,
+                f"version {current.version} is loaded here and stays",
+            )
+        message = ""
+        try:
+            await self.inference.unload(name)
+        except InferenceServerUnavailable as exc:
+            message = f"inference server unreachable ({exc}); counted as unloaded"
+            log.warning("model %s version %d on %s: %s", name, version, self.replica, message)
+        except InferenceServerError as exc:
+            log.warning(
+                "model %s version %d on %s: unload failed: %s", name, version, self.replica, exc
+            )
+            return ModelEvent(EventKind.UNLOAD_FAILED, name, version, str(exc))
+        try:
+            await asyncio.to_thread(self.repository.remove, name)
+        except OSError as exc:
+            log.warning(
+                "model %s on %s: unloaded, but its folder could not be removed: %s",
+                name,
+                self.replica,
+                exc,
+            )
+        self._forget(name)
+        await self.gpus.refresh()
+        log.info("model %s version %d on %s: unloaded", name, version, self.replica)
+        return ModelEvent(EventKind.UNLOADED, name, version, message)

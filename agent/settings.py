@@ -1,0 +1,189 @@
+"""Agent settings: flags override environment variables override defaults.
+
+Seldon Core 2's environment variable names are honoured where one exists (POD_NAME,
+MEMORY_REQUEST, SELDON_*); the others are GPUPLACE_AGENT_<FIELD>. Loaded once in main()
+and passed in; nothing here reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from gpuplace.names import check_name
+from gpuplace.quantity import parse_bytes
+
+_ORDINAL = re.compile(r"^(?P<server>.+)-(?P<index>\d+)$")
+
+
+def split_pod_name(pod_name: str) -> tuple[str, int]:
+    """`mlserver-3` → (`mlserver`, 3); a name without an ordinal is replica 0."""
+    match = _ORDINAL.match(pod_name)
+    if match:
+        return match["server"], int(match["index"])
+    return pod_name, 0
+
+
+def _comma_list(value: Any) -> Any:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    if isinstance(value, list | tuple):
+        return [str(item).strip() for item in value if str(item).strip()]
+    return value
+
+
+class AgentSettings(BaseSettings):
+    """Everything `gpuplace agent` can be told; each field is also a flag."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="GPUPLACE_AGENT_", populate_by_name=True, extra="ignore"
+    )
+
+    capabilities: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        validation_alias="SELDON_SERVER_CAPABILITIES",
+        description="comma-separated capabilities of this server (items trimmed, empties dropped)",
+    )
+    memory_bytes: int = Field(
+        0,
+        ge=0,
+        validation_alias="MEMORY_REQUEST",
+        description="host memory the server offers to models, a quantity such as 8Gi",
+    )
+    overcommit_percentage: int = Field(
+        10,
+        ge=0,
+        le=1000,
+        validation_alias="SELDON_OVERCOMMIT_PERCENTAGE",
+        description="how far past MEMORY_REQUEST the scheduler may place models, in percent",
+    )
+    pod_name: str = Field(
+        "mlserver-0",
+        validation_alias="POD_NAME",
+        description="pod name: '<server>-<replica index>' (no ordinal = replica 0)",
+    )
+    scheduler_host: str = Field(
+        "localhost",
+        validation_alias="SELDON_SCHEDULER_HOST",
+        description="host of the scheduler's agent API",
+    )
+    scheduler_port: int = Field(
+        9005,
+        ge=1,
+        le=65535,
+        validation_alias="SELDON_SCHEDULER_PORT",
+        description="port of the scheduler's agent API",
+    )
+    inference_host: str = Field(
+        "127.0.0.1", description="host of the inference server (MLServer) in this pod"
+    )
+    inference_http_port: int = Field(
+        8080,
+        ge=1,
+        le=65535,
+        validation_alias="SELDON_SERVER_HTTP_PORT",
+        description="inference server REST port (the V2 model-repository API is used there)",
+    )
+    inference_grpc_port: int = Field(
+        8081,
+        ge=1,
+        le=65535,
+        validation_alias="SELDON_SERVER_GRPC_PORT",
+        description="inference server gRPC port (logged at start; the agent itself uses REST)",
+    )
+    model_repository: Path = Field(
+        Path("/mnt/agent/models"),
+        description="model repository folder shared with the inference server; "
+        "each model is copied into <folder>/<model name>/",
+    )
+    load_timeout_s: float = Field(
+        600.0, gt=0, description="longest wait for the inference server to load one model"
+    )
+    request_timeout_s: float = Field(
+        30.0, gt=0, description="longest wait for any other inference-server request"
+    )
+    fetch_timeout_s: float = Field(
+        600.0, gt=0, description="longest wait to download one http(s) artifact"
+    )
+    resource_report_interval_s: float = Field(
+        10.0, gt=0, description="how often GPU memory is read through NVML"
+    )
+    resource_report_threshold_bytes: int = Field(
+        256 * 2**20,
+        ge=0,
+        description="a device's free memory must move by more than this (a quantity) "
+        "before a resource update is sent",
+    )
+    gpu_uuids: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated GPU or MIG UUIDs this server may use (empty: every device)",
+    )
+    max_concurrent_loads: int = Field(2, ge=1, description="loads that may run at the same time")
+    drain_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        description="after SIGTERM, longest wait for the scheduler to move this replica's models",
+    )
+    reconnect_initial_s: float = Field(
+        0.5, gt=0, description="first back-off before reconnecting to the scheduler"
+    )
+    reconnect_max_s: float = Field(
+        30.0, gt=0, description="longest back-off between reconnects to the scheduler"
+    )
+    http_host: str = Field("0.0.0.0", description="address the HTTP endpoints bind to")
+    readiness_port: int = Field(
+        9008, ge=0, le=65535, description="HTTP port for /ready and /live (0: any free)"
+    )
+    metrics_port: int = Field(
+        9006, ge=0, le=65535, description="HTTP port for /metrics (0: any free)"
+    )
+
+    @field_validator("capabilities", "gpu_uuids", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        return _comma_list(value)
+
+    @field_validator("memory_bytes", "resource_report_threshold_bytes", mode="before")
+    @classmethod
+    def _quantity(cls, value: Any) -> Any:
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            return parse_bytes(value)
+        return value
+
+    @field_validator("pod_name")
+    @classmethod
+    def _pod_name(cls, value: str) -> str:
+        server, _ = split_pod_name(value)
+        check_name(server, "server name")
+        return value
+
+    @model_validator(mode="after")
+    def _backoff(self) -> AgentSettings:
+        if self.reconnect_max_s < self.reconnect_initial_s:
+            raise ValueError("reconnect_max_s must be at least reconnect_initial_s")
+        return self
+
+    @property
+    def server_name(self) -> str:
+        return split_pod_name(self.pod_name)[0]
+
+    @property
+    def replica_index(self) -> int:
+        return split_pod_name(self.pod_name)[1]
+
+    @property
+    def replica(self) -> str:
+        """`server/index`, as log lines name this replica."""
+        return f"{self.server_name}/{self.replica_index}"
+
+    @property
+    def scheduler_address(self) -> str:
+        return f"{self.scheduler_host}:{self.scheduler_port}"
+
+    @property
+    def inference_url(self) -> str:
+        return f"http://{self.inference_host}:{self.inference_http_port}"

@@ -1,0 +1,189 @@
+"""The MLServer client against a fake V2 server, and http(s) artifacts."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import socket
+import tarfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from agent.artifacts import ArtifactError, ModelRepository, fetch
+from agent.inference_server import (
+    InferenceServerError,
+    InferenceServerUnavailable,
+    MLServerClient,
+    ModelState,
+    normalise_state,
+)
+from tests.fakes.fake_v2 import FakeV2Server
+
+
+@pytest.fixture
+async def v2(tmp_path: Path) -> AsyncIterator[FakeV2Server]:
+    server = await FakeV2Server(tmp_path / "models").start()
+    yield server
+    await server.stop()
+
+
+def client(url: str, load_timeout_s: float = 5, request_timeout_s: float = 5) -> MLServerClient:
+    return MLServerClient(url, load_timeout_s=load_timeout_s, request_timeout_s=request_timeout_s)
+
+
+def put_model(root: Path, folder: str, name: str, version: str = "1") -> None:
+    (root / folder).mkdir(parents=True)
+    (root / folder / "model-settings.json").write_text(
+        json.dumps({"name": name, "parameters": {"version": version}})
+    )
+
+
+@pytest.mark.parametrize(
+    ("raw", "state"),
+    [("State.READY", "READY"), ("READY", "READY"), ("ready", "READY"), (None, ""), ("", "")],
+)
+def test_states_are_normalised(raw: object, state: str) -> None:
+    assert normalise_state(raw) == state
+
+
+async def test_index_load_unload(v2: FakeV2Server, tmp_path: Path) -> None:
+    put_model(v2.repository, "iris", "iris", "3")
+    put_model(v2.repository, ".hidden/x", "hidden")
+    mlserver = client(v2.url)
+    try:
+        assert await mlserver.ready()
+        assert await mlserver.index() == [ModelState("iris", "UNAVAILABLE", "3")]
+        await mlserver.load("iris")
+        assert await mlserver.index() == [ModelState("iris", "READY", "3")]
+        assert (await mlserver.index())[0].ready
+        await mlserver.unload("iris")
+        await mlserver.unload("iris")  # 404: already gone, counts as done
+        assert v2.calls[-2:] == [("unload", "iris"), ("unload", "iris")]
+        assert v2.loaded == {}
+    finally:
+        await mlserver.close()
+
+
+async def test_load_failure_carries_the_servers_message(v2: FakeV2Server) -> None:
+    put_model(v2.repository, "iris", "iris")
+    v2.fail["iris"] = "No module named 'mlserver_sklearn'"
+    mlserver = client(v2.url)
+    try:
+        with pytest.raises(InferenceServerError, match="HTTP 400: No module named") as caught:
+            await mlserver.load("iris")
+        assert not isinstance(caught.value, InferenceServerUnavailable)
+        with pytest.raises(InferenceServerError, match="HTTP 404"):
+            await mlserver.load("absent")
+    finally:
+        await mlserver.close()
+
+
+async def test_load_timeout(v2: FakeV2Server) -> None:
+    put_model(v2.repository, "slow", "slow")
+    v2.hold["slow"] = asyncio.Event()
+    mlserver = client(v2.url, load_timeout_s=0.2)
+    try:
+        with pytest.raises(InferenceServerUnavailable, match=r"no answer within 0.2s"):
+            await mlserver.load("slow")
+    finally:
+        await mlserver.close()
+
+
+async def test_not_ready_and_unreachable(v2: FakeV2Server) -> None:
+    v2.ready = False
+    mlserver = client(v2.url)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead_port = sock.getsockname()[1]
+    dead = client(f"http://127.0.0.1:{dead_port}")
+    try:
+        assert not await mlserver.ready()
+        assert not await dead.ready()
+        with pytest.raises(InferenceServerUnavailable):
+            await dead.unload("iris")
+        with pytest.raises(InferenceServerUnavailable):
+            await dead.index()
+    finally:
+        await mlserver.close()
+        await dead.close()
+
+
+async def test_grpc_style_states_from_the_index() -> None:
+    async def index(request: web.Request) -> web.Response:
+        body = await request.json()
+        assert body == {}
+        return web.json_response([{"name": "iris", "version": "2", "state": "State.READY"}])
+
+    app = web.Application()
+    app.router.add_post("/v2/repository/index", index)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    mlserver = client(f"http://127.0.0.1:{runner.addresses[0][1]}")
+    try:
+        assert await mlserver.index() == [ModelState("iris", "READY", "2")]
+    finally:
+        await mlserver.close()
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def files() -> AsyncIterator[str]:
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w:gz") as tar:
+        data = b"weights"
+        member = tarfile.TarInfo("iris/model.joblib")
+        member.size = len(data)
+        tar.addfile(member, io.BytesIO(data))
+    safe = archive.getvalue()
+    evil_archive = io.BytesIO()
+    with tarfile.open(fileobj=evil_archive, mode="w:gz") as tar:
+        evil = tarfile.TarInfo("../escape.txt")
+        evil.size = 1
+        tar.addfile(evil, io.BytesIO(b"x"))
+
+    routes = {
+        "/m/model.joblib": b"single file",
+        "/m/iris.tar.gz": safe,
+        "/m/evil.tar.gz": evil_archive.getvalue(),
+    }
+
+    async def serve(request: web.Request) -> web.Response:
+        if request.path not in routes:
+            return web.Response(status=404)
+        return web.Response(body=routes[request.path])
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", serve)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    await runner.cleanup()
+
+
+async def test_http_artifacts(files: str, tmp_path: Path) -> None:
+    repo = ModelRepository(tmp_path / "models")
+    repo.prepare()
+    single = repo.new_staging_folder("a")
+    await fetch(repo, f"{files}/m/model.joblib", single, timeout_s=5)
+    assert (single / "model.joblib").read_bytes() == b"single file"
+
+    archive = repo.new_staging_folder("b")
+    await fetch(repo, f"{files}/m/iris.tar.gz", archive, timeout_s=5)
+    assert (archive / "model.joblib").read_bytes() == b"weights"
+    assert not (archive / "iris.tar.gz").exists()
+
+    evil = repo.new_staging_folder("c")
+    with pytest.raises(ArtifactError, match=r"'\.\.'"):
+        await fetch(repo, f"{files}/m/evil.tar.gz", evil, timeout_s=5)
+    assert not (repo.staging / "escape.txt").exists()
+
+    with pytest.raises(ArtifactError, match="HTTP 404"):
+        await fetch(repo, f"{files}/m/absent.bin", repo.new_staging_folder("d"), timeout_s=5)

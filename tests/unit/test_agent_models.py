@@ -1,0 +1,509 @@
+"""The model manager: memory checks, footprints, versions, ordering, concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from agent.artifacts import ModelRepository, Record
+from agent.gpus import GpuInfo, GpuProbe
+from agent.inference_server import (
+    InferenceServer,
+    InferenceServerError,
+    InferenceServerUnavailable,
+    ModelState,
+)
+from agent.metrics import AgentMetrics
+from agent.models import (
+    EventKind,
+    LoadRequest,
+    ModelEvent,
+    ModelManager,
+    UnloadRequest,
+    footprint,
+)
+from agent.resources import GpuMonitor
+
+GiB = 2**30
+SKLEARN = {"implementation": "mlserver_sklearn.SKLearnModel"}
+
+
+async def eventually(check: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    """Poll `check` until it holds; fail at the deadline."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not check():
+        if loop.time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.005)
+
+
+class FakeProbe:
+    def __init__(self, *devices: GpuInfo) -> None:
+        self.by_uuid = {device.uuid: device for device in devices}
+
+    def devices(self) -> list[GpuInfo]:
+        return list(self.by_uuid.values())
+
+    def take(self, uuid: str, nbytes: int) -> None:
+        device = self.by_uuid[uuid]
+        self.by_uuid[uuid] = dataclasses.replace(
+            device, free_bytes=device.free_bytes - nbytes, used_bytes=device.used_bytes + nbytes
+        )
+
+    def close(self) -> None:
+        return None
+
+
+def gpu(uuid: str, free_gib: int, total_gib: int = 80) -> GpuInfo:
+    return GpuInfo(
+        uuid, "NVIDIA H100", 0, total_gib * GiB, free_gib * GiB, (total_gib - free_gib) * GiB
+    )
+
+
+class FakeInference:
+    """An in-memory InferenceServer that records its calls."""
+
+    def __init__(self, repository: Path) -> None:
+        self.repository = repository
+        self.loaded: dict[str, str] = {}
+        self.calls: list[tuple[str, str]] = []
+        self.fail: dict[str, str] = {}
+        self.unload_error: InferenceServerError | None = None
+        self.gates: dict[str, asyncio.Event] = {}
+        self.on_load: Callable[[str], None] | None = None
+        self.on_unload: Callable[[str], None] | None = None
+        self.active = 0
+        self.most_active = 0
+
+    async def ready(self) -> bool:
+        return True
+
+    async def index(self) -> list[ModelState]:
+        return [ModelState(name, "READY", version) for name, version in self.loaded.items()]
+
+    async def load(self, name: str) -> None:
+        self.calls.append(("load", name))
+        self.active += 1
+        self.most_active = max(self.most_active, self.active)
+        try:
+            if name in self.gates:
+                await self.gates[name].wait()
+            if name in self.fail:
+                raise InferenceServerError(self.fail[name])
+            settings = json.loads((self.repository / name / "model-settings.json").read_text())
+            if self.on_load:
+                self.on_load(name)
+            replaced = self.loaded.get(name)
+            self.loaded[name] = settings["parameters"]["version"]
+            if replaced is not None and self.on_unload:
+                # as MLServer does: the new version is up, the stale one is dropped
+                self.on_unload(name)
+        finally:
+            self.active -= 1
+
+    async def unload(self, name: str) -> None:
+        self.calls.append(("unload", name))
+        if self.unload_error is not None:
+            raise self.unload_error
+        if self.loaded.pop(name, None) is not None and self.on_unload:
+            self.on_unload(name)
+
+    async def close(self) -> None:
+        return None
+
+
+@dataclasses.dataclass
+class Harness:
+    manager: ModelManager
+    inference: FakeInference
+    probe: FakeProbe
+    events: list[ModelEvent]
+    metrics: AgentMetrics
+    registry: CollectorRegistry
+    artifact: Path
+    repository: ModelRepository
+    changes: list[int]
+
+    def sample(self, name: str, labels: dict[str, str] | None = None) -> float | None:
+        return self.registry.get_sample_value(name, labels or {})
+
+
+def make(tmp_path: Path, *devices: GpuInfo, max_loads: int = 2) -> Harness:
+    registry = CollectorRegistry()
+    metrics = AgentMetrics(registry)
+    repository = ModelRepository(tmp_path / "models")
+    repository.prepare()
+    inference = FakeInference(repository.root)
+    probe = FakeProbe(*devices)
+    events: list[ModelEvent] = []
+    changes: list[int] = []
+
+    async def changed() -> None:
+        changes.append(1)
+
+    typed_inference: InferenceServer = inference
+    typed_probe: GpuProbe = probe
+    manager = ModelManager(
+        replica="gpu-server/1",
+        repository=repository,
+        inference=typed_inference,
+        gpus=GpuMonitor(typed_probe, metrics, 0),
+        metrics=metrics,
+        emit=events.append,
+        max_concurrent_loads=max_loads,
+        fetch_timeout_s=5,
+        after_change=changed,
+    )
+    source = tmp_path / "artifact"
+    source.mkdir()
+    (source / "model.joblib").write_bytes(b"w")
+    return Harness(
+        manager, inference, probe, events, metrics, registry, source, repository, changes
+    )
+
+
+def load(h: Harness, name: str = "iris", version: int = 1, **kwargs: object) -> LoadRequest:
+    return LoadRequest(
+        name=name,
+        version=version,
+        storage_uri=str(h.artifact),
+        parameters=SKLEARN,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def test_footprint_is_free_before_minus_after_never_negative() -> None:
+    before = {"a": 10, "b": 10, "c": 10}
+    after = [gpu("a", 0), gpu("b", 0), gpu("c", 0)]
+    after = [
+        dataclasses.replace(after[0], free_bytes=4),
+        dataclasses.replace(after[1], free_bytes=12),
+        dataclasses.replace(after[2], free_bytes=10),
+    ]
+    assert footprint(before, after, ["a", "b"]) == {"a": 6, "b": 0}
+    assert footprint(before, after, None) == {"a": 6}
+
+
+async def test_load_measures_the_footprint_on_the_target_device(tmp_path: Path) -> None:
+    h = make(tmp_path, gpu("GPU-a", 40), gpu("GPU-b", 70))
+    h.inference.on_load = lambda name: h.probe.take("GPU-b", 12 * GiB)
+    event = await h.manager.load(load(h, gpu_memory_bytes=10 * GiB, device_uuids=("GPU-b",)))
+    assert event == ModelEvent(EventKind.LOADED, "iris", 1, footprint_bytes={"GPU-b": 12 * GiB})
+    assert h.events == [event]
+    assert h.manager.loaded["iris"].footprint_bytes == {"GPU-b": 12 * GiB}
+    assert h.repository.read_record("iris") == Record("iris", 1, {"GPU-b": 12 * GiB})
+    assert h.sample("gpuplace_agent_loads_total", {"outcome": "loaded"}) == 1
+    assert h.sample("gpuplace_agent_loaded_models") == 1
+    assert (
+        h.sample("gpuplace_agent_model_footprint_bytes", {"model": "iris", "uuid": "GPU-b"})
+        == 12 * GiB
+    )
+    assert h.changes == [1]
+
+
+async def test_any_device_load_picks_one_with_room(tmp_path: Path) -> None:
+    h = make(tmp_path, gpu("GPU-a", 5), gpu("GPU-b", 30))
+    h.inference.on_load = lambda name: h.probe.take("GPU-b", 20 * GiB)
+    event = await h.manager.load(load(h, gpu_memory_bytes=20 * GiB))
+    assert event.kind is EventKind.LOADED
+    assert event.footprint_bytes == {"GPU-b": 20 * GiB}
+
+
+async def test_cpu_model_reports_only_devices_that_dropped(tmp_path: Path) -> None:
+    h = make(tmp_path, gpu("GPU-a", 5), gpu("GPU-b", 30))
+    event = await h.manager.load(load(h))
+    assert event.kind is EventKind.LOADED
+    assert event.footprint_bytes == {}
+
+
+@pytest.mark.parametrize(
+    ("devices", "request_kwargs", "message"),
+    [
+        (
+            [gpu("GPU-a", 8)],
+            {"gpu_memory_bytes": 10 * GiB, "device_uuids": ("GPU-a",)},
+            "8 GiB free",
+        ),
+        ([gpu("GPU-a", 80)], {"gpu_memory_bytes": GiB, "device_uuids": ("GPU-x",)}, "GPU-x is not"),
+        ([gpu("GPU-a", 8), gpu("GPU-b", 9)], {"gpu_memory_bytes": 10 * GiB}, "largest free now 9"),
+        ([gpu("GPU-a", 30), gpu("GPU-b", 9)], {"gpu_memory_bytes": 10 * GiB, "gpus": 2}, "1 have"),
+        ([], {"gpu_memory_bytes": GiB}, "no GPU"),
+    ],
+)
+async def test_memory_refusal_never_calls_the_inference_server(
+    tmp_path: Path,
+    devices: list[GpuInfo],
+    request_kwargs: dict[str, object],
+    message: str,
+) -> None:
+    h = make(tmp_path, *devices)
+    event = await h.manager.load(load(h, **request_kwargs))
+    assert event.kind is EventKind.LOAD_FAILED_MEMORY
+    assert message in event.message
+    assert h.inference.calls == []
+    assert not (h.repository.root / "iris").exists()
+    assert h.sample("gpuplace_agent_loads_total", {"outcome": "failed_memory"}) == 1
+
+
+async def test_inference_failure_is_load_failed_and_cleans_up(tmp_path: Path) -> None:
+    h = make(tmp_path)
+    h.inference.fail["iris"] = "boom: no such runtime"
+    event = await h.manager.load(load(h))
+    assert event.kind is EventKind.LOAD_FAILED
+    assert "boom" in event.message
+    assert not (h.repository.root / "iris").exists()
+    assert list(h.repository.staging.iterdir()) == []
+    assert "iris" not in h.manager.loaded
+    assert h.sample("gpuplace_agent_loads_total", {"outcome": "failed"}) == 1
+
+
+async def test_bad_artifact_and_bad_name(tmp_path: Path) -> None:
+    h = make(tmp_path)
+    missing = await h.manager.load(LoadRequest("iris", 1, str(tmp_path / "nowhere"), SKLEARN))
+    assert missing.kind is EventKind.LOAD_FAILED and "artifact" in missing.message
+    bad = await h.manager.load(LoadRequest("../x", 1, str(h.artifact), SKLEARN))
+    assert bad.kind is EventKind.LOAD_FAILED and "DNS-1123" in bad.message
+    assert h.inference.calls == []
+
+
+async def test_commands_for_one_model_are_serialised(tmp_path: Path) -> None:
+    h = make(tmp_path)
+    gate = h.inference.gates["iris"] = asyncio.Event()
+    loading = h.manager.load(load(h))
+    unloading = h.manager.unload(UnloadRequest("iris", 1))
+    await eventually(lambda: bool(h.inference.calls))
+    assert h.inference.calls == [("load", "iris")]
+    assert not unloading.done()
+    gate.set()
+    first, second = await asyncio.gather(loading, unloading)
+    assert (first.kind, second.kind) == (EventKind.LOADED, EventKind.UNLOADED)
+    assert h.inference.calls == [("load", "iris"), ("unload", "iris")]
+    assert [e.kind for e in h.events] == [EventKind.LOADED, EventKind.UNLOADED]
+    assert not (h.repository.root / "iris").exists()
+
+
+async def test_loads_run_concurrently_up_to_the_limit(tmp_path: Path) -> None:
+    h = make(tmp_path, max_loads=2)
+    gates = {name: asyncio.Event() for name in ("a", "b", "c")}
+    h.inference.gates.update(gates)
+    tasks = [h.manager.load(load(h, name)) for name in gates]
+    await eventually(lambda: h.inference.active == 2)
+    assert not any(task.done() for task in tasks)
+    assert len(h.inference.calls) == 2  # the third waits for a slot
+    for gate in gates.values():
+        gate.set()
+    events = await asyncio.gather(*tasks)
+    assert {e.kind for e in events} == {EventKind.LOADED}
+    assert h.inference.most_active == 2
+
+
+async def test_new_version_loads_next_to_the_old_when_both_fit(tmp_path: Path) -> None:
+    h = make(tmp_path, gpu("GPU-a", 40))
+    h.inference.on_load = lambda name: h.probe.take("GPU-a", 15 * GiB)
+    h.inference.on_unload = lambda name: h.probe.take("GPU-a", -15 * GiB)
+    request = load(h, gpu_memory_bytes=15 * GiB, device_uuids=("GPU-a",))
+    assert (await h.manager.load(request)).kind is EventKind.LOADED
+    event = await h.manager.load(dataclasses.replace(request, version=2))
+    # no unload: the server swaps the versions itself; the footprint is the new version's
+    assert h.inference.calls == [("load", "iris"), ("load", "iris")]
+    assert event == ModelEvent(EventKind.LOADED, "iris", 2, footprint_bytes={"GPU-a": 15 * GiB})
+    assert h.inference.loaded == {"iris": "2"}
+    assert h.probe.by_uuid["GPU-a"].free_bytes == 25 * GiB
+
+
+async def test_new_version_unloads_the_old_first_when_only_then_it_fits(tmp_path: Path) -> None:
+    h = make(tmp_path, gpu("GPU-a", 20))
+    h.inference.on_load = lambda name: h.probe.take("GPU-a", 15 * GiB)
+    h.inference.on_unload = lambda name: h.probe.take("GPU-a", -15 * GiB)
+    request = load(h, gpu_memory_bytes=15 * GiB, device_uuids=("GPU-a",))
+    assert (await h.manager.load(request)).kind is EventKind.LOADED
+    # 5 GiB free now, but the 15 GiB of version 1 come back when it is replaced
+    event = await h.manager.load(dataclasses.replace(request, version=2))
+    assert event == ModelEvent(EventKind.LOADED, "iris", 2, footprint_bytes={"GPU-a": 15 * GiB})
+    assert h.inference.calls == [("load", "iris"), ("unload", "iris"), ("load", "iris")]
+    assert h.inference.loaded == {"iris": "2"}
+    assert h.manager.loaded["iris"].version == 2
+
+
+async def test_failed_replacement_restores_the_old_version(tmp_path: Path) -> None:
+    h = make(tmp_path)
+    assert (await h.manager.load(load(h, version=1))).kind is EventKind.LOADED
+    original = h.inference.load
+
+    async def fail_version_2(name: str) -> None:
+        settings = json.loads((h.repository.root / name / "model-settings.json").read_text())
+        if settings["parameters"]["version"] == "2":
+            h.inference.calls.append(("load", name))
+            raise InferenceServerError("version 2 is broken")
+        await original(name)
+
+    h.inference.load = fail_version_2  # type: ignore[method-assign]
+    event = await h.manager.load(load(h, version=2))
+    assert event.kind is EventKind.LOAD_FAILED and "broken" in event.message
+    assert h.manager.loaded["iris"].version == 1
+    assert h.inference.loaded == {"iris": "1"}
+    assert ("unload", "iris") not in h.inference.calls  # the server kept version 1 serving
+    assert h.repository.read_record("iris") is not None
+    assert h.repository.read_record("iris").version == 1  # type: ignore[union-attr]
+
+
+async def test_timed_out_replacement_reloads_the_old_version(tmp_path: Path) -> None:
+    h = make(tmp_path)
+    assert (await h.manager.load(load(h, version=1))).kind is EventKind.LOADED
+    original = h.inference.load
+
+    async def time_out_version_2(name: str) -> None:
+        settings = json.loads((h.repository.root / name / "model-settings.json").read_text())
+        if settings["parameters"]["version"] == "2":
+            h.inference.calls.append(("load", name))
+            raise InferenceServerUnavailable("no answer within 600s")
+        await original(name)
+
+    h.inference.load = time_out_version_2  # type: ignore[method-assign]
+    event = await h.manager.load(load(h, version=2))
+    assert event.kind is EventKind.LOAD_FAILED
+    assert h.inference.calls == [
+        ("load", "iris"),
+        ("load", "iris"),
+        ("unload", "iris"),
+        ("load", "iris"),
+    ]
+    assert h.inference.loaded == {"iris": "1"}
+    assert h.manager.loaded["iris"].version == 1
+
+
+async def test_replacement_that_cannot_restore_reports_the_old_version_unloaded(
+    tmp_path: Path,
+) -> None:
+    h = make(tmp_path)
+    assert (await h.manager.load(load(h, version=1))).kind is EventKind.LOADED
+    h.inference.fail["iris"] = "disk full"
+    h.inference.loaded.clear()  # say the server lost version 1 as well
+    event = await h.manager.load(load(h, version=2))
+    assert event.kind is EventKind.LOAD_FAILED
+    assert [(e.kind, e.version) for e in h.events[-2:]] == [
+        (EventKind.UNLOADED, 1),
+        (EventKind.LOAD_FAILED, 2),
+    ]
+    assert "iris" not in h.manager.loaded
+    assert not (h.repository.root / "iris").exists()
+
+
+async def test_same_version_again_is_acknowledged_without_reloading(tmp_path: Path) -> None:
+    h = make(tmp_path)
+    await h.manager.load(load(h))
+    again = await h.manager.load(load(h))
+    assert again.kind is EventKind.LOADED
+    assert h.inference.calls == [("load", "iris"), ("index", "")][:1]
+    assert again.footprint_bytes == h.manager.loaded["iris"].footprint_bytes
+
+
+async def test_older_version_load_is_refused(tmp_path: Path) -> None:
+    h = make(tmp_path)
+    await h.manager.load(load(h, version=5))
+    event = await h.manager.load(load(h, version=4))
+    assert event.kind is EventKind.LOAD_FAILED
+    assert "version 5 is loaded" in event.message
+    assert h.inference.calls == [("load", "iris")]
+
+
+async def test_unload_of_another_version_leaves_the_loaded_one(tmp_path: Path) -> None:
+    h = make(tmp_path)
+    await h.manager.load(load(h, version=3))
+    event = await h.manager.unload(UnloadRequest("iris", 2))
+    assert event.kind is EventKind.UNLOADED
+    assert h.inference.calls == [("load", "iris")]
+    assert h.manager.loaded["iris"].version == 3
+    assert (h.repository.root / "iris").exists()
+
+
+async def test_unload_with_server_unreachable_counts_as_unloaded(tmp_path: Path) -> None:
+    h = make(tmp_path)
+    await h.manager.load(load(h))
+    h.inference.unload_error = InferenceServerUnavailable("connection refused")
+    event = await h.manager.unload(UnloadRequest("iris", 1))
+    assert event.kind is EventKind.UNLOADED
+    assert "unreachable" in event.message
+    assert not (h.repository.root / "iris").exists()
+    assert h.manager.loaded == {}
+    assert h.sample("gpuplace_agent_loaded_models") == 0
+
+
+async def test_unload_refused_by_the_server_keeps_the_folder(tmp_path: Path) -> None:
+    h = make(tmp_path)
+    await h.manager.load(load(h))
+    h.inference.unload_error = InferenceServerError("unload iris: HTTP 500: stuck")
+    event = await h.manager.unload(UnloadRequest("iris", 1))
+    assert event.kind is EventKind.UNLOAD_FAILED
+    assert "stuck" in event.message
+    assert (h.repository.root / "iris").exists()
+    assert "iris" in h.manager.loaded
+    assert h.sample("gpuplace_agent_unloads_total", {"outcome": "failed"}) == 1
+
+
+async def test_unknown_model_unload_is_done(tmp_path: Path) -> None:
+    h = make(tmp_path)
+    event = await h.manager.unload(UnloadRequest("ghost", 4))
+    assert event == ModelEvent(EventKind.UNLOADED, "ghost", 4)
+
+
+async def test_restore_adopts_loaded_models_and_clears_leftovers(tmp_path: Path) -> None:
+    h = make(tmp_path)
+    await h.manager.load(load(h, "iris", 3, gpu_memory_bytes=0))
+    await h.manager.load(load(h, "stale", 1))
+    h.repository.write_record(Record("iris", 3, {"GPU-a": 7}))
+    # the inference server lost "stale" (e.g. it restarted); a new agent starts
+    del h.inference.loaded["stale"]
+    h.inference.loaded["foreign"] = ""
+    fresh = make(tmp_path / "again")
+    fresh.manager.repository = h.repository
+    fresh.manager.inference = h.inference
+    await fresh.manager.restore()
+    assert {m.name: m.version for m in fresh.manager.loaded.values()} == {"iris": 3, "foreign": 0}
+    assert fresh.manager.loaded["iris"].footprint_bytes == {"GPU-a": 7}
+    assert not (h.repository.root / "stale").exists()
+    assert fresh.sample("gpuplace_agent_loaded_models") == 2
+
+
+async def test_unload_all(tmp_path: Path) -> None:
+    h = make(tmp_path)
+    for name in ("a", "b"):
+        await h.manager.load(load(h, name))
+    events = await h.manager.unload_all()
+    assert sorted((e.name, e.kind) for e in events) == [
+        ("a", EventKind.UNLOADED),
+        ("b", EventKind.UNLOADED),
+    ]
+    assert h.manager.loaded == {}
+    assert await h.manager.wait_idle(1)
+
+
+async def test_memory_is_checked_before_fetching(tmp_path: Path) -> None:
+    h = make(tmp_path, gpu("GPU-a", 2))
+    request = LoadRequest("iris", 1, str(tmp_path / "not-fetched"), SKLEARN, 10 * GiB, ("GPU-a",))
+    event = await h.manager.load(request)
+    assert event.kind is EventKind.LOAD_FAILED_MEMORY  # not an artifact error: no fetch
+    assert list(h.repository.staging.iterdir()) == []
+
+
+async def test_memory_taken_during_the_fetch_is_caught(tmp_path: Path) -> None:
+    h = make(tmp_path, gpu("GPU-a", 30))
+    readings = iter([30, 5, 5, 5])
+    original = h.probe.devices
+
+    def devices() -> list[GpuInfo]:
+        free = next(readings) * GiB
+        return [dataclasses.replace(d, free_bytes=free) for d in original()]
+
+    h.probe.devices = devices  # type: ignore[method-assign]
+    event = await h.manager.load(load(h, gpu_memory_bytes=20 * GiB, device_uuids=("GPU-a",)))
+    assert event.kind is EventKind.LOAD_FAILED_MEMORY
+    assert "5 GiB free now" in event.message
+    assert h.inference.calls == []
