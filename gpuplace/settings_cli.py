@@ -55,13 +55,28 @@ def settings_from_args(settings_cls: type[S], args: argparse.Namespace) -> S:
     return settings_cls(**given)
 
 
+def _field_of(settings_cls: type[BaseSettings], name: str) -> str | None:
+    """The field a reported location stands for: its own name or one of its aliases."""
+    if name in settings_cls.model_fields:
+        return name
+    for field, info in settings_cls.model_fields.items():
+        alias = info.validation_alias
+        names = [alias] if isinstance(alias, str) else getattr(alias, "choices", None) or []
+        if name in [str(choice) for choice in names]:
+            return field
+    return None
+
+
 def describe_error(settings_cls: type[BaseSettings], error: ValidationError) -> str:
     """One line per bad setting, naming the flag and the environment variable."""
     lines = []
     for item in error.errors():
-        field = str(item["loc"][0]) if item["loc"] else "?"
-        env = _env_name(settings_cls, field) if field in settings_cls.model_fields else field
+        reported = str(item["loc"][0]) if item["loc"] else "?"
+        field = _field_of(settings_cls, reported)
+        if field is None:
+            lines.append(f"invalid setting {reported} = {item.get('input')!r}: {item['msg']}")
+            continue
+        env = _env_name(settings_cls, field)
         flag = f"--{field.replace('_', '-')}"
-        value = item.get("input")
-        lines.append(f"invalid setting {env} ({flag}) = {value!r}: {item['msg']}")
+        lines.append(f"invalid setting {env} ({flag}) = {item.get('input')!r}: {item['msg']}")
     return "\n".join(lines)

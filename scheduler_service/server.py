@@ -55,6 +55,9 @@ def _grpc_server(settings: SchedulerSettings, service_name: str, port: int) -> _
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
+            # Let agents send keepalive pings, so either side notices a half-open stream.
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 1),
         ]
     )
     health_servicer = health.aio.HealthServicer()

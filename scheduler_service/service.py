@@ -349,8 +349,11 @@ class SchedulerService:
             self.reconcile()
             wake = self._next_timer() - self._clock.now()
             if wake > 0:
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+                # that races with the event being set, and shutdown would hang.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._kick.wait(), timeout=min(wake, _IDLE_WAKE_S))
+                    async with asyncio.timeout(min(wake, _IDLE_WAKE_S)):
+                        await self._kick.wait()
             self._kick.clear()
 
     def reconcile(self) -> None:
@@ -448,8 +451,9 @@ class SchedulerService:
         if len(staying) == record.spec.replicas or now < record.next_retry_at:
             return
         request = self._request(record, now)
+        snapshot = self._snapshot(usage, record)
         started = time.perf_counter()
-        result = schedule(self._snapshot(usage, record), request, self._settings.policy, now)
+        result = schedule(snapshot, request, self._settings.policy, now)
         self._metrics.placement_seconds.observe(time.perf_counter() - started)
         if record.attempts or any(
             r.state == ReplicaState.LOAD_FAILED and r.version == record.version
@@ -650,7 +654,11 @@ class SchedulerService:
         now = self._clock.now()
         log.warning(
             "model %s v%d on %s: load failed (%s): %s",
-            record.name, replica.version, _name(replica.key), kind, reason,
+            record.name,
+            replica.version,
+            _name(replica.key),
+            kind,
+            reason,
         )
         replica.state = ReplicaState.LOAD_FAILED
         replica.reason = reason
