@@ -1,0 +1,939 @@
+"""Placement benchmark: the pure core's `schedule()` and the SchedulerService end to end.
+
+Run from the repository root:
+
+    .venv/bin/python bench/placement.py [--quick] [--out bench/results/placement.json]
+
+Part 1 times `schedule(snapshot, request, policy, now)` on synthetic clusters (servers of 4
+replicas, every other server with 2-8 GPUs of varied free memory) for four kinds of model
+under both policies. Part 2 drives a real SchedulerService (real Store on SQLite, real
+metrics on a fresh registry) with in-process fake agents that answer every Load with a
+LOADED event, and times loading M models until all are Available. No network is used.
+
+Ratios within one run (1000 vs 10 replicas, spread vs binpack, 1000 vs 100 models) mean more
+than the absolute numbers, which depend on the machine and on whatever else runs on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import json
+import math
+import os
+import platform
+import random
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from scheduler_service.core import (
+    Gpu,
+    Placement,
+    Policy,
+    Replica,
+    Request,
+    Snapshot,
+    schedule,
+)
+from scheduler_service.messages import (
+    Command,
+    EventKind,
+    GpuInfo,
+    Hello,
+    Load,
+    ModelEvent,
+)
+from scheduler_service.metrics import SchedulerMetrics
+from scheduler_service.model import ModelRecord, ModelSpec, ModelState, validate_spec
+from scheduler_service.service import AgentConn, SchedulerService
+from scheduler_service.settings import SchedulerSettings
+from scheduler_service.store import Store
+
+GI = 1024**3
+REPLICAS_PER_SERVER = 4
+SEED = 20240601
+CORE_SIZES = (10, 100, 1000)
+MODEL_KINDS = ("cpu", "gpu", "replicas3", "pinned")
+POLICIES = (Policy.BINPACK, Policy.SPREAD)
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ---------------------------------------------------------------------- synthetic cluster
+
+
+@dataclass(frozen=True)
+class DeviceShape:
+    uuid: str
+    index: int
+    total_bytes: int
+    free_bytes: int
+
+
+@dataclass(frozen=True)
+class ReplicaShape:
+    server: str
+    index: int
+    capabilities: frozenset[str]
+    memory_bytes: int
+    overcommit_percentage: int
+    used_memory_bytes: int
+    devices: tuple[DeviceShape, ...]
+
+
+def gpu_server(number: int) -> bool:
+    """Every other server (the odd ones) has GPUs."""
+    return number % 2 == 1
+
+
+def server_name(number: int) -> str:
+    return f"srv-{number:04d}"
+
+
+def cluster(replicas: int, seed: int = SEED) -> list[ReplicaShape]:
+    """`replicas` replicas in servers of 4 (the last may be smaller); deterministic.
+
+    CPU servers: sklearn/xgboost (some lightgbm). GPU servers: sklearn/pytorch/model-on-gpu
+    plus a100 or h100, 2-8 devices per replica (fixed per server) of 40 or 80 GiB, each with
+    10-100 % of it free. Host memory 16-64 GiB, 0-50 % already used, overcommit 0 or 10 %.
+    """
+    rng = random.Random(seed)
+    shapes: list[ReplicaShape] = []
+    servers = math.ceil(replicas / REPLICAS_PER_SERVER)
+    for number in range(servers):
+        name = server_name(number)
+        count = min(REPLICAS_PER_SERVER, replicas - number * REPLICAS_PER_SERVER)
+        if gpu_server(number):
+            capabilities = {"mlserver", "sklearn", "pytorch", "model-on-gpu"}
+            capabilities.add("a100" if number % 4 == 1 else "h100")
+            device_count = 2 + (number * 3) % 7  # 2..8
+            total = 80 * GI if number % 3 else 40 * GI
+        else:
+            capabilities = {"mlserver", "sklearn", "xgboost"}
+            if number % 4 == 0:
+                capabilities.add("lightgbm")
+            device_count = 0
+            total = 0
+        memory = rng.choice((16, 32, 48, 64)) * GI
+        overcommit = rng.choice((0, 10))
+        for index in range(count):
+            devices = tuple(
+                DeviceShape(
+                    uuid=f"GPU-{number:04d}-{index}-{device}",
+                    index=device,
+                    total_bytes=total,
+                    free_bytes=int(total * rng.uniform(0.1, 1.0)),
+                )
+                for device in range(device_count)
+            )
+            shapes.append(
+                ReplicaShape(
+                    server=name,
+                    index=index,
+                    capabilities=frozenset(capabilities),
+                    memory_bytes=memory,
+                    overcommit_percentage=overcommit,
+                    used_memory_bytes=int(memory * rng.uniform(0.0, 0.5)),
+                    devices=devices,
+                )
+            )
+    return shapes
+
+
+def first_gpu_server(replicas: int) -> str:
+    """The pinned model's server: the first GPU server, present in every size."""
+    return server_name(1) if replicas > REPLICAS_PER_SERVER else server_name(0)
+
+
+def core_snapshot(shapes: Sequence[ReplicaShape]) -> Snapshot:
+    """The core's view; every replica already holds a few (other) models."""
+    replicas = tuple(
+        Replica(
+            server=shape.server,
+            index=shape.index,
+            capabilities=shape.capabilities,
+            memory_bytes=shape.memory_bytes,
+            overcommit_percentage=shape.overcommit_percentage,
+            used_memory_bytes=shape.used_memory_bytes,
+            gpus=tuple(
+                Gpu(
+                    uuid=device.uuid,
+                    name="NVIDIA H100 80GB HBM3",
+                    index=device.index,
+                    total_bytes=device.total_bytes,
+                    free_bytes=device.free_bytes,
+                )
+                for device in shape.devices
+            ),
+            models=frozenset(f"resident-{(shape.index + n) % 50}" for n in range(5)),
+        )
+        for shape in shapes
+    )
+    return Snapshot(replicas)
+
+
+def core_request(kind: str, replicas: int) -> Request:
+    if kind == "cpu":
+        return Request(
+            model="bench-cpu", version=1, requirements=frozenset({"sklearn"}), memory_bytes=2 * GI
+        )
+    if kind == "gpu":
+        return Request(
+            model="bench-gpu",
+            version=1,
+            requirements=frozenset({"pytorch"}),
+            memory_bytes=4 * GI,
+            gpu_memory_bytes=20 * GI,
+        )
+    if kind == "replicas3":
+        return Request(
+            model="bench-replicas3",
+            version=1,
+            requirements=frozenset({"sklearn"}),
+            memory_bytes=1 * GI,
+            replicas=3,
+            min_replicas=3,
+        )
+    if kind == "pinned":
+        return Request(
+            model="bench-pinned",
+            version=1,
+            requirements=frozenset({"pytorch"}),
+            server=first_gpu_server(replicas),
+            memory_bytes=4 * GI,
+            gpu_memory_bytes=20 * GI,
+        )
+    raise ValueError(kind)
+
+
+# ---------------------------------------------------------------------- timing helpers
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def time_interleaved(
+    calls: Sequence[Callable[[], object]], budget_s: float, min_rounds: int, seed: int = SEED
+) -> list[list[float]]:
+    """Seconds per call for each of `calls`, measured in rounds.
+
+    Every round runs every call once, in a shuffled order, so that a slow spell of a shared
+    machine hits all of them alike and ratios between them stay meaningful. Rounds go on
+    until `budget_s` has passed (at least `min_rounds`). Each call runs twice to warm up.
+    """
+    for call in calls:
+        call()
+        call()
+    rng = random.Random(seed)
+    order = list(range(len(calls)))
+    samples: list[list[float]] = [[] for _ in calls]
+    deadline = time.perf_counter() + budget_s
+    with gc_paused():
+        rounds = 0
+        while rounds < min_rounds or time.perf_counter() < deadline:
+            rng.shuffle(order)
+            for position in order:
+                started = time.perf_counter()
+                calls[position]()
+                samples[position].append(time.perf_counter() - started)
+            rounds += 1
+    return samples
+
+
+# ---------------------------------------------------------------------- part 1: the core
+
+
+@dataclass
+class CoreRow:
+    replicas: int
+    model: str
+    policy: str
+    outcome: str  # "placed on <server> (n replicas)" or "rejected"
+    repeats: int
+    median_us: float
+    p95_us: float
+    min_us: float
+
+
+def bench_core(sizes: Sequence[int], budget_s: float) -> list[CoreRow]:
+    """Every (size, model, policy) case, interleaved round by round for `budget_s` in all."""
+    now = 1_000.0
+    cases: list[tuple[int, str, Policy, str]] = []
+    calls: list[Callable[[], object]] = []
+    for size in sizes:
+        snapshot = core_snapshot(cluster(size))
+        for kind in MODEL_KINDS:
+            request = core_request(kind, size)
+            for policy in POLICIES:
+                result = schedule(snapshot, request, policy, now)
+                if isinstance(result, Placement):
+                    outcome = f"{result.server} x{len(result.assignments)}"
+                else:
+                    outcome = "rejected"
+
+                def call(
+                    snap: Snapshot = snapshot, req: Request = request, pol: Policy = policy
+                ) -> object:
+                    return schedule(snap, req, pol, now)
+
+                cases.append((size, kind, policy, outcome))
+                calls.append(call)
+    timings = time_interleaved(calls, budget_s, min_rounds=7)
+    return [
+        CoreRow(
+            replicas=size,
+            model=kind,
+            policy=policy.value,
+            outcome=outcome,
+            repeats=len(samples),
+            median_us=statistics.median(samples) * 1e6,
+            p95_us=percentile(samples, 0.95) * 1e6,
+            min_us=min(samples) * 1e6,
+        )
+        for (size, kind, policy, outcome), samples in zip(cases, timings, strict=True)
+    ]
+
+
+def core_ratios(rows: Sequence[CoreRow]) -> dict[str, float]:
+    by_key = {(r.replicas, r.model, r.policy): r.median_us for r in rows}
+    sizes = sorted({r.replicas for r in rows})
+    ratios: dict[str, float] = {}
+    small, large = sizes[0], sizes[-1]
+    for kind in MODEL_KINDS:
+        for policy in POLICIES:
+            ratios[f"{kind}/{policy.value}: {large} vs {small} replicas"] = (
+                by_key[(large, kind, policy.value)] / by_key[(small, kind, policy.value)]
+            )
+    for size in sizes:
+        for kind in MODEL_KINDS:
+            ratios[f"{kind} @{size}: spread vs binpack"] = (
+                by_key[(size, kind, Policy.SPREAD.value)]
+                / by_key[(size, kind, Policy.BINPACK.value)]
+            )
+    return ratios
+
+
+# ---------------------------------------------------------------------- part 2: the service
+
+
+class TimedStore(Store):
+    """The real Store, with the time spent writing added up."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.seconds = 0.0
+        self.writes = 0
+
+    def save(self, record: ModelRecord) -> None:
+        started = time.perf_counter()
+        super().save(record)
+        self.seconds += time.perf_counter() - started
+        self.writes += 1
+
+    def delete(self, name: str) -> None:
+        started = time.perf_counter()
+        super().delete(name)
+        self.seconds += time.perf_counter() - started
+        self.writes += 1
+
+
+@dataclass
+class FakeAgent:
+    """One replica's agent: commands it is sent go to the shared outbox."""
+
+    outbox: list[tuple[FakeAgent, Command]]
+    conn: AgentConn | None = None
+
+    def send(self, command: Command) -> bool:
+        self.outbox.append((self, command))
+        return True
+
+    def close(self, reason: str) -> None:
+        self.conn = None
+
+
+def hello(shape: ReplicaShape) -> Hello:
+    return Hello(
+        server=shape.server,
+        index=shape.index,
+        capabilities=shape.capabilities,
+        memory_bytes=shape.memory_bytes,
+        overcommit_percentage=shape.overcommit_percentage,
+        devices=tuple(
+            GpuInfo(
+                uuid=device.uuid,
+                name="NVIDIA H100 80GB HBM3",
+                index=device.index,
+                total_bytes=device.total_bytes,
+                free_bytes=device.free_bytes,
+                used_bytes=device.total_bytes - device.free_bytes,
+            )
+            for device in shape.devices
+        ),
+    )
+
+
+def service_spec(number: int, gpu_servers: Sequence[str]) -> ModelSpec:
+    """A mix by number % 10: 6 CPU, 2 GPU, 1 with 3 replicas, 1 pinned to a GPU server."""
+    name = f"model-{number:05d}"
+    kind = number % 10
+    if kind <= 5:
+        return validate_spec(name, requirements=("sklearn",), memory="256Mi")
+    if kind <= 7:
+        return validate_spec(name, requirements=("pytorch",), memory="512Mi", gpu_memory="1Gi")
+    if kind == 8:
+        return validate_spec(name, requirements=("sklearn",), memory="128Mi", replicas=3)
+    server = gpu_servers[(number // 10) % len(gpu_servers)]
+    return validate_spec(
+        name, requirements=("pytorch",), server=server, memory="512Mi", gpu_memory="1Gi"
+    )
+
+
+@dataclass
+class ServiceRow:
+    storage: str
+    policy: str  # the settings' (default binpack unless GPUPLACE_SCHEDULER_POLICY says else)
+    replicas: int
+    models: int
+    instances: int  # model replicas placed
+    load_model_s: float  # M load_model() calls
+    passes: list[float] = field(default_factory=list)  # seconds per reconcile pass
+    placed_per_pass: list[int] = field(default_factory=list)
+    events_s: float = 0.0  # on_event() calls answering every Load
+    total_s: float = 0.0  # first load_model() to all Available
+    sqlite_s: float = 0.0
+    sqlite_writes: int = 0
+    placements: int = 0  # placement decisions (placement histogram count)
+    # The service's placement histogram times `schedule(self._snapshot(...), ...)`, so its
+    # sum is building the snapshot plus the pure core; the snapshot is timed on its own.
+    placement_s: float = 0.0
+    snapshot_s: float = 0.0
+    idle_pass_ms: float = 0.0  # median reconcile() with nothing to do
+    one_more_pass_ms: float = 0.0  # median pass placing one new (CPU) model among M
+    one_more_core_ms: float = 0.0  # of which inside schedule()
+    one_more_snapshot_ms: float = 0.0  # of which building the snapshot
+    # Median reconcile() after a single LOADED event: what run() pays per event when events
+    # arrive one by one (each wakes the loop).
+    per_event_pass_ms: float = 0.0
+    # The same through the real `run()` loop: from on_event() until the model is Available
+    # (the loop wakes, reconciles, computes its next timer, waits again).
+    per_event_loop_ms: float = 0.0
+
+    @property
+    def core_s(self) -> float:
+        return self.placement_s - self.snapshot_s
+
+    @property
+    def models_per_s(self) -> float:
+        return self.models / self.total_s
+
+    @property
+    def placement_pass_models_per_s(self) -> float:
+        return self.models / self.passes[0]
+
+    @property
+    def sqlite_share(self) -> float:
+        return self.sqlite_s / self.total_s
+
+
+def take_loads(outbox: list[tuple[FakeAgent, Command]]) -> list[tuple[AgentConn, Load]]:
+    """The Loads sent so far (the outbox is emptied; other commands need no answer)."""
+    pending, outbox[:] = list(outbox), []
+    return [
+        (agent.conn, command)
+        for agent, command in pending
+        if isinstance(command, Load) and agent.conn is not None
+    ]
+
+
+def loaded(command: Load) -> ModelEvent:
+    """The agent's answer: loaded, with the model's GPU memory on each of its devices."""
+    footprint = {uuid: command.spec.gpu_memory_bytes for uuid in command.device_uuids}
+    return ModelEvent(
+        EventKind.LOADED, command.spec.name, command.version, footprint_bytes=footprint
+    )
+
+
+def answer(service: SchedulerService, outbox: list[tuple[FakeAgent, Command]]) -> int:
+    """Answer every Load sent so far with LOADED."""
+    loads = take_loads(outbox)
+    for conn, command in loads:
+        service.on_event(conn, loaded(command))
+    return len(loads)
+
+
+def all_available(service: SchedulerService, names: Sequence[str]) -> bool:
+    return all(service.model(name).state == ModelState.AVAILABLE for name in names)
+
+
+def histogram_sum(registry: CollectorRegistry, sample: str = "sum") -> float:
+    name = f"gpuplace_scheduler_placement_duration_seconds_{sample}"
+    return float(registry.get_sample_value(name) or 0.0)
+
+
+@dataclass(frozen=True)
+class ServiceParams:
+    replicas: int  # fake agents connected
+    model_counts: tuple[int, ...]  # each run on disk
+    all_storage_at: int  # this count also on tmpfs and :memory:
+    extra: int  # single models added one pass at a time after the run
+    trickle: int  # LOADED events answered one at a time, a reconcile() after each
+
+
+async def bench_service_once(
+    storage: str, db: Path, models: int, params: ServiceParams
+) -> ServiceRow:
+    """Connect the fake agents, load `models` models, reconcile until all Available.
+
+    Runs inside an event loop: SchedulerService creates an asyncio.Event (which on Python
+    3.11 binds to a loop only when awaited), and the last measurement runs `service.run()`.
+    Passes are driven by calling `reconcile()` directly, as `run()` would after a wake-up.
+    """
+    replicas, extra, trickle = params.replicas, params.extra, params.trickle
+    shapes = cluster(replicas)
+    gpu_servers = sorted({s.server for s in shapes if s.devices})
+    registry = CollectorRegistry()
+    store = TimedStore(db)
+    # Defaults plus the environment, as in production; the pydantic model is untyped for mypy.
+    overrides: dict[str, Any] = {"db": db}
+    settings = SchedulerSettings(**overrides)
+    service = SchedulerService(settings, store, SchedulerMetrics(registry))
+    snapshot_time = [0.0]
+    build = service._snapshot  # timed by wrapping the instance's bound method
+
+    def timed_snapshot(*args: Any) -> Snapshot:
+        started = time.perf_counter()
+        try:
+            return build(*args)
+        finally:
+            snapshot_time[0] += time.perf_counter() - started
+
+    setattr(service, "_snapshot", timed_snapshot)  # noqa: B010
+    outbox: list[tuple[FakeAgent, Command]] = []
+    for shape in shapes:
+        agent = FakeAgent(outbox)
+        agent.conn = service.connect(hello(shape), agent.send, agent.close)
+    service.reconcile()
+    outbox.clear()
+    store.seconds, store.writes = 0.0, 0
+
+    specs = [service_spec(number, gpu_servers) for number in range(models)]
+    names = [spec.name for spec in specs]
+    row = ServiceRow(
+        storage=storage,
+        policy=settings.policy.value,
+        replicas=replicas,
+        models=models,
+        instances=sum(spec.replicas for spec in specs),
+        load_model_s=0.0,
+    )
+    started = time.perf_counter()
+    for spec in specs:
+        service.load_model(spec)
+    row.load_model_s = time.perf_counter() - started
+    while not all_available(service, names):
+        if len(row.passes) >= 10:
+            states = {service.model(n).state for n in names}
+            raise RuntimeError(f"{storage}/{models}: not all Available after 10 passes: {states}")
+        pass_started = time.perf_counter()
+        service.reconcile()
+        row.passes.append(time.perf_counter() - pass_started)
+        loads = sum(1 for _, command in outbox if isinstance(command, Load))
+        row.placed_per_pass.append(loads)
+        event_started = time.perf_counter()
+        answer(service, outbox)
+        row.events_s += time.perf_counter() - event_started
+    row.total_s = time.perf_counter() - started
+    row.sqlite_s, row.sqlite_writes = store.seconds, store.writes
+    row.placement_s = histogram_sum(registry)
+    row.placements = int(histogram_sum(registry, "count"))
+    row.snapshot_s = snapshot_time[0]
+
+    idle = []
+    for _ in range(15):
+        idle_started = time.perf_counter()
+        service.reconcile()
+        idle.append(time.perf_counter() - idle_started)
+    row.idle_pass_ms = statistics.median(idle) * 1e3
+
+    one_pass, one_core, one_snapshot = [], [], []
+    for number in range(extra):
+        service.load_model(validate_spec(f"extra-{number:05d}", requirements=("sklearn",)))
+        before_placement, before_snapshot = histogram_sum(registry), snapshot_time[0]
+        pass_started = time.perf_counter()
+        service.reconcile()
+        one_pass.append(time.perf_counter() - pass_started)
+        snapshot = snapshot_time[0] - before_snapshot
+        one_snapshot.append(snapshot)
+        one_core.append(histogram_sum(registry) - before_placement - snapshot)
+        answer(service, outbox)
+        service.reconcile()
+    row.one_more_pass_ms = statistics.median(one_pass) * 1e3
+    row.one_more_core_ms = statistics.median(one_core) * 1e3
+    row.one_more_snapshot_ms = statistics.median(one_snapshot) * 1e3
+
+    for number in range(trickle):
+        service.load_model(validate_spec(f"trickle-{number:05d}", requirements=("sklearn",)))
+    service.reconcile()
+    per_event = []
+    for conn, command in take_loads(outbox):
+        service.on_event(conn, loaded(command))
+        pass_started = time.perf_counter()
+        service.reconcile()
+        per_event.append(time.perf_counter() - pass_started)
+    row.per_event_pass_ms = statistics.median(per_event) * 1e3
+    row.per_event_loop_ms = await per_event_in_run_loop(service, outbox, trickle) * 1e3
+    store.close()
+    return row
+
+
+async def until(done: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
+    """Yield to the event loop until `done()`; a benchmark that hangs is a failed one."""
+    deadline = time.perf_counter() + timeout_s
+    while not done():
+        if time.perf_counter() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        await asyncio.sleep(0)
+
+
+async def per_event_in_run_loop(
+    service: SchedulerService, outbox: list[tuple[FakeAgent, Command]], count: int
+) -> float:
+    """Median seconds from one LOADED event to Available with `service.run()` running."""
+    outbox.clear()
+    task = asyncio.create_task(service.run())
+    try:
+        names = [f"loop-{number:05d}" for number in range(count)]
+        for name in names:
+            service.load_model(validate_spec(name, requirements=("sklearn",)))
+        await until(lambda: len(outbox) >= count, f"{count} loads from run()")
+        samples = []
+        for conn, command in take_loads(outbox):
+            record = service.model(command.spec.name)
+
+            def available(record: ModelRecord = record) -> bool:
+                return record.state == ModelState.AVAILABLE
+
+            started = time.perf_counter()
+            service.on_event(conn, loaded(command))
+            await until(available, f"{record.name} Available")
+            samples.append(time.perf_counter() - started)
+        return statistics.median(samples)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def storage_dirs() -> list[tuple[str, Path | None]]:
+    """Where the state file goes: a disk directory, tmpfs when there is one, and :memory:."""
+    places: list[tuple[str, Path | None]] = [("disk", ROOT / "bench" / "results")]
+    if Path("/dev/shm").is_dir() and os.access("/dev/shm", os.W_OK):
+        places.append(("tmpfs", Path("/dev/shm")))
+    places.append((":memory:", None))
+    return places
+
+
+def bench_service(params: ServiceParams) -> list[ServiceRow]:
+    """Every model count on disk; `params.all_storage_at` also on tmpfs and :memory:.
+
+    A small run on :memory: goes first and is thrown away (first-call costs).
+    """
+    warm_up = replace(params, extra=2, trickle=2)
+    asyncio.run(bench_service_once("warm-up", Path(":memory:"), 20, warm_up))
+    rows: list[ServiceRow] = []
+    for storage, directory in storage_dirs():
+        for models in params.model_counts:
+            if storage != "disk" and models != params.all_storage_at:
+                continue
+            if directory is None:
+                run = bench_service_once(storage, Path(":memory:"), models, params)
+                rows.append(asyncio.run(run))
+                continue
+            directory.mkdir(parents=True, exist_ok=True)
+            folder = Path(tempfile.mkdtemp(prefix="gpuplace-bench-", dir=directory))
+            try:
+                run = bench_service_once(storage, folder / "state.db", models, params)
+                rows.append(asyncio.run(run))
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+    return rows
+
+
+def service_ratios(rows: Sequence[ServiceRow]) -> dict[str, float]:
+    disk = sorted((r for r in rows if r.storage == "disk"), key=lambda r: r.models)
+    ratios: dict[str, float] = {}
+    if len(disk) >= 2:
+        small, large = disk[0], disk[-1]
+        scale = large.models / small.models
+        label = f"{large.models} vs {small.models} models"
+        ratios[f"total time, {label} (x{scale:g} models)"] = large.total_s / small.total_s
+        ratios[f"placement pass, {label}"] = large.passes[0] / small.passes[0]
+        ratios[f"snapshot per placement, {label}"] = (large.snapshot_s / large.placements) / (
+            small.snapshot_s / small.placements
+        )
+        ratios[f"schedule() per placement, {label}"] = (large.core_s / large.placements) / (
+            small.core_s / small.placements
+        )
+        ratios[f"pass placing one more model, {label}"] = (
+            large.one_more_pass_ms / small.one_more_pass_ms
+        )
+        ratios[f"idle pass, {label}"] = large.idle_pass_ms / small.idle_pass_ms
+        ratios[f"pass after one event, {label}"] = large.per_event_pass_ms / small.per_event_pass_ms
+        ratios[f"run() loop per event, {label}"] = large.per_event_loop_ms / small.per_event_loop_ms
+    reference = next((r for r in rows if r.storage == "disk" and r.models == disk[-1].models), None)
+    for row in rows:
+        if reference is not None and row.storage != "disk":
+            ratios[f"total time, {row.storage} vs disk @{row.models}"] = (
+                row.total_s / reference.total_s
+            )
+    return ratios
+
+
+# ---------------------------------------------------------------------- report
+
+
+def cpu_model() -> str:
+    """The CPU's model name on Linux (platform.processor() is often empty there)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def machine() -> dict[str, object]:
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+    except OSError:
+        commit = ""
+    return {
+        "python": sys.version.split()[0],
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "sqlite": sqlite3.sqlite_version,
+        "loadavg_start": list(os.getloadavg()),
+        "git_commit": commit,
+    }
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(lines)
+
+
+def core_table(rows: Sequence[CoreRow]) -> str:
+    return table(
+        ("replicas", "model", "policy", "outcome", "n", "median us", "p95 us", "us/replica"),
+        [
+            (
+                str(r.replicas),
+                r.model,
+                r.policy,
+                r.outcome,
+                str(r.repeats),
+                f"{r.median_us:.1f}",
+                f"{r.p95_us:.1f}",
+                f"{r.median_us / r.replicas:.2f}",
+            )
+            for r in rows
+        ],
+    )
+
+
+def service_table(rows: Sequence[ServiceRow]) -> str:
+    """Loading M models until all are Available: throughput and where the time goes."""
+    return table(
+        (
+            "store",
+            "replicas",
+            "models",
+            "total s",
+            "models/s",
+            "passes",
+            "pass 1 ms",
+            "pass 2 ms",
+            "events ms",
+            "sqlite %",
+            "snapshot %",
+            "core %",
+        ),
+        [
+            (
+                r.storage,
+                str(r.replicas),
+                str(r.models),
+                f"{r.total_s:.2f}",
+                f"{r.models_per_s:.0f}",
+                str(len(r.passes)),
+                f"{r.passes[0] * 1e3:.0f}",
+                f"{r.passes[1] * 1e3:.0f}" if len(r.passes) > 1 else "-",
+                f"{r.events_s * 1e3:.0f}",
+                f"{100 * r.sqlite_share:.0f}",
+                f"{100 * r.snapshot_s / r.total_s:.0f}",
+                f"{100 * r.core_s / r.total_s:.0f}",
+            )
+            for r in rows
+        ],
+    )
+
+
+def pass_table(rows: Sequence[ServiceRow]) -> str:
+    """Single passes once M models are Available (medians, milliseconds)."""
+    return table(
+        (
+            "store",
+            "models",
+            "idle pass",
+            "+1 model pass",
+            "of which snapshot",
+            "of which core",
+            "pass after 1 event",
+            "run() per event",
+        ),
+        [
+            (
+                r.storage,
+                str(r.models),
+                f"{r.idle_pass_ms:.2f}",
+                f"{r.one_more_pass_ms:.2f}",
+                f"{r.one_more_snapshot_ms:.2f}",
+                f"{r.one_more_core_ms:.2f}",
+                f"{r.per_event_pass_ms:.2f}",
+                f"{r.per_event_loop_ms:.2f}",
+            )
+            for r in rows
+        ],
+    )
+
+
+def ratio_table(ratios: dict[str, float]) -> str:
+    return table(("ratio", "value"), [(name, f"{value:.2f}") for name, value in ratios.items()])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="smaller budgets and sizes (~5 s)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "bench" / "results" / "placement.json",
+        help="JSON results file (default: bench/results/placement.json)",
+    )
+    args = parser.parse_args(argv)
+    quick: bool = args.quick
+    core_budget_s = 1.5 if quick else 8.0
+    counts = (100, 300) if quick else (100, 1000)
+    service_params = ServiceParams(
+        replicas=40 if quick else 100,
+        model_counts=counts,
+        all_storage_at=counts[-1],
+        extra=5 if quick else 15,
+        trickle=10 if quick else 40,
+    )
+    params: dict[str, object] = {
+        "quick": quick,
+        "seed": SEED,
+        "core_sizes": list(CORE_SIZES),
+        "core_budget_s": core_budget_s,
+        "replicas_per_server": REPLICAS_PER_SERVER,
+        "service": asdict(service_params),
+        "service_model_mix": "per 10: 6 CPU 256Mi, 2 GPU 1Gi, 1 CPU x3 replicas, 1 GPU pinned",
+        "gc_disabled_while_timing_core": True,
+    }
+    info = machine()
+    wall = time.perf_counter()
+
+    print(f"gpuplace placement benchmark ({'quick' if quick else 'full'}), python {info['python']}")
+    print(f"{info['platform']}, {info['cpu_count']} CPUs, load {info['loadavg_start']}\n")
+
+    core = bench_core(CORE_SIZES, core_budget_s)
+    print("schedule() latency (pure core)")
+    print(core_table(core))
+    c_ratios = core_ratios(core)
+    print()
+    print(ratio_table(c_ratios))
+    print()
+
+    service = bench_service(service_params)
+    print(f"SchedulerService end to end ({service_params.replicas} replicas, fake agents)")
+    print(service_table(service))
+    print()
+    print("single passes with M models Available (medians, ms)")
+    print(pass_table(service))
+    s_ratios = service_ratios(service)
+    print()
+    print(ratio_table(s_ratios))
+
+    info["loadavg_end"] = list(os.getloadavg())
+    elapsed = time.perf_counter() - wall
+    result = {
+        "benchmark": "placement",
+        "machine": info,
+        "parameters": params,
+        "elapsed_s": elapsed,
+        "core": [asdict(row) for row in core],
+        "core_ratios": c_ratios,
+        "service": [
+            {
+                **asdict(row),
+                "models_per_s": row.models_per_s,
+                "placement_pass_models_per_s": row.placement_pass_models_per_s,
+                "sqlite_share": row.sqlite_share,
+                "core_s": row.core_s,
+            }
+            for row in service
+        ],
+        "service_ratios": s_ratios,
+    }
+    out: Path = args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\n{elapsed:.1f} s; results written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
