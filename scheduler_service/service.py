@@ -59,6 +59,8 @@ log = logging.getLogger(__name__)
 Key = tuple[str, int]
 # Longest the reconcile loop sleeps when no timer is due sooner.
 _IDLE_WAKE_S = 1.0
+# Models reconciled before the loop yields to other tasks.
+_SLICE = 200
 
 
 class Clock(Protocol):
@@ -142,6 +144,9 @@ class SchedulerService:
                     # Restored from disk: its agent has to come back within the grace period.
                     replica.lost_since = started
         self._dirty: set[str] = set(self._models)
+        # When each model next needs a pass without any event; refreshed after each of its
+        # passes (any change in between marks it dirty, which wins).
+        self._timers: dict[str, float] = {}
         self._kick = asyncio.Event()
         self._outbox: list[tuple[Key, Command]] = []
         metrics.watch_state(self.gauges)
@@ -346,7 +351,10 @@ class SchedulerService:
     async def run(self) -> None:
         """Reconcile dirty and timer-due models until cancelled."""
         while True:
-            self.reconcile()
+            # A large pass is cut into slices so that agent streams, client calls and
+            # /metrics are served in between.
+            while self.reconcile(budget=_SLICE):  # noqa: ASYNC110 - a deliberate yield
+                await asyncio.sleep(0)
             wake = self._next_timer() - self._clock.now()
             if wake > 0:
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
@@ -356,19 +364,25 @@ class SchedulerService:
                         await self._kick.wait()
             self._kick.clear()
 
-    def reconcile(self) -> None:
-        """One pass: every model that needs work, then drains, then the commands."""
+    def reconcile(self, budget: int | None = None) -> bool:
+        """One pass over the models that need work (at most `budget` of them), then drains,
+        then the commands. Returns whether models were left for another pass."""
         now = self._clock.now()
-        due = {name for name, record in self._models.items() if self._timer(record) <= now}
-        names = sorted(self._dirty | due)
-        self._dirty.clear()
-        usage = self._usage()
-        for name in names:
-            record = self._models.get(name)
-            if record is not None:
-                self._reconcile_model(record, usage, now)
+        names = sorted(self._dirty | {n for n, at in self._timers.items() if at <= now})
+        if budget is not None and len(names) > budget:
+            names, rest = names[:budget], names[budget:]
+        else:
+            rest = []
+        self._dirty = set(rest)
+        if names:
+            usage = self._usage()
+            for name in names:
+                record = self._models.get(name)
+                if record is not None:
+                    self._reconcile_model(record, usage, now)
         self._finish_drains(now)
         self._flush()
+        return bool(rest)
 
     def _reconcile_model(self, record: ModelRecord, usage: dict[Key, _Usage], now: float) -> None:
         before = _digest(record)
@@ -381,7 +395,9 @@ class SchedulerService:
             self._retire(record)
             self._set_state(record)
         if record.name not in self._models:
+            self._timers.pop(record.name, None)
             return
+        self._timers[record.name] = self._timer(record)
         _add_contribution(usage, record)
         if _digest(record) != before:
             record.updated_at = now
@@ -757,7 +773,7 @@ class SchedulerService:
             for c in self._agents.values()
             if c.draining and not c.drained and c.connected
         ]
-        return min([self._timer(r) for r in self._models.values()] + drains, default=float("inf"))
+        return min([*self._timers.values(), *drains], default=float("inf"))
 
     def _backoff(self, attempts: int) -> float:
         initial, cap = self._settings.retry_initial_s, self._settings.retry_max_s
