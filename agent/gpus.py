@@ -14,23 +14,11 @@ import contextlib
 import logging
 import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
+from gpuplace.protocol import GpuInfo
+
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class GpuInfo:
-    """One GPU or MIG instance, as NVML reports it."""
-
-    uuid: str
-    name: str
-    index: int
-    total_bytes: int
-    free_bytes: int
-    used_bytes: int
-    parent_uuid: str = ""
 
 
 class GpuProbe(Protocol):

@@ -16,13 +16,13 @@ from collections.abc import Callable, Sequence
 import grpc
 import grpc.aio
 
-from agent.gpus import GpuInfo
 from agent.metrics import AgentMetrics
-from agent.models import EventKind, LoadRequest, ModelEvent, ModelManager, UnloadRequest
+from agent.models import LoadRequest, ModelManager, UnloadRequest
 from agent.resources import GpuMonitor
 from agent.settings import AgentSettings
 from gpuplace import __version__
 from gpuplace.aio import stop_tasks
+from gpuplace.protocol import EventKind, GpuInfo, ModelEvent
 from protos import agent_pb2, agent_pb2_grpc, common_pb2
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def event_message(event: ModelEvent) -> agent_pb2.AgentMessage:
     return agent_pb2.AgentMessage(
         event=agent_pb2.ModelEvent(
             kind=_KINDS[event.kind],
-            model_name=event.name,
+            model_name=event.model,
             version=event.version,
             message=event.message,
             footprint_bytes=dict(event.footprint_bytes),
@@ -109,7 +109,7 @@ class Outbox:
             log.info(
                 "model %s version %d on %s: %s not sent, no stream to the scheduler (the next "
                 "hello reports the state)",
-                event.name,
+                event.model,
                 event.version,
                 self.replica,
                 event.kind,

@@ -14,12 +14,10 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 
 from agent import artifacts
 from agent.artifacts import ArtifactError, ModelRepository, Record
-from agent.gpus import GpuInfo
 from agent.inference_server import (
     InferenceServer,
     InferenceServerError,
@@ -28,26 +26,10 @@ from agent.inference_server import (
 from agent.metrics import AgentMetrics
 from agent.resources import GpuMonitor
 from gpuplace.names import InvalidName, is_dns1123_label
+from gpuplace.protocol import EventKind, GpuInfo, ModelEvent
 from gpuplace.quantity import format_bytes
 
 log = logging.getLogger(__name__)
-
-
-class EventKind(StrEnum):
-    LOADED = "loaded"
-    LOAD_FAILED = "load_failed"
-    LOAD_FAILED_MEMORY = "load_failed_memory"
-    UNLOADED = "unloaded"
-    UNLOAD_FAILED = "unload_failed"
-
-
-@dataclass(frozen=True)
-class ModelEvent:
-    kind: EventKind
-    name: str
-    version: int
-    message: str = ""
-    footprint_bytes: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,9 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 
-from agent.gpus import GpuInfo, GpuProbe
+from agent.gpus import GpuProbe
 from agent.metrics import AgentMetrics
+from gpuplace.protocol import GpuInfo
 
 log = logging.getLogger(__name__)
 

@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import StrEnum
 
+from gpuplace.protocol import EventKind, GpuInfo, ModelEvent
 from scheduler_service.model import ModelSpec
 
-
-@dataclass(frozen=True)
-class GpuInfo:
-    uuid: str
-    name: str
-    index: int
-    total_bytes: int
-    free_bytes: int
-    used_bytes: int
-    parent_uuid: str = ""
+__all__ = [
+    "Command",
+    "DrainComplete",
+    "EventKind",
+    "GpuInfo",
+    "Hello",
+    "Load",
+    "LoadedModel",
+    "ModelEvent",
+    "Unload",
+    "Welcome",
+]
 
 
 @dataclass(frozen=True)
@@ -35,23 +37,6 @@ class Hello:
     overcommit_percentage: int
     devices: tuple[GpuInfo, ...] = ()
     loaded: tuple[LoadedModel, ...] = ()
-
-
-class EventKind(StrEnum):
-    LOADED = "loaded"
-    LOAD_FAILED = "load_failed"
-    LOAD_FAILED_MEMORY = "load_failed_memory"
-    UNLOADED = "unloaded"
-    UNLOAD_FAILED = "unload_failed"
-
-
-@dataclass(frozen=True)
-class ModelEvent:
-    kind: EventKind
-    model: str
-    version: int
-    message: str = ""
-    footprint_bytes: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -686,7 +686,7 @@ class SchedulerService:
         self._metrics.load_failures.labels(kind).inc()
         self._mark(record.name)
 
-    def _charge_footprint(self, conn: AgentConn, footprint: dict[str, int]) -> None:
+    def _charge_footprint(self, conn: AgentConn, footprint: Mapping[str, int]) -> None:
         """Until the agent measures again, count a fresh load's memory as used."""
         for uuid, size in footprint.items():
             gpu = conn.gpus.get(uuid)

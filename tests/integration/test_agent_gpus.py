@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.gpus import GpuInfo, NvmlGpuProbe
+from agent.gpus import NvmlGpuProbe
+from gpuplace.protocol import GpuInfo
 from tests.fakes import nvml
 from tests.fakes.nvml import FakeGpu, FakeMig, FakeNvml, GiB
 

@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from agent.artifacts import ModelRepository, Record
-from agent.gpus import GpuInfo, GpuProbe
+from agent.gpus import GpuProbe
 from agent.inference_server import (
     InferenceServer,
     InferenceServerError,
@@ -29,6 +29,7 @@ from agent.models import (
     footprint,
 )
 from agent.resources import GpuMonitor
+from gpuplace.protocol import GpuInfo
 
 GiB = 2**30
 SKLEARN = {"implementation": "mlserver_sklearn.SKLearnModel"}
@@ -477,7 +478,7 @@ async def test_unload_all(tmp_path: Path) -> None:
     for name in ("a", "b"):
         await h.manager.load(load(h, name))
     events = await h.manager.unload_all()
-    assert sorted((e.name, e.kind) for e in events) == [
+    assert sorted((e.model, e.kind) for e in events) == [
         ("a", EventKind.UNLOADED),
         ("b", EventKind.UNLOADED),
     ]

@@ -8,12 +8,12 @@ import statistics
 import pytest
 from prometheus_client import CollectorRegistry
 
-from agent.gpus import GpuInfo, NoGpus
+from agent.gpus import NoGpus
 from agent.link import Outbox, SchedulerLink, event_message, load_request
 from agent.metrics import AgentMetrics
-from agent.models import EventKind, ModelEvent
 from agent.resources import GpuMonitor, moved
 from agent.settings import AgentSettings
+from gpuplace.protocol import EventKind, GpuInfo, ModelEvent
 from protos import agent_pb2, common_pb2
 
 GiB = 2**30
