@@ -112,6 +112,14 @@ def wait_models(
                 results[name].outcome = "deleted" if goal == "deleted" else "missing"
                 pending.discard(name)
 
+    def recheck() -> None:
+        """Look at every pending model again; a scheduler still restarting is no answer."""
+        try:
+            check(list(pending))
+        except ClientError as exc:
+            if exc.code not in RETRYABLE:
+                raise
+
     check(list(pending))
     while pending and time.monotonic() < deadline:
         watched = next(iter(pending)) if len(pending) == 1 else ""
@@ -124,11 +132,12 @@ def wait_models(
             if pending and time.monotonic() < deadline:
                 # The stream ended early (a restart, or the model went away): look again.
                 time.sleep(min(RETRY_PAUSE_S, max(0.0, deadline - time.monotonic())))
-                check(list(pending))
+                recheck()
         except ClientError as exc:
             # Gone (NOT_FOUND), a watcher that fell behind, or a scheduler restarting: the
             # state is persisted there, so look again until the deadline.
             if exc.code not in RETRYABLE:
                 raise
             time.sleep(min(RETRY_PAUSE_S * 2, max(0.0, deadline - time.monotonic())))
+            recheck()
     return results
