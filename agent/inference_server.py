@@ -88,13 +88,21 @@ class MLServerClient:
             self._session = aiohttp.ClientSession()
         return self._session
 
+    async def _send(self, url: str, limit: aiohttp.ClientTimeout, body: Any) -> tuple[int, str]:
+        async with self._client().post(url, json=body, timeout=limit) as response:
+            return response.status, await response.text()
+
     async def _post(
         self, path: str, limit: aiohttp.ClientTimeout, body: Any = None
     ) -> tuple[int, str]:
         url = f"{self._base}{path}"
         try:
-            async with self._client().post(url, json=body, timeout=limit) as response:
-                return response.status, await response.text()
+            try:
+                return await self._send(url, limit, body)
+            except aiohttp.ServerDisconnectedError:
+                # A pooled connection the server had closed (MLServer does after a 500):
+                # the request never reached it, so sending it once more is safe.
+                return await self._send(url, limit, body)
         except TimeoutError as exc:
             raise InferenceServerUnavailable(
                 f"POST {path}: no answer within {limit.total:g}s"

@@ -187,3 +187,36 @@ async def test_http_artifacts(files: str, tmp_path: Path) -> None:
 
     with pytest.raises(ArtifactError, match="HTTP 404"):
         await fetch(repo, f"{files}/m/absent.bin", repo.new_staging_folder("d"), timeout_s=5)
+
+
+async def test_a_request_on_a_connection_the_server_closed_is_sent_again() -> None:
+    """MLServer closes a keep-alive connection after a 500; the next request must not fail."""
+    connections = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await reader.readuntil(b"\r\n\r\n")
+        await reader.readexactly(2)  # the `{}` body
+        if connections == 1:
+            writer.write(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 2\r\n\r\n[]")
+            await writer.drain()
+            # The client reuses the connection; the server has already given up on it.
+            await reader.readuntil(b"\r\n\r\n")
+        else:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n[]")
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    inference = MLServerClient(f"http://127.0.0.1:{port}", load_timeout_s=5, request_timeout_s=5)
+    try:
+        with pytest.raises(InferenceServerError):
+            await inference.index()
+        assert await inference.index() == []
+        assert connections == 2
+    finally:
+        await inference.close()
+        server.close()
+        await server.wait_closed()
