@@ -172,7 +172,7 @@ def load_command(args: argparse.Namespace) -> int:
                     return EXIT_SCHEDULER
                 continue
             sent[spec.name] = reply.version
-            change = "loaded" if reply.changed else "unchanged"
+            change = "requested" if reply.changed else "unchanged"
             print(f"model/{reply.name or spec.name} {change} (version {reply.version})")
         if args.wait and sent:
             results = wait_models(

@@ -227,7 +227,7 @@ def test_load_sends_every_model_of_a_file(
     assert dict(llama.parameters) == {"implementation": "mlserver_huggingface.HuggingFaceRuntime"}
     assert sent[0].memory == "100Mi" and not sent[0].HasField("replicas")
     out = capsys.readouterr().out
-    assert "model/iris loaded (version 1)" in out and "model/llama3 loaded (version 1)" in out
+    assert "model/iris requested (version 1)" in out and "model/llama3 requested (version 1)" in out
 
 
 def test_load_seed_model_as_written(

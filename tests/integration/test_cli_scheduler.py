@@ -79,7 +79,7 @@ async def test_load_wait_status_unload_round_trip(
     )
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    assert "model/iris loaded (version 1)" in captured.out
+    assert "model/iris requested (version 1)" in captured.out
     assert "llama3 is Available (version 1, 1/1 replicas): gpu-a-0" in captured.out
     assert "llama3 v1" in captured.err  # the progress display
     assert [load.spec.name for load in gpu.loads if load.spec.name == "llama3"] == ["llama3"]
