@@ -38,5 +38,11 @@ lint: $(STAMP) $(HELM)
 test: $(STAMP) $(HELM) lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The README's first command: a scheduler, 3 MLServers and 3 agents on this machine, the demo
+# models loaded, placed and refused, one inference, then a clean shutdown (about 30 s once
+# MLServer's venv exists). DEMO_ARGS="--keep" stays up until Ctrl-C.
+demo: $(STAMP)
+	$(PY) scripts/demo.py $(DEMO_ARGS)
+
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info

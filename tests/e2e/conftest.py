@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support.cluster import LocalCluster
 from tests.support.mlserver import MLServerProcess, ensure_mlserver_venv
+from tests.support.sklearn_models import ARTIFACT_NAME, TrainJob, train_iris_models
 
 MLServerFactory = Callable[..., MLServerProcess]
 
@@ -49,3 +52,50 @@ def mlserver_repository(tmp_path: Path) -> Path:
     repository = tmp_path / "repository"
     repository.mkdir()
     return repository
+
+
+@dataclass(frozen=True)
+class IrisArtifacts:
+    """Model artifacts shared by every test of the session (storageUri = these paths)."""
+
+    with_settings: Path
+    """``model.joblib`` + ``model-settings.json`` (name ``iris``: the agent renames it)."""
+    plain: Path
+    """``model.joblib`` only: the agent writes the settings from the Model's parameters."""
+    broken: Path
+    """``model-settings.json`` and a ``model.joblib`` that is not a pickle: every load fails."""
+
+
+@pytest.fixture(scope="session")
+def iris_artifacts(
+    tmp_path_factory: pytest.TempPathFactory, mlserver_executable: Path
+) -> IrisArtifacts:
+    """Real iris classifiers, trained once per session in MLServer's venv."""
+    root = tmp_path_factory.mktemp("artifacts")
+    artifacts = IrisArtifacts(root / "iris", root / "iris-plain", root / "broken")
+    train_iris_models(
+        [
+            TrainJob(artifacts.with_settings, "iris"),
+            TrainJob(artifacts.plain, "iris-plain", with_settings=False),
+            TrainJob(artifacts.broken, "broken"),
+        ],
+        venv=mlserver_executable.parent.parent,
+    )
+    (artifacts.broken / ARTIFACT_NAME).write_bytes(b"this is not a joblib pickle\n")
+    return artifacts
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, Any, None]:
+    """When a test that uses a LocalCluster fails, add the tail of every log of the cluster
+    (scheduler, agents, MLServers) to its report."""
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    if not report.failed:
+        return
+    funcargs: dict[str, Any] = getattr(item, "funcargs", {})
+    for value in funcargs.values():
+        if isinstance(value, LocalCluster):
+            report.sections.append(("cluster log tails", value.log_tails(lines=25)))
