@@ -101,8 +101,14 @@ class SchedulerProcess:
         log = self.log_path.open("ab")
         log.write(f"--- start {self.starts}\n".encode())
         log.flush()
+        # Its own session: a Ctrl-C meant for the demo or pytest does not reach it; stop()
+        # decides when it goes.
         self.process = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,
         )
         log.close()
         marker = f"--- start {self.starts}\n"
