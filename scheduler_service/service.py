@@ -321,7 +321,9 @@ class SchedulerService:
             self._load_failed(record, replica, event.message, event.kind.value)
         elif event.kind == EventKind.UNLOADED:
             if replica.state != ReplicaState.LOAD_FAILED:  # a failure stays visible
-                del record.replicas[conn.key]
+                # Shown (and streamed to watchers) once; the next pass forgets it.
+                replica.state = ReplicaState.UNLOADED
+                replica.reason = ""
             log.info("%s: unloaded", where)
             self._cluster_changed()
         else:  # UNLOAD_FAILED: the agent keeps it; its next hello tells us the truth.
@@ -408,6 +410,9 @@ class SchedulerService:
         """Loads past their deadline fail; replicas gone past the grace period are lost."""
         grace = self._settings.disconnect_grace_s
         for replica in list(record.replicas.values()):
+            if replica.state == ReplicaState.UNLOADED:
+                del record.replicas[replica.key]
+                continue
             gone = replica.lost_since and now - replica.lost_since >= grace
             if replica.state in IN_FLIGHT and replica.deadline and now >= replica.deadline:
                 self._load_failed(

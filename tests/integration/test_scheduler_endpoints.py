@@ -102,16 +102,23 @@ async def test_watch_streams_every_state_change(
 
     async def watch() -> None:
         async for status in client.WatchModels(scheduler_pb2.WatchModelsRequest(name="")):
-            seen.append(f"{status.name}:{status.state}")
+            replicas = ",".join(r.state for r in status.replicas)
+            seen.append(f"{status.state}[{replicas}]")
             if status.state == "Available":
+                await client.UnloadModel(scheduler_pb2.UnloadModelRequest(name="iris"))
+            if status.state == "Terminated":
                 return
 
     watcher = asyncio.create_task(watch())
     await wait_until(lambda: scheduler.service._watchers, what="the watcher registered")
     await client.LoadModel(scheduler_pb2.LoadModelRequest(model=common_pb2.ModelSpec(name="iris")))
     await asyncio.wait_for(watcher, 10)
-    assert seen[0] == "iris:Pending"
-    assert seen[-1] == "iris:Available"
+    assert seen[0] == "Pending[]"
+    assert "Progressing[LoadRequested]" in seen
+    assert "Available[Available]" in seen
+    assert "Terminating[Unloading]" in seen
+    assert "Terminating[Unloaded]" in seen
+    assert seen[-1] == "Terminated[]"
 
 
 async def test_watch_of_an_unknown_model_is_not_found(client: Stub) -> None:
