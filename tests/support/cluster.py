@@ -53,9 +53,9 @@ from tests.fakes import nvml
 from tests.fakes.nvml import FakeNvml
 from tests.support.mlserver import (
     MLServerProcess,
+    alive_in_group,
     ensure_mlserver_venv,
     http_request,
-    process_group_pids,
 )
 from tests.support.scheduler import TEST_DEFAULTS, SchedulerProcess
 from tests.support.wait import wait_until_sync
@@ -218,10 +218,7 @@ class AgentProcess:
         return self.process is not None and self.process.poll() is None
 
     def alive_pids(self) -> list[int]:
-        if self.process is None:
-            return []
-        self.process.poll()
-        return process_group_pids(self.process.pid)
+        return [] if self.process is None else alive_in_group(self.process)
 
     def start(self, timeout: float = 30.0) -> Self:
         if self.is_running():

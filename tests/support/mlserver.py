@@ -325,6 +325,16 @@ def process_group_pids(pgid: int) -> list[int]:
     return pids
 
 
+def alive_in_group(process: subprocess.Popen[Any]) -> list[int]:
+    """Live processes of the group `process` leads. A leader whose other threads are still
+    exiting shows as a zombie in /proc but cannot be reaped yet: it counts as alive until
+    poll() reaps it."""
+    pids = process_group_pids(process.pid)
+    if process.poll() is None and process.pid not in pids:
+        pids.append(process.pid)
+    return pids
+
+
 class MLServerStartError(RuntimeError):
     """MLServer exited or did not become ready in time; the message ends with its log."""
 
@@ -426,10 +436,7 @@ class MLServerProcess:
 
     def alive_pids(self) -> list[int]:
         """Processes of its group still alive (MLServer itself and any workers)."""
-        if self._proc is None:
-            return []
-        self._proc.poll()  # reap the leader if it has exited, so it is not seen as a zombie
-        return process_group_pids(self._proc.pid)
+        return [] if self._proc is None else alive_in_group(self._proc)
 
     def _env(self) -> dict[str, str]:
         env = {

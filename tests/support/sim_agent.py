@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -137,13 +137,13 @@ class SimAgent:
         while (message := await self._outgoing.get()) is not None:
             yield message
 
-    async def _receive(self, call: AsyncIterator[agent_pb2.SchedulerMessage]) -> None:
+    async def _receive(self, call: AsyncIterable[agent_pb2.SchedulerMessage]) -> None:
         try:
             await self._dispatch(call)
         except grpc.aio.AioRpcError as exc:
             self.closed_with = exc.code()
 
-    async def _dispatch(self, call: AsyncIterator[agent_pb2.SchedulerMessage]) -> None:
+    async def _dispatch(self, call: AsyncIterable[agent_pb2.SchedulerMessage]) -> None:
         async for message in call:
             kind = message.WhichOneof("message")
             if kind == "welcome":

@@ -19,16 +19,14 @@ async def wait_until(
 ) -> T:
     """Return the first truthy result of `check`; fail with `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
-    last: T | None = None
     while True:
         result = check()
         if asyncio.iscoroutine(result) or isinstance(result, Awaitable):
             result = await result
         if result:
-            return result  # type: ignore[return-value]
-        last = result  # type: ignore[assignment]
+            return result
         if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+            raise AssertionError(f"timed out after {timeout}s waiting for {what} ({result!r})")
         await asyncio.sleep(interval)
 
 
