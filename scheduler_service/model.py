@@ -136,6 +136,8 @@ class ReplicaRecord:
     retire: bool = False
     # When its agent went away while it was Available (0: connected).
     lost_since: float = 0.0
+    # The older version this load replaces in place (0: none); unloaded if the load fails.
+    replaced_version: int = 0
 
     @property
     def key(self) -> tuple[str, int]:

@@ -88,10 +88,14 @@ async def running(
         AgentServicer(service, settings.agent_queue_size), agent.server
     )
     ready = False
-    runner = web.AppRunner(build_app(registry, lambda: ready), access_log=None)
+    tasks: list[asyncio.Task[None]] = []
+    # Ready while every listener is up and the reconcile loop is alive.
+    runner = web.AppRunner(
+        build_app(registry, lambda: ready and not any(task.done() for task in tasks)),
+        access_log=None,
+    )
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.http_port)
-    tasks: list[asyncio.Task[None]] = []
     try:
         await site.start()
         http_port = runner.addresses[0][1]

@@ -85,6 +85,7 @@ class AgentConn:
     close: Callable[[str], None]
     gpus: dict[str, GpuInfo] = field(default_factory=dict)
     connected: bool = True
+    disconnected_at: float = 0.0
     draining: bool = False
     drain_deadline: float = 0.0
     drained: bool = False
@@ -158,21 +159,25 @@ class SchedulerService:
     def load_model(self, spec: ModelSpec) -> tuple[int, bool]:
         """Record the desired spec; return its version and whether anything changed."""
         now = self._clock.now()
-        record = self._models.get(spec.name)
-        if record is None:
+        current = self._models.get(spec.name)
+        if current is not None and current.spec == spec and not current.deleted:
+            return current.version, False
+        if current is None:
             if len(self._models) >= self._settings.max_models:
                 raise ResourceExhausted(
                     f"the scheduler holds {len(self._models)} models, its limit (max_models)"
                 )
-            record = ModelRecord(spec=spec, version=1, updated_at=now)
-            self._models[spec.name] = record
-            log.info("model %s: version 1 requested", spec.name)
-        elif record.spec == spec and not record.deleted:
-            return record.version, False
-        elif _scale_only(record.spec, spec) and not record.deleted:
+            # Never reuse a version: a copy of a deleted model's old version may still sit
+            # on an agent, and must not pass for the new one.
+            version = self._store.last_version(spec.name) + 1
+            record = ModelRecord(spec=spec, version=version, updated_at=now)
+            log.info("model %s: version %d requested", spec.name, version)
+        elif _scale_only(current.spec, spec) and not current.deleted:
+            record = copy.deepcopy(current)  # changed on a copy: it counts once it is saved
             record.spec = spec
             log.info("model %s: scaled to %d replicas in place", spec.name, spec.replicas)
         else:
+            record = copy.deepcopy(current)
             record.spec = spec
             record.version += 1
             record.deleted = False
@@ -186,19 +191,22 @@ class SchedulerService:
         )
         record.updated_at = now
         self._store.save(record)
+        self._models[record.name] = record
         self._publish(record)
         self._mark(record.name)
         return record.version, True
 
     def unload_model(self, name: str) -> None:
-        record = self.model(name)
-        if record.deleted:
+        current = self.model(name)
+        if current.deleted:
             return
+        record = copy.deepcopy(current)
         record.deleted = True
         record.state = ModelState.TERMINATING
         record.reason = "unload requested"
         record.updated_at = self._clock.now()
         self._store.save(record)
+        self._models[name] = record
         self._publish(record)
         self._mark(name)
         log.info("model %s: unload requested", name)
@@ -226,9 +234,10 @@ class SchedulerService:
     def watch(self, name: str) -> Watcher:
         if name and name not in self._models:
             raise NotFound(f"model {name!r} not found")
-        watcher = Watcher(name, self._settings.watch_queue_size)
+        # The first snapshot does not count against the slow-consumer bound.
+        watcher = Watcher(name, self._settings.watch_queue_size + len(self._models))
         for record in self.models():
-            watcher.offer(record)
+            watcher.offer(copy.deepcopy(record))
         self._watchers.add(watcher)
         return watcher
 
@@ -274,6 +283,7 @@ class SchedulerService:
             return
         conn.connected = False
         now = self._clock.now()
+        conn.disconnected_at = now
         for record in self._models.values():
             replica = record.replicas.get(conn.key)
             if replica is None:
@@ -295,41 +305,86 @@ class SchedulerService:
     def on_event(self, conn: AgentConn, event: ModelEvent) -> None:
         record = self._models.get(event.model)
         replica = record.replicas.get(conn.key) if record else None
+        # The event answers what this replica's record asked for (same version).
+        expected = replica is not None and replica.version == event.version
         where = f"model {event.model} v{event.version} on {_name(conn.key)}"
-        if record is None or replica is None or replica.version != event.version:
-            if event.kind == EventKind.LOADED and (record is None or record.deleted):
-                log.info("%s: loaded but not wanted, unloading", where)
-                self._command(conn.key, Unload(event.model, event.version))
-            else:
-                log.debug("%s: stale %s event ignored", where, event.kind)
+        if record is None:
+            if event.kind == EventKind.LOADED:
+                self._unwanted(conn.key, event)
+            return
+        if not expected and event.kind != EventKind.LOADED:
+            log.debug("%s: stale %s event ignored", where, event.kind)
             return
         if event.kind == EventKind.LOADED:
-            if replica.state not in IN_FLIGHT:
-                return
-            self._metrics.load_seconds.observe(
-                max(0.0, self._clock.now() - (replica.deadline - self._settings.load_timeout_s))
-            )
-            replica.state = ReplicaState.AVAILABLE
-            replica.reason = ""
-            replica.deadline = 0.0
-            replica.footprint_bytes = dict(event.footprint_bytes)
-            self._charge_footprint(conn, event.footprint_bytes)
-            log.info("%s: available", where)
+            if not expected or replica is None or replica.state not in ACTIVE:
+                self._unexpected_load(conn, record, event)
+            elif replica.state in IN_FLIGHT:
+                self._loaded(conn, replica, event)
+                log.info("%s: available", where)
+            else:
+                return  # a repeated answer for a copy already Available
+        elif replica is None or not expected:
+            return
         elif event.kind in (EventKind.LOAD_FAILED, EventKind.LOAD_FAILED_MEMORY):
             if replica.state not in IN_FLIGHT:
                 return
             self._load_failed(record, replica, event.message, event.kind.value)
         elif event.kind == EventKind.UNLOADED:
-            if replica.state != ReplicaState.LOAD_FAILED:  # a failure stays visible
-                # Shown (and streamed to watchers) once; the next pass forgets it.
-                replica.state = ReplicaState.UNLOADED
-                replica.reason = ""
+            if replica.state not in (ReplicaState.UNLOADING, ReplicaState.AVAILABLE):
+                return  # an old unload's answer, overtaken by a newer load here
+            # Shown (and streamed to watchers) once; the next pass forgets it.
+            replica.state = ReplicaState.UNLOADED
+            replica.reason = ""
+            replica.deadline = 0.0
             log.info("%s: unloaded", where)
             self._cluster_changed()
-        else:  # UNLOAD_FAILED: the agent keeps it; its next hello tells us the truth.
+        else:  # UNLOAD_FAILED: asked again after a while.
             log.warning("%s: unload failed: %s", where, event.message)
             replica.reason = f"unload failed: {event.message}"
+            replica.deadline = self._clock.now() + self._settings.retry_max_s
+            if record.deleted:
+                record.reason = f"unload failed on {_name(conn.key)}: {event.message}"
         self._commit(record)
+
+    def _loaded(self, conn: AgentConn, replica: ReplicaRecord, event: ModelEvent) -> None:
+        self._metrics.load_seconds.observe(
+            max(0.0, self._clock.now() - (replica.deadline - self._settings.load_timeout_s))
+        )
+        replica.state = ReplicaState.AVAILABLE
+        replica.reason = ""
+        replica.deadline = 0.0
+        replica.replaced_version = 0
+        replica.footprint_bytes = dict(event.footprint_bytes)
+        self._charge_footprint(conn, event.footprint_bytes)
+
+    def _unexpected_load(self, conn: AgentConn, record: ModelRecord, event: ModelEvent) -> None:
+        """A load finished that the records no longer wait for (e.g. it outlived a
+        disconnect): keep the copy when the model wants one there, else unload it."""
+        key = conn.key
+        replica = record.replicas.get(key)
+        loaded = LoadedModel(event.model, event.version, dict(event.footprint_bytes))
+        free = replica is None or replica.state in (ReplicaState.LOAD_FAILED, ReplicaState.UNLOADED)
+        if free and self._adoptable(record, conn, loaded):
+            record.replicas[key] = ReplicaRecord(
+                server=key[0],
+                index=key[1],
+                version=event.version,
+                state=ReplicaState.AVAILABLE,
+                footprint_bytes=dict(event.footprint_bytes),
+            )
+            log.info("model %s: kept the late copy on %s", record.name, _name(key))
+        else:
+            self._unwanted(key, event)
+
+    def _unwanted(self, key: Key, event: ModelEvent) -> None:
+        log.info(
+            "model %s v%d on %s: loaded but not wanted, unloading",
+            event.model,
+            event.version,
+            _name(key),
+        )
+        self._command(key, Unload(event.model, event.version))
+        self._kick.set()
 
     def on_resources(self, conn: AgentConn, devices: Iterable[GpuInfo]) -> None:
         before = sum(gpu.free_bytes for gpu in conn.gpus.values())
@@ -381,10 +436,28 @@ class SchedulerService:
             for name in names:
                 record = self._models.get(name)
                 if record is not None:
-                    self._reconcile_model(record, usage, now)
+                    self._reconcile_guarded(record, usage, now)
         self._finish_drains(now)
+        self._forget_agents(now)
         self._flush()
         return bool(rest)
+
+    def _reconcile_guarded(self, record: ModelRecord, usage: dict[Key, _Usage], now: float) -> None:
+        """One model's pass; if it fails (e.g. the state file cannot be written), none of
+        its commands go out and the model is tried again after a back-off."""
+        sent = len(self._outbox)
+        before = copy.deepcopy(record)
+        try:
+            self._reconcile_model(record, usage, now)
+        except Exception:
+            # Back to what was saved: nothing unsaved may be acted on, now or later.
+            del self._outbox[sent:]
+            self._models[record.name] = before
+            usage.clear()
+            usage.update(self._usage())
+            retry_s = self._backoff(max(before.attempts, 1))
+            self._timers[record.name] = now + retry_s
+            log.exception("model %s: reconcile failed; trying again in %.1fs", record.name, retry_s)
 
     def _reconcile_model(self, record: ModelRecord, usage: dict[Key, _Usage], now: float) -> None:
         before = _digest(record)
@@ -412,6 +485,19 @@ class SchedulerService:
         for replica in list(record.replicas.values()):
             if replica.state == ReplicaState.UNLOADED:
                 del record.replicas[replica.key]
+                continue
+            if (
+                replica.state == ReplicaState.UNLOADING
+                and replica.deadline
+                and now >= replica.deadline
+            ):
+                log.warning(
+                    "model %s: asking %s again to unload v%d",
+                    record.name,
+                    _name(replica.key),
+                    replica.version,
+                )
+                self._start_unload(record, replica)
                 continue
             gone = replica.lost_since and now - replica.lost_since >= grace
             if replica.state in IN_FLIGHT and replica.deadline and now >= replica.deadline:
@@ -442,8 +528,7 @@ class SchedulerService:
             if conn is None or not conn.connected or replica.state == ReplicaState.LOAD_FAILED:
                 del record.replicas[replica.key]
             elif replica.state != ReplicaState.UNLOADING:
-                replica.state = ReplicaState.UNLOADING
-                self._command(replica.key, Unload(record.name, replica.version))
+                self._start_unload(record, replica)
         if not record.replicas:
             record.state = ModelState.TERMINATED
             record.reason = "unloaded"
@@ -522,6 +607,8 @@ class SchedulerService:
         record.server_reasons = result.reasons
         record.reason = "" if full else f"only {len(wanted)} of {record.spec.replicas} fit"
         record.attempts = 0 if full else record.attempts + 1
+        if full:
+            record.load_failures = 0
         record.next_retry_at = 0.0 if full else now + self._backoff(record.attempts)
         for key, assignment in sorted(wanted.items()):
             existing = record.replicas.get(key)
@@ -539,6 +626,10 @@ class SchedulerService:
 
     def _start_load(self, record: ModelRecord, assignment: Assignment, now: float) -> None:
         key = (assignment.server, assignment.index)
+        old = record.replicas.get(key)
+        replaced = (
+            old.version if old and old.state in ACTIVE and old.version != record.version else 0
+        )
         record.replicas[key] = ReplicaRecord(
             server=assignment.server,
             index=assignment.index,
@@ -546,6 +637,7 @@ class SchedulerService:
             state=ReplicaState.LOAD_REQUESTED,
             device_uuids=assignment.device_uuids,
             deadline=now + self._settings.load_timeout_s,
+            replaced_version=replaced,
         )
         log.info(
             "model %s v%d: loading on %s%s",
@@ -572,7 +664,6 @@ class SchedulerService:
                 if conn is None or not conn.connected:
                     del record.replicas[replica.key]
                     continue
-                replica.state = ReplicaState.UNLOADING
                 replica.retire = False
                 log.info(
                     "model %s: unloading v%d from %s",
@@ -580,7 +671,12 @@ class SchedulerService:
                     replica.version,
                     _name(replica.key),
                 )
-                self._command(replica.key, Unload(record.name, replica.version))
+                self._start_unload(record, replica)
+
+    def _start_unload(self, record: ModelRecord, replica: ReplicaRecord) -> None:
+        replica.state = ReplicaState.UNLOADING
+        replica.deadline = self._clock.now() + self._settings.load_timeout_s
+        self._command(replica.key, Unload(record.name, replica.version))
 
     def _set_state(self, record: ModelRecord) -> None:
         current = [r for r in record.replicas.values() if r.version == record.version]
@@ -588,7 +684,7 @@ class SchedulerService:
         available = record.available_count()
         if available >= record.spec.required_replicas and not loading:
             record.state = ModelState.AVAILABLE
-            if available >= record.spec.replicas:
+            if available >= record.spec.replicas and not record.attempts:
                 record.reason = ""
         elif loading:
             record.state = ModelState.PROGRESSING
@@ -598,6 +694,13 @@ class SchedulerService:
             record.state = ModelState.AVAILABLE
         else:
             record.state = ModelState.PENDING
+
+    def _forget_agents(self, now: float) -> None:
+        """Replicas gone for longer than the grace period leave the server list."""
+        grace = self._settings.disconnect_grace_s
+        for key, conn in list(self._agents.items()):
+            if not conn.connected and now - conn.disconnected_at >= grace:
+                del self._agents[key]
 
     def _finish_drains(self, now: float) -> None:
         for conn in self._agents.values():
@@ -609,10 +712,9 @@ class SchedulerService:
                 if conn.key in record.replicas
                 and record.replicas[conn.key].state in ACTIVE | {ReplicaState.UNLOADING}
             ]
-            # A model that cannot go anywhere else does not hold the drain up.
-            waiting = [
-                r for r in held if r.state not in (ModelState.SCHEDULE_FAILED, ModelState.FAILED)
-            ]
+            # A model whose last placement was refused cannot go anywhere else: it does not
+            # hold the drain up.
+            waiting = [r for r in held if not r.attempts]
             if waiting and now < conn.drain_deadline:
                 continue
             stranded = tuple(sorted(r.name for r in held))
@@ -634,7 +736,7 @@ class SchedulerService:
         if replica is None:
             if loaded is None:
                 return
-            if self._adoptable(record, key, loaded):
+            if self._adoptable(record, conn, loaded):
                 record.replicas[key] = ReplicaRecord(
                     server=key[0],
                     index=key[1],
@@ -663,11 +765,17 @@ class SchedulerService:
         elif replica.state in (ReplicaState.AVAILABLE, ReplicaState.UNLOADING):
             del record.replicas[key]
 
-    def _adoptable(self, record: ModelRecord, key: Key, loaded: LoadedModel) -> bool:
+    def _adoptable(self, record: ModelRecord, conn: AgentConn, loaded: LoadedModel) -> bool:
+        """A copy found on a replica may stand for the current version there."""
+        spec, server = record.spec, conn.hello.server
         if record.deleted or loaded.version != record.version:
             return False
+        if spec.server and spec.server != server:
+            return False
+        if not set(spec.requirements) <= conn.hello.capabilities:
+            return False
         current = self._current(record)
-        return len(current) < record.spec.replicas and all(r.server == key[0] for r in current)
+        return len(current) < spec.replicas and all(r.server == server for r in current)
 
     def _load_failed(
         self, record: ModelRecord, replica: ReplicaRecord, reason: str, kind: str
@@ -681,6 +789,10 @@ class SchedulerService:
             kind,
             reason,
         )
+        if replica.replaced_version:
+            # The agent may have kept the old version it was replacing: nobody tracks it now.
+            self._command(replica.key, Unload(record.name, replica.replaced_version))
+            replica.replaced_version = 0
         replica.state = ReplicaState.LOAD_FAILED
         replica.reason = reason
         replica.deadline = 0.0
@@ -778,7 +890,12 @@ class SchedulerService:
             for c in self._agents.values()
             if c.draining and not c.drained and c.connected
         ]
-        return min([*self._timers.values(), *drains], default=float("inf"))
+        forget = [
+            c.disconnected_at + self._settings.disconnect_grace_s
+            for c in self._agents.values()
+            if not c.connected
+        ]
+        return min([*self._timers.values(), *drains, *forget], default=float("inf"))
 
     def _backoff(self, attempts: int) -> float:
         initial, cap = self._settings.retry_initial_s, self._settings.retry_max_s

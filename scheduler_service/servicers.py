@@ -131,8 +131,12 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     ) -> AsyncIterator[agent_pb2.SchedulerMessage]:
         try:
             first = await asyncio.wait_for(anext(request_iterator), _HELLO_TIMEOUT_S)
-        except (StopAsyncIteration, TimeoutError):
+        except StopAsyncIteration:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "expected a hello first")
+        except TimeoutError:
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED, f"no hello within {_HELLO_TIMEOUT_S:g}s"
+            )
         if not first.HasField("hello"):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -189,5 +193,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             reason = f"protocol error: {exc}"
         except grpc.aio.AioRpcError as exc:
             reason = f"stream broken: {exc.code().name}"
+        except Exception:
+            log.exception("replica %s: error handling its message", conn.key)
+            reason = "internal error handling a message; see the scheduler log"
         finally:
             close(reason)

@@ -86,6 +86,11 @@ class Store:
                     record.updated_at,
                 ),
             )
+            # The highest version ever given to this name outlives the model (see delete).
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                (f"version:{record.name}", str(record.version)),
+            )
             self._db.execute("DELETE FROM replicas WHERE model=?", (record.name,))
             self._db.executemany(
                 "INSERT INTO replicas VALUES (?,?,?,?,?,?,?,?,?)",
@@ -104,6 +109,13 @@ class Store:
                     for r in record.replicas.values()
                 ],
             )
+
+    def last_version(self, name: str) -> int:
+        """The highest version this name ever had (0: never seen), deleted models included."""
+        row = self._db.execute(
+            "SELECT value FROM meta WHERE key=?", (f"version:{name}",)
+        ).fetchone()
+        return int(row[0]) if row else 0
 
     def delete(self, name: str) -> None:
         with self._transaction():

@@ -22,7 +22,9 @@ Filter = Callable[[Request, Replica, float], str | None]
 
 
 def holds_model(request: Request, replica: Replica) -> bool:
-    """The replica already holds the model (any version), so its memory is counted."""
+    """The replica already holds the model (any version): it ranks first. Its memory is not
+    waived: the caller's snapshot shows the cluster as if the model were on none of it, so
+    a new version is checked against what the old one leaves."""
     return request.model in replica.models
 
 
@@ -58,7 +60,7 @@ def excluded(request: Request, replica: Replica, now: float) -> str | None:
 def host_memory(request: Request, replica: Replica, now: float) -> str | None:
     """The model's host memory must fit in what the replica has left (with overcommit)."""
     available = replica.available_memory_bytes
-    if holds_model(request, replica) or request.memory_bytes <= available:
+    if request.memory_bytes <= available:
         return None
     return (
         f"needs {format_bytes(request.memory_bytes)} host memory, "
@@ -75,8 +77,6 @@ def gpu_memory(request: Request, replica: Replica, now: float) -> str | None:
         return "no GPUs"
     if len(replica.gpus) < count:
         return f"needs {count} GPUs, has {len(replica.gpus)}"
-    if holds_model(request, replica):
-        return None
     rooms = sorted((gpu.room_bytes for gpu in replica.gpus), reverse=True)[:count]
     if rooms[-1] >= request.gpu_memory_bytes:
         return None

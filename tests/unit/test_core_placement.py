@@ -409,7 +409,8 @@ CASES = [
         placed("b", at("b", 0), reasons=(("a", "fits, but b ranks first"),)),
         id="cpu-model-most-free-host-memory",
     ),
-    # Already holding the model: first, and not charged again.
+    # Already holding the model: first. Its memory is not waived: the caller's snapshot
+    # leaves the model out, so a holder is judged on what its old copy would leave.
     pytest.param(
         [replica("a", memory_gib=500), replica("b", memory_gib=10, models=HOLDS)],
         request(),
@@ -419,14 +420,14 @@ CASES = [
     pytest.param(
         [replica("a", memory_gib=10, used_gib=10, models=HOLDS)],
         request(memory_gib=4),
-        placed("a", at("a", 0, held=True)),
-        id="holder-not-charged-host-memory",
+        rejected(("a", "needs 4 GiB host memory, 0 B available")),
+        id="holder-still-needs-host-memory",
     ),
     pytest.param(
         [replica("a", gpus=(gpu("u0", 0),), models=HOLDS), replica("b", gpus=(gpu("u0", 40),))],
         request(gpu_gib=20),
-        placed("a", at("a", 0, held=True), reasons=(("b", "fits, but a ranks first"),)),
-        id="holder-not-charged-gpu-memory",
+        placed("b", at("b", 0, "u0"), reasons=(("a", "needs 20 GiB on 1 GPU, largest room 0 B"),)),
+        id="holder-still-needs-gpu-memory",
     ),
     pytest.param(
         [replica("a", gpus=(gpu("u0", 40), gpu("u1", 24)), models=HOLDS)],

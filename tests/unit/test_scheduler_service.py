@@ -1,51 +1,271 @@
-"""The service without a network: its reconcile passes, driven by hand."""
+"""The service without a network: reconcile passes and agent events driven by hand, on a
+fake clock. Each test pins down one path where a copy could be lost, leaked or stuck."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry
 
-from scheduler_service.messages import Command, Hello, Load
+from gpuplace.protocol import EventKind, ModelEvent
+from scheduler_service.messages import Command, DrainComplete, Hello, Load, LoadedModel, Unload
 from scheduler_service.metrics import SchedulerMetrics
-from scheduler_service.model import validate_spec
-from scheduler_service.service import SchedulerService
+from scheduler_service.model import ModelState, ReplicaState, validate_spec
+from scheduler_service.service import AgentConn, SchedulerService
 from scheduler_service.settings import SchedulerSettings
 from scheduler_service.store import Store
 
-
-def service(tmp_path: Path) -> tuple[SchedulerService, list[Command]]:
-    settings = SchedulerSettings(db=tmp_path / "s.db")
-    built = SchedulerService(settings, Store(settings.db), SchedulerMetrics(CollectorRegistry()))
-    sent: list[Command] = []
-
-    def send(command: Command) -> bool:
-        sent.append(command)
-        return True
-
-    built.connect(Hello("mlserver", 0, frozenset({"sklearn"}), 2**34, 0), send, lambda reason: None)
-    return built, sent
+GiB = 2**30
 
 
-def loads(sent: list[Command]) -> list[str]:
-    return [c.spec.name for c in sent if isinstance(c, Load)]
+@dataclass
+class Clock:
+    time: float = 1000.0
+
+    def now(self) -> float:
+        return self.time
 
 
-def test_a_budget_slices_a_large_pass_and_nothing_is_left_out(tmp_path: Path) -> None:
-    scheduler, sent = service(tmp_path)
+@dataclass
+class Agent:
+    conn: AgentConn
+    sent: list[Command] = field(default_factory=list)
+
+    def loads(self) -> list[tuple[str, int]]:
+        return [(c.spec.name, c.version) for c in self.sent if isinstance(c, Load)]
+
+    def unloads(self) -> list[tuple[str, int]]:
+        return [(c.model, c.version) for c in self.sent if isinstance(c, Unload)]
+
+
+class Harness:
+    def __init__(self, tmp_path: Path, **settings: Any) -> None:
+        self.clock = Clock()
+        self.settings = SchedulerSettings(db=tmp_path / "s.db", **settings)
+        self.store = Store(self.settings.db)
+        self.service = SchedulerService(
+            self.settings, self.store, SchedulerMetrics(CollectorRegistry()), self.clock
+        )
+
+    def connect(
+        self,
+        server: str,
+        index: int = 0,
+        capabilities: tuple[str, ...] = ("sklearn",),
+        loaded: tuple[LoadedModel, ...] = (),
+    ) -> Agent:
+        agent = Agent(conn=None)  # type: ignore[arg-type]
+
+        def send(command: Command) -> bool:
+            agent.sent.append(command)
+            return True
+
+        hello = Hello(server, index, frozenset(capabilities), 16 * GiB, 0, loaded=loaded)
+        agent.conn = self.service.connect(hello, send, lambda reason: None)
+        self.service.reconcile()
+        return agent
+
+    def load(self, name: str, **fields: Any) -> int:
+        version, _ = self.service.load_model(validate_spec(name, **fields))
+        self.service.reconcile()
+        return version
+
+    def event(self, agent: Agent, kind: EventKind, name: str, version: int, msg: str = "") -> None:
+        self.service.on_event(agent.conn, ModelEvent(kind, name, version, msg))
+        self.service.reconcile()
+
+    def state(self, name: str) -> tuple[ModelState, dict[str, str]]:
+        record = self.service.model(name)
+        return record.state, {
+            f"{r.server}-{r.index}": r.state.value for r in record.replicas.values()
+        }
+
+
+@pytest.fixture
+def h(tmp_path: Path) -> Harness:
+    return Harness(tmp_path, disconnect_grace_s=30, retry_max_s=10)
+
+
+def test_a_budget_slices_a_large_pass_and_nothing_is_left_out(h: Harness) -> None:
+    agent = h.connect("mlserver")
     for index in range(5):
-        scheduler.load_model(validate_spec(f"m{index}"))
-    assert scheduler.reconcile(budget=2) is True
-    assert loads(sent) == ["m0", "m1"]
-    assert scheduler.reconcile(budget=2) is True
-    assert scheduler.reconcile(budget=2) is False
-    assert loads(sent) == ["m0", "m1", "m2", "m3", "m4"]
+        h.service.load_model(validate_spec(f"m{index}"))
+    assert h.service.reconcile(budget=2) is True
+    assert [name for name, _ in agent.loads()] == ["m0", "m1"]
+    assert h.service.reconcile(budget=2) is True
+    assert h.service.reconcile(budget=2) is False
+    assert [name for name, _ in agent.loads()] == ["m0", "m1", "m2", "m3", "m4"]
 
 
-def test_an_idle_pass_sends_nothing_again(tmp_path: Path) -> None:
-    scheduler, sent = service(tmp_path)
-    scheduler.load_model(validate_spec("iris"))
-    scheduler.reconcile()
-    count = len(sent)
-    assert scheduler.reconcile() is False
-    assert len(sent) == count
+def test_an_idle_pass_sends_nothing_again(h: Harness) -> None:
+    agent = h.connect("mlserver")
+    h.load("iris")
+    count = len(agent.sent)
+    assert h.service.reconcile() is False
+    assert len(agent.sent) == count
+
+
+def test_a_load_that_outlives_a_disconnect_is_kept_not_leaked(h: Harness) -> None:
+    first = h.connect("a")
+    h.load("iris")
+    h.service.disconnect(first.conn)  # mid-load: failed at once, placed again
+    h.service.reconcile()
+    # No other replica: the agent comes back empty, then its old load finishes.
+    again = h.connect("a")
+    h.event(again, EventKind.LOADED, "iris", 1)
+    state, replicas = h.state("iris")
+    assert (state, replicas) == (ModelState.AVAILABLE, {"a-0": "Available"})
+
+
+def test_a_late_load_nobody_wants_is_unloaded(h: Harness) -> None:
+    first = h.connect("a")
+    second = h.connect("b")
+    h.load("iris")
+    holder = first if first.loads() else second
+    other = second if holder is first else first
+    h.event(holder, EventKind.LOADED, "iris", 1)
+    # A LOADED for the same model from a replica that was never asked (or asked long ago).
+    h.event(other, EventKind.LOADED, "iris", 1)
+    assert other.unloads() == [("iris", 1)]
+    assert h.state("iris")[1] == {holder.conn.hello.server + "-0": "Available"}
+
+
+def test_an_old_unloaded_answer_does_not_cancel_a_newer_load(h: Harness) -> None:
+    agents = [h.connect("a", index) for index in range(2)]
+    h.load("iris", replicas=2)
+    for agent in agents:
+        h.event(agent, EventKind.LOADED, "iris", 1)
+    h.load("iris", replicas=1)  # scale in: replica 1 is asked to unload
+    assert agents[1].unloads() == [("iris", 1)]
+    h.load("iris", replicas=2)  # and back out before it answers: loaded there again
+    assert agents[1].loads() == [("iris", 1), ("iris", 1)]
+    h.event(agents[1], EventKind.UNLOADED, "iris", 1)  # the old answer arrives
+    assert h.state("iris")[1] == {"a-0": "Available", "a-1": "LoadRequested"}
+    h.event(agents[1], EventKind.LOADED, "iris", 1)
+    assert h.state("iris") == (ModelState.AVAILABLE, {"a-0": "Available", "a-1": "Available"})
+
+
+def test_a_failed_in_place_upgrade_unloads_the_old_version_it_replaced(h: Harness) -> None:
+    agent = h.connect("a")
+    h.load("iris", storage_uri="/models/v1")
+    h.event(agent, EventKind.LOADED, "iris", 1)
+    h.load("iris", storage_uri="/models/v2")
+    assert agent.loads() == [("iris", 1), ("iris", 2)]
+    h.event(agent, EventKind.LOAD_FAILED, "iris", 2, "bad artifact")
+    # The agent may have kept v1; nothing tracks it any more, so it is unloaded.
+    assert agent.unloads() == [("iris", 1)]
+
+
+def test_a_recreated_model_gets_a_new_version_and_a_stale_copy_is_not_adopted(
+    h: Harness,
+) -> None:
+    agent = h.connect("cpu", capabilities=("sklearn",))
+    h.load("iris")
+    h.event(agent, EventKind.LOADED, "iris", 1)
+    h.service.disconnect(agent.conn)
+    h.service.unload_model("iris")
+    h.service.reconcile()  # the agent is away: its copy is simply forgotten
+    with pytest.raises(Exception, match="not found"):
+        h.service.model("iris")
+    version = h.load("iris", server="gpu", requirements=("model-on-gpu",))
+    assert version == 2
+    back = h.connect("cpu", loaded=(LoadedModel("iris", 1),))
+    assert back.unloads() == [("iris", 1)]
+    assert h.state("iris")[1] == {}
+
+
+def test_a_copy_reported_by_an_agent_is_adopted_only_where_the_model_may_run(
+    h: Harness,
+) -> None:
+    h.load("iris", server="gpu")
+    wrong = h.connect("cpu", loaded=(LoadedModel("iris", 1),))
+    assert wrong.unloads() == [("iris", 1)]
+    right = h.connect("gpu", loaded=(LoadedModel("iris", 1),))
+    assert right.loads() == [] and right.unloads() == []
+    assert h.state("iris") == (ModelState.AVAILABLE, {"gpu-0": "Available"})
+
+
+def test_a_failing_save_stops_neither_the_loop_nor_other_models(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    agent = h.connect("a")
+    h.service.load_model(validate_spec("m1"))
+    h.service.load_model(validate_spec("m2"))
+    save = h.store.save
+    failures = {"m1": 1}
+
+    def flaky(record: Any) -> None:
+        if failures.get(record.name):
+            failures[record.name] -= 1
+            raise OSError("disk full")
+        save(record)
+
+    monkeypatch.setattr(h.store, "save", flaky)
+    h.service.reconcile()
+    # m1's pass failed: nothing it decided was sent; m2 went ahead.
+    assert agent.loads() == [("m2", 1)]
+    h.clock.time += 5
+    h.service.reconcile()
+    assert agent.loads() == [("m2", 1), ("m1", 1)]
+
+
+def test_an_unload_that_fails_is_asked_again(h: Harness) -> None:
+    agent = h.connect("a")
+    h.load("iris")
+    h.event(agent, EventKind.LOADED, "iris", 1)
+    h.service.unload_model("iris")
+    h.service.reconcile()
+    h.event(agent, EventKind.UNLOAD_FAILED, "iris", 1, "HTTP 500")
+    record = h.service.model("iris")
+    assert record.state == ModelState.TERMINATING
+    assert "unload failed on a-0: HTTP 500" in record.reason
+    h.clock.time += 11
+    h.service.reconcile()
+    assert agent.unloads() == [("iris", 1), ("iris", 1)]
+    h.event(agent, EventKind.UNLOADED, "iris", 1)
+    with pytest.raises(Exception, match="not found"):
+        h.service.model("iris")
+
+
+def test_a_drain_is_not_held_up_by_a_model_that_can_go_nowhere(h: Harness) -> None:
+    agent = h.connect("s")
+    h.load("pinned", server="s")
+    h.event(agent, EventKind.LOADED, "pinned", 1)
+    h.service.on_drain(agent.conn)
+    h.service.reconcile()
+    done = [c for c in agent.sent if isinstance(c, DrainComplete)]
+    assert [c.stranded for c in done] == [("pinned",)]
+    record = h.service.model("pinned")
+    assert record.state == ModelState.AVAILABLE
+    assert "draining" in record.reason
+
+
+def test_watching_more_models_than_the_queue_bound_does_not_overflow(tmp_path: Path) -> None:
+    h = Harness(tmp_path, watch_queue_size=4)
+    for index in range(10):
+        h.service.load_model(validate_spec(f"m{index}"))
+    watcher = h.service.watch("")
+    assert not watcher.overflowed
+    assert watcher.queue.qsize() == 10
+
+
+def test_a_replica_gone_past_the_grace_period_leaves_the_server_list(h: Harness) -> None:
+    agent = h.connect("a")
+    h.service.disconnect(agent.conn)
+    h.clock.time += 31
+    h.service.reconcile()
+    assert h.service.agents() == []
+
+
+def test_replica_states_of_a_finished_unload_are_not_kept(h: Harness) -> None:
+    agent = h.connect("a")
+    h.load("iris")
+    h.event(agent, EventKind.LOADED, "iris", 1)
+    h.service.unload_model("iris")
+    h.service.reconcile()
+    assert h.state("iris")[1] == {"a-0": ReplicaState.UNLOADING.value}
+    h.event(agent, EventKind.UNLOADED, "iris", 1)
+    assert h.service.models() == []
