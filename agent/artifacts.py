@@ -12,8 +12,10 @@ An artifact is fetched into the staging area first and renamed into place only w
 model is about to be loaded, so a failed fetch never disturbs a loaded version.
 
 Schemes: a local path or file:// (copied, never moved), http(s):// (one file). A file named
-*.tar.gz, *.tgz, *.tar or *.zip is extracted after its members were checked for path
-traversal (absolute names, `..`, links that leave the folder, device files).
+*.tar.gz, *.tgz, *.tar or *.zip is extracted after its members were checked (absolute
+names, `..`, any symbolic link, hard links other than to an earlier file, special files, the
+total size), member by member, each resolved path checked to stay inside the folder. Every
+message that shows a URI shows it through `redact` (no user:password, no query string).
 """
 
 from __future__ import annotations
@@ -23,19 +25,23 @@ import json
 import logging
 import os
 import posixpath
+import re
 import shutil
+import stat
 import tarfile
 import uuid
 import zipfile
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
-from urllib.parse import unquote, urlparse
+from typing import IO, Any
+from urllib.parse import unquote, urlparse, urlsplit, urlunsplit
 
 import aiohttp
 
 from gpuplace.names import check_name
+from gpuplace.quantity import format_bytes
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +49,8 @@ MODEL_SETTINGS = "model-settings.json"
 RECORD = ".gpuplace.json"
 STAGING = ".gpuplace-staging"
 _ARCHIVES = (".tar.gz", ".tgz", ".tar", ".zip")
+# The default of the max_artifact_bytes setting.
+DEFAULT_MAX_ARTIFACT_BYTES = 50 * 2**30
 # Spec parameters that MLServer reads from model-settings.json `parameters`.
 _MLSERVER_PARAMETERS = ("uri", "format", "content_type")
 
@@ -68,9 +76,11 @@ def model_name(name: str) -> str:
 class ModelRepository:
     """The model repository folder. Blocking: call its methods from a worker thread."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, max_artifact_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES) -> None:
         self.root = root.resolve()
         self.staging = self.root / STAGING
+        # The most an artifact may take: downloaded, copied, or extracted from an archive.
+        self.max_artifact_bytes = max_artifact_bytes
 
     def prepare(self) -> None:
         """Create the folders and clear what an interrupted agent left in the work area."""
@@ -93,12 +103,26 @@ class ModelRepository:
         """Copy a local file or folder (never move it) into `into`."""
         if not source.exists():
             raise ArtifactError(f"{source}: no such file or folder")
-        if source.is_dir():
-            shutil.copytree(source, into, dirs_exist_ok=True)
-        else:
+        try:
+            if source.is_dir():
+                size = sum(entry.stat().st_size for entry in source.rglob("*") if entry.is_file())
+                self._check_size(str(source), size)
+                shutil.copytree(source, into, dirs_exist_ok=True)
+                return
+            self._check_size(str(source), source.stat().st_size)
             target = into / source.name
             shutil.copy2(source, target)
-            self.unpack_if_archive(target)
+        except OSError as exc:  # shutil.Error included
+            raise ArtifactError(f"{source}: cannot be copied: {exc}") from exc
+        self.unpack_if_archive(target)
+
+    def _check_size(self, what: str, size: int) -> None:
+        if size > self.max_artifact_bytes:
+            raise ArtifactError(
+                f"{what}: {format_bytes(size)} is more than the "
+                f"{format_bytes(self.max_artifact_bytes)} an artifact may have "
+                "(max_artifact_bytes); refused"
+            )
 
     def unpack_if_archive(self, path: Path) -> None:
         """Extract `path` in its folder when it is an archive, then delete the archive."""
@@ -107,16 +131,27 @@ class ModelRepository:
             return
         into = path.parent
         if lowered.endswith(".zip"):
-            _extract_zip(path, into)
+            _extract_zip(path, into, self.max_artifact_bytes)
         else:
-            _extract_tar(path, into)
+            _extract_tar(path, into, self.max_artifact_bytes)
         path.unlink()
         _lift_single_folder(into)
 
     def describe(
         self, folder: Path, name: str, version: int, parameters: Mapping[str, str]
     ) -> None:
-        """Make `folder/model-settings.json` name the model and carry its version."""
+        """Make `folder/model-settings.json` name the model and carry its version.
+
+        A model-settings.json below the top level is refused: MLServer searches the whole
+        repository for them, so one could load (or replace) a model under any other name.
+        """
+        for parent, _folders, names in os.walk(folder):
+            if MODEL_SETTINGS in names and Path(parent) != folder:
+                nested = Path(parent, MODEL_SETTINGS).relative_to(folder)
+                raise ArtifactError(
+                    f"the artifact holds {nested}: a {MODEL_SETTINGS} below the top level "
+                    "would let MLServer load it as another model; refused"
+                )
         path = folder / MODEL_SETTINGS
         if path.exists():
             try:
@@ -259,48 +294,190 @@ def _safe_member_name(name: str) -> str | None:
     return None
 
 
-def _extract_tar(path: Path, into: Path) -> None:
+def _member_parts(name: str) -> tuple[str, ...]:
+    """The path components of a checked member name (`./a//b/` → ("a", "b"))."""
+    return tuple(
+        part for part in PurePosixPath(name.replace("\\", "/")).parts if part not in ("", ".")
+    )
+
+
+def _inside(root: str, path: str) -> bool:
+    """Whether `path`, with every link resolved, is `root` or below it."""
+    real = os.path.realpath(path)
+    return real == root or real.startswith(root + os.sep)
+
+
+def _check_total(archive: str, total: int, limit: int) -> None:
+    if total > limit:
+        raise ArtifactError(
+            f"{archive}: its members hold {format_bytes(total)}, more than the "
+            f"{format_bytes(limit)} an artifact may have (max_artifact_bytes); refused"
+        )
+
+
+def _target(root: str, archive: str, parts: tuple[str, ...], shown: str) -> str:
+    """The path a member is written to, refused when it resolves outside `root`."""
+    path = os.path.join(root, *parts)
+    if not _inside(root, path) or os.path.islink(path):
+        raise ArtifactError(f"{archive}: member {shown!r} resolves outside the folder; refused")
+    return path
+
+
+def _write_file(source: IO[bytes], path: str, mode: int) -> None:
+    if os.path.lexists(path):
+        if os.path.isdir(path) and not os.path.islink(path):
+            raise ArtifactError(f"{os.path.basename(path)}: a file and a folder share this name")
+        os.unlink(path)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(path, flags, 0o755 if mode & 0o111 else 0o644)
+    with os.fdopen(fd, "wb") as out:
+        shutil.copyfileobj(source, out, 1 << 20)
+
+
+def _make_folder(root: str, archive: str, path: str, shown: str) -> None:
+    os.makedirs(path, mode=0o755, exist_ok=True)
+    if not _inside(root, path):
+        raise ArtifactError(f"{archive}: member {shown!r} resolves outside the folder; refused")
+
+
+# What can go wrong reading a damaged or hostile archive, beyond ArtifactError.
+_ARCHIVE_ERRORS = (
+    tarfile.TarError,
+    zipfile.BadZipFile,
+    zlib.error,
+    EOFError,
+    OSError,
+    ValueError,
+    RuntimeError,
+    NotImplementedError,
+)
+
+
+def _extract_tar(path: Path, into: Path, limit: int) -> None:
+    """Extract a tar archive member by member, without trusting tarfile's filters.
+
+    Every member is checked before anything is written: no absolute name, no `..`, no
+    symbolic link at all, no device, FIFO or other special file, hard links only to a
+    regular file of the same archive that comes earlier, and a total size within `limit`.
+    Each member is then written with its resolved path checked to stay inside `into`.
+    """
     try:
         archive = tarfile.open(path)  # noqa: SIM115 - closed by the `with` below
-    except (tarfile.TarError, OSError) as exc:
+    except _ARCHIVE_ERRORS as exc:
         raise ArtifactError(f"{path.name}: not a readable tar archive: {exc}") from exc
-    with archive:
-        members = archive.getmembers()
-        for member in members:
-            why = _safe_member_name(member.name)
-            if why:
-                raise ArtifactError(f"{path.name}: member {member.name!r} has {why}; refused")
-            if member.isdev() or member.isfifo():
-                raise ArtifactError(f"{path.name}: member {member.name!r} is a device; refused")
-            if member.issym() or member.islnk():
-                target = member.linkname.replace("\\", "/")
-                if posixpath.isabs(target):
-                    resolved = target
-                elif member.issym():
-                    resolved = posixpath.normpath(
-                        posixpath.join(posixpath.dirname(member.name), target)
-                    )
-                else:
-                    resolved = posixpath.normpath(target)
-                if posixpath.isabs(resolved) or resolved == ".." or resolved.startswith("../"):
+    try:
+        with archive:
+            members = archive.getmembers()
+            files: set[tuple[str, ...]] = set()
+            total = 0
+            for member in members:
+                why = _safe_member_name(member.name)
+                if why:
+                    raise ArtifactError(f"{path.name}: member {member.name!r} has {why}; refused")
+                parts = _member_parts(member.name)
+                if member.issym():
                     raise ArtifactError(
-                        f"{path.name}: link {member.name!r} -> {member.linkname!r} leaves the "
-                        "folder; refused"
+                        f"{path.name}: member {member.name!r} is a symbolic link "
+                        f"(-> {member.linkname!r}); links are refused"
                     )
-        archive.extractall(into, members=members, filter="data")
+                if member.islnk():
+                    linked = _member_parts(member.linkname)
+                    if _safe_member_name(member.linkname) or linked not in files:
+                        raise ArtifactError(
+                            f"{path.name}: hard link {member.name!r} -> {member.linkname!r} "
+                            "leaves the folder or names no earlier file of the archive; refused"
+                        )
+                    files.add(parts)
+                elif member.isreg():
+                    total += max(0, member.size)
+                    files.add(parts)
+                elif not member.isdir():
+                    raise ArtifactError(
+                        f"{path.name}: member {member.name!r} is a device or special file; refused"
+                    )
+                if not parts and not member.isdir():
+                    raise ArtifactError(f"{path.name}: member {member.name!r} has no name; refused")
+            _check_total(path.name, total, limit)
+            root = os.path.realpath(into)
+            for member in members:
+                parts = _member_parts(member.name)
+                if not parts:
+                    continue
+                target = _target(root, path.name, parts, member.name)
+                if member.isdir():
+                    _make_folder(root, path.name, target, member.name)
+                    continue
+                _make_folder(root, path.name, os.path.dirname(target), member.name)
+                if member.islnk():
+                    source = _target(root, path.name, _member_parts(member.linkname), member.name)
+                    if not os.path.isfile(source) or os.path.islink(source):
+                        raise ArtifactError(
+                            f"{path.name}: hard link {member.name!r} -> {member.linkname!r} "
+                            "names no extracted file; refused"
+                        )
+                    if os.path.lexists(target):
+                        os.unlink(target)
+                    os.link(source, target)
+                    continue
+                data = archive.extractfile(member)
+                if data is None:
+                    raise ArtifactError(f"{path.name}: member {member.name!r} has no data")
+                with data:
+                    _write_file(data, target, member.mode)
+    except ArtifactError:
+        raise
+    except _ARCHIVE_ERRORS as exc:
+        raise ArtifactError(f"{path.name}: cannot extract the tar archive: {exc}") from exc
 
 
-def _extract_zip(path: Path, into: Path) -> None:
+def _zip_is_link(info: zipfile.ZipInfo) -> bool:
+    return stat.S_ISLNK(info.external_attr >> 16)
+
+
+def _extract_zip(path: Path, into: Path, limit: int) -> None:
+    """Extract a zip archive after checking every entry (as `_extract_tar` does)."""
     try:
         archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as exc:
+    except _ARCHIVE_ERRORS as exc:
         raise ArtifactError(f"{path.name}: not a readable zip archive: {exc}") from exc
-    with archive:
-        for info in archive.infolist():
-            why = _safe_member_name(info.filename)
-            if why:
-                raise ArtifactError(f"{path.name}: member {info.filename!r} has {why}; refused")
-        archive.extractall(into)
+    try:
+        with archive:
+            infos = archive.infolist()
+            total = 0
+            for info in infos:
+                why = _safe_member_name(info.filename)
+                if why:
+                    raise ArtifactError(f"{path.name}: member {info.filename!r} has {why}; refused")
+                if _zip_is_link(info):
+                    raise ArtifactError(
+                        f"{path.name}: member {info.filename!r} is a symbolic link; "
+                        "links are refused"
+                    )
+                kind = stat.S_IFMT(info.external_attr >> 16)
+                if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
+                    raise ArtifactError(
+                        f"{path.name}: member {info.filename!r} is a device or special file; "
+                        "refused"
+                    )
+                if not info.is_dir():
+                    total += max(0, info.file_size)
+            _check_total(path.name, total, limit)
+            root = os.path.realpath(into)
+            for info in infos:
+                parts = _member_parts(info.filename)
+                if not parts:
+                    continue
+                target = _target(root, path.name, parts, info.filename)
+                if info.is_dir():
+                    _make_folder(root, path.name, target, info.filename)
+                    continue
+                _make_folder(root, path.name, os.path.dirname(target), info.filename)
+                with archive.open(info) as data:
+                    _write_file(data, target, info.external_attr >> 16)
+    except ArtifactError:
+        raise
+    except _ARCHIVE_ERRORS as exc:
+        raise ArtifactError(f"{path.name}: cannot extract the zip archive: {exc}") from exc
 
 
 def _lift_single_folder(into: Path) -> None:
@@ -325,6 +502,37 @@ def _download_name(url: str) -> str:
     return name
 
 
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>()\[\]]+")
+
+
+def redact(url: str) -> str:
+    """`url` without its user:password and its query string (a signature, a token), as
+    every message and log line shows a storageUri. A plain path is returned unchanged."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "(an unparseable URI)"
+    if not parts.scheme or len(parts.scheme) == 1:  # a path, or a Windows drive letter
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def _redact_text(text: str, url: str) -> str:
+    """An error text (aiohttp's, for one) with every URL in it redacted, and the secrets of
+    `url` removed wherever else they appear."""
+    text = _URL_IN_TEXT.sub(lambda match: redact(match.group(0)), text)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return text
+    secrets = [parts.query, parts.password or "", parts.netloc.rpartition("@")[0]]
+    for secret in secrets:
+        if len(secret) >= 3:
+            text = text.replace(secret, "***")
+    return text
+
+
 async def fetch(
     repository: ModelRepository, storage_uri: str, into: Path, timeout_s: float
 ) -> None:
@@ -332,38 +540,61 @@ async def fetch(
     uri = storage_uri.strip()
     if not uri:
         raise ArtifactError("the spec has no storageUri")
-    parsed = urlparse(uri)
+    shown = redact(uri)
+    try:
+        parsed = urlparse(uri)
+    except ValueError as exc:
+        raise ArtifactError(f"{shown}: not a valid URI") from exc
     if parsed.scheme in ("http", "https"):
         target = into / _download_name(uri)
-        await _download(uri, target, timeout_s)
+        await _download(uri, target, timeout_s, repository.max_artifact_bytes)
         await asyncio.to_thread(repository.unpack_if_archive, target)
         return
     if parsed.scheme == "file":
         if parsed.netloc not in ("", "localhost"):
-            raise ArtifactError(f"{uri}: file:// URIs must name a local path")
+            raise ArtifactError(f"{shown}: file:// URIs must name a local path")
         source = Path(unquote(parsed.path))
     elif parsed.scheme == "":
         source = Path(uri)
     else:
         raise ArtifactError(
-            f"{uri}: scheme {parsed.scheme!r} is not supported (local path, file://, http(s)://)"
+            f"{shown}: scheme {parsed.scheme!r} is not supported (local path, file://, http(s)://)"
         )
     await asyncio.to_thread(repository.copy_local, source, into)
 
 
-async def _download(url: str, target: Path, timeout_s: float) -> None:
+async def _download(url: str, target: Path, timeout_s: float, limit: int) -> None:
+    shown = redact(url)
     timeout = aiohttp.ClientTimeout(total=timeout_s)
+    too_big = (
+        f"more than the {format_bytes(limit)} an artifact may have (max_artifact_bytes); refused"
+    )
     try:
+        # auto_decompress=False: the bytes counted are the bytes written, never a
+        # gzip-encoded body that inflates past the limit.
         async with (
-            aiohttp.ClientSession(timeout=timeout) as session,
+            aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as session,
             session.get(url) as response,
         ):
             if response.status != 200:
-                raise ArtifactError(f"{url}: HTTP {response.status}")
+                raise ArtifactError(f"{shown}: HTTP {response.status}")
+            if response.content_length is not None and response.content_length > limit:
+                raise ArtifactError(
+                    f"{shown}: Content-Length {format_bytes(response.content_length)} is " + too_big
+                )
+            written = 0
             with target.open("wb") as out:
                 async for chunk in response.content.iter_chunked(1 << 20):
+                    written += len(chunk)
+                    if written > limit:
+                        raise ArtifactError(f"{shown}: the download is " + too_big)
                     out.write(chunk)
     except TimeoutError as exc:
-        raise ArtifactError(f"{url}: no complete answer within {timeout_s:g}s") from exc
+        raise ArtifactError(f"{shown}: no complete answer within {timeout_s:g}s") from exc
     except aiohttp.ClientError as exc:
-        raise ArtifactError(f"{url}: {exc}") from exc
+        detail = _redact_text(str(exc) or type(exc).__name__, url)
+        raise ArtifactError(f"{shown}: {detail}") from None
+    except (ValueError, OSError) as exc:
+        # aiohttp raises ValueError for some malformed URLs; OSError: the staging disk.
+        detail = _redact_text(str(exc) or type(exc).__name__, url)
+        raise ArtifactError(f"{shown}: {detail}") from None

@@ -2,7 +2,8 @@
 
 The NVML probe uses nvidia-ml-py (`import pynvml`). When the library is missing, the driver
 is not loaded or no device is present, it says so in one log line and reports zero GPUs: the
-agent keeps serving CPU models. It never raises out of `devices()`.
+agent keeps serving CPU models. It never raises out of `devices()`. An initialisation
+error other than a missing library is tried again at every reading.
 
 With MIG mode on, a GPU's memory is usable only through its MIG instances, so the instances
 are reported (with `parent_uuid` set and the parent's index) instead of the physical GPU.
@@ -82,8 +83,13 @@ class NvmlGpuProbe:
             )
             return False
         except pynvml.NVMLError as exc:
-            self._unavailable = True
-            log.warning("NVML: initialisation failed (%s); reporting no GPUs", exc)
+            # Perhaps passing (a driver being upgraded, a device reset): tried again at the
+            # next reading; said once per distinct error.
+            self._warn_once(
+                f"init:{exc}",
+                "NVML: initialisation failed (%s); reporting no GPUs, retrying at each reading",
+                exc,
+            )
             return False
         self._initialised = True
         try:
@@ -128,23 +134,28 @@ class NvmlGpuProbe:
         for position in range(pynvml.nvmlDeviceGetCount()):
             try:
                 handle = pynvml.nvmlDeviceGetHandleByIndex(position)
+                if self._mig_enabled(handle):
+                    # The parent's own memory info needs admin rights in MIG mode (and says
+                    # nothing usable): read only its identity, then its instances.
+                    parent = self._read(handle, index=position, memory=False)
+                    result.extend(self._read_migs(handle, parent))
+                    continue
                 gpu = self._read(handle, index=position)
             except pynvml.NVMLError as exc:
                 self._warn_once(
                     f"device:{position}:{exc}", "NVML: device %d unreadable: %s", position, exc
                 )
                 continue
-            migs = self._read_migs(handle, gpu)
-            result.extend(migs if migs is not None else [gpu])
+            result.append(gpu)
         return result
 
-    def _read(self, handle: Any, index: int, parent_uuid: str = "") -> GpuInfo:
+    def _read(self, handle: Any, index: int, parent_uuid: str = "", memory: bool = True) -> GpuInfo:
         import pynvml
 
         if not parent_uuid:
             with contextlib.suppress(pynvml.NVMLError):
                 index = int(pynvml.nvmlDeviceGetIndex(handle))
-        total, free, used = self._memory(handle)
+        total, free, used = self._memory(handle) if memory else (0, 0, 0)
         return GpuInfo(
             uuid=_text(pynvml.nvmlDeviceGetUUID(handle)),
             name=_text(pynvml.nvmlDeviceGetName(handle)),
@@ -174,16 +185,21 @@ class NvmlGpuProbe:
         info = pynvml.nvmlDeviceGetMemoryInfo(handle)
         return int(info.total), int(info.free), int(info.used)
 
-    def _read_migs(self, handle: Any, gpu: GpuInfo) -> list[GpuInfo] | None:
-        """The MIG instances when MIG mode is on; None when it is off or unsupported."""
+    @staticmethod
+    def _mig_enabled(handle: Any) -> bool:
+        """Whether MIG mode is on (False when off or unsupported)."""
         import pynvml
 
         try:
             current, _pending = pynvml.nvmlDeviceGetMigMode(handle)
         except pynvml.NVMLError:
-            return None
-        if current != pynvml.NVML_DEVICE_MIG_ENABLE:
-            return None
+            return False
+        return bool(current == pynvml.NVML_DEVICE_MIG_ENABLE)
+
+    def _read_migs(self, handle: Any, gpu: GpuInfo) -> list[GpuInfo]:
+        """The MIG instances of a GPU in MIG mode (`gpu`: its identity)."""
+        import pynvml
+
         instances: list[GpuInfo] = []
         try:
             slots = pynvml.nvmlDeviceGetMaxMigDeviceCount(handle)

@@ -93,15 +93,21 @@ class MLServerClient:
             return response.status, await response.text()
 
     async def _post(
-        self, path: str, limit: aiohttp.ClientTimeout, body: Any = None
+        self, path: str, limit: aiohttp.ClientTimeout, body: Any = None, *, resend: bool = False
     ) -> tuple[int, str]:
+        """POST `path`. `resend`: on a connection the server closed, send it once more.
+
+        Only for requests that are safe to repeat (index, unload): the disconnect usually
+        means a pooled connection MLServer had closed (it does after a 500), but it can also
+        mean MLServer crashed after receiving the request, so a load is never sent twice.
+        """
         url = f"{self._base}{path}"
         try:
             try:
                 return await self._send(url, limit, body)
             except aiohttp.ServerDisconnectedError:
-                # A pooled connection the server had closed (MLServer does after a 500):
-                # the request never reached it, so sending it once more is safe.
+                if not resend:
+                    raise
                 return await self._send(url, limit, body)
         except TimeoutError as exc:
             raise InferenceServerUnavailable(
@@ -120,7 +126,9 @@ class MLServerClient:
             return False
 
     async def index(self) -> list[ModelState]:
-        status, text = await self._post("/v2/repository/index", self._request_timeout, body={})
+        status, text = await self._post(
+            "/v2/repository/index", self._request_timeout, body={}, resend=True
+        )
         if status != 200:
             raise InferenceServerError(f"repository index: HTTP {status}: {_error_text(text)}")
         try:
@@ -147,7 +155,7 @@ class MLServerClient:
 
     async def unload(self, name: str) -> None:
         status, text = await self._post(
-            f"/v2/repository/models/{name}/unload", self._request_timeout
+            f"/v2/repository/models/{name}/unload", self._request_timeout, resend=True
         )
         if status == 404:
             log.debug("model %s: not held by the inference server (404): counted as unloaded", name)

@@ -200,7 +200,14 @@ class SchedulerLink:
                     exc.code().name,
                     exc.details(),
                 )
-            except (BadHandshake, TimeoutError) as exc:
+            except TimeoutError:
+                log.warning(
+                    "%s: handshake with the scheduler failed: no welcome from the scheduler "
+                    "within %gs",
+                    self.replica,
+                    self.settings.request_timeout_s,
+                )
+            except BadHandshake as exc:
                 log.warning("%s: handshake with the scheduler failed: %s", self.replica, exc)
             except Exception:
                 log.exception("%s: stream to the scheduler failed", self.replica)

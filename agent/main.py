@@ -3,7 +3,8 @@
 Start: read settings (a bad one stops here, exit 2), serve /live, wait for the inference
 server, adopt the models it already holds, then keep a stream open to the scheduler.
 SIGTERM: ask the scheduler to drain this replica, keep executing its commands until it
-answers (at most drain_timeout_s), unload whatever is left, exit 0.
+answers, unload whatever is left, exit 0 — all within drain_timeout_s (which must stay
+below the pod's terminationGracePeriodSeconds); a second signal skips what is left to wait.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import contextlib
 import logging
 import signal
 import sys
+from collections.abc import Awaitable
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -62,7 +64,9 @@ class Agent:
             load_timeout_s=settings.load_timeout_s,
             request_timeout_s=settings.request_timeout_s,
         )
-        self.repository = ModelRepository(settings.model_repository)
+        self.repository = ModelRepository(
+            settings.model_repository, max_artifact_bytes=settings.max_artifact_bytes
+        )
         self.gpus = GpuMonitor(
             probe or NvmlGpuProbe(settings.gpu_uuids),
             self.metrics,
@@ -154,34 +158,58 @@ class Agent:
         self.linked.set()
 
     async def drain_and_stop(self, force: asyncio.Event | None = None) -> None:
-        """Drain through the scheduler, unload what is left, stop everything."""
+        """Drain through the scheduler, unload what is left, stop everything.
+
+        The whole shutdown keeps within drain_timeout_s: the wait for the scheduler's
+        DrainComplete takes at most 2/3 of it; running commands, the unloads and the last
+        events share what is left. `force` set (a second signal) skips every wait left:
+        running commands are cancelled and nothing more is unloaded.
+        """
         self._stopping.set()
+        force = force if force is not None else asyncio.Event()
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.drain_timeout_s
+        total = self.settings.drain_timeout_s
+        started = loop.time()
+        deadline = started + total
+        flush_s = min(_FLUSH_S, total / 10)
+        work_deadline = deadline - flush_s
+        replica = self.settings.replica
         if self.linked.is_set():
             self.link.request_drain()
-            waits = [asyncio.ensure_future(self.link.drain_complete.wait())]
-            if force is not None:
-                waits.append(asyncio.ensure_future(force.wait()))
-            _done, pending = await asyncio.wait(
-                waits, timeout=self.settings.drain_timeout_s, return_when=asyncio.FIRST_COMPLETED
+            drained = await _until(
+                self.link.drain_complete.wait(), started + total * 2 / 3, force, loop
             )
-            for future in pending:
-                future.cancel()
-            if not self.link.drain_complete.is_set():
+            if not drained:
                 log.warning(
-                    "%s: no drain answer from the scheduler; unloading anyway",
-                    self.settings.replica,
+                    "%s: %s; unloading anyway",
+                    replica,
+                    "second signal" if force.is_set() else "no drain answer from the scheduler",
                 )
-            if not await self.manager.wait_idle(max(1.0, deadline - loop.time())):
-                log.warning(
-                    "%s: commands still running at shutdown; cancelled", self.settings.replica
-                )
+            idle_by = loop.time() + max(0.0, work_deadline - loop.time()) / 2
+            if not await _until(
+                self.manager.wait_idle(idle_by - loop.time() + 1.0), idle_by, force, loop
+            ):
+                log.warning("%s: commands still running at shutdown; cancelled", replica)
                 await self.manager.cancel_all()
-            events = await self.manager.unload_all()
-            if events:
-                log.info("%s: unloaded %d model(s) at shutdown", self.settings.replica, len(events))
-            await self.outbox.flush(_FLUSH_S)
+            left = len(self.manager.loaded)
+            if force.is_set():
+                if left:
+                    log.warning("%s: second signal: exiting with %d model(s) loaded", replica, left)
+            else:
+                unloads = asyncio.ensure_future(self.manager.unload_all())
+                if await _until(unloads, work_deadline, force, loop):
+                    events = unloads.result()
+                    if events:
+                        log.info("%s: unloaded %d model(s) at shutdown", replica, len(events))
+                else:
+                    log.warning(
+                        "%s: unloading at shutdown did not finish in time; %d model(s) left",
+                        replica,
+                        len(self.manager.loaded),
+                    )
+                    await self.manager.cancel_all()
+                if not force.is_set():
+                    await self.outbox.flush(max(0.0, min(flush_s, deadline - loop.time())))
         await self.stop()
 
     async def stop(self) -> None:
@@ -222,6 +250,32 @@ async def run_agent(settings: AgentSettings) -> int:
     await agent.drain_and_stop(force)
     log.info("%s: stopped", settings.replica)
     return 0
+
+
+async def _until(
+    work: Awaitable[Any], deadline: float, force: asyncio.Event, loop: asyncio.AbstractEventLoop
+) -> bool:
+    """Run `work` until it finishes (True), `deadline` passes or `force` is set (False; the
+    work is cancelled)."""
+    task = asyncio.ensure_future(work)
+    if force.is_set():
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return False
+    forced = asyncio.ensure_future(force.wait())
+    try:
+        await asyncio.wait(
+            {task, forced},
+            timeout=max(0.0, deadline - loop.time()),
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+    finally:
+        forced.cancel()
+    if task.done() and not task.cancelled() and task.exception() is None:
+        return True
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    return False
 
 
 def run_command(args: argparse.Namespace) -> int:

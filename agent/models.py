@@ -2,8 +2,12 @@
 
 Commands for one model run in the order they arrived, never interleaved (a chain of tasks
 per model); loads of different models run concurrently up to a limit. A load that asks for
-GPU memory takes the lock of each device it targets, so that the free memory it checks and
-the footprint it measures are not disturbed by another load on the same device.
+GPU memory takes the lock of each device it targets (every device when it names none), and
+an unload takes the locks of the devices its model's footprint is on, so that the free
+memory a load checks and the footprint it measures are not disturbed by another load or an
+unload on the same device. A load that asks for no GPU memory and names no device (a CPU
+model) takes no lock and reports no footprint: its memory is not the scheduler's to place,
+and the resource update sent after every load shows the devices as they are.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ log = logging.getLogger(__name__)
 class LoadRequest:
     name: str
     version: int
-    storage_uri: str
+    storage_uri: str = field(repr=False)  # may carry credentials: never in a log line
     parameters: Mapping[str, str] = field(default_factory=dict)
     gpu_memory_bytes: int = 0
     device_uuids: tuple[str, ...] = ()
@@ -84,8 +88,8 @@ def footprint(
 class _Plan:
     """How a load goes ahead once the memory check passed."""
 
-    # Devices to measure (None: any whose memory is taken) and their free memory now.
-    targets: list[str] | None
+    # Devices to measure (empty: none, a CPU model) and their free memory now.
+    targets: list[str]
     before: dict[str, int]
     # Replacing a version: unload it first (its memory is needed) instead of loading the
     # new version next to it (the server then drops the old one: no downtime).
@@ -275,7 +279,16 @@ class ModelManager:
             log.warning("model %s on %s: %s", name, self.replica, message)
             return ModelEvent(EventKind.LOAD_FAILED, name, version, message)
         if current is not None and current.version == version:
-            if await self._server_holds(name):
+            held = await self._server_holds(name)
+            if held is None:
+                # Unknown: forgetting the model now would install over the live folder.
+                message = (
+                    "inference server unavailable: its repository index cannot be read, so "
+                    f"whether it still holds version {version} is unknown; nothing changed"
+                )
+                log.warning("model %s version %d on %s: %s", name, version, self.replica, message)
+                return ModelEvent(EventKind.LOAD_FAILED, name, version, message)
+            if held:
                 log.info("model %s version %d on %s: already loaded", name, version, self.replica)
                 return ModelEvent(
                     EventKind.LOADED, name, version, footprint_bytes=dict(current.footprint_bytes)
@@ -351,7 +364,7 @@ class ModelManager:
         before = {device.uuid: device.free_bytes for device in devices}
         need = request.gpu_memory_bytes
         if not request.device_uuids and need <= 0:
-            return _Plan(None, before)
+            return _Plan([], before)
         reclaim = dict(current.footprint_bytes) if current is not None else {}
         plan = self._fit(request, devices, {}) if need > 0 else None
         if plan is None or isinstance(plan, _Refused):
@@ -485,7 +498,17 @@ class ModelManager:
         if current is None:
             return
         try:
-            if not (old_kept and await self._server_holds(name)):
+            held = await self._server_holds(name) if old_kept else False
+            if held is None:
+                log.warning(
+                    "model %s on %s: cannot tell whether version %d is still served; "
+                    "keeping it as loaded",
+                    name,
+                    self.replica,
+                    current.version,
+                )
+                return
+            if not held:
                 await self.inference.load(name)
             log.info(
                 "model %s on %s: version %d kept after the failed replacement",
@@ -512,11 +535,20 @@ class ModelManager:
                 )
             )
 
-    async def _server_holds(self, name: str) -> bool:
+    async def _server_holds(self, name: str) -> bool | None:
+        """Whether the inference server holds `name` ready: True, False, or None when its
+        index cannot be read (unknown: the caller must change nothing)."""
         try:
-            return any(state.name == name and state.ready for state in await self.inference.index())
-        except InferenceServerError:
-            return False
+            states = await self.inference.index()
+        except InferenceServerError as exc:
+            log.warning(
+                "model %s on %s: reading the inference server's index failed: %s",
+                name,
+                self.replica,
+                exc,
+            )
+            return None
+        return any(state.name == name and state.ready for state in states)
 
     def _forget(self, name: str) -> None:
         self.loaded.pop(name, None)
@@ -567,6 +599,15 @@ class ModelManager:
                 version,
                 f"version {current.version} is loaded here and stays",
             )
+        async with AsyncExitStack() as stack:
+            # The memory this unload frees must not count against the footprint of a load
+            # measuring the same devices meanwhile.
+            devices = sorted(current.footprint_bytes) if current is not None else []
+            for uuid in devices:
+                await stack.enter_async_context(self._device_lock(uuid))
+            return await self._unload_locked(name, version)
+
+    async def _unload_locked(self, name: str, version: int) -> ModelEvent:
         message = ""
         try:
             await self.inference.unload(name)

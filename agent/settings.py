@@ -109,6 +109,12 @@ class AgentSettings(BaseSettings):
     fetch_timeout_s: float = Field(
         600.0, gt=0, description="longest wait to download one http(s) artifact"
     )
+    max_artifact_bytes: int = Field(
+        50 * 2**30,
+        gt=0,
+        description="largest artifact (a quantity such as 50Gi): a download, a local copy, "
+        "or the members of an archive together; a larger one fails to load",
+    )
     resource_report_interval_s: float = Field(
         10.0, gt=0, description="how often GPU memory is read through NVML"
     )
@@ -124,9 +130,11 @@ class AgentSettings(BaseSettings):
     )
     max_concurrent_loads: int = Field(2, ge=1, description="loads that may run at the same time")
     drain_timeout_s: float = Field(
-        120.0,
+        90.0,
         gt=0,
-        description="after SIGTERM, longest wait for the scheduler to move this replica's models",
+        description="after SIGTERM, longest time until exit: at most 2/3 of it waiting for the "
+        "scheduler to move this replica's models, the rest unloading; keep it below the pod's "
+        "terminationGracePeriodSeconds",
     )
     reconnect_initial_s: float = Field(
         0.5, gt=0, description="first back-off before reconnecting to the scheduler"
@@ -147,7 +155,9 @@ class AgentSettings(BaseSettings):
     def _split(cls, value: Any) -> Any:
         return _comma_list(value)
 
-    @field_validator("memory_bytes", "resource_report_threshold_bytes", mode="before")
+    @field_validator(
+        "memory_bytes", "resource_report_threshold_bytes", "max_artifact_bytes", mode="before"
+    )
     @classmethod
     def _quantity(cls, value: Any) -> Any:
         if isinstance(value, str | int | float) and not isinstance(value, bool):

@@ -118,9 +118,51 @@ def test_init_failure_is_one_line_and_zero_gpus(
     with caplog.at_level(logging.INFO, logger="agent.gpus"):
         assert probe.devices() == []
         assert probe.devices() == []
-    probe.close()
     lines = [r.getMessage() for r in caplog.records if r.name == "agent.gpus"]
-    assert lines == ["NVML: initialisation failed (Driver Not Loaded); reporting no GPUs"]
+    assert lines == [
+        "NVML: initialisation failed (Driver Not Loaded); reporting no GPUs, retrying at "
+        "each reading"
+    ]
+    # the driver comes back (an upgrade finished): the next reading finds the GPUs
+    fake.init_result = 0
+    fake.write()
+    try:
+        assert [device.uuid for device in probe.devices()] == [
+            "GPU-11111111-aaaa",
+            "GPU-22222222-bbbb",
+        ]
+    finally:
+        probe.close()
+
+
+def test_mig_instances_are_read_without_the_parents_memory(
+    fake: FakeNvml, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without admin rights, NVML refuses a MIG-mode parent's memory info."""
+    import pynvml
+
+    fake.gpus = [
+        FakeGpu(
+            "GPU-a100",
+            40 * GiB,
+            40 * GiB,
+            mig_mode=1,
+            migs=[FakeMig(0, "MIG-one", 5 * GiB, 5 * GiB)],
+        )
+    ]
+    fake.write()
+    real = pynvml.nvmlDeviceGetMemoryInfo
+
+    def unprivileged(handle: object, version: object = None) -> object:
+        if pynvml.nvmlDeviceGetUUID(handle).startswith("GPU-"):
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_NO_PERMISSION)
+        return real(handle, version=version) if version is not None else real(handle)
+
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetMemoryInfo", unprivileged)
+    devices = read()
+    assert [(d.uuid, d.parent_uuid, d.free_bytes) for d in devices] == [
+        ("MIG-one", "GPU-a100", 5 * GiB)
+    ]
 
 
 def test_no_device(fake: FakeNvml, caplog: pytest.LogCaptureFixture) -> None:

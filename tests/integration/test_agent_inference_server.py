@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import io
 import json
+import logging
 import socket
 import tarfile
 from collections.abc import AsyncIterator
@@ -151,9 +153,25 @@ async def files() -> AsyncIterator[str]:
         "/m/model.joblib": b"single file",
         "/m/iris.tar.gz": safe,
         "/m/evil.tar.gz": evil_archive.getvalue(),
+        "/m/big.bin": b"b" * 2000,
     }
 
-    async def serve(request: web.Request) -> web.Response:
+    async def serve(request: web.Request) -> web.StreamResponse:
+        if request.path == "/m/forbidden.tar.gz":
+            return web.Response(status=403)
+        if request.path == "/m/streamed.bin":
+            # no Content-Length: the size is known only while reading
+            response = web.StreamResponse()
+            response.enable_chunked_encoding()
+            await response.prepare(request)
+            for _ in range(4):
+                await response.write(b"s" * 400)
+            await response.write_eof()
+            return response
+        if request.path == "/m/encoded.bin":
+            return web.Response(
+                body=gzip.compress(b"0" * 100_000), headers={"Content-Encoding": "gzip"}
+            )
         if request.path not in routes:
             return web.Response(status=404)
         return web.Response(body=routes[request.path])
@@ -189,6 +207,54 @@ async def test_http_artifacts(files: str, tmp_path: Path) -> None:
         await fetch(repo, f"{files}/m/absent.bin", repo.new_staging_folder("d"), timeout_s=5)
 
 
+@pytest.mark.parametrize("path", ["big.bin", "streamed.bin"])
+async def test_downloads_past_the_size_limit_are_refused(
+    files: str, tmp_path: Path, path: str
+) -> None:
+    repo = ModelRepository(tmp_path / "models", max_artifact_bytes=1000)
+    repo.prepare()
+    with pytest.raises(ArtifactError, match="max_artifact_bytes"):
+        await fetch(repo, f"{files}/m/{path}", repo.new_staging_folder("m"), timeout_s=5)
+
+
+async def test_encoded_downloads_are_stored_as_sent(files: str, tmp_path: Path) -> None:
+    """No transparent gunzip: a small gzip-encoded body cannot inflate past the limit."""
+    repo = ModelRepository(tmp_path / "models", max_artifact_bytes=1000)
+    repo.prepare()
+    staged = repo.new_staging_folder("m")
+    await fetch(repo, f"{files}/m/encoded.bin", staged, timeout_s=5)
+    assert gzip.decompress((staged / "encoded.bin").read_bytes()) == b"0" * 100_000
+
+
+def agent_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    """The agent's own log records (not the test's fake file server's access log)."""
+    return [record for record in caplog.records if record.name.startswith("agent")]
+
+
+async def test_credentials_never_reach_messages_or_logs(
+    files: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    repo = ModelRepository(tmp_path / "models")
+    repo.prepare()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    host = files.removeprefix("http://")
+    for url in (
+        f"http://alice:s3cr3t@{host}/m/forbidden.tar.gz?X-Amz-Signature=deadbeef",
+        f"http://alice:s3cr3t@127.0.0.1:{closed_port}/m.tar.gz?X-Amz-Signature=deadbeef",
+        "http://alice:s3cr3t@[::zz]/m.tar.gz?X-Amz-Signature=deadbeef",
+    ):
+        with pytest.raises(ArtifactError) as caught:
+            await fetch(repo, url, repo.new_staging_folder("m"), timeout_s=5)
+        message = str(caught.value)
+        assert "/m" in message or "unparseable" in message
+        for secret in ("s3cr3t", "alice", "deadbeef", "Signature"):
+            assert secret not in message
+            assert all(secret not in r.getMessage() for r in agent_records(caplog))
+
+
 async def test_a_request_on_a_connection_the_server_closed_is_sent_again() -> None:
     """MLServer closes a keep-alive connection after a 500; the next request must not fail."""
     connections = 0
@@ -216,6 +282,35 @@ async def test_a_request_on_a_connection_the_server_closed_is_sent_again() -> No
             await inference.index()
         assert await inference.index() == []
         assert connections == 2
+    finally:
+        await inference.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_load_is_never_sent_twice() -> None:
+    """A disconnect after a load was sent may mean MLServer crashed while loading it."""
+    loads = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal loads
+        head = await reader.readuntil(b"\r\n\r\n")
+        if b"/load" in head:
+            loads += 1
+        if loads == 1:
+            writer.close()  # received, then gone without an answer
+            return
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    inference = MLServerClient(f"http://127.0.0.1:{port}", load_timeout_s=5, request_timeout_s=5)
+    try:
+        with pytest.raises(InferenceServerUnavailable):
+            await inference.load("iris")
+        assert loads == 1
     finally:
         await inference.close()
         server.close()

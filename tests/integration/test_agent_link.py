@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -50,12 +51,18 @@ class FakeScheduler(agent_pb2_grpc.AgentServiceServicer):
         self.received: list[agent_pb2.AgentMessage] = []
         self._outbound: asyncio.Queue[agent_pb2.SchedulerMessage | None] | None = None
         self.open = False
+        # True: take the hello, never welcome (an overloaded or broken scheduler).
+        self.hold_welcome = False
 
     async def Connect(self, request_iterator: Any, context: Any) -> None:  # type: ignore[override]
         first = await context.read()
         if first is grpc.aio.EOF or not first.HasField("hello"):
             return
         self.hellos.append(first.hello)
+        if self.hold_welcome:
+            while await context.read() is not grpc.aio.EOF:
+                pass
+            return
         queue: asyncio.Queue[agent_pb2.SchedulerMessage | None] = asyncio.Queue()
         self._outbound = queue
         self.open = True  # before the welcome: the agent may act on it at once
@@ -471,3 +478,63 @@ async def test_sigterm_drains_and_exits_zero(
     assert stand_in.fake.kinds("iris") == ["LOADED", "UNLOADED"], output
     assert v2.loaded == {}
     assert not (v2.repository / "iris").exists()
+
+
+async def started(settings: AgentSettings) -> Agent:
+    agent = Agent(settings)
+    await agent.start()
+    await eventually(lambda: agent.link.connected, what="agent connected")
+    return agent
+
+
+async def test_shutdown_keeps_within_the_drain_timeout(
+    gpus: FakeNvml, v2: FakeV2Server, stand_in: SchedulerServer, artifact: Path
+) -> None:
+    """No drain answer and a load that never ends: the agent still exits within
+    drain_timeout_s, after unloading what it holds and sending those events."""
+    agent = await started(settings_for(v2, stand_in.port, drain_timeout_s=3))
+    fake = stand_in.fake
+    fake.load("a", artifact)
+    await eventually(lambda: fake.kinds("a") == ["LOADED"])
+    v2.hold["stuck"] = asyncio.Event()
+    fake.load("stuck", artifact)
+    await eventually(lambda: v2.loads_started >= 2, what="the stuck load")
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    await asyncio.wait_for(agent.drain_and_stop(), timeout=10)
+    assert loop.time() - began < 3.2
+    assert fake.kinds("a") == ["LOADED", "UNLOADED"]
+    assert "a" not in v2.loaded
+
+
+async def test_a_second_signal_skips_every_wait(
+    gpus: FakeNvml, v2: FakeV2Server, stand_in: SchedulerServer, artifact: Path
+) -> None:
+    agent = await started(settings_for(v2, stand_in.port, drain_timeout_s=60))
+    v2.hold["stuck"] = asyncio.Event()
+    stand_in.fake.load("stuck", artifact)
+    await eventually(lambda: v2.loads_started >= 1, what="the stuck load")
+    force = asyncio.Event()
+    drain = asyncio.create_task(agent.drain_and_stop(force))
+    await eventually(lambda: stand_in.fake.drains() == 1, what="drain request")
+    force.set()
+    await asyncio.wait_for(drain, timeout=3)
+
+
+async def test_a_missing_welcome_is_named_in_the_log(
+    gpus: FakeNvml, v2: FakeV2Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A scheduler that takes the hello but never welcomes: the log says so."""
+    caplog.set_level(logging.WARNING, logger="agent.link")
+    fake = FakeScheduler()
+    fake.hold_welcome = True
+    server = await SchedulerServer(fake).start()
+    agent = Agent(settings_for(v2, server.port, request_timeout_s=0.3))
+    await agent.start()
+    try:
+        await eventually(
+            lambda: "no welcome from the scheduler within 0.3s" in caplog.text, what="log line"
+        )
+    finally:
+        await agent.stop()
+        await server.stop()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import stat
 import tarfile
 import zipfile
 from pathlib import Path
@@ -16,6 +18,7 @@ from agent.artifacts import (
     ModelRepository,
     Record,
     fetch,
+    redact,
 )
 from gpuplace.names import InvalidName
 
@@ -155,9 +158,14 @@ def link_member(name: str, target: str, hard: bool = False) -> tarfile.TarInfo:
         ([file_member("../evil.txt")], "'..'"),
         ([file_member("model/../../evil.txt")], "'..'"),
         ([file_member("/etc/evil.txt")], "absolute"),
-        ([link_member("model/link", "../../outside")], "leaves the folder"),
-        ([link_member("link", "/etc/passwd")], "leaves the folder"),
+        ([link_member("model/link", "../../outside")], "links are refused"),
+        ([link_member("link", "/etc/passwd")], "links are refused"),
+        # even a symbolic link that stays inside: CVE-2025-4517 chains such links
+        ([file_member("a/b.txt"), link_member("l", "a")], "links are refused"),
         ([link_member("hard", "../x", hard=True)], "leaves the folder"),
+        ([link_member("hard", "/etc/passwd", hard=True)], "leaves the folder"),
+        # a hard link to a file the archive does not hold earlier (one already on disk)
+        ([link_member("hard", "later.txt", hard=True), file_member("later.txt")], "no earlier"),
     ],
 )
 async def test_tar_traversal_is_refused_before_extraction(
@@ -175,11 +183,17 @@ async def test_tar_traversal_is_refused_before_extraction(
 async def test_tar_with_one_top_folder_is_lifted(tmp_path: Path, repo: ModelRepository) -> None:
     archive = make_tar(
         tmp_path / "model.tgz",
-        [file_member("iris/model.joblib"), file_member("iris/a/b.txt"), link_member("iris/l", "a")],
+        [
+            file_member("iris/model.joblib"),
+            file_member("iris/a/b.txt"),
+            link_member("iris/copy.joblib", "iris/model.joblib", hard=True),
+        ],
     )
     staged = await stage(repo, str(archive))
     assert (staged / "model.joblib").read_bytes() == b"x"
     assert (staged / "a" / "b.txt").exists()
+    assert (staged / "copy.joblib").read_bytes() == b"x"
+    assert not (staged / "copy.joblib").is_symlink()
     assert not (staged / "model.tgz").exists()
     assert settings_of(staged)["name"] == "iris"
 
@@ -236,3 +250,147 @@ def test_prepare_clears_the_work_area(repo: ModelRepository) -> None:
     (left / "model-settings.json").write_text("{}")
     repo.prepare()
     assert list(repo.staging.iterdir()) == []
+
+
+def _tar_escape_chain(staged: Path) -> Path:
+    """The CVE-2025-4517 chain (the data filter of Python <= 3.11.13 checks link targets
+    lexically; symlinks with PATH_MAX-long names make the real path differ)."""
+    archive = staged / "model.tar"
+    steps = "abcdefghijklmnop"
+    max_path = os.pathconf(staged, "PC_PATH_MAX")
+    comp = "d" * ((max_path - len(str(staged)) - 1) // (len(steps) + 1))
+
+    def add(
+        tar: tarfile.TarFile, name: str, kind: bytes, link: str = "", data: bytes = b""
+    ) -> None:
+        info = tarfile.TarInfo(name)
+        info.type = kind
+        info.linkname = link
+        if kind == tarfile.DIRTYPE:
+            info.mode = 0o777
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data) if data else None)
+
+    with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tar:
+        path = ""
+        for step in steps:
+            add(tar, os.path.join(path, comp), tarfile.DIRTYPE)
+            add(tar, os.path.join(path, step), tarfile.SYMTYPE, comp)
+            path = os.path.join(path, comp)
+        linkpath = os.path.join(*steps, "l" * 254)
+        add(tar, linkpath, tarfile.SYMTYPE, os.path.join(*[".."] * len(steps)))
+        add(tar, "escape", tarfile.SYMTYPE, os.path.join(linkpath, "..", "..", ".."))
+        add(tar, "escape/pwned.txt", tarfile.REGTYPE, data=b"outside\n")
+    return archive
+
+
+def test_symlink_chain_cannot_write_outside(repo: ModelRepository) -> None:
+    staged = repo.new_staging_folder("m")
+    archive = _tar_escape_chain(staged)
+    with pytest.raises(ArtifactError, match="links are refused"):
+        repo.unpack_if_archive(archive)
+    assert not list(repo.root.rglob("pwned.txt"))
+
+
+def test_tar_errors_become_artifact_errors(tmp_path: Path, repo: ModelRepository) -> None:
+    good = make_tar(tmp_path / "model.tar.gz", [file_member("a.txt"), file_member("b.txt")])
+    staged = repo.new_staging_folder("m")
+    truncated = staged / "model.tar.gz"
+    truncated.write_bytes(good.read_bytes()[:-30])
+    with pytest.raises(ArtifactError, match=r"model\.tar\.gz"):
+        repo.unpack_if_archive(truncated)
+
+
+def test_tar_special_files_are_refused(tmp_path: Path, repo: ModelRepository) -> None:
+    fifo = tarfile.TarInfo("pipe")
+    fifo.type = tarfile.FIFOTYPE
+    staged = repo.new_staging_folder("m")
+    archive = make_tar(staged / "model.tar.gz", [fifo])
+    with pytest.raises(ArtifactError, match="special file"):
+        repo.unpack_if_archive(archive)
+
+
+def test_zip_symlink_entries_are_refused(repo: ModelRepository) -> None:
+    staged = repo.new_staging_folder("m")
+    archive = staged / "model.zip"
+    with zipfile.ZipFile(archive, "w") as out:
+        out.writestr("ok.txt", b"z")
+        link = zipfile.ZipInfo("link")
+        link.external_attr = (stat.S_IFLNK | 0o777) << 16
+        out.writestr(link, "/etc")
+    with pytest.raises(ArtifactError, match="links are refused"):
+        repo.unpack_if_archive(archive)
+    assert not (staged / "ok.txt").exists()
+    assert not (staged / "link").exists()
+
+
+@pytest.mark.parametrize("kind", ["tar", "zip"])
+def test_archives_larger_than_the_limit_are_refused(tmp_path: Path, kind: str) -> None:
+    repo = ModelRepository(tmp_path / "models", max_artifact_bytes=1000)
+    repo.prepare()
+    staged = repo.new_staging_folder("m")
+    if kind == "tar":
+        archive = make_tar(
+            staged / "model.tar.gz", [file_member("a"), file_member("b")], data=b"0" * 600
+        )
+    else:
+        archive = staged / "model.zip"
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as out:
+            out.writestr("a", b"0" * 600)
+            out.writestr("b", b"0" * 600)
+    assert archive.stat().st_size < 1000
+    with pytest.raises(ArtifactError, match="max_artifact_bytes"):
+        repo.unpack_if_archive(archive)
+    assert not (staged / "a").exists()
+
+
+async def test_local_copies_larger_than_the_limit_are_refused(tmp_path: Path) -> None:
+    repo = ModelRepository(tmp_path / "models", max_artifact_bytes=5)
+    repo.prepare()
+    source = artifact(tmp_path)
+    with pytest.raises(ArtifactError, match="max_artifact_bytes"):
+        await fetch(repo, str(source), repo.new_staging_folder("m"), timeout_s=5)
+
+
+@pytest.mark.parametrize("where", ["sub/model-settings.json", "a/b/model-settings.json"])
+async def test_nested_model_settings_are_refused(
+    tmp_path: Path, repo: ModelRepository, where: str
+) -> None:
+    source = artifact(tmp_path, {"implementation": "x"})
+    nested = source / where
+    nested.parent.mkdir(parents=True, exist_ok=True)
+    nested.write_text(json.dumps({"name": "someone-else", "implementation": "x"}))
+    with pytest.raises(ArtifactError, match="below the top level"):
+        await stage(repo, str(source))
+
+
+async def test_nested_model_settings_in_a_lifted_archive_are_refused(
+    tmp_path: Path, repo: ModelRepository
+) -> None:
+    archive = make_tar(
+        tmp_path / "model.tgz",
+        [file_member("iris/model-settings.json"), file_member("iris/x/model-settings.json")],
+        data=b"{}",
+    )
+    with pytest.raises(ArtifactError, match=r"x/model-settings\.json"):
+        await stage(repo, str(archive))
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://alice:s3cr3t@host:8/m.tar.gz?X-Amz-Signature=dead", "http://host:8/m.tar.gz"),
+        ("https://host/m.zip?token=abc#frag", "https://host/m.zip"),
+        ("s3://key:secret@bucket/path", "s3://bucket/path"),
+        ("/local/path?odd", "/local/path?odd"),
+        ("file:///models/iris", "file:///models/iris"),
+    ],
+)
+def test_redact(url: str, shown: str) -> None:
+    assert redact(url) == shown
+
+
+async def test_unsupported_scheme_message_is_redacted(repo: ModelRepository) -> None:
+    with pytest.raises(ArtifactError) as caught:
+        await fetch(repo, "s3://key:secret@bucket/m?sig=abc", repo.new_staging_folder("m"), 5)
+    assert "secret" not in str(caught.value) and "sig=abc" not in str(caught.value)

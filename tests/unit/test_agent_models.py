@@ -217,11 +217,78 @@ async def test_any_device_load_picks_one_with_room(tmp_path: Path) -> None:
     assert event.footprint_bytes == {"GPU-b": 20 * GiB}
 
 
-async def test_cpu_model_reports_only_devices_that_dropped(tmp_path: Path) -> None:
+async def test_cpu_model_reports_no_footprint(tmp_path: Path) -> None:
     h = make(tmp_path, gpu("GPU-a", 5), gpu("GPU-b", 30))
     event = await h.manager.load(load(h))
     assert event.kind is EventKind.LOADED
     assert event.footprint_bytes == {}
+
+
+@pytest.mark.parametrize("cpu_first", [True, False])
+async def test_a_gpu_load_next_to_a_cpu_load_is_not_charged_to_it(
+    tmp_path: Path, cpu_first: bool
+) -> None:
+    h = make(tmp_path, gpu("GPU-0", 80))
+    gpu_gate, cpu_gate = asyncio.Event(), asyncio.Event()
+    h.inference.gates = {"gpu-model": gpu_gate, "cpu-model": cpu_gate}
+    h.inference.on_load = lambda name: (
+        h.probe.take("GPU-0", 20 * GiB) if name == "gpu-model" else None
+    )
+    cpu = load(h, "cpu-model")
+    gpu_load = load(h, "gpu-model", gpu_memory_bytes=20 * GiB, device_uuids=("GPU-0",))
+    first, second = (cpu, gpu_load) if cpu_first else (gpu_load, cpu)
+    first_task, second_task = h.manager.load(first), h.manager.load(second)
+    await eventually(lambda: len(h.inference.calls) == 2)
+    gpu_gate.set()
+    await eventually(lambda: "gpu-model" in h.inference.loaded)
+    cpu_gate.set()
+    events = {event.model: event for event in await asyncio.gather(first_task, second_task)}
+    assert events["gpu-model"].footprint_bytes == {"GPU-0": 20 * GiB}
+    assert events["cpu-model"].kind is EventKind.LOADED
+    assert events["cpu-model"].footprint_bytes == {}
+
+
+async def test_an_unload_waits_for_a_load_measuring_the_same_device(tmp_path: Path) -> None:
+    h = make(tmp_path, gpu("GPU-0", 80))
+    sizes = {"old": 30 * GiB, "new": 20 * GiB}
+    h.inference.on_load = lambda name: h.probe.take("GPU-0", sizes[name])
+    h.inference.on_unload = lambda name: h.probe.take("GPU-0", -sizes[name])
+    pinned = {"gpu_memory_bytes": 20 * GiB, "device_uuids": ("GPU-0",)}
+    assert (await h.manager.load(load(h, "old", **pinned))).kind is EventKind.LOADED
+    gate = asyncio.Event()
+    h.inference.gates["new"] = gate
+    loading = h.manager.load(load(h, "new", **pinned))
+    await eventually(lambda: ("load", "new") in h.inference.calls)
+    unloading = h.manager.unload(UnloadRequest("old", 1))
+    await asyncio.sleep(0.05)
+    assert ("unload", "old") not in h.inference.calls  # held back by the device lock
+    gate.set()
+    loaded = await loading
+    assert loaded.footprint_bytes == {"GPU-0": 20 * GiB}
+    assert (await unloading).kind is EventKind.UNLOADED
+    assert h.probe.by_uuid["GPU-0"].free_bytes == 60 * GiB
+
+
+async def test_an_unreadable_index_forgets_nothing(tmp_path: Path) -> None:
+    """The same version again while MLServer stalls: LOAD_FAILED, model and folder kept."""
+    h = make(tmp_path, gpu("GPU-0", 40))
+    h.inference.on_load = lambda name: h.probe.take("GPU-0", 30 * GiB)
+    request = load(h, "big", gpu_memory_bytes=30 * GiB, device_uuids=("GPU-0",))
+    assert (await h.manager.load(request)).kind is EventKind.LOADED
+    folder = h.repository.root / "big"
+    marker = (folder / "model-settings.json").stat().st_ino
+
+    async def stalled() -> list[ModelState]:
+        raise InferenceServerUnavailable("POST /v2/repository/index: no answer within 30s")
+
+    h.inference.index = stalled  # type: ignore[method-assign]
+    event = await h.manager.load(request)
+    assert event.kind is EventKind.LOAD_FAILED
+    assert "inference server unavailable" in event.message
+    assert h.inference.calls.count(("load", "big")) == 1
+    assert "big" in h.manager.loaded
+    assert (folder / "model-settings.json").stat().st_ino == marker
+    assert h.sample("gpuplace_agent_loaded_models") == 1
 
 
 @pytest.mark.parametrize(

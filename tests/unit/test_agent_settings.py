@@ -83,6 +83,16 @@ def test_defaults() -> None:
     assert settings.metrics_port == 9006
     assert settings.capabilities == []
     assert settings.gpu_uuids == []
+    assert settings.max_artifact_bytes == 50 * 2**30
+    # below the 120 s terminationGracePeriodSeconds `gpuplace render` writes
+    assert settings.drain_timeout_s == 90
+
+
+def test_max_artifact_bytes_is_a_quantity(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GPUPLACE_AGENT_MAX_ARTIFACT_BYTES", "2Gi")
+    assert AgentSettings().max_artifact_bytes == 2 * 2**30
+    args = parser().parse_args(["agent", "--max-artifact-bytes", "500Mi"])
+    assert settings_from_args(AgentSettings, args).max_artifact_bytes == 500 * 2**20
 
 
 def test_flags_override_environment(monkeypatch: pytest.MonkeyPatch) -> None:
