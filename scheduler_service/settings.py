@@ -37,7 +37,10 @@ class SchedulerSettings(BaseSettings):
     )
     retry_max_s: float = Field(60.0, gt=0, description="longest back-off between retries")
     drain_timeout_s: float = Field(
-        120.0, gt=0, description="how long a draining agent waits for its models to move"
+        55.0,
+        gt=0,
+        description="how long the models of a draining agent may take to move before it is "
+        "told to go (below the agent's own wait: 2/3 of its 90 s drain timeout)",
     )
     max_message_bytes: int = Field(
         4 * 1024 * 1024, ge=1024, description="largest gRPC message accepted or sent"
