@@ -13,9 +13,12 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
-from collections.abc import Awaitable
+import threading
+from collections.abc import Awaitable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -284,7 +287,42 @@ def run_command(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         print(describe_error(AgentSettings, exc), file=sys.stderr)
         return 2
-    return asyncio.run(run_agent(settings))
+    code, stuck = run_bounded(run_agent(settings), EXECUTOR_GRACE_S)
+    if stuck:
+        # Worker threads (a large copy, a hung NVML call) would keep the process alive past
+        # the pod's grace period: leave without them.
+        log.warning("a file or NVML operation is still running; exiting without it")
+        logging.shutdown()
+        os._exit(code)
+    return code
+
+
+# How long, after the agent stopped, worker threads may take to finish.
+EXECUTOR_GRACE_S = 5.0
+
+
+def run_bounded(main: Coroutine[Any, Any, int], grace_s: float) -> tuple[int, bool]:
+    """Like asyncio.run, but the wait for worker threads is bounded (Python 3.11's
+    asyncio.run joins them without a limit). Returns the exit code and whether threads were
+    still running when the grace ran out."""
+    loop = asyncio.new_event_loop()
+    executor = ThreadPoolExecutor(thread_name_prefix="agent-io")
+    loop.set_default_executor(executor)
+    asyncio.set_event_loop(loop)
+    try:
+        code = loop.run_until_complete(main)
+        pending = asyncio.all_tasks(loop)
+        for task in pending:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+    joiner = threading.Thread(target=executor.shutdown, daemon=True)
+    joiner.start()
+    joiner.join(grace_s)
+    return code, joiner.is_alive()
 
 
 def register(commands: Any) -> None:
