@@ -166,8 +166,9 @@ class ModelRepository:
             implementation = parameters.get("implementation", "")
             if not implementation:
                 raise ArtifactError(
-                    f"the artifact has no {MODEL_SETTINGS} and the spec's parameters have no "
-                    "'implementation' (e.g. mlserver_sklearn.SKLearnModel)"
+                    f"nothing to load: no {MODEL_SETTINGS} in the artifact (or no storageUri) "
+                    "and no 'implementation' in the spec's parameters "
+                    "(e.g. mlserver_sklearn.SKLearnModel)"
                 )
             settings = {"implementation": implementation, "parameters": {}}
             extra = {}

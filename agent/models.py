@@ -312,9 +312,12 @@ class ModelManager:
             staged = await asyncio.to_thread(self.repository.new_staging_folder, name)
             try:
                 try:
-                    await artifacts.fetch(
-                        self.repository, request.storage_uri, staged, self.fetch_timeout_s
-                    )
+                    # No storageUri: a model made of its settings alone (a runtime that
+                    # needs no files); describe() insists on an 'implementation'.
+                    if request.storage_uri.strip():
+                        await artifacts.fetch(
+                            self.repository, request.storage_uri, staged, self.fetch_timeout_s
+                        )
                     await asyncio.to_thread(
                         self.repository.describe, staged, name, version, request.parameters
                     )

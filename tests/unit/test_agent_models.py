@@ -341,6 +341,18 @@ async def test_bad_artifact_and_bad_name(tmp_path: Path) -> None:
     assert h.inference.calls == []
 
 
+async def test_a_model_without_storage_uri_is_its_settings_alone(tmp_path: Path) -> None:
+    h = make(tmp_path)
+    runtime = await h.manager.load(LoadRequest("echo", 1, "", {"implementation": "my.Runtime"}))
+    assert runtime.kind is EventKind.LOADED
+    settings = json.loads((h.repository.root / "echo" / "model-settings.json").read_text())
+    assert (settings["name"], settings["implementation"]) == ("echo", "my.Runtime")
+    # The seed's llama3 as written: neither files nor an implementation.
+    nothing = await h.manager.load(LoadRequest("llama3", 1, "", {}))
+    assert nothing.kind is EventKind.LOAD_FAILED
+    assert "nothing to load" in nothing.message and "implementation" in nothing.message
+
+
 async def test_commands_for_one_model_are_serialised(tmp_path: Path) -> None:
     h = make(tmp_path)
     gate = h.inference.gates["iris"] = asyncio.Event()
