@@ -223,13 +223,14 @@ class SchedulerService:
     def agents(self) -> list[AgentConn]:
         return [self._agents[key] for key in sorted(self._agents)]
 
-    def replica_view(self, key: Key) -> Replica | None:
-        """The replica as the placement core sees it now (for server status)."""
+    def replica_views(self) -> list[tuple[AgentConn, Replica | None]]:
+        """Every known replica with its view as the placement core sees it now (None while
+        disconnected), for server status; one usage table for all of them."""
         usage = self._usage()
-        conn = self._agents.get(key)
-        if conn is None or not conn.connected:
-            return None
-        return self._replica(conn, usage.get(key, _Usage()))
+        return [
+            (conn, self._replica(conn, usage.get(conn.key, _Usage())) if conn.connected else None)
+            for conn in self.agents()
+        ]
 
     def watch(self, name: str) -> Watcher:
         if name and name not in self._models:
@@ -944,12 +945,7 @@ class SchedulerService:
         self._mark(record.name)
 
     def gauges(self) -> ClusterGauges:
-        usage = self._usage()
-        replicas = [
-            self._replica(conn, usage.get(conn.key, _Usage()))
-            for conn in self.agents()
-            if conn.connected
-        ]
+        replicas = [view for _, view in self.replica_views() if view is not None]
         return ClusterGauges(
             models_by_state=dict(Counter(r.state.value for r in self._models.values())),
             connected_agents=len(replicas),

@@ -96,11 +96,10 @@ class ClientServicer(scheduler_pb2_grpc.SchedulerServicer):
         self, request: scheduler_pb2.ListServersRequest, context: Any
     ) -> scheduler_pb2.ListServersResponse:
         servers: dict[str, scheduler_pb2.ServerStatus] = {}
-        for conn in self._service.agents():
+        for conn, view in self._service.replica_views():
             server = servers.setdefault(
                 conn.hello.server, scheduler_pb2.ServerStatus(name=conn.hello.server)
             )
-            view = self._service.replica_view(conn.key)
             server.replicas.append(convert.replica_to_proto(conn, view))
         return scheduler_pb2.ListServersResponse(servers=list(servers.values()))
 
