@@ -104,6 +104,49 @@ class _Usage:
     models: set[str] = field(default_factory=set)
 
 
+@dataclass(frozen=True)
+class _Share:
+    """What one model takes from one replica."""
+
+    memory_bytes: int
+    reserved_bytes: tuple[tuple[str, int], ...]
+
+
+class UsageTable:
+    """Per replica, what the placed models take, kept up to date model by model: each
+    model's share is remembered when it is added, so taking it out again is exact even
+    after the record has changed. A pass then costs the models it touches, not all."""
+
+    def __init__(self) -> None:
+        self.by_key: dict[Key, _Usage] = {}
+        self._shares: dict[str, dict[Key, _Share]] = {}
+
+    def get(self, key: Key) -> _Usage:
+        return self.by_key.get(key) or _Usage()
+
+    def account(self, record: ModelRecord) -> None:
+        """(Re)count `record` as it is now."""
+        self.forget(record.name)
+        shares = {key: _share(record, replica) for key, replica in _holding(record)}
+        for key, share in shares.items():
+            self._apply(record.name, key, share, 1)
+        self._shares[record.name] = shares
+
+    def forget(self, name: str) -> None:
+        for key, share in self._shares.pop(name, {}).items():
+            self._apply(name, key, share, -1)
+
+    def _apply(self, name: str, key: Key, share: _Share, sign: int) -> None:
+        entry = self.by_key.setdefault(key, _Usage())
+        entry.memory_bytes += sign * share.memory_bytes
+        for uuid, size in share.reserved_bytes:
+            entry.reserved_bytes[uuid] += sign * size
+        if sign > 0:
+            entry.models.add(name)
+        else:
+            entry.models.discard(name)
+
+
 class Watcher:
     """A bounded queue of status changes for one WatchModels stream."""
 
@@ -145,6 +188,7 @@ class SchedulerService:
                     # Restored from disk: its agent has to come back within the grace period.
                     replica.lost_since = started
         self._dirty: set[str] = set(self._models)
+        self._usage = UsageTable()
         # When each model next needs a pass without any event; refreshed after each of its
         # passes (any change in between marks it dirty, which wins).
         self._timers: dict[str, float] = {}
@@ -226,9 +270,9 @@ class SchedulerService:
     def replica_views(self) -> list[tuple[AgentConn, Replica | None]]:
         """Every known replica with its view as the placement core sees it now (None while
         disconnected), for server status; one usage table for all of them."""
-        usage = self._usage()
+        self._sync_usage()
         return [
-            (conn, self._replica(conn, usage.get(conn.key, _Usage())) if conn.connected else None)
+            (conn, self._replica(conn, self._usage.get(conn.key)) if conn.connected else None)
             for conn in self.agents()
         ]
 
@@ -431,50 +475,57 @@ class SchedulerService:
             names, rest = names[:budget], names[budget:]
         else:
             rest = []
+        self._sync_usage()
         self._dirty = set(rest)
-        if names:
-            usage = self._usage()
-            for name in names:
-                record = self._models.get(name)
-                if record is not None:
-                    self._reconcile_guarded(record, usage, now)
+        for name in names:
+            record = self._models.get(name)
+            if record is not None:
+                self._reconcile_guarded(record, now)
         self._finish_drains(now)
         self._forget_agents(now)
         self._flush()
         return bool(rest)
 
-    def _reconcile_guarded(self, record: ModelRecord, usage: dict[Key, _Usage], now: float) -> None:
+    def _sync_usage(self) -> None:
+        """Recount the models changed since their last pass (every change marks them)."""
+        for name in self._dirty:
+            record = self._models.get(name)
+            if record is None:
+                self._usage.forget(name)
+            else:
+                self._usage.account(record)
+
+    def _reconcile_guarded(self, record: ModelRecord, now: float) -> None:
         """One model's pass; if it fails (e.g. the state file cannot be written), none of
         its commands go out and the model is tried again after a back-off."""
         sent = len(self._outbox)
         before = copy.deepcopy(record)
         try:
-            self._reconcile_model(record, usage, now)
+            self._reconcile_model(record, now)
         except Exception:
             # Back to what was saved: nothing unsaved may be acted on, now or later.
             del self._outbox[sent:]
             self._models[record.name] = before
-            usage.clear()
-            usage.update(self._usage())
+            self._usage.account(before)
             retry_s = self._backoff(max(before.attempts, 1))
             self._timers[record.name] = now + retry_s
             log.exception("model %s: reconcile failed; trying again in %.1fs", record.name, retry_s)
 
-    def _reconcile_model(self, record: ModelRecord, usage: dict[Key, _Usage], now: float) -> None:
+    def _reconcile_model(self, record: ModelRecord, now: float) -> None:
         before = _digest(record)
         self._expire(record, now)
-        _remove_contribution(usage, record)
+        self._usage.forget(record.name)
         if record.deleted:
             self._terminate(record)
         else:
-            self._place(record, usage, now)
+            self._place(record, now)
             self._retire(record)
             self._set_state(record)
         if record.name not in self._models:
             self._timers.pop(record.name, None)
             return
         self._timers[record.name] = self._timer(record)
-        _add_contribution(usage, record)
+        self._usage.account(record)
         if _digest(record) != before:
             record.updated_at = now
             self._store.save(record)
@@ -546,7 +597,7 @@ class SchedulerService:
             if r.version == record.version and r.state in ACTIVE and not r.retire
         ]
 
-    def _place(self, record: ModelRecord, usage: dict[Key, _Usage], now: float) -> None:
+    def _place(self, record: ModelRecord, now: float) -> None:
         current = self._current(record)
         staying = [r for r in current if not self._draining(r.key)]
         if len(staying) > record.spec.replicas:
@@ -558,7 +609,7 @@ class SchedulerService:
         if len(staying) == record.spec.replicas or now < record.next_retry_at:
             return
         request = self._request(record, now)
-        snapshot = self._snapshot(usage, record)
+        snapshot = self._snapshot(record)
         started = time.perf_counter()
         result = schedule(snapshot, request, self._settings.policy, now)
         self._metrics.placement_seconds.observe(time.perf_counter() - started)
@@ -815,12 +866,6 @@ class SchedulerService:
                     used_bytes=gpu.used_bytes + size,
                 )
 
-    def _usage(self) -> dict[Key, _Usage]:
-        usage: dict[Key, _Usage] = {}
-        for record in self._models.values():
-            _add_contribution(usage, record)
-        return usage
-
     def _replica(
         self, conn: AgentConn, usage: _Usage, add_back: Mapping[str, int] | None = None
     ) -> Replica:
@@ -849,7 +894,7 @@ class SchedulerService:
             draining=conn.draining,
         )
 
-    def _snapshot(self, usage: dict[Key, _Usage], record: ModelRecord) -> Snapshot:
+    def _snapshot(self, record: ModelRecord) -> Snapshot:
         """The cluster as if `record` were on none of it (its contribution is removed)."""
         own = {r.key: r for r in record.replicas.values() if r.state in ACTIVE}
         replicas = []
@@ -859,7 +904,7 @@ class SchedulerService:
                 continue
             held = own.get(key)
             replica = self._replica(
-                conn, usage.get(key, _Usage()), held.footprint_bytes if held else None
+                conn, self._usage.get(key), held.footprint_bytes if held else None
             )
             if held is not None:
                 replica = replace(replica, models=replica.models | {record.name})
@@ -988,25 +1033,16 @@ def _digest(record: ModelRecord) -> tuple[object, ...]:
     )
 
 
-def _contribution(record: ModelRecord) -> Iterable[tuple[Key, ReplicaRecord]]:
+def _holding(record: ModelRecord) -> Iterable[tuple[Key, ReplicaRecord]]:
+    """The replicas where `record` takes memory: loaded, loading or still unloading."""
     for key, replica in record.replicas.items():
         if replica.state in ACTIVE or replica.state == ReplicaState.UNLOADING:
             yield key, replica
 
 
-def _add_contribution(usage: dict[Key, _Usage], record: ModelRecord, sign: int = 1) -> None:
-    gpu_bytes = record.spec.gpu_memory_bytes
-    for key, replica in _contribution(record):
-        entry = usage.setdefault(key, _Usage())
-        entry.memory_bytes += sign * record.spec.memory_bytes
-        if replica.state in IN_FLIGHT:
-            for uuid in replica.device_uuids:
-                entry.reserved_bytes[uuid] += sign * gpu_bytes
-        if sign > 0:
-            entry.models.add(record.name)
-        else:
-            entry.models.discard(record.name)
-
-
-def _remove_contribution(usage: dict[Key, _Usage], record: ModelRecord) -> None:
-    _add_contribution(usage, record, sign=-1)
+def _share(record: ModelRecord, replica: ReplicaRecord) -> _Share:
+    """Host memory always; GPU memory promised to a load still in flight (the ledger)."""
+    reserved: tuple[tuple[str, int], ...] = ()
+    if replica.state in IN_FLIGHT:
+        reserved = tuple((uuid, record.spec.gpu_memory_bytes) for uuid in replica.device_uuids)
+    return _Share(record.spec.memory_bytes, reserved)

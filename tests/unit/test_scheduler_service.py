@@ -3,18 +3,23 @@ fake clock. Each test pins down one path where a copy could be lost, leaked or s
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from gpuplace.protocol import EventKind, ModelEvent
+from scheduler_service.errors import NotFound
 from scheduler_service.messages import Command, DrainComplete, Hello, Load, LoadedModel, Unload
 from scheduler_service.metrics import SchedulerMetrics
 from scheduler_service.model import ModelState, ReplicaState, validate_spec
-from scheduler_service.service import AgentConn, SchedulerService
+from scheduler_service.service import AgentConn, SchedulerService, UsageTable
 from scheduler_service.settings import SchedulerSettings
 from scheduler_service.store import Store
 
@@ -269,3 +274,78 @@ def test_replica_states_of_a_finished_unload_are_not_kept(h: Harness) -> None:
     assert h.state("iris")[1] == {"a-0": ReplicaState.UNLOADING.value}
     h.event(agent, EventKind.UNLOADED, "iris", 1)
     assert h.service.models() == []
+
+
+def _normal(table: UsageTable) -> dict[tuple[str, int], tuple[int, dict[str, int], set[str]]]:
+    return {
+        key: (u.memory_bytes, {k: v for k, v in u.reserved_bytes.items() if v}, set(u.models))
+        for key, u in table.by_key.items()
+        if u.memory_bytes or any(u.reserved_bytes.values()) or u.models
+    }
+
+
+_OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("load"), st.integers(0, 2), st.integers(1, 2), st.booleans()),
+        st.tuples(st.just("unload"), st.integers(0, 2)),
+        st.tuples(
+            st.sampled_from(["loaded", "failed", "unloaded"]), st.integers(0, 2), st.integers(0, 2)
+        ),
+        st.tuples(st.sampled_from(["disconnect", "reconnect"]), st.integers(0, 2)),
+        st.tuples(st.just("tick"), st.floats(0, 60)),
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=_OPS)
+def test_the_usage_table_always_equals_a_full_recount(ops: list[tuple[Any, ...]]) -> None:
+    """Kept model by model for speed, it must never drift from counting everything again."""
+    with tempfile.TemporaryDirectory() as folder:
+        h = Harness(Path(folder), disconnect_grace_s=30, load_timeout_s=40)
+        agents = [h.connect("s", index, capabilities=("sklearn", "gpu")) for index in range(3)]
+        for op in ops:
+            kind = op[0]
+            if kind == "load":
+                gpu = {"gpu_memory": "1Gi"} if op[3] else {}
+                h.service.load_model(
+                    validate_spec(f"m{op[1]}", replicas=op[2], memory="1Gi", **gpu)
+                )
+            elif kind == "unload":
+                with contextlib.suppress(NotFound):
+                    h.service.unload_model(f"m{op[1]}")
+            elif kind in ("loaded", "failed", "unloaded"):
+                agent, name = agents[op[1]], f"m{op[2]}"
+                replica = (
+                    h.service.model(name).replicas.get(agent.conn.key)
+                    if name in {m.name for m in h.service.models()}
+                    else None
+                )
+                if agent.conn.connected and replica is not None:
+                    event = {
+                        "loaded": EventKind.LOADED,
+                        "failed": EventKind.LOAD_FAILED,
+                        "unloaded": EventKind.UNLOADED,
+                    }[kind]
+                    h.service.on_event(agent.conn, ModelEvent(event, name, replica.version))
+            elif kind == "disconnect":
+                h.service.disconnect(agents[op[1]].conn)
+            elif kind == "reconnect" and not agents[op[1]].conn.connected:
+                agents[op[1]] = h.connect("s", op[1], capabilities=("sklearn", "gpu"))
+            else:
+                h.clock.time += op[1]
+            # What placements read between passes (after the changes are synced) and after.
+            h.service.replica_views()
+            assert _normal(h.service._usage) == _recount(h.service)
+            h.service.reconcile()
+            assert _normal(h.service._usage) == _recount(h.service)
+
+
+def _recount(
+    service: SchedulerService,
+) -> dict[tuple[str, int], tuple[int, dict[str, int], set[str]]]:
+    table = UsageTable()
+    for record in service.models():
+        table.account(record)
+    return _normal(table)
