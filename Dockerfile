@@ -23,6 +23,8 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY protos/ protos/
+COPY placement/ placement/
+COPY contract/ contract/
 COPY scheduler_service/ scheduler_service/
 COPY agent/ agent/
 COPY gpuplace/ gpuplace/

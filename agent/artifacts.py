@@ -40,8 +40,8 @@ from urllib.parse import unquote, urlparse, urlsplit, urlunsplit
 
 import aiohttp
 
-from gpuplace.names import check_name
-from gpuplace.quantity import format_bytes
+from contract.names import check_name
+from contract.quantity import format_bytes
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
-from gpuplace.protocol import GpuInfo
+from contract.protocol import GpuDevice
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 class GpuProbe(Protocol):
     """Reads the devices of this machine. Blocking: call it from a worker thread."""
 
-    def devices(self) -> list[GpuInfo]:
+    def devices(self) -> list[GpuDevice]:
         """Every selected device, fresh; an empty list when there is no usable GPU."""
         ...
 
@@ -35,7 +35,7 @@ class GpuProbe(Protocol):
 class NoGpus:
     """A probe for machines known to have no GPU."""
 
-    def devices(self) -> list[GpuInfo]:
+    def devices(self) -> list[GpuDevice]:
         return []
 
     def close(self) -> None:
@@ -56,7 +56,7 @@ class NvmlGpuProbe:
         self._unavailable = False
         self._memory_v2: bool | None = None
         self._warned: set[str] = set()
-        self._last: list[GpuInfo] = []
+        self._last: list[GpuDevice] = []
 
     def _warn_once(self, key: str, message: str, *args: object) -> None:
         if key not in self._warned:
@@ -104,7 +104,7 @@ class NvmlGpuProbe:
             log.info("NVML: driver %s, %d device(s)", driver, count)
         return True
 
-    def devices(self) -> list[GpuInfo]:
+    def devices(self) -> list[GpuDevice]:
         with self._lock:
             if not self._init():
                 return []
@@ -118,7 +118,7 @@ class NvmlGpuProbe:
                 )
             return list(self._last)
 
-    def _select(self, found: Sequence[GpuInfo]) -> list[GpuInfo]:
+    def _select(self, found: Sequence[GpuDevice]) -> list[GpuDevice]:
         if not self._wanted:
             return list(found)
         by_uuid = {device.uuid: device for device in found}
@@ -127,10 +127,10 @@ class NvmlGpuProbe:
                 self._warn_once(f"missing:{uuid}", "NVML: selected GPU %s is not present", uuid)
         return [by_uuid[uuid] for uuid in self._wanted if uuid in by_uuid]
 
-    def _read_all(self) -> list[GpuInfo]:
+    def _read_all(self) -> list[GpuDevice]:
         import pynvml
 
-        result: list[GpuInfo] = []
+        result: list[GpuDevice] = []
         for position in range(pynvml.nvmlDeviceGetCount()):
             try:
                 handle = pynvml.nvmlDeviceGetHandleByIndex(position)
@@ -149,14 +149,16 @@ class NvmlGpuProbe:
             result.append(gpu)
         return result
 
-    def _read(self, handle: Any, index: int, parent_uuid: str = "", memory: bool = True) -> GpuInfo:
+    def _read(
+        self, handle: Any, index: int, parent_uuid: str = "", memory: bool = True
+    ) -> GpuDevice:
         import pynvml
 
         if not parent_uuid:
             with contextlib.suppress(pynvml.NVMLError):
                 index = int(pynvml.nvmlDeviceGetIndex(handle))
         total, free, used = self._memory(handle) if memory else (0, 0, 0)
-        return GpuInfo(
+        return GpuDevice(
             uuid=_text(pynvml.nvmlDeviceGetUUID(handle)),
             name=_text(pynvml.nvmlDeviceGetName(handle)),
             index=index,
@@ -196,11 +198,11 @@ class NvmlGpuProbe:
             return False
         return bool(current == pynvml.NVML_DEVICE_MIG_ENABLE)
 
-    def _read_migs(self, handle: Any, gpu: GpuInfo) -> list[GpuInfo]:
+    def _read_migs(self, handle: Any, gpu: GpuDevice) -> list[GpuDevice]:
         """The MIG instances of a GPU in MIG mode (`gpu`: its identity)."""
         import pynvml
 
-        instances: list[GpuInfo] = []
+        instances: list[GpuDevice] = []
         try:
             slots = pynvml.nvmlDeviceGetMaxMigDeviceCount(handle)
         except pynvml.NVMLError as exc:

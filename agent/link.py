@@ -16,61 +16,29 @@ from collections.abc import Callable, Sequence
 import grpc
 import grpc.aio
 
+from agent.gpu_monitor import GpuMonitor
 from agent.metrics import AgentMetrics
-from agent.models import LoadRequest, ModelManager, UnloadRequest
-from agent.resources import GpuMonitor
+from agent.models import ModelManager
 from agent.settings import AgentSettings
-from gpuplace import __version__
-from gpuplace.aio import stop_tasks
-from gpuplace.protocol import EventKind, GpuInfo, ModelEvent
-from protos import agent_pb2, agent_pb2_grpc, common_pb2
+from contract import __version__
+from contract.aio import stop_tasks
+from contract.errors import InvalidArgument
+from contract.protocol import (
+    AgentMessage,
+    DrainComplete,
+    DrainRequest,
+    GpuDevice,
+    Hello,
+    Load,
+    ModelEvent,
+    ResourceUpdate,
+    Unload,
+    Welcome,
+)
+from contract.wire import decode_command, encode_agent_message
+from protos import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger(__name__)
-
-_KINDS = {
-    EventKind.LOADED: agent_pb2.ModelEvent.LOADED,
-    EventKind.LOAD_FAILED: agent_pb2.ModelEvent.LOAD_FAILED,
-    EventKind.LOAD_FAILED_MEMORY: agent_pb2.ModelEvent.LOAD_FAILED_MEMORY,
-    EventKind.UNLOADED: agent_pb2.ModelEvent.UNLOADED,
-    EventKind.UNLOAD_FAILED: agent_pb2.ModelEvent.UNLOAD_FAILED,
-}
-
-
-def device_message(device: GpuInfo) -> common_pb2.GpuDevice:
-    return common_pb2.GpuDevice(
-        uuid=device.uuid,
-        name=device.name,
-        index=device.index,
-        total_bytes=device.total_bytes,
-        free_bytes=device.free_bytes,
-        used_bytes=device.used_bytes,
-        parent_uuid=device.parent_uuid,
-    )
-
-
-def event_message(event: ModelEvent) -> agent_pb2.AgentMessage:
-    return agent_pb2.AgentMessage(
-        event=agent_pb2.ModelEvent(
-            kind=_KINDS[event.kind],
-            model_name=event.model,
-            version=event.version,
-            message=event.message,
-            footprint_bytes=dict(event.footprint_bytes),
-        )
-    )
-
-
-def load_request(command: agent_pb2.LoadCommand) -> LoadRequest:
-    spec = command.spec
-    return LoadRequest(
-        name=spec.name,
-        version=command.version,
-        storage_uri=spec.storage_uri,
-        parameters=dict(spec.parameters),
-        gpu_memory_bytes=command.gpu_memory_bytes,
-        device_uuids=tuple(command.device_uuids),
-        gpus=spec.gpus or 1,
-    )
 
 
 class BadHandshake(Exception):
@@ -98,14 +66,14 @@ class Outbox:
     def attached(self) -> bool:
         return self._queue is not None
 
-    def send(self, message: agent_pb2.AgentMessage) -> bool:
+    def send(self, message: AgentMessage) -> bool:
         if self._queue is None:
             return False
-        self._queue.put_nowait(message)
+        self._queue.put_nowait(encode_agent_message(message))
         return True
 
     def event(self, event: ModelEvent) -> None:
-        if not self.send(event_message(event)):
+        if not self.send(event):
             log.info(
                 "model %s version %d on %s: %s not sent, no stream to the scheduler (the next "
                 "hello reports the state)",
@@ -162,12 +130,8 @@ class SchedulerLink:
         )
         return step * (0.5 + 0.5 * self._jitter())
 
-    def send_resources(self, devices: Sequence[GpuInfo]) -> bool:
-        sent = self.outbox.send(
-            agent_pb2.AgentMessage(
-                resources=agent_pb2.ResourceUpdate(devices=[device_message(d) for d in devices])
-            )
-        )
+    def send_resources(self, devices: Sequence[GpuDevice]) -> bool:
+        sent = self.outbox.send(ResourceUpdate(tuple(devices)))
         if sent:
             self.metrics.resource_updates.inc()
             log.info("%s: resource update sent (%d device(s))", self.replica, len(devices))
@@ -178,7 +142,7 @@ class SchedulerLink:
         if self.draining:
             return
         self.draining = True
-        if self.outbox.send(agent_pb2.AgentMessage(drain=agent_pb2.DrainRequest())):
+        if self.outbox.send(DrainRequest()):
             log.info("%s: drain requested", self.replica)
         else:
             log.info("%s: drain will be requested once connected", self.replica)
@@ -223,24 +187,17 @@ class SchedulerLink:
         self.connected = value
         self.metrics.connected.set(1 if value else 0)
 
-    async def hello(self) -> agent_pb2.Hello:
+    async def hello(self) -> Hello:
         devices = await self.gpus.refresh()
         self.gpus.mark_reported(devices)
-        return agent_pb2.Hello(
-            server_name=self.settings.server_name,
-            replica_index=self.settings.replica_index,
-            capabilities=self.settings.capabilities,
+        return Hello(
+            server=self.settings.server_name,
+            index=self.settings.replica_index,
+            capabilities=frozenset(self.settings.capabilities),
             memory_bytes=self.settings.memory_bytes,
             overcommit_percentage=self.settings.overcommit_percentage,
-            devices=[device_message(device) for device in devices],
-            loaded_models=[
-                common_pb2.LoadedModel(
-                    name=model.name,
-                    version=model.version,
-                    footprint_bytes=dict(model.footprint_bytes),
-                )
-                for model in sorted(self.manager.loaded.values(), key=lambda m: m.name)
-            ],
+            devices=tuple(devices),
+            loaded=tuple(sorted(self.manager.loaded.values(), key=lambda m: m.name)),
             agent_version=__version__,
         )
 
@@ -262,11 +219,11 @@ class SchedulerLink:
             # right after the welcome, so no event falls between hello and stream.
             queue: asyncio.Queue[agent_pb2.AgentMessage] = asyncio.Queue()
             if self.draining:
-                queue.put_nowait(agent_pb2.AgentMessage(drain=agent_pb2.DrainRequest()))
+                queue.put_nowait(encode_agent_message(DrainRequest()))
             self.outbox.attach(queue)
             try:
                 hello = await self.hello()
-                await call.write(agent_pb2.AgentMessage(hello=hello))
+                await call.write(encode_agent_message(hello))
                 first = await asyncio.wait_for(call.read(), timeout=self.settings.request_timeout_s)
                 if not isinstance(first, agent_pb2.SchedulerMessage) or not first.HasField(
                     "welcome"
@@ -284,7 +241,7 @@ class SchedulerLink:
                 "%s: connected to the scheduler at %s (%d model(s), %d GPU(s) reported)",
                 self.replica,
                 self.settings.scheduler_address,
-                len(hello.loaded_models),
+                len(hello.loaded),
                 len(hello.devices),
             )
             # Not start_task: these two end with the stream, and their error is raised
@@ -323,35 +280,37 @@ class SchedulerLink:
             self.dispatch(message)
 
     def dispatch(self, message: agent_pb2.SchedulerMessage) -> None:
-        which = message.WhichOneof("message")
-        if which == "load":
-            request = load_request(message.load)
-            log.info(
-                "model %s version %d on %s: load command (devices %s, %d GPU bytes)",
-                request.name,
-                request.version,
-                self.replica,
-                ",".join(request.device_uuids) or "-",
-                request.gpu_memory_bytes,
-            )
-            self.manager.load(request)
-        elif which == "unload":
-            log.info(
-                "model %s version %d on %s: unload command",
-                message.unload.model_name,
-                message.unload.version,
-                self.replica,
-            )
-            self.manager.unload(UnloadRequest(message.unload.model_name, message.unload.version))
-        elif which == "drain_complete":
-            self.stranded = list(message.drain_complete.stranded_models)
-            log.info(
-                "%s: drain complete%s",
-                self.replica,
-                f" (stranded: {', '.join(self.stranded)})" if self.stranded else "",
-            )
-            self.drain_complete.set()
-        elif which == "welcome":
-            log.debug("%s: extra welcome ignored", self.replica)
-        else:
-            log.warning("%s: unknown message from the scheduler: %s", self.replica, which)
+        try:
+            command = decode_command(message)
+        except InvalidArgument as exc:
+            log.warning("%s: unknown message from the scheduler: %s", self.replica, exc)
+            return
+        match command:
+            case Load() as load:
+                log.info(
+                    "model %s version %d on %s: load command (devices %s, %d GPU bytes)",
+                    load.model,
+                    load.version,
+                    self.replica,
+                    ",".join(load.device_uuids) or "-",
+                    load.gpu_memory_bytes,
+                )
+                self.manager.load(load)
+            case Unload() as unload:
+                log.info(
+                    "model %s version %d on %s: unload command",
+                    unload.model,
+                    unload.version,
+                    self.replica,
+                )
+                self.manager.unload(unload)
+            case DrainComplete(stranded=stranded):
+                self.stranded = list(stranded)
+                log.info(
+                    "%s: drain complete%s",
+                    self.replica,
+                    f" (stranded: {', '.join(self.stranded)})" if self.stranded else "",
+                )
+                self.drain_complete.set()
+            case Welcome():
+                log.debug("%s: extra welcome ignored", self.replica)

@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from agent.artifacts import ModelRepository
+from agent.gpu_monitor import GpuMonitor
 from agent.gpus import GpuProbe, NvmlGpuProbe
 from agent.http import HttpEndpoints
 from agent.inference_server import (
@@ -36,11 +37,10 @@ from agent.inference_server import (
 from agent.link import Outbox, SchedulerLink
 from agent.metrics import AgentMetrics
 from agent.models import ModelManager
-from agent.resources import GpuMonitor
 from agent.settings import AgentSettings
-from gpuplace import __version__
-from gpuplace.aio import start_task, stop_tasks
-from gpuplace.settings_cli import add_settings_arguments, describe_error, settings_from_args
+from contract import __version__
+from contract.aio import start_task, stop_tasks
+from contract.settings_cli import describe_error, settings_from_args
 
 log = logging.getLogger(__name__)
 
@@ -323,17 +323,3 @@ def run_bounded(main: Coroutine[Any, Any, int], grace_s: float) -> tuple[int, bo
     joiner.start()
     joiner.join(grace_s)
     return code, joiner.is_alive()
-
-
-def register(commands: Any) -> None:
-    parser: argparse.ArgumentParser = commands.add_parser(
-        "agent",
-        help="run the agent sidecar next to an inference server",
-        description=(
-            "Run the gpuplace agent next to MLServer: report capabilities and NVML-measured "
-            "GPU memory to the scheduler, load and unload models on its command, drain on "
-            "SIGTERM."
-        ),
-    )
-    add_settings_arguments(parser, AgentSettings)
-    parser.set_defaults(func=run_command)

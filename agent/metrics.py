@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from gpuplace.protocol import GpuInfo
+from contract.protocol import GpuDevice
 
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, float("inf"))
 
@@ -91,7 +91,7 @@ class AgentMetrics:
         self._gpu_labels: set[tuple[str, str]] = set()
         self._footprint_labels: dict[str, set[str]] = {}
 
-    def set_gpus(self, devices: Iterable[GpuInfo]) -> None:
+    def set_gpus(self, devices: Iterable[GpuDevice]) -> None:
         seen: set[tuple[str, str]] = set()
         for device in devices:
             key = (device.uuid, device.name)

@@ -17,53 +17,28 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from agent import artifacts
 from agent.artifacts import ArtifactError, ModelRepository, Record
+from agent.gpu_monitor import GpuMonitor
 from agent.inference_server import (
     InferenceServer,
     InferenceServerError,
     InferenceServerUnavailable,
 )
 from agent.metrics import AgentMetrics
-from agent.resources import GpuMonitor
-from gpuplace.names import InvalidName, is_dns1123_label
-from gpuplace.protocol import EventKind, GpuInfo, ModelEvent
-from gpuplace.quantity import format_bytes
+from contract.names import InvalidName, is_dns1123_label
+from contract.protocol import EventKind, GpuDevice, Load, LoadedModel, ModelEvent, Unload
+from contract.quantity import format_bytes
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class LoadRequest:
-    name: str
-    version: int
-    storage_uri: str = field(repr=False)  # may carry credentials: never in a log line
-    parameters: Mapping[str, str] = field(default_factory=dict)
-    gpu_memory_bytes: int = 0
-    device_uuids: tuple[str, ...] = ()
-    # How many devices the model spans when the scheduler named none.
-    gpus: int = 1
-
-
-@dataclass(frozen=True)
-class UnloadRequest:
-    name: str
-    version: int
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    name: str
-    version: int
-    footprint_bytes: Mapping[str, int] = field(default_factory=dict)
-
-
 def footprint(
     before: Mapping[str, int],
-    after: Iterable[GpuInfo],
+    after: Iterable[GpuDevice],
     devices: Iterable[str] | None,
     credit: Mapping[str, int] | None = None,
 ) -> dict[str, int]:
@@ -134,13 +109,13 @@ class ModelManager:
 
     # -- scheduling -----------------------------------------------------------------------
 
-    def load(self, request: LoadRequest) -> asyncio.Task[ModelEvent]:
+    def load(self, request: Load) -> asyncio.Task[ModelEvent]:
         """Queue a load after every earlier command for the same model."""
-        return self._chain(request.name, lambda: self._timed_load(request))
+        return self._chain(request.model, lambda: self._timed_load(request))
 
-    def unload(self, request: UnloadRequest) -> asyncio.Task[ModelEvent]:
+    def unload(self, request: Unload) -> asyncio.Task[ModelEvent]:
         """Queue an unload after every earlier command for the same model."""
-        return self._chain(request.name, lambda: self._timed_unload(request))
+        return self._chain(request.model, lambda: self._timed_unload(request))
 
     def _chain(
         self, name: str, work: Callable[[], Awaitable[ModelEvent]]
@@ -201,8 +176,7 @@ class ModelManager:
     async def unload_all(self) -> list[ModelEvent]:
         """Unload every model still loaded here (shutdown)."""
         tasks = [
-            self.unload(UnloadRequest(model.name, model.version))
-            for model in list(self.loaded.values())
+            self.unload(Unload(model.name, model.version)) for model in list(self.loaded.values())
         ]
         results = await asyncio.gather(*tasks, return_exceptions=True)
         return [result for result in results if isinstance(result, ModelEvent)]
@@ -242,7 +216,7 @@ class ModelManager:
 
     # -- load -----------------------------------------------------------------------------
 
-    async def _timed_load(self, request: LoadRequest) -> ModelEvent:
+    async def _timed_load(self, request: Load) -> ModelEvent:
         started = time.monotonic()
         try:
             event = await self._load(request)
@@ -251,12 +225,12 @@ class ModelManager:
         except Exception as exc:
             log.exception(
                 "model %s version %d on %s: load crashed",
-                request.name,
+                request.model,
                 request.version,
                 self.replica,
             )
             event = ModelEvent(
-                EventKind.LOAD_FAILED, request.name, request.version, f"agent error: {exc}"
+                EventKind.LOAD_FAILED, request.model, request.version, f"agent error: {exc}"
             )
         outcome = {
             EventKind.LOADED: "loaded",
@@ -266,8 +240,8 @@ class ModelManager:
         self.metrics.load_seconds.labels(outcome).observe(time.monotonic() - started)
         return event
 
-    async def _load(self, request: LoadRequest) -> ModelEvent:
-        name, version = request.name, request.version
+    async def _load(self, request: Load) -> ModelEvent:
+        name, version = request.model, request.version
         try:
             artifacts.model_name(name)
         except InvalidName as exc:
@@ -337,17 +311,17 @@ class ModelManager:
             finally:
                 await asyncio.to_thread(self.repository.discard, staged)
 
-    def _refused(self, request: LoadRequest, refused: _Refused) -> ModelEvent:
+    def _refused(self, request: Load, refused: _Refused) -> ModelEvent:
         log.warning(
             "model %s version %d on %s: refused: %s",
-            request.name,
+            request.model,
             request.version,
             self.replica,
             refused,
         )
-        return ModelEvent(refused.kind, request.name, request.version, str(refused))
+        return ModelEvent(refused.kind, request.model, request.version, str(refused))
 
-    def _lock_targets(self, request: LoadRequest) -> list[str]:
+    def _lock_targets(self, request: Load) -> list[str]:
         if request.device_uuids:
             return sorted(set(request.device_uuids))
         if request.gpu_memory_bytes > 0:
@@ -357,7 +331,7 @@ class ModelManager:
     def _device_lock(self, uuid: str) -> asyncio.Lock:
         return self._device_locks.setdefault(uuid, asyncio.Lock())
 
-    async def _check_memory(self, request: LoadRequest, current: LoadedModel | None) -> _Plan:
+    async def _check_memory(self, request: Load, current: LoadedModel | None) -> _Plan:
         """Check that the target devices have the model's GPU memory free right now.
 
         Raises _Refused when they do not, even counting the memory of the version this load
@@ -378,13 +352,13 @@ class ModelManager:
         return _Plan(plan, before)
 
     def _fit(
-        self, request: LoadRequest, devices: list[GpuInfo], reclaim: Mapping[str, int]
+        self, request: Load, devices: list[GpuDevice], reclaim: Mapping[str, int]
     ) -> list[str] | _Refused:
         """The target devices, or why they cannot take the model now."""
         by_uuid = {device.uuid: device for device in devices}
         need = request.gpu_memory_bytes
 
-        def available(device: GpuInfo) -> int:
+        def available(device: GpuDevice) -> int:
             return device.free_bytes + reclaim.get(device.uuid, 0)
 
         if request.device_uuids:
@@ -424,9 +398,9 @@ class ModelManager:
         return [device.uuid for device in fitting[:count]]
 
     async def _install_and_load(
-        self, request: LoadRequest, current: LoadedModel | None, staged: Path, plan: _Plan
+        self, request: Load, current: LoadedModel | None, staged: Path, plan: _Plan
     ) -> ModelEvent:
-        name, version = request.name, request.version
+        name, version = request.model, request.version
         before = plan.before
         credit: dict[str, int] = {}
         if current is not None and plan.unload_first:
@@ -560,7 +534,7 @@ class ModelManager:
 
     # -- unload ---------------------------------------------------------------------------
 
-    async def _timed_unload(self, request: UnloadRequest) -> ModelEvent:
+    async def _timed_unload(self, request: Unload) -> ModelEvent:
         started = time.monotonic()
         try:
             event = await self._unload(request)
@@ -569,20 +543,20 @@ class ModelManager:
         except Exception as exc:
             log.exception(
                 "model %s version %d on %s: unload crashed",
-                request.name,
+                request.model,
                 request.version,
                 self.replica,
             )
             event = ModelEvent(
-                EventKind.UNLOAD_FAILED, request.name, request.version, f"agent error: {exc}"
+                EventKind.UNLOAD_FAILED, request.model, request.version, f"agent error: {exc}"
             )
         outcome = "unloaded" if event.kind is EventKind.UNLOADED else "failed"
         self.metrics.unloads.labels(outcome).inc()
         self.metrics.unload_seconds.labels(outcome).observe(time.monotonic() - started)
         return event
 
-    async def _unload(self, request: UnloadRequest) -> ModelEvent:
-        name, version = request.name, request.version
+    async def _unload(self, request: Unload) -> ModelEvent:
+        name, version = request.model, request.version
         try:
             artifacts.model_name(name)
         except InvalidName as exc:

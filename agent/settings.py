@@ -14,8 +14,8 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from gpuplace.names import check_name
-from gpuplace.quantity import parse_bytes
+from contract.names import check_name
+from contract.quantity import parse_bytes
 
 _ORDINAL = re.compile(r"^(?P<server>.+)-(?P<index>\d+)$")
 

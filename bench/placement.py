@@ -39,7 +39,15 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from scheduler_service.core import (
+from contract.protocol import (
+    Command,
+    EventKind,
+    GpuDevice,
+    Hello,
+    Load,
+    ModelEvent,
+)
+from placement import (
     Gpu,
     Placement,
     Policy,
@@ -47,14 +55,6 @@ from scheduler_service.core import (
     Request,
     Snapshot,
     schedule,
-)
-from scheduler_service.messages import (
-    Command,
-    EventKind,
-    GpuInfo,
-    Hello,
-    Load,
-    ModelEvent,
 )
 from scheduler_service.metrics import SchedulerMetrics
 from scheduler_service.model import ModelRecord, ModelSpec, ModelState, validate_spec
@@ -387,7 +387,7 @@ def hello(shape: ReplicaShape) -> Hello:
         memory_bytes=shape.memory_bytes,
         overcommit_percentage=shape.overcommit_percentage,
         devices=tuple(
-            GpuInfo(
+            GpuDevice(
                 uuid=device.uuid,
                 name="NVIDIA H100 80GB HBM3",
                 index=device.index,

@@ -1,3 +1,7 @@
-"""gpuplace: place ML models on GPU inference-server replicas that can really hold them."""
+"""gpuplace: place ML models on GPU inference-server replicas that can really hold them.
 
-__version__ = "0.1.0"
+This package is the CLI, the top floor: nothing below imports it."""
+
+from contract import __version__
+
+__all__ = ["__version__"]

@@ -7,13 +7,10 @@ import logging
 import sys
 
 from gpuplace import __version__
+from gpuplace.commands import register as register_commands
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from agent.main import register as register_agent
-    from gpuplace.commands import register as register_commands
-    from scheduler_service.main import register as register_scheduler
-
     parser = argparse.ArgumentParser(
         prog="gpuplace",
         description="Place ML models on GPU inference-server replicas that can really hold them.",
@@ -26,8 +23,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="log verbosity (default INFO)",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    register_scheduler(commands)
-    register_agent(commands)
     register_commands(commands)
     return parser
 

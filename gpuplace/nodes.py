@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from gpuplace.quantity import format_bytes
+from contract.quantity import format_bytes
 from gpuplace.render import extended_resource_warnings, resolve_server
 from gpuplace.resources import (
     GPU_RESOURCE,

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from gpuplace.quantity import format_bytes
+from contract.quantity import format_bytes
 from protos import common_pb2, scheduler_pb2
 
 FORMATS = ("table", "json", "yaml")

@@ -30,9 +30,9 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
-from gpuplace import spec_rules as rules
-from gpuplace.names import LABEL_RULE, is_dns1123_label
-from gpuplace.quantity import QuantityError, parse_bytes, parse_quantity
+from contract import spec_rules as rules
+from contract.names import LABEL_RULE, is_dns1123_label
+from contract.quantity import QuantityError, parse_bytes, parse_quantity
 from protos import common_pb2
 
 SELDON_API_VERSION = "mlops.seldon.io/v1alpha1"

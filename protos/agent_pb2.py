@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from protos import common_pb2 as protos_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12protos/agent.proto\x12\x11gpuplace.agent.v1\x1a\x13protos/common.proto\"\xde\x01\n\x0c\x41gentMessage\x12)\n\x05hello\x18\x01 \x01(\x0b\x32\x18.gpuplace.agent.v1.HelloH\x00\x12.\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x1d.gpuplace.agent.v1.ModelEventH\x00\x12\x36\n\tresources\x18\x03 \x01(\x0b\x32!.gpuplace.agent.v1.ResourceUpdateH\x00\x12\x30\n\x05\x64rain\x18\x04 \x01(\x0b\x32\x1f.gpuplace.agent.v1.DrainRequestH\x00\x42\t\n\x07message\"\xef\x01\n\x05Hello\x12\x13\n\x0bserver_name\x18\x01 \x01(\t\x12\x15\n\rreplica_index\x18\x02 \x01(\r\x12\x14\n\x0c\x63\x61pabilities\x18\x03 \x03(\t\x12\x14\n\x0cmemory_bytes\x18\x04 \x01(\x04\x12\x1d\n\x15overcommit_percentage\x18\x05 \x01(\r\x12\'\n\x07\x64\x65vices\x18\x06 \x03(\x0b\x32\x16.gpuplace.v1.GpuDevice\x12/\n\rloaded_models\x18\x07 \x03(\x0b\x32\x18.gpuplace.v1.LoadedModel\x12\x15\n\ragent_version\x18\x08 \x01(\t\"\xeb\x02\n\nModelEvent\x12\x30\n\x04kind\x18\x01 \x01(\x0e\x32\".gpuplace.agent.v1.ModelEvent.Kind\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12\x0f\n\x07message\x18\x04 \x01(\t\x12J\n\x0f\x66ootprint_bytes\x18\x05 \x03(\x0b\x32\x31.gpuplace.agent.v1.ModelEvent.FootprintBytesEntry\x1a\x35\n\x13\x46ootprintBytesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"r\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\n\n\x06LOADED\x10\x01\x12\x0f\n\x0bLOAD_FAILED\x10\x02\x12\x16\n\x12LOAD_FAILED_MEMORY\x10\x03\x12\x0c\n\x08UNLOADED\x10\x04\x12\x11\n\rUNLOAD_FAILED\x10\x05\"9\n\x0eResourceUpdate\x12\'\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x16.gpuplace.v1.GpuDevice\"\x0e\n\x0c\x44rainRequest\"\xec\x01\n\x10SchedulerMessage\x12-\n\x07welcome\x18\x01 \x01(\x0b\x32\x1a.gpuplace.agent.v1.WelcomeH\x00\x12.\n\x04load\x18\x02 \x01(\x0b\x32\x1e.gpuplace.agent.v1.LoadCommandH\x00\x12\x32\n\x06unload\x18\x03 \x01(\x0b\x32 .gpuplace.agent.v1.UnloadCommandH\x00\x12:\n\x0e\x64rain_complete\x18\x04 \x01(\x0b\x32 .gpuplace.agent.v1.DrainCompleteH\x00\x42\t\n\x07message\"\t\n\x07Welcome\"\x8a\x01\n\x0bLoadCommand\x12$\n\x04spec\x18\x01 \x01(\x0b\x32\x16.gpuplace.v1.ModelSpec\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x14\n\x0cmemory_bytes\x18\x03 \x01(\x04\x12\x18\n\x10gpu_memory_bytes\x18\x04 \x01(\x04\x12\x14\n\x0c\x64\x65vice_uuids\x18\x05 \x03(\t\"4\n\rUnloadCommand\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\"(\n\rDrainComplete\x12\x17\n\x0fstranded_models\x18\x01 \x03(\t2c\n\x0c\x41gentService\x12S\n\x07\x43onnect\x12\x1f.gpuplace.agent.v1.AgentMessage\x1a#.gpuplace.agent.v1.SchedulerMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12protos/agent.proto\x12\x11gpuplace.agent.v1\x1a\x13protos/common.proto\"\xde\x01\n\x0c\x41gentMessage\x12)\n\x05hello\x18\x01 \x01(\x0b\x32\x18.gpuplace.agent.v1.HelloH\x00\x12.\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x1d.gpuplace.agent.v1.ModelEventH\x00\x12\x36\n\tresources\x18\x03 \x01(\x0b\x32!.gpuplace.agent.v1.ResourceUpdateH\x00\x12\x30\n\x05\x64rain\x18\x04 \x01(\x0b\x32\x1f.gpuplace.agent.v1.DrainRequestH\x00\x42\t\n\x07message\"\xef\x01\n\x05Hello\x12\x13\n\x0bserver_name\x18\x01 \x01(\t\x12\x15\n\rreplica_index\x18\x02 \x01(\r\x12\x14\n\x0c\x63\x61pabilities\x18\x03 \x03(\t\x12\x14\n\x0cmemory_bytes\x18\x04 \x01(\x04\x12\x1d\n\x15overcommit_percentage\x18\x05 \x01(\r\x12\'\n\x07\x64\x65vices\x18\x06 \x03(\x0b\x32\x16.gpuplace.v1.GpuDevice\x12/\n\rloaded_models\x18\x07 \x03(\x0b\x32\x18.gpuplace.v1.LoadedModel\x12\x15\n\ragent_version\x18\x08 \x01(\t\"\xeb\x02\n\nModelEvent\x12\x30\n\x04kind\x18\x01 \x01(\x0e\x32\".gpuplace.agent.v1.ModelEvent.Kind\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12\x0f\n\x07message\x18\x04 \x01(\t\x12J\n\x0f\x66ootprint_bytes\x18\x05 \x03(\x0b\x32\x31.gpuplace.agent.v1.ModelEvent.FootprintBytesEntry\x1a\x35\n\x13\x46ootprintBytesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"r\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\n\n\x06LOADED\x10\x01\x12\x0f\n\x0bLOAD_FAILED\x10\x02\x12\x16\n\x12LOAD_FAILED_MEMORY\x10\x03\x12\x0c\n\x08UNLOADED\x10\x04\x12\x11\n\rUNLOAD_FAILED\x10\x05\"9\n\x0eResourceUpdate\x12\'\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x16.gpuplace.v1.GpuDevice\"\x0e\n\x0c\x44rainRequest\"\xec\x01\n\x10SchedulerMessage\x12-\n\x07welcome\x18\x01 \x01(\x0b\x32\x1a.gpuplace.agent.v1.WelcomeH\x00\x12.\n\x04load\x18\x02 \x01(\x0b\x32\x1e.gpuplace.agent.v1.LoadCommandH\x00\x12\x32\n\x06unload\x18\x03 \x01(\x0b\x32 .gpuplace.agent.v1.UnloadCommandH\x00\x12:\n\x0e\x64rain_complete\x18\x04 \x01(\x0b\x32 .gpuplace.agent.v1.DrainCompleteH\x00\x42\t\n\x07message\"\t\n\x07Welcome\"\x88\x02\n\x0bLoadCommand\x12\x12\n\nmodel_name\x18\x06 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x13\n\x0bstorage_uri\x18\x07 \x01(\t\x12\x42\n\nparameters\x18\x08 \x03(\x0b\x32..gpuplace.agent.v1.LoadCommand.ParametersEntry\x12\x18\n\x10gpu_memory_bytes\x18\x04 \x01(\x04\x12\x14\n\x0c\x64\x65vice_uuids\x18\x05 \x03(\t\x12\x0c\n\x04gpus\x18\t \x01(\r\x1a\x31\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01J\x04\x08\x01\x10\x02J\x04\x08\x03\x10\x04\"4\n\rUnloadCommand\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\"(\n\rDrainComplete\x12\x17\n\x0fstranded_models\x18\x01 \x03(\t2c\n\x0c\x41gentService\x12S\n\x07\x43onnect\x12\x1f.gpuplace.agent.v1.AgentMessage\x1a#.gpuplace.agent.v1.SchedulerMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,6 +34,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MODELEVENT_FOOTPRINTBYTESENTRY']._loaded_options = None
   _globals['_MODELEVENT_FOOTPRINTBYTESENTRY']._serialized_options = b'8\001'
+  _globals['_LOADCOMMAND_PARAMETERSENTRY']._loaded_options = None
+  _globals['_LOADCOMMAND_PARAMETERSENTRY']._serialized_options = b'8\001'
   _globals['_AGENTMESSAGE']._serialized_start=63
   _globals['_AGENTMESSAGE']._serialized_end=285
   _globals['_HELLO']._serialized_start=288
@@ -53,11 +55,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WELCOME']._serialized_start=1209
   _globals['_WELCOME']._serialized_end=1218
   _globals['_LOADCOMMAND']._serialized_start=1221
-  _globals['_LOADCOMMAND']._serialized_end=1359
-  _globals['_UNLOADCOMMAND']._serialized_start=1361
-  _globals['_UNLOADCOMMAND']._serialized_end=1413
-  _globals['_DRAINCOMPLETE']._serialized_start=1415
-  _globals['_DRAINCOMPLETE']._serialized_end=1455
-  _globals['_AGENTSERVICE']._serialized_start=1457
-  _globals['_AGENTSERVICE']._serialized_end=1556
+  _globals['_LOADCOMMAND']._serialized_end=1485
+  _globals['_LOADCOMMAND_PARAMETERSENTRY']._serialized_start=1424
+  _globals['_LOADCOMMAND_PARAMETERSENTRY']._serialized_end=1473
+  _globals['_UNLOADCOMMAND']._serialized_start=1487
+  _globals['_UNLOADCOMMAND']._serialized_end=1539
+  _globals['_DRAINCOMPLETE']._serialized_start=1541
+  _globals['_DRAINCOMPLETE']._serialized_end=1581
+  _globals['_AGENTSERVICE']._serialized_start=1583
+  _globals['_AGENTSERVICE']._serialized_end=1682
 # @@protoc_insertion_point(module_scope)

@@ -274,17 +274,45 @@ Global___Welcome: _TypeAlias = Welcome  # noqa: Y015
 class LoadCommand(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
-    SPEC_FIELD_NUMBER: _builtins.int
+    @_typing.final
+    class ParametersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    MODEL_NAME_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
-    MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    STORAGE_URI_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
     GPU_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
     DEVICE_UUIDS_FIELD_NUMBER: _builtins.int
+    GPUS_FIELD_NUMBER: _builtins.int
+    model_name: _builtins.str
     version: _builtins.int
-    memory_bytes: _builtins.int
-    """Resolved quantities."""
+    storage_uri: _builtins.str
+    """May carry credentials: never logged."""
     gpu_memory_bytes: _builtins.int
+    """GPU memory needed on each device (0: a CPU model)."""
+    gpus: _builtins.int
+    """Devices the model spans when the scheduler named none (default 1)."""
     @_builtins.property
-    def spec(self) -> _common_pb2.ModelSpec: ...
+    def parameters(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Handed to the inference server (e.g. "implementation")."""
+
     @_builtins.property
     def device_uuids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Devices the scheduler chose on this replica (empty for a CPU model)."""
@@ -292,15 +320,17 @@ class LoadCommand(_message.Message):
     def __init__(
         self,
         *,
-        spec: _common_pb2.ModelSpec | None = ...,
+        model_name: _builtins.str = ...,
         version: _builtins.int = ...,
-        memory_bytes: _builtins.int = ...,
+        storage_uri: _builtins.str = ...,
+        parameters: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         gpu_memory_bytes: _builtins.int = ...,
         device_uuids: _abc.Iterable[_builtins.str] | None = ...,
+        gpus: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_uuids", b"device_uuids", "gpu_memory_bytes", b"gpu_memory_bytes", "memory_bytes", b"memory_bytes", "spec", b"spec", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_uuids", b"device_uuids", "gpu_memory_bytes", b"gpu_memory_bytes", "gpus", b"gpus", "model_name", b"model_name", "parameters", b"parameters", "storage_uri", b"storage_uri", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

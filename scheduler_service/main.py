@@ -1,4 +1,7 @@
-"""`gpuplace scheduler`: settings from flags and environment, then run until signalled."""
+"""`gpuplace scheduler`: settings from flags and environment, then run until signalled.
+
+The CLI registers the sub-command (gpuplace/commands/processes.py) and imports this module
+only when it runs."""
 
 from __future__ import annotations
 
@@ -7,28 +10,15 @@ import asyncio
 import logging
 import signal
 import sys
-from typing import Any
 
 from pydantic import ValidationError
 
-from gpuplace.settings_cli import add_settings_arguments, describe_error, settings_from_args
+from contract.settings_cli import describe_error, settings_from_args
 from scheduler_service.server import running
 from scheduler_service.settings import SchedulerSettings
 from scheduler_service.store import StoreError
 
 log = logging.getLogger(__name__)
-
-
-def register(commands: Any) -> None:
-    parser: argparse.ArgumentParser = commands.add_parser(
-        "scheduler",
-        help="run the scheduler (client API, agent API, HTTP /metrics)",
-        description="Run the gpuplace scheduler. It places models on the replicas whose agents "
-        "connect to it, persists its state in SQLite and serves gRPC health and reflection "
-        "on both gRPC ports.",
-    )
-    add_settings_arguments(parser, SchedulerSettings)
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from gpuplace import spec_rules as rules
-from gpuplace.names import InvalidName, check_name
-from gpuplace.quantity import QuantityError, parse_bytes
-from scheduler_service.errors import InvalidArgument
+from contract import spec_rules as rules
+from contract.errors import InvalidArgument
+from contract.names import InvalidName, check_name
+from contract.protocol import Load
+from contract.quantity import QuantityError, parse_bytes
 
 
 class ModelState(StrEnum):
@@ -57,6 +58,18 @@ class ModelSpec:
         """Fewest available replicas that make the model Available (at least one)."""
         wanted = self.replicas if self.min_replicas is None else self.min_replicas
         return max(1, min(wanted, self.replicas))
+
+    def load_command(self, version: int, device_uuids: tuple[str, ...]) -> Load:
+        """What an agent needs to load `version` of this model on `device_uuids`."""
+        return Load(
+            model=self.name,
+            version=version,
+            storage_uri=self.storage_uri,
+            parameters=dict(self.parameters),
+            gpu_memory_bytes=self.gpu_memory_bytes,
+            device_uuids=device_uuids,
+            gpus=self.gpus,
+        )
 
 
 def validate_spec(

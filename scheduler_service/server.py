@@ -14,7 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
-from gpuplace.aio import start_task, stop_tasks
+from contract.aio import start_task, stop_tasks
 from protos import agent_pb2, agent_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 from scheduler_service.http import build_app
 from scheduler_service.metrics import SchedulerMetrics

@@ -19,8 +19,20 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from scheduler_service.core import schedule
-from scheduler_service.core.types import (
+from contract.errors import NotFound, ResourceExhausted
+from contract.protocol import (
+    Command,
+    DrainComplete,
+    EventKind,
+    GpuDevice,
+    Hello,
+    LoadedModel,
+    ModelEvent,
+    Unload,
+    Welcome,
+)
+from placement import schedule
+from placement.types import (
     Assignment,
     Gpu,
     Placement,
@@ -28,19 +40,6 @@ from scheduler_service.core.types import (
     Replica,
     Request,
     Snapshot,
-)
-from scheduler_service.errors import NotFound, ResourceExhausted
-from scheduler_service.messages import (
-    Command,
-    DrainComplete,
-    EventKind,
-    GpuInfo,
-    Hello,
-    Load,
-    LoadedModel,
-    ModelEvent,
-    Unload,
-    Welcome,
 )
 from scheduler_service.metrics import ClusterGauges, DeviceView, SchedulerMetrics
 from scheduler_service.model import (
@@ -83,7 +82,7 @@ class AgentConn:
     hello: Hello
     send: Callable[[Command], bool]  # False when the agent's queue is full
     close: Callable[[str], None]
-    gpus: dict[str, GpuInfo] = field(default_factory=dict)
+    gpus: dict[str, GpuDevice] = field(default_factory=dict)
     connected: bool = True
     disconnected_at: float = 0.0
     draining: bool = False
@@ -431,7 +430,7 @@ class SchedulerService:
         self._command(key, Unload(event.model, event.version))
         self._kick.set()
 
-    def on_resources(self, conn: AgentConn, devices: Iterable[GpuInfo]) -> None:
+    def on_resources(self, conn: AgentConn, devices: Iterable[GpuDevice]) -> None:
         before = sum(gpu.free_bytes for gpu in conn.gpus.values())
         conn.gpus = {gpu.uuid: gpu for gpu in devices}
         if sum(gpu.free_bytes for gpu in conn.gpus.values()) > before:
@@ -698,7 +697,7 @@ class SchedulerService:
             _name(key),
             f" (GPUs {', '.join(assignment.device_uuids)})" if assignment.device_uuids else "",
         )
-        self._command(key, Load(record.spec, record.version, assignment.device_uuids))
+        self._command(key, record.spec.load_command(record.version, assignment.device_uuids))
 
     def _retire(self, record: ModelRecord) -> None:
         """Once the current version is available, unload old versions and retired replicas."""
@@ -813,7 +812,7 @@ class SchedulerService:
             # already holds this version, so nothing is loaded twice.
             replica.state = ReplicaState.LOAD_REQUESTED
             replica.deadline = self._clock.now() + self._settings.load_timeout_s
-            self._command(key, Load(record.spec, replica.version, replica.device_uuids))
+            self._command(key, record.spec.load_command(replica.version, replica.device_uuids))
         elif replica.state in (ReplicaState.AVAILABLE, ReplicaState.UNLOADING):
             del record.replicas[key]
 

@@ -10,21 +10,22 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 
-from gpuplace.aio import start_task
-from protos import agent_pb2, agent_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
-from scheduler_service import convert
-from scheduler_service.errors import (
+from contract.aio import start_task
+from contract.errors import (
     FailedPrecondition,
+    GpuplaceError,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
-    SchedulerError,
 )
-from scheduler_service.messages import Command
+from contract.protocol import Command, DrainRequest, Hello, ModelEvent, ResourceUpdate
+from contract.wire import decode_agent_message, encode_command
+from protos import agent_pb2, agent_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
+from scheduler_service import convert
 from scheduler_service.service import AgentConn, SchedulerService
 
 log = logging.getLogger(__name__)
-_CODES: dict[type[SchedulerError], grpc.StatusCode] = {
+_CODES: dict[type[GpuplaceError], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     NotFound: grpc.StatusCode.NOT_FOUND,
     FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
@@ -37,7 +38,7 @@ Resp = TypeVar("Resp")
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> NoReturn:
     """The one place where errors become status codes."""
-    if isinstance(exc, SchedulerError):
+    if isinstance(exc, GpuplaceError):
         await context.abort(_CODES.get(type(exc), grpc.StatusCode.UNKNOWN), str(exc))
     log.error("unexpected error in a gRPC call", exc_info=exc)
     await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the scheduler log")
@@ -108,7 +109,7 @@ class ClientServicer(scheduler_pb2_grpc.SchedulerServicer):
     ) -> AsyncIterator[scheduler_pb2.ModelStatus]:
         try:
             watcher = self._service.watch(request.name)
-        except SchedulerError as exc:
+        except GpuplaceError as exc:
             await _abort(context, exc)
         try:
             while (record := await watcher.queue.get()) is not None:
@@ -136,21 +137,20 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             await context.abort(
                 grpc.StatusCode.DEADLINE_EXCEEDED, f"no hello within {_HELLO_TIMEOUT_S:g}s"
             )
-        if not first.HasField("hello"):
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"the first message must be a hello, not {first.WhichOneof('message')}",
-            )
         try:
-            hello = convert.hello_from_proto(first.hello)
-        except SchedulerError as exc:
+            hello = decode_agent_message(first)
+            if not isinstance(hello, Hello):
+                raise InvalidArgument(
+                    "message", f"the first must be a hello, not {first.WhichOneof('message')}"
+                )
+        except GpuplaceError as exc:
             await _abort(context, exc)
         outbox: asyncio.Queue[agent_pb2.SchedulerMessage | None] = asyncio.Queue()
 
         def send(command: Command) -> bool:
             if outbox.qsize() >= self._queue_size:
                 return False
-            outbox.put_nowait(convert.command_to_proto(command))
+            outbox.put_nowait(encode_command(command))
             return True
 
         def close(reason: str) -> None:
@@ -176,19 +176,17 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     ) -> None:
         reason = "agent closed the stream"
         try:
-            async for message in messages:
-                kind = message.WhichOneof("message")
-                if kind == "event":
-                    self._service.on_event(conn, convert.event_from_proto(message.event))
-                elif kind == "resources":
-                    self._service.on_resources(
-                        conn, [convert.gpu_from_proto(d) for d in message.resources.devices]
-                    )
-                elif kind == "drain":
-                    self._service.on_drain(conn)
-                else:
-                    raise InvalidArgument("message", f"unexpected {kind} after the hello")
-        except SchedulerError as exc:
+            async for wire in messages:
+                match decode_agent_message(wire):
+                    case ModelEvent() as event:
+                        self._service.on_event(conn, event)
+                    case ResourceUpdate(devices=devices):
+                        self._service.on_resources(conn, devices)
+                    case DrainRequest():
+                        self._service.on_drain(conn)
+                    case Hello():
+                        raise InvalidArgument("message", "a second hello on one stream")
+        except GpuplaceError as exc:
             reason = f"protocol error: {exc}"
         except grpc.aio.AioRpcError as exc:
             reason = f"stream broken: {exc.code().name}"

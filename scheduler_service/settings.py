@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from scheduler_service.core.types import Policy
+from placement.types import Policy
 
 
 class SchedulerSettings(BaseSettings):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from gpuplace.commands import explain, model, render_cmd, server
+from gpuplace.commands import explain, model, processes, render_cmd, server
 
 
 def register(commands: Any) -> None:
+    processes.register(commands)
     model.register(commands)
     server.register(commands)
     render_cmd.register(commands)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from agent.gpus import NvmlGpuProbe
-from gpuplace.protocol import GpuInfo
+from contract.protocol import GpuDevice
 from tests.fakes import nvml
 from tests.fakes.nvml import FakeGpu, FakeMig, FakeNvml, GiB
 
@@ -32,7 +32,7 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_library: Path) ->
         yield state
 
 
-def read(uuids: tuple[str, ...] = ()) -> list[GpuInfo]:
+def read(uuids: tuple[str, ...] = ()) -> list[GpuDevice]:
     probe = NvmlGpuProbe(uuids)
     try:
         return probe.devices()
@@ -43,8 +43,8 @@ def read(uuids: tuple[str, ...] = ()) -> list[GpuInfo]:
 def test_two_devices_keyed_by_uuid(fake: FakeNvml) -> None:
     devices = read()
     assert devices == [
-        GpuInfo("GPU-11111111-aaaa", "NVIDIA H100 80GB HBM3", 0, 80 * GiB, 80 * GiB, 0),
-        GpuInfo("GPU-22222222-bbbb", "NVIDIA H100 80GB HBM3", 1, 80 * GiB, 50 * GiB, 30 * GiB),
+        GpuDevice("GPU-11111111-aaaa", "NVIDIA H100 80GB HBM3", 0, 80 * GiB, 80 * GiB, 0),
+        GpuDevice("GPU-22222222-bbbb", "NVIDIA H100 80GB HBM3", 1, 80 * GiB, 50 * GiB, 30 * GiB),
     ]
 
 
@@ -92,9 +92,11 @@ def test_mig_instances_replace_their_parent(fake: FakeNvml) -> None:
     fake.write()
     devices = read()
     assert devices == [
-        GpuInfo("MIG-one", "NVIDIA A100-SXM4-40GB MIG 1g.5gb", 0, 5 * GiB, 5 * GiB, 0, "GPU-a100"),
-        GpuInfo("MIG-two", "NVIDIA A100 MIG 2g.10gb", 0, 10 * GiB, 4 * GiB, 6 * GiB, "GPU-a100"),
-        GpuInfo("GPU-plain", "Tesla T4", 1, 16 * GiB, 16 * GiB, 0),
+        GpuDevice(
+            "MIG-one", "NVIDIA A100-SXM4-40GB MIG 1g.5gb", 0, 5 * GiB, 5 * GiB, 0, "GPU-a100"
+        ),
+        GpuDevice("MIG-two", "NVIDIA A100 MIG 2g.10gb", 0, 10 * GiB, 4 * GiB, 6 * GiB, "GPU-a100"),
+        GpuDevice("GPU-plain", "Tesla T4", 1, 16 * GiB, 16 * GiB, 0),
     ]
     assert [d.uuid for d in read(("MIG-two",))] == ["MIG-two"]
 
@@ -218,7 +220,7 @@ def test_another_process_finds_the_fake_through_ld_library_path(
 
 
 @pytest.fixture
-def real_devices() -> list[GpuInfo]:
+def real_devices() -> list[GpuDevice]:
     devices = read()
     if not devices:
         pytest.skip("NVML finds no GPU here (no driver, no libnvidia-ml.so.1 or no device)")
@@ -226,7 +228,7 @@ def real_devices() -> list[GpuInfo]:
 
 
 @pytest.mark.gpu
-def test_real_gpus_report_consistent_memory(real_devices: list[GpuInfo]) -> None:
+def test_real_gpus_report_consistent_memory(real_devices: list[GpuDevice]) -> None:
     uuids = [d.uuid for d in real_devices]
     assert len(set(uuids)) == len(uuids)
     for device in real_devices:
@@ -244,7 +246,7 @@ def _cuda() -> ctypes.CDLL:
 
 
 @pytest.mark.gpu
-def test_real_allocation_shows_up_as_footprint(real_devices: list[GpuInfo]) -> None:
+def test_real_allocation_shows_up_as_footprint(real_devices: list[GpuDevice]) -> None:
     """Allocate 1 GiB with the CUDA driver API and see NVML's free memory drop by it."""
     from agent.models import footprint
 

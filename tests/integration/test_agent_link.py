@@ -20,7 +20,9 @@ import pytest
 
 from agent.main import Agent
 from agent.settings import AgentSettings
-from protos import agent_pb2, agent_pb2_grpc, common_pb2
+from contract.protocol import Load, Unload
+from contract.wire import encode_command
+from protos import agent_pb2, agent_pb2_grpc
 from tests.fakes import nvml
 from tests.fakes.fake_v2 import FakeV2Server
 from tests.fakes.nvml import FakeNvml, GiB
@@ -100,26 +102,14 @@ class FakeScheduler(agent_pb2_grpc.AgentServiceServicer):
         devices: tuple[str, ...] = (),
         parameters: dict[str, str] | None = None,
     ) -> None:
-        spec = common_pb2.ModelSpec(
-            name=name, storage_uri=str(uri), parameters=parameters or SKLEARN
-        )
         self.send(
-            agent_pb2.SchedulerMessage(
-                load=agent_pb2.LoadCommand(
-                    spec=spec,
-                    version=version,
-                    gpu_memory_bytes=gpu_memory,
-                    device_uuids=list(devices),
-                )
+            encode_command(
+                Load(name, version, str(uri), parameters or SKLEARN, gpu_memory, devices)
             )
         )
 
     def unload(self, name: str, version: int = 1) -> None:
-        self.send(
-            agent_pb2.SchedulerMessage(
-                unload=agent_pb2.UnloadCommand(model_name=name, version=version)
-            )
-        )
+        self.send(encode_command(Unload(name, version)))
 
     def events(self, name: str | None = None) -> list[agent_pb2.ModelEvent]:
         return [
@@ -246,7 +236,7 @@ async def test_hello_reports_identity_devices_and_capabilities(running: Running)
     (hello,) = running.fake.hellos
     assert hello.server_name == "gpu-server"
     assert hello.replica_index == 1
-    assert list(hello.capabilities) == ["sklearn", "model-on-gpu"]
+    assert list(hello.capabilities) == ["model-on-gpu", "sklearn"]  # a set, sent sorted
     assert hello.memory_bytes == 8 * GiB
     assert hello.overcommit_percentage == 20
     assert hello.agent_version

@@ -82,9 +82,9 @@ async def test_load_wait_status_unload_round_trip(
     assert "model/iris requested (version 1)" in captured.out
     assert "llama3 is Available (version 1, 1/1 replicas): gpu-a-0" in captured.out
     assert "llama3 v1" in captured.err  # the progress display
-    assert [load.spec.name for load in gpu.loads if load.spec.name == "llama3"] == ["llama3"]
-    assert gpu.loads[-1].spec.gpu_memory == "20Gi" or any(
-        load.spec.gpu_memory == "20Gi" for load in gpu.loads
+    assert [load.model for load in gpu.loads if load.model == "llama3"] == ["llama3"]
+    assert gpu.loads[-1].gpu_memory_bytes == 20 * GiB or any(
+        load.gpu_memory_bytes == 20 * GiB for load in gpu.loads
     )
 
     assert await cli("model", "status", "-o", "json", "--scheduler", address) == 0
@@ -124,7 +124,7 @@ async def test_load_wait_status_unload_round_trip(
     )
     assert code == 0, capsys.readouterr().err
     assert "llama3 is deleted" in capsys.readouterr().out
-    assert [u.model_name for u in gpu.unloads] == ["llama3"]
+    assert [u.model for u in gpu.unloads] == ["llama3"]
     assert await cli("model", "wait", "llama3", "--for", "deleted", "--scheduler", address) == 0
     assert await cli("model", "status", "llama3", "--scheduler", address) == 1
 

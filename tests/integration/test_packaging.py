@@ -26,7 +26,7 @@ import gpuplace
 from agent.settings import AgentSettings
 from gpuplace.render import AGENT, RenderSettings, render_bundle
 from gpuplace.resources import parse_text
-from scheduler_service.core.types import Policy
+from placement.types import Policy
 from scheduler_service.settings import SchedulerSettings
 
 ROOT = Path(__file__).resolve().parents[2]

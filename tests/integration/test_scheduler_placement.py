@@ -126,8 +126,8 @@ async def test_a_failed_load_is_retried_on_another_server(
     await wait_connected(scheduler, 2)
     await load(client, "iris", requirements=["sklearn"])
     model = await wait_state(client, "iris", "Available")
-    assert [c.spec.name for c in first.loads] == ["iris"]
-    assert [c.spec.name for c in second.loads] == ["iris"]
+    assert [c.model for c in first.loads] == ["iris"]
+    assert [c.model for c in second.loads] == ["iris"]
     assert where(model) == {"b-server-0"}
     failed = [r for r in model.replicas if r.state == "LoadFailed"]
     assert [(r.server, r.reason) for r in failed] == [("a-server", "artifact unreadable")]
@@ -181,7 +181,7 @@ async def test_agent_disconnect_moves_its_models_after_the_grace_period(
         lambda: _available_on(client, "iris", "b-server-0"), what="iris moved to b-server"
     )
     assert where(model) == {"b-server-0"}
-    assert [c.spec.name for c in second.loads] == ["iris"]
+    assert [c.model for c in second.loads] == ["iris"]
 
 
 async def test_an_agent_back_within_the_grace_period_keeps_its_models(
@@ -229,7 +229,7 @@ async def test_a_changed_spec_makes_a_new_version_and_unloads_the_old_after(
     model = await wait_until(
         lambda: _version_available(client, "iris", second.version), what="version 2 available"
     )
-    assert [(c.spec.storage_uri, c.version) for c in agent.loads] == [
+    assert [(c.storage_uri, c.version) for c in agent.loads] == [
         ("/models/iris-v1", 1),
         ("/models/iris-v2", 2),
     ]
@@ -310,7 +310,7 @@ async def test_drain_moves_models_first_then_completes(
     model = await status(client, "iris")
     assert where(model) == {"b-server-0"}
     assert "iris" in staying.loaded and "iris" not in leaving.loaded
-    assert leaving.drain_complete is not None and list(leaving.drain_complete.stranded_models) == []
+    assert leaving.drain_complete is not None and list(leaving.drain_complete.stranded) == []
 
 
 @pytest.mark.parametrize(

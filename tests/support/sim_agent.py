@@ -14,7 +14,22 @@ from typing import Any
 
 import grpc
 
-from protos import agent_pb2, agent_pb2_grpc, common_pb2
+from contract.protocol import (
+    AgentMessage,
+    DrainComplete,
+    DrainRequest,
+    EventKind,
+    GpuDevice,
+    Hello,
+    Load,
+    LoadedModel,
+    ModelEvent,
+    ResourceUpdate,
+    Unload,
+    Welcome,
+)
+from contract.wire import decode_command, encode_agent_message
+from protos import agent_pb2, agent_pb2_grpc
 
 GiB = 2**30
 
@@ -27,8 +42,8 @@ class SimGpu:
     name: str = "Simulated GPU"
     index: int = 0
 
-    def proto(self) -> common_pb2.GpuDevice:
-        return common_pb2.GpuDevice(
+    def device(self) -> GpuDevice:
+        return GpuDevice(
             uuid=self.uuid,
             name=self.name,
             index=self.index,
@@ -53,14 +68,14 @@ class SimAgent:
     silent: set[str] = field(default_factory=set)
     # State and what was seen.
     loaded: dict[str, int] = field(default_factory=dict)
-    loads: list[agent_pb2.LoadCommand] = field(default_factory=list)
-    unloads: list[agent_pb2.UnloadCommand] = field(default_factory=list)
+    loads: list[Load] = field(default_factory=list)
+    unloads: list[Unload] = field(default_factory=list)
     welcomed: int = 0
-    drain_complete: agent_pb2.DrainComplete | None = None
+    drain_complete: DrainComplete | None = None
     closed_with: grpc.StatusCode | None = None
 
     def __post_init__(self) -> None:
-        self._outgoing: asyncio.Queue[agent_pb2.AgentMessage | None] = asyncio.Queue()
+        self._outgoing: asyncio.Queue[AgentMessage | None] = asyncio.Queue()
         self._channel: grpc.aio.Channel | None = None
         self._task: asyncio.Task[None] | None = None
         self._call: grpc.aio.StreamStreamCall[Any, Any] | None = None
@@ -69,20 +84,17 @@ class SimAgent:
     def name(self) -> str:
         return f"{self.server}-{self.index}"
 
-    def hello(self) -> agent_pb2.AgentMessage:
-        return agent_pb2.AgentMessage(
-            hello=agent_pb2.Hello(
-                server_name=self.server,
-                replica_index=self.index,
-                capabilities=self.capabilities,
-                memory_bytes=self.memory_bytes,
-                overcommit_percentage=self.overcommit_percentage,
-                devices=[gpu.proto() for gpu in self.gpus],
-                loaded_models=[
-                    common_pb2.LoadedModel(name=name, version=version)
-                    for name, version in sorted(self.loaded.items())
-                ],
-            )
+    def hello(self) -> Hello:
+        return Hello(
+            server=self.server,
+            index=self.index,
+            capabilities=frozenset(self.capabilities),
+            memory_bytes=self.memory_bytes,
+            overcommit_percentage=self.overcommit_percentage,
+            devices=tuple(gpu.device() for gpu in self.gpus),
+            loaded=tuple(
+                LoadedModel(name, version) for name, version in sorted(self.loaded.items())
+            ),
         )
 
     async def connect(self) -> SimAgent:
@@ -113,29 +125,17 @@ class SimAgent:
         return self._task is not None and not self._task.done()
 
     def drain(self) -> None:
-        self._outgoing.put_nowait(agent_pb2.AgentMessage(drain=agent_pb2.DrainRequest()))
+        self._outgoing.put_nowait(DrainRequest())
 
     def report_resources(self) -> None:
-        self._outgoing.put_nowait(
-            agent_pb2.AgentMessage(
-                resources=agent_pb2.ResourceUpdate(devices=[g.proto() for g in self.gpus])
-            )
-        )
+        self._outgoing.put_nowait(ResourceUpdate(tuple(g.device() for g in self.gpus)))
 
-    def event(
-        self, kind: agent_pb2.ModelEvent.Kind.ValueType, name: str, version: int, message: str = ""
-    ) -> None:
-        self._outgoing.put_nowait(
-            agent_pb2.AgentMessage(
-                event=agent_pb2.ModelEvent(
-                    kind=kind, model_name=name, version=version, message=message
-                )
-            )
-        )
+    def event(self, kind: EventKind, name: str, version: int, message: str = "") -> None:
+        self._outgoing.put_nowait(ModelEvent(kind, name, version, message))
 
     async def _requests(self) -> AsyncIterator[agent_pb2.AgentMessage]:
         while (message := await self._outgoing.get()) is not None:
-            yield message
+            yield encode_agent_message(message)
 
     async def _receive(self, call: AsyncIterable[agent_pb2.SchedulerMessage]) -> None:
         try:
@@ -145,31 +145,31 @@ class SimAgent:
 
     async def _dispatch(self, call: AsyncIterable[agent_pb2.SchedulerMessage]) -> None:
         async for message in call:
-            kind = message.WhichOneof("message")
-            if kind == "welcome":
-                self.welcomed += 1
-            elif kind == "load":
-                self._load(message.load)
-            elif kind == "unload":
-                self._unload(message.unload)
-            elif kind == "drain_complete":
-                self.drain_complete = message.drain_complete
+            match decode_command(message):
+                case Welcome():
+                    self.welcomed += 1
+                case Load() as load:
+                    self._load(load)
+                case Unload() as unload:
+                    self._unload(unload)
+                case DrainComplete() as done:
+                    self.drain_complete = done
 
-    def _load(self, command: agent_pb2.LoadCommand) -> None:
-        name, version = command.spec.name, command.version
+    def _load(self, command: Load) -> None:
+        name, version = command.model, command.version
         self.loads.append(command)
         if name in self.silent:
             return
         if name in self.fail_memory:
-            self.event(agent_pb2.ModelEvent.LOAD_FAILED_MEMORY, name, version, "not enough memory")
+            self.event(EventKind.LOAD_FAILED_MEMORY, name, version, "not enough memory")
         elif name in self.fail:
-            self.event(agent_pb2.ModelEvent.LOAD_FAILED, name, version, self.fail[name])
+            self.event(EventKind.LOAD_FAILED, name, version, self.fail[name])
         else:
             self.loaded[name] = version
-            self.event(agent_pb2.ModelEvent.LOADED, name, version)
+            self.event(EventKind.LOADED, name, version)
 
-    def _unload(self, command: agent_pb2.UnloadCommand) -> None:
+    def _unload(self, command: Unload) -> None:
         self.unloads.append(command)
-        if self.loaded.get(command.model_name, 0) <= command.version:
-            self.loaded.pop(command.model_name, None)
-        self.event(agent_pb2.ModelEvent.UNLOADED, command.model_name, command.version)
+        if self.loaded.get(command.model, 0) <= command.version:
+            self.loaded.pop(command.model, None)
+        self.event(EventKind.UNLOADED, command.model, command.version)

@@ -20,7 +20,7 @@ from agent.artifacts import (
     fetch,
     redact,
 )
-from gpuplace.names import InvalidName
+from contract.names import InvalidName
 
 SKLEARN = {"implementation": "mlserver_sklearn.SKLearnModel"}
 

@@ -12,6 +12,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from agent.artifacts import ModelRepository, Record
+from agent.gpu_monitor import GpuMonitor
 from agent.gpus import GpuProbe
 from agent.inference_server import (
     InferenceServer,
@@ -20,16 +21,8 @@ from agent.inference_server import (
     ModelState,
 )
 from agent.metrics import AgentMetrics
-from agent.models import (
-    EventKind,
-    LoadRequest,
-    ModelEvent,
-    ModelManager,
-    UnloadRequest,
-    footprint,
-)
-from agent.resources import GpuMonitor
-from gpuplace.protocol import GpuInfo
+from agent.models import ModelManager, footprint
+from contract.protocol import EventKind, GpuDevice, Load, ModelEvent, Unload
 
 GiB = 2**30
 SKLEARN = {"implementation": "mlserver_sklearn.SKLearnModel"}
@@ -46,10 +39,10 @@ async def eventually(check: Callable[[], bool], timeout_s: float = 5.0) -> None:
 
 
 class FakeProbe:
-    def __init__(self, *devices: GpuInfo) -> None:
+    def __init__(self, *devices: GpuDevice) -> None:
         self.by_uuid = {device.uuid: device for device in devices}
 
-    def devices(self) -> list[GpuInfo]:
+    def devices(self) -> list[GpuDevice]:
         return list(self.by_uuid.values())
 
     def take(self, uuid: str, nbytes: int) -> None:
@@ -62,8 +55,8 @@ class FakeProbe:
         return None
 
 
-def gpu(uuid: str, free_gib: int, total_gib: int = 80) -> GpuInfo:
-    return GpuInfo(
+def gpu(uuid: str, free_gib: int, total_gib: int = 80) -> GpuDevice:
+    return GpuDevice(
         uuid, "NVIDIA H100", 0, total_gib * GiB, free_gib * GiB, (total_gib - free_gib) * GiB
     )
 
@@ -136,7 +129,7 @@ class Harness:
         return self.registry.get_sample_value(name, labels or {})
 
 
-def make(tmp_path: Path, *devices: GpuInfo, max_loads: int = 2) -> Harness:
+def make(tmp_path: Path, *devices: GpuDevice, max_loads: int = 2) -> Harness:
     registry = CollectorRegistry()
     metrics = AgentMetrics(registry)
     repository = ModelRepository(tmp_path / "models")
@@ -170,9 +163,9 @@ def make(tmp_path: Path, *devices: GpuInfo, max_loads: int = 2) -> Harness:
     )
 
 
-def load(h: Harness, name: str = "iris", version: int = 1, **kwargs: object) -> LoadRequest:
-    return LoadRequest(
-        name=name,
+def load(h: Harness, name: str = "iris", version: int = 1, **kwargs: object) -> Load:
+    return Load(
+        model=name,
         version=version,
         storage_uri=str(h.artifact),
         parameters=SKLEARN,
@@ -259,7 +252,7 @@ async def test_an_unload_waits_for_a_load_measuring_the_same_device(tmp_path: Pa
     h.inference.gates["new"] = gate
     loading = h.manager.load(load(h, "new", **pinned))
     await eventually(lambda: ("load", "new") in h.inference.calls)
-    unloading = h.manager.unload(UnloadRequest("old", 1))
+    unloading = h.manager.unload(Unload("old", 1))
     await asyncio.sleep(0.05)
     assert ("unload", "old") not in h.inference.calls  # held back by the device lock
     gate.set()
@@ -307,7 +300,7 @@ async def test_an_unreadable_index_forgets_nothing(tmp_path: Path) -> None:
 )
 async def test_memory_refusal_never_calls_the_inference_server(
     tmp_path: Path,
-    devices: list[GpuInfo],
+    devices: list[GpuDevice],
     request_kwargs: dict[str, object],
     message: str,
 ) -> None:
@@ -334,21 +327,21 @@ async def test_inference_failure_is_load_failed_and_cleans_up(tmp_path: Path) ->
 
 async def test_bad_artifact_and_bad_name(tmp_path: Path) -> None:
     h = make(tmp_path)
-    missing = await h.manager.load(LoadRequest("iris", 1, str(tmp_path / "nowhere"), SKLEARN))
+    missing = await h.manager.load(Load("iris", 1, str(tmp_path / "nowhere"), SKLEARN))
     assert missing.kind is EventKind.LOAD_FAILED and "artifact" in missing.message
-    bad = await h.manager.load(LoadRequest("../x", 1, str(h.artifact), SKLEARN))
+    bad = await h.manager.load(Load("../x", 1, str(h.artifact), SKLEARN))
     assert bad.kind is EventKind.LOAD_FAILED and "DNS-1123" in bad.message
     assert h.inference.calls == []
 
 
 async def test_a_model_without_storage_uri_is_its_settings_alone(tmp_path: Path) -> None:
     h = make(tmp_path)
-    runtime = await h.manager.load(LoadRequest("echo", 1, "", {"implementation": "my.Runtime"}))
+    runtime = await h.manager.load(Load("echo", 1, "", {"implementation": "my.Runtime"}))
     assert runtime.kind is EventKind.LOADED
     settings = json.loads((h.repository.root / "echo" / "model-settings.json").read_text())
     assert (settings["name"], settings["implementation"]) == ("echo", "my.Runtime")
     # The seed's llama3 as written: neither files nor an implementation.
-    nothing = await h.manager.load(LoadRequest("llama3", 1, "", {}))
+    nothing = await h.manager.load(Load("llama3", 1, "", {}))
     assert nothing.kind is EventKind.LOAD_FAILED
     assert "nothing to load" in nothing.message and "implementation" in nothing.message
 
@@ -357,7 +350,7 @@ async def test_commands_for_one_model_are_serialised(tmp_path: Path) -> None:
     h = make(tmp_path)
     gate = h.inference.gates["iris"] = asyncio.Event()
     loading = h.manager.load(load(h))
-    unloading = h.manager.unload(UnloadRequest("iris", 1))
+    unloading = h.manager.unload(Unload("iris", 1))
     await eventually(lambda: bool(h.inference.calls))
     assert h.inference.calls == [("load", "iris")]
     assert not unloading.done()
@@ -497,7 +490,7 @@ async def test_older_version_load_is_refused(tmp_path: Path) -> None:
 async def test_unload_of_another_version_leaves_the_loaded_one(tmp_path: Path) -> None:
     h = make(tmp_path)
     await h.manager.load(load(h, version=3))
-    event = await h.manager.unload(UnloadRequest("iris", 2))
+    event = await h.manager.unload(Unload("iris", 2))
     assert event.kind is EventKind.UNLOADED
     assert h.inference.calls == [("load", "iris")]
     assert h.manager.loaded["iris"].version == 3
@@ -508,7 +501,7 @@ async def test_unload_with_server_unreachable_counts_as_unloaded(tmp_path: Path)
     h = make(tmp_path)
     await h.manager.load(load(h))
     h.inference.unload_error = InferenceServerUnavailable("connection refused")
-    event = await h.manager.unload(UnloadRequest("iris", 1))
+    event = await h.manager.unload(Unload("iris", 1))
     assert event.kind is EventKind.UNLOADED
     assert "unreachable" in event.message
     assert not (h.repository.root / "iris").exists()
@@ -520,7 +513,7 @@ async def test_unload_refused_by_the_server_keeps_the_folder(tmp_path: Path) -> 
     h = make(tmp_path)
     await h.manager.load(load(h))
     h.inference.unload_error = InferenceServerError("unload iris: HTTP 500: stuck")
-    event = await h.manager.unload(UnloadRequest("iris", 1))
+    event = await h.manager.unload(Unload("iris", 1))
     assert event.kind is EventKind.UNLOAD_FAILED
     assert "stuck" in event.message
     assert (h.repository.root / "iris").exists()
@@ -530,7 +523,7 @@ async def test_unload_refused_by_the_server_keeps_the_folder(tmp_path: Path) -> 
 
 async def test_unknown_model_unload_is_done(tmp_path: Path) -> None:
     h = make(tmp_path)
-    event = await h.manager.unload(UnloadRequest("ghost", 4))
+    event = await h.manager.unload(Unload("ghost", 4))
     assert event == ModelEvent(EventKind.UNLOADED, "ghost", 4)
 
 
@@ -567,7 +560,7 @@ async def test_unload_all(tmp_path: Path) -> None:
 
 async def test_memory_is_checked_before_fetching(tmp_path: Path) -> None:
     h = make(tmp_path, gpu("GPU-a", 2))
-    request = LoadRequest("iris", 1, str(tmp_path / "not-fetched"), SKLEARN, 10 * GiB, ("GPU-a",))
+    request = Load("iris", 1, str(tmp_path / "not-fetched"), SKLEARN, 10 * GiB, ("GPU-a",))
     event = await h.manager.load(request)
     assert event.kind is EventKind.LOAD_FAILED_MEMORY  # not an artifact error: no fetch
     assert list(h.repository.staging.iterdir()) == []
@@ -578,7 +571,7 @@ async def test_memory_taken_during_the_fetch_is_caught(tmp_path: Path) -> None:
     readings = iter([30, 5, 5, 5])
     original = h.probe.devices
 
-    def devices() -> list[GpuInfo]:
+    def devices() -> list[GpuDevice]:
         free = next(readings) * GiB
         return [dataclasses.replace(d, free_bytes=free) for d in original()]
 

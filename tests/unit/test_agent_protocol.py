@@ -1,4 +1,4 @@
-"""Conversions to and from the agent protocol, back-off, the resource-report rule."""
+"""The agent's link: back-off, the outbox, the resource-report rule."""
 
 from __future__ import annotations
 
@@ -8,60 +8,19 @@ import statistics
 import pytest
 from prometheus_client import CollectorRegistry
 
+from agent.gpu_monitor import GpuMonitor, moved
 from agent.gpus import NoGpus
-from agent.link import Outbox, SchedulerLink, event_message, load_request
+from agent.link import Outbox, SchedulerLink
 from agent.metrics import AgentMetrics
-from agent.resources import GpuMonitor, moved
 from agent.settings import AgentSettings
-from gpuplace.protocol import EventKind, GpuInfo, ModelEvent
-from protos import agent_pb2, common_pb2
+from contract.protocol import EventKind, GpuDevice, ModelEvent
+from protos import agent_pb2
 
 GiB = 2**30
 
 
-def device(uuid: str, free: int, total: int = 80 * GiB) -> GpuInfo:
-    return GpuInfo(uuid, "H100", 0, total, free, total - free)
-
-
-def test_event_message_carries_name_version_kind_and_footprint() -> None:
-    message = event_message(
-        ModelEvent(EventKind.LOADED, "iris", 4, "ok", {"GPU-a": 3 * GiB, "GPU-b": 0})
-    )
-    assert message.WhichOneof("message") == "event"
-    assert message.event.kind == agent_pb2.ModelEvent.LOADED
-    assert (message.event.model_name, message.event.version) == ("iris", 4)
-    assert dict(message.event.footprint_bytes) == {"GPU-a": 3 * GiB, "GPU-b": 0}
-    kinds = {
-        EventKind.LOAD_FAILED: agent_pb2.ModelEvent.LOAD_FAILED,
-        EventKind.LOAD_FAILED_MEMORY: agent_pb2.ModelEvent.LOAD_FAILED_MEMORY,
-        EventKind.UNLOADED: agent_pb2.ModelEvent.UNLOADED,
-        EventKind.UNLOAD_FAILED: agent_pb2.ModelEvent.UNLOAD_FAILED,
-    }
-    for kind, wire in kinds.items():
-        assert event_message(ModelEvent(kind, "m", 1)).event.kind == wire
-
-
-def test_load_request_from_command() -> None:
-    command = agent_pb2.LoadCommand(
-        spec=common_pb2.ModelSpec(
-            name="llama3",
-            storage_uri="file:///models/llama3",
-            gpus=2,
-            parameters={"implementation": "x.Y"},
-        ),
-        version=9,
-        gpu_memory_bytes=20 * GiB,
-        device_uuids=["GPU-a", "GPU-b"],
-    )
-    request = load_request(command)
-    assert request.name == "llama3"
-    assert request.version == 9
-    assert request.storage_uri == "file:///models/llama3"
-    assert request.gpu_memory_bytes == 20 * GiB
-    assert request.device_uuids == ("GPU-a", "GPU-b")
-    assert request.gpus == 2
-    assert dict(request.parameters) == {"implementation": "x.Y"}
-    assert load_request(agent_pb2.LoadCommand(spec=common_pb2.ModelSpec(name="m"))).gpus == 1
+def device(uuid: str, free: int, total: int = 80 * GiB) -> GpuDevice:
+    return GpuDevice(uuid, "H100", 0, total, free, total - free)
 
 
 def test_moved_past_threshold() -> None:
@@ -124,7 +83,7 @@ async def test_resource_report_only_when_moved() -> None:
         def __init__(self) -> None:
             self.free = 40 * GiB
 
-        def devices(self) -> list[GpuInfo]:
+        def devices(self) -> list[GpuDevice]:
             return [device("a", self.free)]
 
         def close(self) -> None:
@@ -133,9 +92,9 @@ async def test_resource_report_only_when_moved() -> None:
     probe = Probe()
     registry = CollectorRegistry()
     monitor = GpuMonitor(probe, AgentMetrics(registry), GiB)
-    sent: list[list[GpuInfo]] = []
+    sent: list[list[GpuDevice]] = []
 
-    def send(devices: list[GpuInfo]) -> bool:
+    def send(devices: list[GpuDevice]) -> bool:
         sent.append(devices)
         return True
 

@@ -7,9 +7,9 @@ import argparse
 import pytest
 from pydantic import ValidationError
 
-from agent.main import register
 from agent.settings import AgentSettings, split_pod_name
-from gpuplace.settings_cli import describe_error, settings_from_args
+from contract.settings_cli import describe_error, settings_from_args
+from gpuplace.commands.processes import register
 
 SELDON_NAMES = [
     "SELDON_SERVER_CAPABILITIES",
@@ -145,7 +145,7 @@ def test_help_documents_every_setting(capsys: pytest.CaptureFixture[str]) -> Non
 def test_docs_list_every_setting() -> None:
     from pathlib import Path
 
-    from gpuplace.settings_cli import _env_name
+    from contract.settings_cli import _env_name
 
     docs = (Path(__file__).parents[2] / "docs" / "agent.md").read_text()
     for field in AgentSettings.model_fields:

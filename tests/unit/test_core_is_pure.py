@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-CORE = ROOT / "scheduler_service" / "core"
+CORE = ROOT / "placement"
 
 FORBIDDEN = frozenset(
     {
@@ -47,7 +47,7 @@ PURE_STDLIB = frozenset(
     }
 )
 # First-party modules the core may use; their own imports are checked too.
-FIRST_PARTY_ALLOWED = ("scheduler_service.core", "gpuplace.quantity")
+FIRST_PARTY_ALLOWED = ("placement",)
 
 
 def module_name(path: Path) -> str:
@@ -83,7 +83,14 @@ def path_of(module: str) -> Path:
 
 
 def first_party(module: str) -> bool:
-    return top(module) in {"scheduler_service", "gpuplace", "agent", "protos"}
+    return top(module) in {
+        "placement",
+        "contract",
+        "scheduler_service",
+        "gpuplace",
+        "agent",
+        "protos",
+    }
 
 
 def parents(module: str) -> set[str]:
@@ -118,8 +125,9 @@ REACHED = transitive_imports(CORE_MODULES)
 
 def test_core_has_the_expected_modules() -> None:
     names = {path.stem for path in CORE_MODULES}
-    assert {"__init__", "types", "filters", "sorters", "schedule"} <= names
-    assert {"gpuplace", "gpuplace.quantity", "scheduler_service"} <= set(REACHED)
+    assert {"__init__", "types", "filters", "sorters", "schedule", "units"} <= names
+    # Only its own modules: nothing first-party outside the core is reached.
+    assert {module.partition(".")[0] for module in REACHED} == {"placement"}
 
 
 @pytest.mark.parametrize("module", sorted(REACHED))
@@ -152,12 +160,13 @@ def test_allow_list_excludes_the_forbidden_modules() -> None:
     ],
 )
 def test_the_check_catches_io_imports(source: str) -> None:
-    names = imports_of(source, "scheduler_service.core.example")
+    names = imports_of(source, "placement.example")
     assert any(top(name) in FORBIDDEN for name in names)
     assert not all(allowed(name) for name in names)
 
 
 def test_the_check_resolves_relative_imports() -> None:
-    names = imports_of("from . import filters\nfrom ..store import x", "scheduler_service.core.a")
-    assert names == {"scheduler_service.core.filters", "scheduler_service.store"}
+    names = imports_of("from . import filters\nfrom .. import wire", "placement.sub.a")
+    assert names == {"placement.sub.filters", "placement.wire"}
+    assert not allowed("contract.wire")
     assert not allowed("scheduler_service.store")

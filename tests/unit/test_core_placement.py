@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from scheduler_service.core import (
+from placement import (
     UNKNOWN_SERVER,
     Assignment,
     Gpu,

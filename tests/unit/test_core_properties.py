@@ -8,7 +8,7 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scheduler_service.core import (
+from placement import (
     Gpu,
     Placement,
     Policy,

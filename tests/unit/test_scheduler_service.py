@@ -14,9 +14,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from gpuplace.protocol import EventKind, ModelEvent
-from scheduler_service.errors import NotFound
-from scheduler_service.messages import Command, DrainComplete, Hello, Load, LoadedModel, Unload
+from contract.errors import NotFound
+from contract.protocol import (
+    Command,
+    DrainComplete,
+    EventKind,
+    Hello,
+    Load,
+    LoadedModel,
+    ModelEvent,
+    Unload,
+)
 from scheduler_service.metrics import SchedulerMetrics
 from scheduler_service.model import ModelState, ReplicaState, validate_spec
 from scheduler_service.service import AgentConn, SchedulerService, UsageTable
@@ -40,7 +48,7 @@ class Agent:
     sent: list[Command] = field(default_factory=list)
 
     def loads(self) -> list[tuple[str, int]]:
-        return [(c.spec.name, c.version) for c in self.sent if isinstance(c, Load)]
+        return [(c.model, c.version) for c in self.sent if isinstance(c, Load)]
 
     def unloads(self) -> list[tuple[str, int]]:
         return [(c.model, c.version) for c in self.sent if isinstance(c, Unload)]

@@ -15,8 +15,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from gpuplace.quantity import format_bytes
-from scheduler_service.core.types import Replica, Request
+from placement.types import Replica, Request
+from placement.units import format_bytes
 
 Filter = Callable[[Request, Replica, float], str | None]
 

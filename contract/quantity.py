@@ -5,6 +5,10 @@ from __future__ import annotations
 import re
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
 
+from placement.units import format_bytes
+
+__all__ = ["ALLOWED", "QuantityError", "format_bytes", "parse_bytes", "parse_quantity"]
+
 _BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
 _DECIMAL = {
     "n": Decimal("1e-9"),
@@ -54,12 +58,3 @@ def parse_bytes(value: str | int | float) -> int:
     if amount < 0:
         raise QuantityError(f"{value!r} is negative; a memory quantity must be 0 or more")
     return int(amount.to_integral_value(rounding=ROUND_CEILING))
-
-
-def format_bytes(value: int) -> str:
-    """A short human form: 20 GiB, 512 MiB, 0 B."""
-    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if value >= size:
-            shown = value / size
-            return f"{shown:.0f} {unit}" if shown == int(shown) else f"{shown:.1f} {unit}"
-    return f"{value} B"

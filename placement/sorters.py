@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from scheduler_service.core.filters import gpus_needed, holds_model
-from scheduler_service.core.types import Gpu, Policy, Replica, Request
+from placement.filters import gpus_needed, holds_model
+from placement.types import Gpu, Policy, Replica, Request
 
 ReplicaKey = tuple[int, int, int, str, int]
 

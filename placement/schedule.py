@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from scheduler_service.core.filters import first_failure
-from scheduler_service.core.sorters import Candidate, ReplicaKey, candidate, replica_key
-from scheduler_service.core.types import (
+from placement.filters import first_failure
+from placement.sorters import Candidate, ReplicaKey, candidate, replica_key
+from placement.types import (
     Assignment,
     Placement,
     Policy,

@@ -6,10 +6,10 @@ it is built from are exported for `explain` and for tests.
 
 from __future__ import annotations
 
-from scheduler_service.core.filters import FILTERS, Filter, first_failure
-from scheduler_service.core.schedule import UNKNOWN_SERVER, schedule
-from scheduler_service.core.sorters import choose_devices
-from scheduler_service.core.types import (
+from placement.filters import FILTERS, Filter, first_failure
+from placement.schedule import UNKNOWN_SERVER, schedule
+from placement.sorters import choose_devices
+from placement.types import (
     Assignment,
     Gpu,
     Placement,

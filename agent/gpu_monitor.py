@@ -8,12 +8,12 @@ from collections.abc import Callable, Sequence
 
 from agent.gpus import GpuProbe
 from agent.metrics import AgentMetrics
-from gpuplace.protocol import GpuInfo
+from contract.protocol import GpuDevice
 
 log = logging.getLogger(__name__)
 
 
-def moved(before: Sequence[GpuInfo], after: Sequence[GpuInfo], threshold_bytes: int) -> bool:
+def moved(before: Sequence[GpuDevice], after: Sequence[GpuDevice], threshold_bytes: int) -> bool:
     """True when the device set differs or any device's free memory moved past the threshold."""
     old = {device.uuid: device for device in before}
     new = {device.uuid: device for device in after}
@@ -34,20 +34,20 @@ class GpuMonitor:
         self._metrics = metrics
         self._threshold = threshold_bytes
         self._lock = asyncio.Lock()
-        self.latest: list[GpuInfo] = []
-        self.reported: list[GpuInfo] | None = None
+        self.latest: list[GpuDevice] = []
+        self.reported: list[GpuDevice] | None = None
 
-    async def refresh(self) -> list[GpuInfo]:
+    async def refresh(self) -> list[GpuDevice]:
         async with self._lock:
             devices = await asyncio.to_thread(self._probe.devices)
             self.latest = devices
             self._metrics.set_gpus(devices)
             return list(devices)
 
-    def mark_reported(self, devices: Sequence[GpuInfo]) -> None:
+    def mark_reported(self, devices: Sequence[GpuDevice]) -> None:
         self.reported = list(devices)
 
-    def report_if_moved(self, send: Callable[[list[GpuInfo]], bool]) -> bool:
+    def report_if_moved(self, send: Callable[[list[GpuDevice]], bool]) -> bool:
         """Send the full device list when it moved since the last report; True if sent."""
         if self.reported is None or not moved(self.reported, self.latest, self._threshold):
             return False
@@ -57,7 +57,7 @@ class GpuMonitor:
             return True
         return False
 
-    async def run(self, interval_s: float, send: Callable[[list[GpuInfo]], bool]) -> None:
+    async def run(self, interval_s: float, send: Callable[[list[GpuDevice]], bool]) -> None:
         """Refresh every `interval_s` seconds and report what moved."""
         while True:
             try:

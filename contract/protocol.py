@@ -1,0 +1,125 @@
+"""The agent protocol's values, free of the wire format: what an agent tells the scheduler
+(AgentMessage) and what the scheduler tells it (Command).
+
+Both ends and the test harness's simulated agents use these; `contract.wire` is their one
+conversion to and from protobuf.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+@dataclass(frozen=True)
+class GpuDevice:
+    """One GPU or MIG instance of a replica, as NVML measured it."""
+
+    uuid: str
+    name: str
+    index: int
+    total_bytes: int
+    free_bytes: int
+    used_bytes: int
+    parent_uuid: str = ""  # set for a MIG instance: its physical GPU
+
+
+class EventKind(StrEnum):
+    LOADED = "loaded"
+    LOAD_FAILED = "load_failed"
+    # Refused before the inference server was called: not enough GPU memory free now.
+    LOAD_FAILED_MEMORY = "load_failed_memory"
+    UNLOADED = "unloaded"
+    UNLOAD_FAILED = "unload_failed"
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model version an inference server holds, with the memory measured per device."""
+
+    name: str
+    version: int
+    footprint_bytes: Mapping[str, int] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------ agent -> scheduler
+
+
+@dataclass(frozen=True)
+class Hello:
+    """The first message of every stream: who the replica is and what it holds."""
+
+    server: str
+    index: int
+    capabilities: frozenset[str]
+    memory_bytes: int  # MEMORY_REQUEST
+    overcommit_percentage: int  # SELDON_OVERCOMMIT_PERCENTAGE
+    devices: tuple[GpuDevice, ...] = ()
+    loaded: tuple[LoadedModel, ...] = ()
+    agent_version: str = ""
+
+
+@dataclass(frozen=True)
+class ModelEvent:
+    """What happened to one model version on one replica."""
+
+    kind: EventKind
+    model: str
+    version: int
+    message: str = ""
+    # For LOADED: memory measured per device uuid.
+    footprint_bytes: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ResourceUpdate:
+    """The replica's devices, sent when their measured memory moved past the threshold."""
+
+    devices: tuple[GpuDevice, ...]
+
+
+@dataclass(frozen=True)
+class DrainRequest:
+    """Move my models elsewhere, then answer with DrainComplete (sent on SIGTERM)."""
+
+
+AgentMessage = Hello | ModelEvent | ResourceUpdate | DrainRequest
+
+
+# ------------------------------------------------------------------ scheduler -> agent
+
+
+@dataclass(frozen=True)
+class Welcome:
+    """The hello was accepted."""
+
+
+@dataclass(frozen=True)
+class Load:
+    """Load one version of a model: what the agent needs for it, once."""
+
+    model: str
+    version: int
+    storage_uri: str = field(default="", repr=False)  # may carry credentials: never logged
+    parameters: Mapping[str, str] = field(default_factory=dict)
+    gpu_memory_bytes: int = 0  # needed on each device; 0: a CPU model
+    # Devices the scheduler chose on this replica (empty for a CPU model).
+    device_uuids: tuple[str, ...] = ()
+    # Devices the model spans when the scheduler named none.
+    gpus: int = 1
+
+
+@dataclass(frozen=True)
+class Unload:
+    model: str
+    version: int
+
+
+@dataclass(frozen=True)
+class DrainComplete:
+    # Models that could not be placed elsewhere (unloaded all the same).
+    stranded: tuple[str, ...] = ()
+
+
+Command = Welcome | Load | Unload | DrainComplete

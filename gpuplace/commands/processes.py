@@ -1,0 +1,50 @@
+"""`gpuplace scheduler` and `gpuplace agent`: the two long-running processes.
+
+Their flags come from the settings models (pure pydantic, cheap to import); the process's own
+module graph (gRPC servers, aiohttp, SQLite, NVML) is imported only when the sub-command runs,
+so `gpuplace model status` never pays for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from agent.settings import AgentSettings
+from contract.settings_cli import add_settings_arguments
+from scheduler_service.settings import SchedulerSettings
+
+
+def _run_scheduler(args: argparse.Namespace) -> int:
+    from scheduler_service.main import run
+
+    return run(args)
+
+
+def _run_agent(args: argparse.Namespace) -> int:
+    from agent.main import run_command
+
+    return run_command(args)
+
+
+def register(commands: Any) -> None:
+    scheduler: argparse.ArgumentParser = commands.add_parser(
+        "scheduler",
+        help="run the scheduler (client API, agent API, HTTP /metrics)",
+        description="Run the gpuplace scheduler. It places models on the replicas whose agents "
+        "connect to it, persists its state in SQLite and serves gRPC health and reflection "
+        "on both gRPC ports.",
+    )
+    add_settings_arguments(scheduler, SchedulerSettings)
+    scheduler.set_defaults(func=_run_scheduler)
+    agent: argparse.ArgumentParser = commands.add_parser(
+        "agent",
+        help="run the agent sidecar next to an inference server",
+        description=(
+            "Run the gpuplace agent next to MLServer: report capabilities and NVML-measured "
+            "GPU memory to the scheduler, load and unload models on its command, drain on "
+            "SIGTERM."
+        ),
+    )
+    add_settings_arguments(agent, AgentSettings)
+    agent.set_defaults(func=_run_agent)
