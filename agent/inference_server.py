@@ -29,7 +29,7 @@ class InferenceServerUnavailable(InferenceServerError):
 
 
 @dataclass(frozen=True)
-class ModelState:
+class IndexEntry:
     """One entry of the repository index."""
 
     name: str
@@ -55,7 +55,7 @@ class InferenceServer(Protocol):
         """True when the server answers its readiness check."""
         ...
 
-    async def index(self) -> list[ModelState]:
+    async def index(self) -> list[IndexEntry]:
         """Every model the server knows of, with its state."""
         ...
 
@@ -125,7 +125,7 @@ class MLServerClient:
         except (TimeoutError, aiohttp.ClientError):
             return False
 
-    async def index(self) -> list[ModelState]:
+    async def index(self) -> list[IndexEntry]:
         status, text = await self._post(
             "/v2/repository/index", self._request_timeout, body={}, resend=True
         )
@@ -138,7 +138,7 @@ class MLServerClient:
         if not isinstance(items, list):
             raise InferenceServerError(f"repository index: expected a list, got {text[:200]!r}")
         return [
-            ModelState(
+            IndexEntry(
                 name=str(item.get("name", "")),
                 state=normalise_state(item.get("state")),
                 version=str(item.get("version") or ""),

@@ -58,7 +58,7 @@ from placement import (
 )
 from scheduler_service.metrics import SchedulerMetrics
 from scheduler_service.model import ModelRecord, ModelSpec, ModelState, validate_spec
-from scheduler_service.service import AgentConn, SchedulerService
+from scheduler_service.service import AgentSession, SchedulerService
 from scheduler_service.settings import SchedulerSettings
 from scheduler_service.store import Store
 
@@ -369,7 +369,7 @@ class FakeAgent:
     """One replica's agent: commands it is sent go to the shared outbox."""
 
     outbox: list[tuple[FakeAgent, Command]]
-    conn: AgentConn | None = None
+    conn: AgentSession | None = None
 
     def send(self, command: Command) -> bool:
         self.outbox.append((self, command))
@@ -463,7 +463,7 @@ class ServiceRow:
         return self.sqlite_s / self.total_s
 
 
-def take_loads(outbox: list[tuple[FakeAgent, Command]]) -> list[tuple[AgentConn, Load]]:
+def take_loads(outbox: list[tuple[FakeAgent, Command]]) -> list[tuple[AgentSession, Load]]:
     """The Loads sent so far (the outbox is emptied; other commands need no answer)."""
     pending, outbox[:] = list(outbox), []
     return [

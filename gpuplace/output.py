@@ -73,7 +73,7 @@ def spec_to_dict(spec: common_pb2.ModelSpec) -> dict[str, Any]:
     }
 
 
-def replica_to_dict(replica: scheduler_pb2.ReplicaStatus) -> dict[str, Any]:
+def replica_to_dict(replica: scheduler_pb2.CopyStatus) -> dict[str, Any]:
     return {
         "server": replica.server,
         "replica": replica.replica_index,
@@ -154,7 +154,7 @@ def device_labels(servers: Sequence[scheduler_pb2.ServerStatus]) -> dict[str, st
     return labels
 
 
-def _devices(replica: scheduler_pb2.ReplicaStatus, labels: dict[str, str]) -> str:
+def _devices(replica: scheduler_pb2.CopyStatus, labels: dict[str, str]) -> str:
     uuids = list(replica.device_uuids) or sorted(replica.footprint_bytes)
     if not uuids:
         return "-"
@@ -220,13 +220,13 @@ def models_table(
     return table + ("\n" + "\n".join(notes) + "\n" if notes else "")
 
 
-def _replica_status(replica: scheduler_pb2.ReplicaInfo) -> str:
+def _replica_status(replica: scheduler_pb2.ReplicaStatus) -> str:
     if not replica.connected:
         return "disconnected"
     return "draining" if replica.draining else "connected"
 
 
-def _host_memory(replica: scheduler_pb2.ReplicaInfo) -> str:
+def _host_memory(replica: scheduler_pb2.ReplicaStatus) -> str:
     total = replica.memory_bytes * (100 + replica.overcommit_percentage) // 100
     return f"{format_bytes(replica.available_memory_bytes)} / {format_bytes(total)}"
 

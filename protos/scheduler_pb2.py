@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from protos import common_pb2 as protos_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16protos/scheduler.proto\x12\x15gpuplace.scheduler.v1\x1a\x13protos/common.proto\"9\n\x10LoadModelRequest\x12%\n\x05model\x18\x01 \x01(\x0b\x32\x16.gpuplace.v1.ModelSpec\"C\n\x11LoadModelResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x0f\n\x07\x63hanged\x18\x03 \x01(\x08\"\"\n\x12UnloadModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x15\n\x13UnloadModelResponse\"%\n\x15GetModelStatusRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x13\n\x11ListModelsRequest\"H\n\x12ListModelsResponse\x12\x32\n\x06models\x18\x01 \x03(\x0b\x32\".gpuplace.scheduler.v1.ModelStatus\"\x14\n\x12ListServersRequest\"K\n\x13ListServersResponse\x12\x34\n\x07servers\x18\x01 \x03(\x0b\x32#.gpuplace.scheduler.v1.ServerStatus\"\"\n\x12WatchModelsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\".\n\x0cServerReason\x12\x0e\n\x06server\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x86\x02\n\rReplicaStatus\x12\x0e\n\x06server\x18\x01 \x01(\t\x12\x15\n\rreplica_index\x18\x02 \x01(\r\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x14\n\x0c\x64\x65vice_uuids\x18\x05 \x03(\t\x12Q\n\x0f\x66ootprint_bytes\x18\x06 \x03(\x0b\x32\x38.gpuplace.scheduler.v1.ReplicaStatus.FootprintBytesEntry\x12\x0f\n\x07version\x18\x07 \x01(\x04\x1a\x35\n\x13\x46ootprintBytesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\x96\x02\n\x0bModelStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12;\n\x0eserver_reasons\x18\x05 \x03(\x0b\x32#.gpuplace.scheduler.v1.ServerReason\x12\x36\n\x08replicas\x18\x06 \x03(\x0b\x32$.gpuplace.scheduler.v1.ReplicaStatus\x12$\n\x04spec\x18\x07 \x01(\x0b\x32\x16.gpuplace.v1.ModelSpec\x12\x1a\n\x12\x61vailable_replicas\x18\x08 \x01(\r\x12\x12\n\nupdated_at\x18\t \x01(\x01\"K\n\tGpuStatus\x12&\n\x06\x64\x65vice\x18\x01 \x01(\x0b\x32\x16.gpuplace.v1.GpuDevice\x12\x16\n\x0ereserved_bytes\x18\x02 \x01(\x04\"\xec\x01\n\x0bReplicaInfo\x12\r\n\x05index\x18\x01 \x01(\r\x12\x11\n\tconnected\x18\x02 \x01(\x08\x12\x10\n\x08\x64raining\x18\x03 \x01(\x08\x12\x14\n\x0c\x63\x61pabilities\x18\x04 \x03(\t\x12\x14\n\x0cmemory_bytes\x18\x05 \x01(\x04\x12\x1d\n\x15overcommit_percentage\x18\x06 \x01(\r\x12\x1e\n\x16\x61vailable_memory_bytes\x18\x07 \x01(\x04\x12.\n\x04gpus\x18\x08 \x03(\x0b\x32 .gpuplace.scheduler.v1.GpuStatus\x12\x0e\n\x06models\x18\t \x03(\t\"R\n\x0cServerStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x34\n\x08replicas\x18\x02 \x03(\x0b\x32\".gpuplace.scheduler.v1.ReplicaInfo2\xde\x04\n\tScheduler\x12^\n\tLoadModel\x12\'.gpuplace.scheduler.v1.LoadModelRequest\x1a(.gpuplace.scheduler.v1.LoadModelResponse\x12\x64\n\x0bUnloadModel\x12).gpuplace.scheduler.v1.UnloadModelRequest\x1a*.gpuplace.scheduler.v1.UnloadModelResponse\x12\x62\n\x0eGetModelStatus\x12,.gpuplace.scheduler.v1.GetModelStatusRequest\x1a\".gpuplace.scheduler.v1.ModelStatus\x12\x61\n\nListModels\x12(.gpuplace.scheduler.v1.ListModelsRequest\x1a).gpuplace.scheduler.v1.ListModelsResponse\x12\x64\n\x0bListServers\x12).gpuplace.scheduler.v1.ListServersRequest\x1a*.gpuplace.scheduler.v1.ListServersResponse\x12^\n\x0bWatchModels\x12).gpuplace.scheduler.v1.WatchModelsRequest\x1a\".gpuplace.scheduler.v1.ModelStatus0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16protos/scheduler.proto\x12\x15gpuplace.scheduler.v1\x1a\x13protos/common.proto\"9\n\x10LoadModelRequest\x12%\n\x05model\x18\x01 \x01(\x0b\x32\x16.gpuplace.v1.ModelSpec\"C\n\x11LoadModelResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x0f\n\x07\x63hanged\x18\x03 \x01(\x08\"\"\n\x12UnloadModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x15\n\x13UnloadModelResponse\"%\n\x15GetModelStatusRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x13\n\x11ListModelsRequest\"H\n\x12ListModelsResponse\x12\x32\n\x06models\x18\x01 \x03(\x0b\x32\".gpuplace.scheduler.v1.ModelStatus\"\x14\n\x12ListServersRequest\"K\n\x13ListServersResponse\x12\x34\n\x07servers\x18\x01 \x03(\x0b\x32#.gpuplace.scheduler.v1.ServerStatus\"\"\n\x12WatchModelsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\".\n\x0cServerReason\x12\x0e\n\x06server\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x80\x02\n\nCopyStatus\x12\x0e\n\x06server\x18\x01 \x01(\t\x12\x15\n\rreplica_index\x18\x02 \x01(\r\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x14\n\x0c\x64\x65vice_uuids\x18\x05 \x03(\t\x12N\n\x0f\x66ootprint_bytes\x18\x06 \x03(\x0b\x32\x35.gpuplace.scheduler.v1.CopyStatus.FootprintBytesEntry\x12\x0f\n\x07version\x18\x07 \x01(\x04\x1a\x35\n\x13\x46ootprintBytesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\x93\x02\n\x0bModelStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12;\n\x0eserver_reasons\x18\x05 \x03(\x0b\x32#.gpuplace.scheduler.v1.ServerReason\x12\x33\n\x08replicas\x18\x06 \x03(\x0b\x32!.gpuplace.scheduler.v1.CopyStatus\x12$\n\x04spec\x18\x07 \x01(\x0b\x32\x16.gpuplace.v1.ModelSpec\x12\x1a\n\x12\x61vailable_replicas\x18\x08 \x01(\r\x12\x12\n\nupdated_at\x18\t \x01(\x01\"K\n\tGpuStatus\x12&\n\x06\x64\x65vice\x18\x01 \x01(\x0b\x32\x16.gpuplace.v1.GpuDevice\x12\x16\n\x0ereserved_bytes\x18\x02 \x01(\x04\"\xee\x01\n\rReplicaStatus\x12\r\n\x05index\x18\x01 \x01(\r\x12\x11\n\tconnected\x18\x02 \x01(\x08\x12\x10\n\x08\x64raining\x18\x03 \x01(\x08\x12\x14\n\x0c\x63\x61pabilities\x18\x04 \x03(\t\x12\x14\n\x0cmemory_bytes\x18\x05 \x01(\x04\x12\x1d\n\x15overcommit_percentage\x18\x06 \x01(\r\x12\x1e\n\x16\x61vailable_memory_bytes\x18\x07 \x01(\x04\x12.\n\x04gpus\x18\x08 \x03(\x0b\x32 .gpuplace.scheduler.v1.GpuStatus\x12\x0e\n\x06models\x18\t \x03(\t\"T\n\x0cServerStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x36\n\x08replicas\x18\x02 \x03(\x0b\x32$.gpuplace.scheduler.v1.ReplicaStatus2\xde\x04\n\tScheduler\x12^\n\tLoadModel\x12\'.gpuplace.scheduler.v1.LoadModelRequest\x1a(.gpuplace.scheduler.v1.LoadModelResponse\x12\x64\n\x0bUnloadModel\x12).gpuplace.scheduler.v1.UnloadModelRequest\x1a*.gpuplace.scheduler.v1.UnloadModelResponse\x12\x62\n\x0eGetModelStatus\x12,.gpuplace.scheduler.v1.GetModelStatusRequest\x1a\".gpuplace.scheduler.v1.ModelStatus\x12\x61\n\nListModels\x12(.gpuplace.scheduler.v1.ListModelsRequest\x1a).gpuplace.scheduler.v1.ListModelsResponse\x12\x64\n\x0bListServers\x12).gpuplace.scheduler.v1.ListServersRequest\x1a*.gpuplace.scheduler.v1.ListServersResponse\x12^\n\x0bWatchModels\x12).gpuplace.scheduler.v1.WatchModelsRequest\x1a\".gpuplace.scheduler.v1.ModelStatus0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.scheduler_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REPLICASTATUS_FOOTPRINTBYTESENTRY']._loaded_options = None
-  _globals['_REPLICASTATUS_FOOTPRINTBYTESENTRY']._serialized_options = b'8\001'
+  _globals['_COPYSTATUS_FOOTPRINTBYTESENTRY']._loaded_options = None
+  _globals['_COPYSTATUS_FOOTPRINTBYTESENTRY']._serialized_options = b'8\001'
   _globals['_LOADMODELREQUEST']._serialized_start=70
   _globals['_LOADMODELREQUEST']._serialized_end=127
   _globals['_LOADMODELRESPONSE']._serialized_start=129
@@ -56,18 +56,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WATCHMODELSREQUEST']._serialized_end=524
   _globals['_SERVERREASON']._serialized_start=526
   _globals['_SERVERREASON']._serialized_end=572
-  _globals['_REPLICASTATUS']._serialized_start=575
-  _globals['_REPLICASTATUS']._serialized_end=837
-  _globals['_REPLICASTATUS_FOOTPRINTBYTESENTRY']._serialized_start=784
-  _globals['_REPLICASTATUS_FOOTPRINTBYTESENTRY']._serialized_end=837
-  _globals['_MODELSTATUS']._serialized_start=840
-  _globals['_MODELSTATUS']._serialized_end=1118
-  _globals['_GPUSTATUS']._serialized_start=1120
-  _globals['_GPUSTATUS']._serialized_end=1195
-  _globals['_REPLICAINFO']._serialized_start=1198
-  _globals['_REPLICAINFO']._serialized_end=1434
-  _globals['_SERVERSTATUS']._serialized_start=1436
-  _globals['_SERVERSTATUS']._serialized_end=1518
-  _globals['_SCHEDULER']._serialized_start=1521
-  _globals['_SCHEDULER']._serialized_end=2127
+  _globals['_COPYSTATUS']._serialized_start=575
+  _globals['_COPYSTATUS']._serialized_end=831
+  _globals['_COPYSTATUS_FOOTPRINTBYTESENTRY']._serialized_start=778
+  _globals['_COPYSTATUS_FOOTPRINTBYTESENTRY']._serialized_end=831
+  _globals['_MODELSTATUS']._serialized_start=834
+  _globals['_MODELSTATUS']._serialized_end=1109
+  _globals['_GPUSTATUS']._serialized_start=1111
+  _globals['_GPUSTATUS']._serialized_end=1186
+  _globals['_REPLICASTATUS']._serialized_start=1189
+  _globals['_REPLICASTATUS']._serialized_end=1427
+  _globals['_SERVERSTATUS']._serialized_start=1429
+  _globals['_SERVERSTATUS']._serialized_end=1513
+  _globals['_SCHEDULER']._serialized_start=1516
+  _globals['_SCHEDULER']._serialized_end=2122
 # @@protoc_insertion_point(module_scope)

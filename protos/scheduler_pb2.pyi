@@ -233,7 +233,9 @@ class ServerReason(_message.Message):
 Global___ServerReason: _TypeAlias = ServerReason  # noqa: Y015
 
 @_typing.final
-class ReplicaStatus(_message.Message):
+class CopyStatus(_message.Message):
+    """One copy of a model: the version a replica holds or is loading, and its state there."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -290,7 +292,7 @@ class ReplicaStatus(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ReplicaStatus: _TypeAlias = ReplicaStatus  # noqa: Y015
+Global___CopyStatus: _TypeAlias = CopyStatus  # noqa: Y015
 
 @_typing.final
 class ModelStatus(_message.Message):
@@ -318,7 +320,7 @@ class ModelStatus(_message.Message):
         """One entry per server considered, when the last placement was refused."""
 
     @_builtins.property
-    def replicas(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReplicaStatus]: ...
+    def replicas(self) -> _containers.RepeatedCompositeFieldContainer[Global___CopyStatus]: ...
     @_builtins.property
     def spec(self) -> _common_pb2.ModelSpec: ...
     def __init__(
@@ -329,7 +331,7 @@ class ModelStatus(_message.Message):
         state: _builtins.str = ...,
         reason: _builtins.str = ...,
         server_reasons: _abc.Iterable[Global___ServerReason] | None = ...,
-        replicas: _abc.Iterable[Global___ReplicaStatus] | None = ...,
+        replicas: _abc.Iterable[Global___CopyStatus] | None = ...,
         spec: _common_pb2.ModelSpec | None = ...,
         available_replicas: _builtins.int = ...,
         updated_at: _builtins.float = ...,
@@ -367,7 +369,9 @@ class GpuStatus(_message.Message):
 Global___GpuStatus: _TypeAlias = GpuStatus  # noqa: Y015
 
 @_typing.final
-class ReplicaInfo(_message.Message):
+class ReplicaStatus(_message.Message):
+    """One replica of a server, as its agent reported it, with what is placed there."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     INDEX_FIELD_NUMBER: _builtins.int
@@ -411,7 +415,7 @@ class ReplicaInfo(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ReplicaInfo: _TypeAlias = ReplicaInfo  # noqa: Y015
+Global___ReplicaStatus: _TypeAlias = ReplicaStatus  # noqa: Y015
 
 @_typing.final
 class ServerStatus(_message.Message):
@@ -421,12 +425,12 @@ class ServerStatus(_message.Message):
     REPLICAS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     @_builtins.property
-    def replicas(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReplicaInfo]: ...
+    def replicas(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReplicaStatus]: ...
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
-        replicas: _abc.Iterable[Global___ReplicaInfo] | None = ...,
+        replicas: _abc.Iterable[Global___ReplicaStatus] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...

@@ -7,7 +7,7 @@ from contract.wire import device_to_proto
 from placement.types import Replica
 from protos import common_pb2, scheduler_pb2
 from scheduler_service.model import ModelRecord, ModelSpec, validate_spec
-from scheduler_service.service import AgentConn
+from scheduler_service.service import AgentSession
 
 
 def spec_from_proto(spec: common_pb2.ModelSpec) -> ModelSpec:
@@ -53,7 +53,7 @@ def status_to_proto(record: ModelRecord) -> scheduler_pb2.ModelStatus:
             for server, reason in record.server_reasons
         ],
         replicas=[
-            scheduler_pb2.ReplicaStatus(
+            scheduler_pb2.CopyStatus(
                 server=r.server,
                 replica_index=r.index,
                 state=r.state.value,
@@ -70,10 +70,10 @@ def status_to_proto(record: ModelRecord) -> scheduler_pb2.ModelStatus:
     )
 
 
-def replica_to_proto(conn: AgentConn, view: Replica | None) -> scheduler_pb2.ReplicaInfo:
+def replica_to_proto(conn: AgentSession, view: Replica | None) -> scheduler_pb2.ReplicaStatus:
     hello = conn.hello
     reserved = {gpu.uuid: gpu.reserved_bytes for gpu in view.gpus} if view else {}
-    return scheduler_pb2.ReplicaInfo(
+    return scheduler_pb2.ReplicaStatus(
         index=hello.index,
         connected=conn.connected,
         draining=conn.draining,

@@ -22,7 +22,7 @@ class ModelState(StrEnum):
     TERMINATED = "Terminated"
 
 
-class ReplicaState(StrEnum):
+class CopyState(StrEnum):
     LOAD_REQUESTED = "LoadRequested"
     LOADING = "Loading"
     AVAILABLE = "Available"
@@ -31,9 +31,9 @@ class ReplicaState(StrEnum):
     UNLOADED = "Unloaded"
 
 
-IN_FLIGHT = frozenset({ReplicaState.LOAD_REQUESTED, ReplicaState.LOADING})
+IN_FLIGHT = frozenset({CopyState.LOAD_REQUESTED, CopyState.LOADING})
 # A replica in one of these states holds (or is about to hold) the model.
-ACTIVE = IN_FLIGHT | {ReplicaState.AVAILABLE}
+ACTIVE = IN_FLIGHT | {CopyState.AVAILABLE}
 
 
 @dataclass(frozen=True)
@@ -133,13 +133,13 @@ def _bytes(field_name: str, value: str) -> int:
 
 
 @dataclass
-class ReplicaRecord:
+class ModelCopy:
     """One replica's copy of a model (the latest version sent there)."""
 
     server: str
     index: int
     version: int
-    state: ReplicaState
+    state: CopyState
     reason: str = ""
     device_uuids: tuple[str, ...] = ()
     footprint_bytes: dict[str, int] = field(default_factory=dict)
@@ -166,7 +166,7 @@ class ModelRecord:
     state: ModelState = ModelState.PENDING
     reason: str = ""
     server_reasons: tuple[tuple[str, str], ...] = ()
-    replicas: dict[tuple[str, int], ReplicaRecord] = field(default_factory=dict)
+    replicas: dict[tuple[str, int], ModelCopy] = field(default_factory=dict)
     deleted: bool = False
     updated_at: float = 0.0
     # Not persisted: runtime bookkeeping of retries.
@@ -183,8 +183,8 @@ class ModelRecord:
         return sum(
             1
             for r in self.replicas.values()
-            if r.version == self.version and r.state == ReplicaState.AVAILABLE and not r.retire
+            if r.version == self.version and r.state == CopyState.AVAILABLE and not r.retire
         )
 
-    def in_flight(self) -> list[ReplicaRecord]:
+    def in_flight(self) -> list[ModelCopy]:
         return [r for r in self.replicas.values() if r.state in IN_FLIGHT]

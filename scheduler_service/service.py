@@ -45,11 +45,11 @@ from scheduler_service.metrics import ClusterGauges, DeviceView, SchedulerMetric
 from scheduler_service.model import (
     ACTIVE,
     IN_FLIGHT,
+    CopyState,
+    ModelCopy,
     ModelRecord,
     ModelSpec,
     ModelState,
-    ReplicaRecord,
-    ReplicaState,
 )
 from scheduler_service.settings import SchedulerSettings
 from scheduler_service.store import Store
@@ -76,7 +76,7 @@ def _name(key: Key) -> str:
 
 
 @dataclass
-class AgentConn:
+class AgentSession:
     """One connected (or recently connected) agent, i.e. one server replica."""
 
     hello: Hello
@@ -177,7 +177,7 @@ class SchedulerService:
         self._store = store
         self._metrics = metrics
         self._clock = clock or SystemClock()
-        self._agents: dict[Key, AgentConn] = {}
+        self._agents: dict[Key, AgentSession] = {}
         self._watchers: set[Watcher] = set()
         self._models: dict[str, ModelRecord] = {m.name: m for m in store.load()}
         started = self._clock.now()
@@ -263,10 +263,10 @@ class SchedulerService:
     def models(self) -> list[ModelRecord]:
         return [self._models[name] for name in sorted(self._models)]
 
-    def agents(self) -> list[AgentConn]:
+    def agents(self) -> list[AgentSession]:
         return [self._agents[key] for key in sorted(self._agents)]
 
-    def replica_views(self) -> list[tuple[AgentConn, Replica | None]]:
+    def replica_views(self) -> list[tuple[AgentSession, Replica | None]]:
         """Every known replica with its view as the placement core sees it now (None while
         disconnected), for server status; one usage table for all of them."""
         self._sync_usage()
@@ -292,14 +292,14 @@ class SchedulerService:
 
     def connect(
         self, hello: Hello, send: Callable[[Command], bool], close: Callable[[str], None]
-    ) -> AgentConn:
+    ) -> AgentSession:
         """An agent said hello: register it and reconcile what it holds with the records."""
         key = (hello.server, hello.index)
         previous = self._agents.get(key)
         if previous is not None and previous.connected:
             previous.connected = False
             previous.close("replaced by a new connection from the same replica")
-        conn = AgentConn(hello=hello, send=send, close=close)
+        conn = AgentSession(hello=hello, send=send, close=close)
         conn.gpus = {gpu.uuid: gpu for gpu in hello.devices}
         self._agents[key] = conn
         conn.send(Welcome())
@@ -322,7 +322,7 @@ class SchedulerService:
         self._cluster_changed()
         return conn
 
-    def disconnect(self, conn: AgentConn) -> None:
+    def disconnect(self, conn: AgentSession) -> None:
         if self._agents.get(conn.key) is not conn or not conn.connected:
             return
         conn.connected = False
@@ -336,9 +336,9 @@ class SchedulerService:
                 self._load_failed(
                     record, replica, "agent disconnected during the load", "agent_disconnected"
                 )
-            elif conn.draining or replica.state == ReplicaState.UNLOADING:
+            elif conn.draining or replica.state == CopyState.UNLOADING:
                 del record.replicas[conn.key]
-            elif replica.state == ReplicaState.AVAILABLE:
+            elif replica.state == CopyState.AVAILABLE:
                 replica.lost_since = now
             self._commit(record)
         log.info(
@@ -346,7 +346,7 @@ class SchedulerService:
         )
         self._cluster_changed()
 
-    def on_event(self, conn: AgentConn, event: ModelEvent) -> None:
+    def on_event(self, conn: AgentSession, event: ModelEvent) -> None:
         record = self._models.get(event.model)
         replica = record.replicas.get(conn.key) if record else None
         # The event answers what this replica's record asked for (same version).
@@ -374,10 +374,10 @@ class SchedulerService:
                 return
             self._load_failed(record, replica, event.message, event.kind.value)
         elif event.kind == EventKind.UNLOADED:
-            if replica.state not in (ReplicaState.UNLOADING, ReplicaState.AVAILABLE):
+            if replica.state not in (CopyState.UNLOADING, CopyState.AVAILABLE):
                 return  # an old unload's answer, overtaken by a newer load here
             # Shown (and streamed to watchers) once; the next pass forgets it.
-            replica.state = ReplicaState.UNLOADED
+            replica.state = CopyState.UNLOADED
             replica.reason = ""
             replica.deadline = 0.0
             log.info("%s: unloaded", where)
@@ -390,30 +390,30 @@ class SchedulerService:
                 record.reason = f"unload failed on {_name(conn.key)}: {event.message}"
         self._commit(record)
 
-    def _loaded(self, conn: AgentConn, replica: ReplicaRecord, event: ModelEvent) -> None:
+    def _loaded(self, conn: AgentSession, replica: ModelCopy, event: ModelEvent) -> None:
         self._metrics.load_seconds.observe(
             max(0.0, self._clock.now() - (replica.deadline - self._settings.load_timeout_s))
         )
-        replica.state = ReplicaState.AVAILABLE
+        replica.state = CopyState.AVAILABLE
         replica.reason = ""
         replica.deadline = 0.0
         replica.replaced_version = 0
         replica.footprint_bytes = dict(event.footprint_bytes)
         self._charge_footprint(conn, event.footprint_bytes)
 
-    def _unexpected_load(self, conn: AgentConn, record: ModelRecord, event: ModelEvent) -> None:
+    def _unexpected_load(self, conn: AgentSession, record: ModelRecord, event: ModelEvent) -> None:
         """A load finished that the records no longer wait for (e.g. it outlived a
         disconnect): keep the copy when the model wants one there, else unload it."""
         key = conn.key
         replica = record.replicas.get(key)
         loaded = LoadedModel(event.model, event.version, dict(event.footprint_bytes))
-        free = replica is None or replica.state in (ReplicaState.LOAD_FAILED, ReplicaState.UNLOADED)
+        free = replica is None or replica.state in (CopyState.LOAD_FAILED, CopyState.UNLOADED)
         if free and self._adoptable(record, conn, loaded):
-            record.replicas[key] = ReplicaRecord(
+            record.replicas[key] = ModelCopy(
                 server=key[0],
                 index=key[1],
                 version=event.version,
-                state=ReplicaState.AVAILABLE,
+                state=CopyState.AVAILABLE,
                 footprint_bytes=dict(event.footprint_bytes),
             )
             log.info("model %s: kept the late copy on %s", record.name, _name(key))
@@ -430,13 +430,13 @@ class SchedulerService:
         self._command(key, Unload(event.model, event.version))
         self._kick.set()
 
-    def on_resources(self, conn: AgentConn, devices: Iterable[GpuDevice]) -> None:
+    def on_resources(self, conn: AgentSession, devices: Iterable[GpuDevice]) -> None:
         before = sum(gpu.free_bytes for gpu in conn.gpus.values())
         conn.gpus = {gpu.uuid: gpu for gpu in devices}
         if sum(gpu.free_bytes for gpu in conn.gpus.values()) > before:
             self._cluster_changed()
 
-    def on_drain(self, conn: AgentConn) -> None:
+    def on_drain(self, conn: AgentSession) -> None:
         if conn.draining:
             return
         conn.draining = True
@@ -534,11 +534,11 @@ class SchedulerService:
         """Loads past their deadline fail; replicas gone past the grace period are lost."""
         grace = self._settings.disconnect_grace_s
         for replica in list(record.replicas.values()):
-            if replica.state == ReplicaState.UNLOADED:
+            if replica.state == CopyState.UNLOADED:
                 del record.replicas[replica.key]
                 continue
             if (
-                replica.state == ReplicaState.UNLOADING
+                replica.state == CopyState.UNLOADING
                 and replica.deadline
                 and now >= replica.deadline
             ):
@@ -576,9 +576,9 @@ class SchedulerService:
     def _terminate(self, record: ModelRecord) -> None:
         for replica in list(record.replicas.values()):
             conn = self._agents.get(replica.key)
-            if conn is None or not conn.connected or replica.state == ReplicaState.LOAD_FAILED:
+            if conn is None or not conn.connected or replica.state == CopyState.LOAD_FAILED:
                 del record.replicas[replica.key]
-            elif replica.state != ReplicaState.UNLOADING:
+            elif replica.state != CopyState.UNLOADING:
                 self._start_unload(record, replica)
         if not record.replicas:
             record.state = ModelState.TERMINATED
@@ -588,7 +588,7 @@ class SchedulerService:
             self._publish(record)
             log.info("model %s: terminated", record.name)
 
-    def _current(self, record: ModelRecord) -> list[ReplicaRecord]:
+    def _current(self, record: ModelRecord) -> list[ModelCopy]:
         """Replicas of the current version that hold or are loading it, on live agents."""
         return [
             r
@@ -601,7 +601,7 @@ class SchedulerService:
         staying = [r for r in current if not self._draining(r.key)]
         if len(staying) > record.spec.replicas:
             # Scaled down: keep the available ones, lowest replica first.
-            ranked = sorted(staying, key=lambda r: (r.state != ReplicaState.AVAILABLE, r.key))
+            ranked = sorted(staying, key=lambda r: (r.state != CopyState.AVAILABLE, r.key))
             for replica in ranked[record.spec.replicas :]:
                 replica.retire = True
             return
@@ -613,7 +613,7 @@ class SchedulerService:
         result = schedule(snapshot, request, self._settings.policy, now)
         self._metrics.placement_seconds.observe(time.perf_counter() - started)
         if record.attempts or any(
-            r.state == ReplicaState.LOAD_FAILED and r.version == record.version
+            r.state == CopyState.LOAD_FAILED and r.version == record.version
             for r in record.replicas.values()
         ):
             self._metrics.retries.inc()
@@ -681,11 +681,11 @@ class SchedulerService:
         replaced = (
             old.version if old and old.state in ACTIVE and old.version != record.version else 0
         )
-        record.replicas[key] = ReplicaRecord(
+        record.replicas[key] = ModelCopy(
             server=assignment.server,
             index=assignment.index,
             version=record.version,
-            state=ReplicaState.LOAD_REQUESTED,
+            state=CopyState.LOAD_REQUESTED,
             device_uuids=assignment.device_uuids,
             deadline=now + self._settings.load_timeout_s,
             replaced_version=replaced,
@@ -708,7 +708,7 @@ class SchedulerService:
             return
         for replica in list(record.replicas.values()):
             stale = replica.version != record.version or replica.retire
-            if replica.state == ReplicaState.LOAD_FAILED and replica.version != record.version:
+            if replica.state == CopyState.LOAD_FAILED and replica.version != record.version:
                 del record.replicas[replica.key]
             elif stale and replica.state in ACTIVE:
                 conn = self._agents.get(replica.key)
@@ -724,8 +724,8 @@ class SchedulerService:
                 )
                 self._start_unload(record, replica)
 
-    def _start_unload(self, record: ModelRecord, replica: ReplicaRecord) -> None:
-        replica.state = ReplicaState.UNLOADING
+    def _start_unload(self, record: ModelRecord, replica: ModelCopy) -> None:
+        replica.state = CopyState.UNLOADING
         replica.deadline = self._clock.now() + self._settings.load_timeout_s
         self._command(replica.key, Unload(record.name, replica.version))
 
@@ -761,7 +761,7 @@ class SchedulerService:
                 record
                 for record in self._models.values()
                 if conn.key in record.replicas
-                and record.replicas[conn.key].state in ACTIVE | {ReplicaState.UNLOADING}
+                and record.replicas[conn.key].state in ACTIVE | {CopyState.UNLOADING}
             ]
             # A model whose last placement was refused cannot go anywhere else: it does not
             # hold the drain up.
@@ -780,7 +780,7 @@ class SchedulerService:
     # ------------------------------------------------------------------ helpers
 
     def _reconcile_hello(
-        self, conn: AgentConn, record: ModelRecord, loaded: LoadedModel | None
+        self, conn: AgentSession, record: ModelRecord, loaded: LoadedModel | None
     ) -> None:
         key = conn.key
         replica = record.replicas.get(key)
@@ -788,11 +788,11 @@ class SchedulerService:
             if loaded is None:
                 return
             if self._adoptable(record, conn, loaded):
-                record.replicas[key] = ReplicaRecord(
+                record.replicas[key] = ModelCopy(
                     server=key[0],
                     index=key[1],
                     version=loaded.version,
-                    state=ReplicaState.AVAILABLE,
+                    state=CopyState.AVAILABLE,
                     footprint_bytes=dict(loaded.footprint_bytes),
                 )
                 log.info("model %s: adopted the copy already on %s", record.name, _name(key))
@@ -802,7 +802,7 @@ class SchedulerService:
         replica.lost_since = 0.0
         if loaded is not None and loaded.version == replica.version:
             if replica.state in ACTIVE:
-                replica.state = ReplicaState.AVAILABLE
+                replica.state = CopyState.AVAILABLE
                 replica.deadline = 0.0
                 replica.footprint_bytes = dict(loaded.footprint_bytes)
             else:
@@ -810,13 +810,13 @@ class SchedulerService:
         elif replica.state in IN_FLIGHT or (loaded is not None and replica.state in ACTIVE):
             # Still (or again) wanted here: ask once more; the agent answers at once when it
             # already holds this version, so nothing is loaded twice.
-            replica.state = ReplicaState.LOAD_REQUESTED
+            replica.state = CopyState.LOAD_REQUESTED
             replica.deadline = self._clock.now() + self._settings.load_timeout_s
             self._command(key, record.spec.load_command(replica.version, replica.device_uuids))
-        elif replica.state in (ReplicaState.AVAILABLE, ReplicaState.UNLOADING):
+        elif replica.state in (CopyState.AVAILABLE, CopyState.UNLOADING):
             del record.replicas[key]
 
-    def _adoptable(self, record: ModelRecord, conn: AgentConn, loaded: LoadedModel) -> bool:
+    def _adoptable(self, record: ModelRecord, conn: AgentSession, loaded: LoadedModel) -> bool:
         """A copy found on a replica may stand for the current version there."""
         spec, server = record.spec, conn.hello.server
         if record.deleted or loaded.version != record.version:
@@ -828,9 +828,7 @@ class SchedulerService:
         current = self._current(record)
         return len(current) < spec.replicas and all(r.server == server for r in current)
 
-    def _load_failed(
-        self, record: ModelRecord, replica: ReplicaRecord, reason: str, kind: str
-    ) -> None:
+    def _load_failed(self, record: ModelRecord, replica: ModelCopy, reason: str, kind: str) -> None:
         now = self._clock.now()
         log.warning(
             "model %s v%d on %s: load failed (%s): %s",
@@ -844,7 +842,7 @@ class SchedulerService:
             # The agent may have kept the old version it was replacing: nobody tracks it now.
             self._command(replica.key, Unload(record.name, replica.replaced_version))
             replica.replaced_version = 0
-        replica.state = ReplicaState.LOAD_FAILED
+        replica.state = CopyState.LOAD_FAILED
         replica.reason = reason
         replica.deadline = 0.0
         replica.lost_since = 0.0
@@ -854,7 +852,7 @@ class SchedulerService:
         self._metrics.load_failures.labels(kind).inc()
         self._mark(record.name)
 
-    def _charge_footprint(self, conn: AgentConn, footprint: Mapping[str, int]) -> None:
+    def _charge_footprint(self, conn: AgentSession, footprint: Mapping[str, int]) -> None:
         """Until the agent measures again, count a fresh load's memory as used."""
         for uuid, size in footprint.items():
             gpu = conn.gpus.get(uuid)
@@ -866,7 +864,7 @@ class SchedulerService:
                 )
 
     def _replica(
-        self, conn: AgentConn, usage: _Usage, add_back: Mapping[str, int] | None = None
+        self, conn: AgentSession, usage: _Usage, add_back: Mapping[str, int] | None = None
     ) -> Replica:
         """`add_back`: memory measured as used that belongs to the model being placed."""
         hello = conn.hello
@@ -1032,14 +1030,14 @@ def _digest(record: ModelRecord) -> tuple[object, ...]:
     )
 
 
-def _holding(record: ModelRecord) -> Iterable[tuple[Key, ReplicaRecord]]:
+def _holding(record: ModelRecord) -> Iterable[tuple[Key, ModelCopy]]:
     """The replicas where `record` takes memory: loaded, loading or still unloading."""
     for key, replica in record.replicas.items():
-        if replica.state in ACTIVE or replica.state == ReplicaState.UNLOADING:
+        if replica.state in ACTIVE or replica.state == CopyState.UNLOADING:
             yield key, replica
 
 
-def _share(record: ModelRecord, replica: ReplicaRecord) -> _Share:
+def _share(record: ModelRecord, replica: ModelCopy) -> _Share:
     """Host memory always; GPU memory promised to a load still in flight (the ledger)."""
     reserved: tuple[tuple[str, int], ...] = ()
     if replica.state in IN_FLIGHT:

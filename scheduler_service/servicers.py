@@ -22,7 +22,7 @@ from contract.protocol import Command, DrainRequest, Hello, ModelEvent, Resource
 from contract.wire import decode_agent_message, encode_command
 from protos import agent_pb2, agent_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 from scheduler_service import convert
-from scheduler_service.service import AgentConn, SchedulerService
+from scheduler_service.service import AgentSession, SchedulerService
 
 log = logging.getLogger(__name__)
 _CODES: dict[type[GpuplaceError], grpc.StatusCode] = {
@@ -171,7 +171,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     async def _read(
         self,
         messages: AsyncIterator[agent_pb2.AgentMessage],
-        conn: AgentConn,
+        conn: AgentSession,
         close: Callable[[str], None],
     ) -> None:
         reason = "agent closed the stream"

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
-from scheduler_service.model import ModelRecord, ModelSpec, ModelState, ReplicaRecord, ReplicaState
+from scheduler_service.model import CopyState, ModelCopy, ModelRecord, ModelSpec, ModelState
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -151,11 +151,11 @@ class Store:
             footprint,
             retire,
         ) in self._db.execute("SELECT * FROM replicas ORDER BY model, server, idx"):
-            replica = ReplicaRecord(
+            replica = ModelCopy(
                 server=server,
                 index=idx,
                 version=version,
-                state=ReplicaState(state),
+                state=CopyState(state),
                 reason=reason,
                 device_uuids=tuple(json.loads(devices)),
                 footprint_bytes=json.loads(footprint),

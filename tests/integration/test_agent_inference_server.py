@@ -17,10 +17,10 @@ from aiohttp import web
 
 from agent.artifacts import ArtifactError, ModelRepository, fetch
 from agent.inference_server import (
+    IndexEntry,
     InferenceServerError,
     InferenceServerUnavailable,
     MLServerClient,
-    ModelState,
     normalise_state,
 )
 from tests.fakes.fake_v2 import FakeV2Server
@@ -58,9 +58,9 @@ async def test_index_load_unload(v2: FakeV2Server, tmp_path: Path) -> None:
     mlserver = client(v2.url)
     try:
         assert await mlserver.ready()
-        assert await mlserver.index() == [ModelState("iris", "UNAVAILABLE", "3")]
+        assert await mlserver.index() == [IndexEntry("iris", "UNAVAILABLE", "3")]
         await mlserver.load("iris")
-        assert await mlserver.index() == [ModelState("iris", "READY", "3")]
+        assert await mlserver.index() == [IndexEntry("iris", "READY", "3")]
         assert (await mlserver.index())[0].ready
         await mlserver.unload("iris")
         await mlserver.unload("iris")  # 404: already gone, counts as done
@@ -128,7 +128,7 @@ async def test_grpc_style_states_from_the_index() -> None:
     await site.start()
     mlserver = client(f"http://127.0.0.1:{runner.addresses[0][1]}")
     try:
-        assert await mlserver.index() == [ModelState("iris", "READY", "2")]
+        assert await mlserver.index() == [IndexEntry("iris", "READY", "2")]
     finally:
         await mlserver.close()
         await runner.cleanup()

@@ -113,7 +113,7 @@ def status(
     state: str,
     *,
     version: int = 1,
-    replicas: list[scheduler_pb2.ReplicaStatus] | None = None,
+    replicas: list[scheduler_pb2.CopyStatus] | None = None,
     reason: str = "",
     server_reasons: dict[str, str] | None = None,
     wanted: int = 1,
@@ -137,8 +137,8 @@ def status(
 
 def replica(
     server: str, index: int, state: str, uuid: str = "", reason: str = ""
-) -> scheduler_pb2.ReplicaStatus:
-    return scheduler_pb2.ReplicaStatus(
+) -> scheduler_pb2.CopyStatus:
+    return scheduler_pb2.CopyStatus(
         server=server,
         replica_index=index,
         state=state,
@@ -166,7 +166,7 @@ def gpu_server() -> scheduler_pb2.ServerStatus:
     return scheduler_pb2.ServerStatus(
         name="gpu-a",
         replicas=[
-            scheduler_pb2.ReplicaInfo(
+            scheduler_pb2.ReplicaStatus(
                 index=0,
                 connected=True,
                 capabilities=["mlserver", "model-on-gpu"],

@@ -15,10 +15,10 @@ from agent.artifacts import ModelRepository, Record
 from agent.gpu_monitor import GpuMonitor
 from agent.gpus import GpuProbe
 from agent.inference_server import (
+    IndexEntry,
     InferenceServer,
     InferenceServerError,
     InferenceServerUnavailable,
-    ModelState,
 )
 from agent.metrics import AgentMetrics
 from agent.models import ModelManager, footprint
@@ -79,8 +79,8 @@ class FakeInference:
     async def ready(self) -> bool:
         return True
 
-    async def index(self) -> list[ModelState]:
-        return [ModelState(name, "READY", version) for name, version in self.loaded.items()]
+    async def index(self) -> list[IndexEntry]:
+        return [IndexEntry(name, "READY", version) for name, version in self.loaded.items()]
 
     async def load(self, name: str) -> None:
         self.calls.append(("load", name))
@@ -271,7 +271,7 @@ async def test_an_unreadable_index_forgets_nothing(tmp_path: Path) -> None:
     folder = h.repository.root / "big"
     marker = (folder / "model-settings.json").stat().st_ino
 
-    async def stalled() -> list[ModelState]:
+    async def stalled() -> list[IndexEntry]:
         raise InferenceServerUnavailable("POST /v2/repository/index: no answer within 30s")
 
     h.inference.index = stalled  # type: ignore[method-assign]

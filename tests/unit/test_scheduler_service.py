@@ -26,8 +26,8 @@ from contract.protocol import (
     Unload,
 )
 from scheduler_service.metrics import SchedulerMetrics
-from scheduler_service.model import ModelState, ReplicaState, validate_spec
-from scheduler_service.service import AgentConn, SchedulerService, UsageTable
+from scheduler_service.model import CopyState, ModelState, validate_spec
+from scheduler_service.service import AgentSession, SchedulerService, UsageTable
 from scheduler_service.settings import SchedulerSettings
 from scheduler_service.store import Store
 
@@ -44,7 +44,7 @@ class Clock:
 
 @dataclass
 class Agent:
-    conn: AgentConn
+    conn: AgentSession
     sent: list[Command] = field(default_factory=list)
 
     def loads(self) -> list[tuple[str, int]]:
@@ -279,7 +279,7 @@ def test_replica_states_of_a_finished_unload_are_not_kept(h: Harness) -> None:
     h.event(agent, EventKind.LOADED, "iris", 1)
     h.service.unload_model("iris")
     h.service.reconcile()
-    assert h.state("iris")[1] == {"a-0": ReplicaState.UNLOADING.value}
+    assert h.state("iris")[1] == {"a-0": CopyState.UNLOADING.value}
     h.event(agent, EventKind.UNLOADED, "iris", 1)
     assert h.service.models() == []
 

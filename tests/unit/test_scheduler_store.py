@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from scheduler_service.model import (
+    CopyState,
+    ModelCopy,
     ModelRecord,
     ModelState,
-    ReplicaRecord,
-    ReplicaState,
     validate_spec,
 )
 from scheduler_service.store import Store, StoreError
@@ -28,8 +28,8 @@ def record() -> ModelRecord:
     )
     model = ModelRecord(spec=spec, version=3, state=ModelState.PROGRESSING, reason="r")
     model.server_reasons = (("mlserver", "missing capability model-on-gpu"),)
-    for index, state in ((0, ReplicaState.AVAILABLE), (1, ReplicaState.LOADING)):
-        model.replicas[("gpu", index)] = ReplicaRecord(
+    for index, state in ((0, CopyState.AVAILABLE), (1, CopyState.LOADING)):
+        model.replicas[("gpu", index)] = ModelCopy(
             server="gpu",
             index=index,
             version=3,
