@@ -32,6 +32,7 @@ lint: $(STAMP) $(HELM)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/hadolint Dockerfile
 	$(HELM) lint --strict charts/gpuplace
 

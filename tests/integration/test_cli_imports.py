@@ -1,0 +1,73 @@
+"""The CLI is the top floor: a client command never loads a server's module graph."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+# What only the scheduler or the agent process needs: servers, the state file, NVML, metrics.
+SERVER_ONLY = [
+    "aiohttp",
+    "sqlite3",
+    "pynvml",
+    "prometheus_client",
+    "scheduler_service.server",
+    "scheduler_service.service",
+    "scheduler_service.store",
+    "agent.main",
+    "agent.link",
+    "agent.gpus",
+]
+
+PROBE = """
+import json, sys
+from gpuplace.cli import build_parser
+parser = build_parser()
+args = parser.parse_args(sys.argv[1:])
+print(json.dumps(sorted(m for m in {modules} if m in sys.modules)))
+"""
+
+
+def loaded_after_parsing(*argv: str) -> list[str]:
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE.format(modules=SERVER_ONLY), *argv],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    loaded: list[str] = json.loads(result.stdout)
+    return loaded
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("model", "status"),
+        ("server", "status"),
+        ("render", "-f", "examples/servers.yaml"),
+        ("scheduler", "--port", "1"),
+        ("agent", "--pod-name", "mlserver-0"),
+    ],
+)
+def test_parsing_a_command_loads_no_server_module(argv: tuple[str, ...]) -> None:
+    assert loaded_after_parsing(*argv) == []
+
+
+def test_the_probe_sees_a_server_module_once_it_is_imported() -> None:
+    """The check above could not pass by looking at the wrong modules."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, scheduler_service.server; print('sqlite3' in sys.modules)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert result.stdout.strip() == "True"
