@@ -28,8 +28,8 @@ from types import FrameType
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.fakes import nvml
-from tests.support.cluster import (
+from devharness import fake_nvml
+from devharness.cluster import (
     DEFAULT_CAPABILITIES,
     REPO_ROOT,
     LeftoverProcesses,
@@ -37,8 +37,9 @@ from tests.support.cluster import (
     ServerSpec,
     real_gpu_count,
 )
-from tests.support.mlserver import ensure_mlserver_venv, infer_request
-from tests.support.sklearn_models import IRIS_ROW, TrainJob, train_iris_models
+from devharness.fake_nvml import GiB
+from devharness.mlserver import ensure_mlserver_venv, infer_request
+from devharness.sklearn_models import IRIS_ROW, TrainJob, train_iris_models
 
 EXAMPLES = REPO_ROOT / "examples" / "demo"
 LOADED = EXAMPLES / "models.yaml"
@@ -91,7 +92,7 @@ def prepare(work_dir: Path) -> tuple[Path, Path, int]:
     step(1, "setting up (the first run installs MLServer: about a minute)")
     mlserver = ensure_mlserver_venv(log=detail)
     detail(f"MLServer 1.7.1 virtualenv: {relative(mlserver.parent.parent)}")
-    library = nvml.build()
+    library = fake_nvml.build()
     detail(f"fake NVML library (simulated GPUs): {relative(library)}")
     gpus = real_gpu_count()
     detail(
@@ -138,7 +139,7 @@ def show_cluster(cluster: LocalCluster) -> None:
         label = replica.gpu_label
         if replica.gpu_mode == "fake" and replica.nvml_state is not None:
             label += ": " + ", ".join(
-                f"{gpu.name} {gpu.free_bytes // nvml.GiB}/{gpu.total_bytes // nvml.GiB} GiB free"
+                f"{gpu.name} {gpu.free_bytes // GiB}/{gpu.total_bytes // GiB} GiB free"
                 for gpu in replica.nvml_state.gpus
             )
         detail(f"{replica.name:<26} MLServer {replica.mlserver.base_url}  [{label}]")

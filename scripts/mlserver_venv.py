@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.support.mlserver import default_venv_path, ensure_mlserver_venv
+from devharness.mlserver import default_venv_path, ensure_mlserver_venv
 
 
 def main(argv: list[str] | None = None) -> int:

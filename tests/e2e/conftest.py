@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from tests.support.cluster import LocalCluster
-from tests.support.mlserver import MLServerProcess, ensure_mlserver_venv
-from tests.support.sklearn_models import ARTIFACT_NAME, TrainJob, train_iris_models
+from devharness.cluster import LocalCluster
+from devharness.mlserver import MLServerProcess, ensure_mlserver_venv
+from devharness.sklearn_models import ARTIFACT_NAME, TrainJob, train_iris_models
 
 MLServerFactory = Callable[..., MLServerProcess]
 

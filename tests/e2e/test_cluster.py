@@ -24,19 +24,19 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from gpuplace.client import ClientError
-from gpuplace.output import model_to_dict, server_to_dict
-from tests.e2e.conftest import IrisArtifacts
-from tests.fakes.nvml import GiB
-from tests.support.cluster import (
+from devharness.cluster import (
     DEFAULT_CAPABILITIES,
     LocalCluster,
     Replica,
     ServerSpec,
     cluster_pids,
 )
-from tests.support.sklearn_models import IRIS_ROW, IRIS_ROW_CLASS, SKLEARN_IMPLEMENTATION
-from tests.support.wait import wait_until_sync
+from devharness.fake_nvml import GiB
+from devharness.sklearn_models import IRIS_ROW, IRIS_ROW_CLASS, SKLEARN_IMPLEMENTATION
+from devharness.wait import wait_until_sync
+from gpuplace.client import ClientError
+from gpuplace.output import model_to_dict, server_to_dict
+from tests.e2e.conftest import IrisArtifacts
 
 pytestmark = pytest.mark.e2e
 

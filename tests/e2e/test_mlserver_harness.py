@@ -8,14 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import MLServerFactory
-from tests.support.mlserver import (
+from devharness.mlserver import (
     MLServerHTTPError,
     MLServerProcess,
     http_request,
     process_group_pids,
 )
-from tests.support.sklearn_models import (
+from devharness.sklearn_models import (
     CONSTANT_CLASS,
     IRIS_ROW,
     IRIS_ROW_CLASS,
@@ -23,6 +22,7 @@ from tests.support.sklearn_models import (
     train_iris_model,
     train_iris_models,
 )
+from tests.e2e.conftest import MLServerFactory
 
 pytestmark = pytest.mark.e2e
 

@@ -1,9 +1,10 @@
 /*
- * A fake libnvidia-ml.so.1 for tests: the real nvidia-ml-py (pynvml) ctypes code path runs
- * against it. Device state comes from the text file named by $FAKE_NVML_STATE, re-read on
- * every call, so a test can change free memory while the agent is loading a model.
+ * A fake libnvidia-ml.so.1 for the tests and `make demo`: the real nvidia-ml-py (pynvml)
+ * ctypes code path runs against it. Device state comes from the text file named by
+ * $FAKE_NVML_STATE, re-read on every call, so a test can change free memory while the agent
+ * is loading a model.
  *
- * State file (one item per line, '#' starts a comment; tests/fakes/nvml.py writes it):
+ * State file (one item per line, '#' starts a comment; devharness/fake_nvml.py writes it):
  *   init_result <code>            NVML return code of nvmlInit (0 = success, 9 = driver not loaded)
  *   driver_version <text>
  *   memory_v2 <0|1>               whether nvmlDeviceGetMemoryInfo_v2 is supported

@@ -8,28 +8,20 @@ import json
 import logging
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from agent.gpus import NvmlGpuProbe
 from contract.protocol import GpuDevice
-from tests.fakes import nvml
-from tests.fakes.nvml import FakeGpu, FakeMig, FakeNvml, GiB
-
-
-@pytest.fixture(scope="session")
-def fake_library() -> Path:
-    return nvml.build()
+from devharness import fake_nvml
+from devharness.fake_nvml import FakeGpu, FakeMig, FakeNvml, GiB
 
 
 @pytest.fixture
-def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_library: Path) -> Iterator[FakeNvml]:
-    state = nvml.two_gpus(tmp_path / "nvml-state.txt")
-    monkeypatch.setenv(nvml.STATE_ENV, str(state.path))
-    with nvml.in_process(fake_library):
-        yield state
+def fake(gpus: FakeNvml) -> FakeNvml:
+    """The fake library's state (conftest's `gpus`), named for what these tests change."""
+    return gpus
 
 
 def read(uuids: tuple[str, ...] = ()) -> list[GpuDevice]:
@@ -114,7 +106,7 @@ def test_mig_mode_without_instances_offers_nothing(
 def test_init_failure_is_one_line_and_zero_gpus(
     fake: FakeNvml, caplog: pytest.LogCaptureFixture
 ) -> None:
-    fake.init_result = nvml.NVML_ERROR_DRIVER_NOT_LOADED
+    fake.init_result = fake_nvml.NVML_ERROR_DRIVER_NOT_LOADED
     fake.write()
     probe = NvmlGpuProbe()
     with caplog.at_level(logging.INFO, logger="agent.gpus"):
@@ -176,7 +168,7 @@ def test_no_device(fake: FakeNvml, caplog: pytest.LogCaptureFixture) -> None:
 
 
 def test_library_not_found(caplog: pytest.LogCaptureFixture) -> None:
-    with nvml.library_missing(), caplog.at_level(logging.INFO, logger="agent.gpus"):
+    with fake_nvml.library_missing(), caplog.at_level(logging.INFO, logger="agent.gpus"):
         probe = NvmlGpuProbe()
         assert probe.devices() == []
         assert probe.devices() == []
@@ -199,7 +191,7 @@ def test_state_file_vanishing_keeps_the_last_reading(fake: FakeNvml) -> None:
 def test_another_process_finds_the_fake_through_ld_library_path(
     tmp_path: Path, fake_library: Path
 ) -> None:
-    state = nvml.two_gpus(tmp_path / "state.txt")
+    state = fake_nvml.two_gpus(tmp_path / "state.txt")
     script = (
         "import json\n"
         "from agent.gpus import NvmlGpuProbe\n"
@@ -207,7 +199,7 @@ def test_another_process_finds_the_fake_through_ld_library_path(
     )
     result = subprocess.run(
         [sys.executable, "-c", script],
-        env=nvml.subprocess_env(state),
+        env=fake_nvml.subprocess_env(state),
         capture_output=True,
         text=True,
         timeout=60,

@@ -26,13 +26,6 @@ from agent.inference_server import (
 from tests.fakes.fake_v2 import FakeV2Server
 
 
-@pytest.fixture
-async def v2(tmp_path: Path) -> AsyncIterator[FakeV2Server]:
-    server = await FakeV2Server(tmp_path / "models").start()
-    yield server
-    await server.stop()
-
-
 def client(url: str, load_timeout_s: float = 5, request_timeout_s: float = 5) -> MLServerClient:
     return MLServerClient(url, load_timeout_s=load_timeout_s, request_timeout_s=request_timeout_s)
 

@@ -8,7 +8,7 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,27 +22,15 @@ from agent.main import Agent
 from agent.settings import AgentSettings
 from contract.protocol import Load, Unload
 from contract.wire import encode_command
+from devharness import fake_nvml
+from devharness.fake_nvml import FakeNvml, GiB
 from protos import agent_pb2, agent_pb2_grpc
-from tests.fakes import nvml
 from tests.fakes.fake_v2 import FakeV2Server
-from tests.fakes.nvml import FakeNvml, GiB
+from tests.support.wait import wait_until
 
 GPU_A = "GPU-11111111-aaaa"  # 80 GiB free
 GPU_B = "GPU-22222222-bbbb"  # 50 GiB free
 SKLEARN = {"implementation": "mlserver_sklearn.SKLearnModel"}
-
-
-async def eventually(check: Callable[[], Any], timeout_s: float = 10.0, what: str = "") -> Any:
-    """Poll `check` until it returns something truthy; fail at the deadline."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"not reached within {timeout_s}s: {what or check}")
-        await asyncio.sleep(0.01)
 
 
 class FakeScheduler(agent_pb2_grpc.AgentServiceServicer):
@@ -147,39 +135,11 @@ class SchedulerServer:
             self.server = None
 
 
-@pytest.fixture(scope="session")
-def fake_library() -> Path:
-    return nvml.build()
-
-
-@pytest.fixture
-def gpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_library: Path) -> Iterator[FakeNvml]:
-    state = nvml.two_gpus(tmp_path / "nvml-state.txt")
-    monkeypatch.setenv(nvml.STATE_ENV, str(state.path))
-    with nvml.in_process(fake_library):
-        yield state
-
-
-@pytest.fixture
-async def v2(tmp_path: Path) -> AsyncIterator[FakeV2Server]:
-    server = await FakeV2Server(tmp_path / "models").start()
-    yield server
-    await server.stop()
-
-
 @pytest.fixture
 async def stand_in() -> AsyncIterator[SchedulerServer]:
     server = await SchedulerServer(FakeScheduler()).start()
     yield server
     await server.stop()
-
-
-@pytest.fixture
-def artifact(tmp_path: Path) -> Path:
-    folder = tmp_path / "artifact"
-    folder.mkdir()
-    (folder / "model.joblib").write_bytes(b"weights")
-    return folder
 
 
 def settings_for(v2: FakeV2Server, scheduler_port: int, **overrides: Any) -> AgentSettings:
@@ -227,7 +187,7 @@ async def running(
 ) -> AsyncIterator[Running]:
     agent = Agent(settings_for(v2, stand_in.port))
     await agent.start()
-    await eventually(lambda: agent.link.connected, what="agent connected")
+    await wait_until(lambda: agent.link.connected, what="agent connected")
     yield Running(agent, stand_in.fake)
     await agent.stop()
 
@@ -264,7 +224,7 @@ async def test_load_measures_the_footprint_nvml_sees(
 ) -> None:
     v2.on_load = lambda name: gpus.take(GPU_B, 6 * GiB)
     running.fake.load("iris", artifact, version=1, gpu_memory=4 * GiB, devices=(GPU_B,))
-    (event,) = await eventually(lambda: running.fake.events("iris"), what="an event")
+    (event,) = await wait_until(lambda: running.fake.events("iris"), what="an event")
     assert agent_pb2.ModelEvent.Kind.Name(event.kind) == "LOADED"
     assert event.version == 1
     assert dict(event.footprint_bytes) == {GPU_B: 6 * GiB}
@@ -274,7 +234,7 @@ async def test_load_measures_the_footprint_nvml_sees(
     assert v2.loaded == {"iris": "1"}
     assert (artifact / "model.joblib").exists()
     # the drop is also reported as a resource update, after the event
-    update = await eventually(
+    update = await wait_until(
         lambda: [u for u in running.fake.resource_updates() if u.devices[1].free_bytes == 44 * GiB],
         what="resource update",
     )
@@ -287,7 +247,7 @@ async def test_memory_refusal_does_not_touch_the_inference_server(
     running: Running, v2: FakeV2Server, artifact: Path
 ) -> None:
     running.fake.load("big", artifact, gpu_memory=60 * GiB, devices=(GPU_B,))
-    (event,) = await eventually(lambda: running.fake.events("big"))
+    (event,) = await wait_until(lambda: running.fake.events("big"))
     assert agent_pb2.ModelEvent.Kind.Name(event.kind) == "LOAD_FAILED_MEMORY"
     assert GPU_B in event.message and "50 GiB free" in event.message
     assert v2.load_count("big") == 0
@@ -299,7 +259,7 @@ async def test_inference_server_failure_is_reported(
 ) -> None:
     v2.fail["iris"] = "runtime exploded"
     running.fake.load("iris", artifact)
-    (event,) = await eventually(lambda: running.fake.events("iris"))
+    (event,) = await wait_until(lambda: running.fake.events("iris"))
     assert agent_pb2.ModelEvent.Kind.Name(event.kind) == "LOAD_FAILED"
     assert "runtime exploded" in event.message
     assert not (v2.repository / "iris").exists()
@@ -311,10 +271,10 @@ async def test_commands_for_one_model_never_interleave(
     gate = v2.hold["iris"] = asyncio.Event()
     running.fake.load("iris", artifact)
     running.fake.unload("iris")
-    await eventually(lambda: v2.loads_started == 1)
+    await wait_until(lambda: v2.loads_started == 1)
     assert v2.calls.count(("unload", "iris")) == 0
     gate.set()
-    await eventually(lambda: len(running.fake.events("iris")) == 2)
+    await wait_until(lambda: len(running.fake.events("iris")) == 2)
     assert running.fake.kinds("iris") == ["LOADED", "UNLOADED"]
     assert [c for c in v2.calls if c[0] != "index"] == [("load", "iris"), ("unload", "iris")]
     assert not (v2.repository / "iris").exists()
@@ -325,9 +285,9 @@ async def test_new_version_in_place_and_old_version_unload(
 ) -> None:
     running.fake.load("iris", artifact, version=1)
     running.fake.load("iris", artifact, version=2)
-    await eventually(lambda: len(running.fake.events("iris")) == 2)
+    await wait_until(lambda: len(running.fake.events("iris")) == 2)
     running.fake.unload("iris", version=1)
-    await eventually(lambda: len(running.fake.events("iris")) == 3)
+    await wait_until(lambda: len(running.fake.events("iris")) == 3)
     assert running.fake.kinds("iris") == ["LOADED", "LOADED", "UNLOADED"]
     assert [e.version for e in running.fake.events("iris")] == [1, 2, 1]
     assert v2.loaded == {"iris": "2"}
@@ -336,7 +296,7 @@ async def test_new_version_in_place_and_old_version_unload(
 
 async def test_resource_update_when_memory_drifts(running: Running, gpus: FakeNvml) -> None:
     gpus.take(GPU_A, 2 * GiB)
-    update = await eventually(
+    update = await wait_until(
         lambda: [u for u in running.fake.resource_updates() if u.devices[0].free_bytes == 78 * GiB]
     )
     assert len(update[0].devices) == 2
@@ -346,17 +306,17 @@ async def test_reconnect_resends_hello_without_reloading(
     running: Running, stand_in: SchedulerServer, v2: FakeV2Server, artifact: Path
 ) -> None:
     running.fake.load("iris", artifact, version=3)
-    await eventually(lambda: running.fake.kinds("iris") == ["LOADED"])
+    await wait_until(lambda: running.fake.kinds("iris") == ["LOADED"])
     port = stand_in.port
     await stand_in.stop()
-    await eventually(lambda: not running.agent.link.connected, what="disconnect noticed")
+    await wait_until(lambda: not running.agent.link.connected, what="disconnect noticed")
     assert (await running.get("/ready"))[0] == 503
     await stand_in.start(port)
-    await eventually(lambda: len(running.fake.hellos) == 2, what="second hello")
+    await wait_until(lambda: len(running.fake.hellos) == 2, what="second hello")
     hello = running.fake.hellos[1]
     assert [(m.name, m.version) for m in hello.loaded_models] == [("iris", 3)]
     assert v2.load_count("iris") == 1
-    await eventually(lambda: running.agent.link.connected)
+    await wait_until(lambda: running.agent.link.connected)
     registry = running.agent.registry
     assert registry.get_sample_value("gpuplace_agent_scheduler_reconnects_total") == 1
     assert (await running.get("/ready"))[0] == 200
@@ -367,16 +327,16 @@ async def test_restarted_agent_reports_what_the_server_holds(
 ) -> None:
     first = Agent(settings_for(v2, stand_in.port))
     await first.start()
-    await eventually(lambda: first.link.connected)
+    await wait_until(lambda: first.link.connected)
     v2.on_load = lambda name: gpus.take(GPU_A, GiB)
     stand_in.fake.load("iris", artifact, version=4, gpu_memory=GiB // 2, devices=(GPU_A,))
-    await eventually(lambda: stand_in.fake.kinds("iris") == ["LOADED"])
+    await wait_until(lambda: stand_in.fake.kinds("iris") == ["LOADED"])
     await first.stop()  # a crash: nothing unloaded
 
     second = Agent(settings_for(v2, stand_in.port))
     await second.start()
     try:
-        await eventually(lambda: len(stand_in.fake.hellos) == 2)
+        await wait_until(lambda: len(stand_in.fake.hellos) == 2)
         (model,) = stand_in.fake.hellos[1].loaded_models
         assert (model.name, model.version, dict(model.footprint_bytes)) == ("iris", 4, {GPU_A: GiB})
         assert v2.load_count("iris") == 1
@@ -405,13 +365,13 @@ async def test_drain_moves_models_then_unloads_the_rest(
 ) -> None:
     running.fake.load("a", artifact)
     running.fake.load("b", artifact)
-    await eventually(lambda: running.fake.kinds("a") == ["LOADED"] == running.fake.kinds("b"))
+    await wait_until(lambda: running.fake.kinds("a") == ["LOADED"] == running.fake.kinds("b"))
     drain = asyncio.create_task(running.agent.drain_and_stop())
-    await eventually(lambda: running.fake.drains() == 1, what="drain request")
+    await wait_until(lambda: running.fake.drains() == 1, what="drain request")
     assert (await running.get("/ready"))[0] == 503
     # the scheduler moved "a" elsewhere: it unloads it here, the agent keeps obeying
     running.fake.unload("a")
-    await eventually(lambda: running.fake.kinds("a") == ["LOADED", "UNLOADED"])
+    await wait_until(lambda: running.fake.kinds("a") == ["LOADED", "UNLOADED"])
     running.fake.send(
         agent_pb2.SchedulerMessage(drain_complete=agent_pb2.DrainComplete(stranded_models=["b"]))
     )
@@ -425,7 +385,7 @@ async def test_drain_moves_models_then_unloads_the_rest(
 async def test_sigterm_drains_and_exits_zero(
     tmp_path: Path, fake_library: Path, v2: FakeV2Server, stand_in: SchedulerServer, artifact: Path
 ) -> None:
-    state = nvml.two_gpus(tmp_path / "nvml-process.txt")
+    state = fake_nvml.two_gpus(tmp_path / "nvml-process.txt")
     log_path = tmp_path / "agent.log"
     with log_path.open("wb") as log_file:
         process = await asyncio.create_subprocess_exec(
@@ -442,21 +402,21 @@ async def test_sigterm_drains_and_exits_zero(
             "--readiness-port=0",
             "--metrics-port=0",
             "--drain-timeout-s=20",
-            env=nvml.subprocess_env(state),
+            env=fake_nvml.subprocess_env(state),
             stdout=log_file,
             stderr=asyncio.subprocess.STDOUT,
         )
         try:
-            await eventually(lambda: stand_in.fake.hellos, timeout_s=30, what="hello")
+            await wait_until(lambda: stand_in.fake.hellos, timeout=30, what="hello")
             (hello,) = stand_in.fake.hellos
             assert [d.uuid for d in hello.devices] == [
                 GPU_A,
                 GPU_B,
             ]  # fake NVML via LD_LIBRARY_PATH
             stand_in.fake.load("iris", artifact)
-            await eventually(lambda: stand_in.fake.kinds("iris") == ["LOADED"], timeout_s=20)
+            await wait_until(lambda: stand_in.fake.kinds("iris") == ["LOADED"], timeout=20)
             process.send_signal(signal.SIGTERM)
-            await eventually(lambda: stand_in.fake.drains() == 1, timeout_s=20, what="drain")
+            await wait_until(lambda: stand_in.fake.drains() == 1, timeout=20, what="drain")
             stand_in.fake.send(agent_pb2.SchedulerMessage(drain_complete=agent_pb2.DrainComplete()))
             code = await asyncio.wait_for(process.wait(), timeout=20)
         finally:
@@ -473,7 +433,7 @@ async def test_sigterm_drains_and_exits_zero(
 async def started(settings: AgentSettings) -> Agent:
     agent = Agent(settings)
     await agent.start()
-    await eventually(lambda: agent.link.connected, what="agent connected")
+    await wait_until(lambda: agent.link.connected, what="agent connected")
     return agent
 
 
@@ -485,10 +445,10 @@ async def test_shutdown_keeps_within_the_drain_timeout(
     agent = await started(settings_for(v2, stand_in.port, drain_timeout_s=3))
     fake = stand_in.fake
     fake.load("a", artifact)
-    await eventually(lambda: fake.kinds("a") == ["LOADED"])
+    await wait_until(lambda: fake.kinds("a") == ["LOADED"])
     v2.hold["stuck"] = asyncio.Event()
     fake.load("stuck", artifact)
-    await eventually(lambda: v2.loads_started >= 2, what="the stuck load")
+    await wait_until(lambda: v2.loads_started >= 2, what="the stuck load")
     loop = asyncio.get_running_loop()
     began = loop.time()
     await asyncio.wait_for(agent.drain_and_stop(), timeout=10)
@@ -503,10 +463,10 @@ async def test_a_second_signal_skips_every_wait(
     agent = await started(settings_for(v2, stand_in.port, drain_timeout_s=60))
     v2.hold["stuck"] = asyncio.Event()
     stand_in.fake.load("stuck", artifact)
-    await eventually(lambda: v2.loads_started >= 1, what="the stuck load")
+    await wait_until(lambda: v2.loads_started >= 1, what="the stuck load")
     force = asyncio.Event()
     drain = asyncio.create_task(agent.drain_and_stop(force))
-    await eventually(lambda: stand_in.fake.drains() == 1, what="drain request")
+    await wait_until(lambda: stand_in.fake.drains() == 1, what="drain request")
     force.set()
     await asyncio.wait_for(drain, timeout=3)
 
@@ -522,7 +482,7 @@ async def test_a_missing_welcome_is_named_in_the_log(
     agent = Agent(settings_for(v2, server.port, request_timeout_s=0.3))
     await agent.start()
     try:
-        await eventually(
+        await wait_until(
             lambda: "no welcome from the scheduler within 0.3s" in caplog.text, what="log line"
         )
     finally:

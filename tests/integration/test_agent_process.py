@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
 import pytest
 
+from devharness.cluster import clean_env
+
 
 def run_agent(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SELDON_", "GPUPLACE_"))}
-    clean.pop("MEMORY_REQUEST", None)
-    clean.pop("POD_NAME", None)
     return subprocess.run(
         [sys.executable, "-m", "gpuplace.cli", "agent", *args],
-        env={**clean, **env},
+        env={**clean_env(), **env},
         capture_output=True,
         text=True,
         timeout=60,

@@ -1,12 +1,13 @@
-"""Real agents against the real scheduler (tests/support/scheduler.py), with fake V2
-inference servers: the whole control path except MLServer itself."""
+"""Real agents against the real scheduler (in this process, or as `devharness.scheduler`'s
+child process), with fake V2 inference servers: the whole control path except MLServer itself.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -18,36 +19,15 @@ import pytest
 from agent.gpus import GpuProbe, NoGpus
 from agent.main import Agent
 from agent.settings import AgentSettings
+from devharness.fake_nvml import FakeNvml, GiB
+from devharness.scheduler import SchedulerProcess
 from protos import common_pb2, scheduler_pb2, scheduler_pb2_grpc
-from tests.fakes import nvml
 from tests.fakes.fake_v2 import FakeV2Server
-from tests.fakes.nvml import FakeNvml, GiB
-from tests.support.scheduler import SchedulerHandle, SchedulerProcess
+from tests.support.scheduler import SchedulerHandle
 from tests.support.wait import wait_until
 
 SKLEARN = {"implementation": "mlserver_sklearn.SKLearnModel"}
 GPU_A = "GPU-11111111-aaaa"
-
-
-@pytest.fixture
-def artifact(tmp_path: Path) -> Path:
-    folder = tmp_path / "artifact"
-    folder.mkdir()
-    (folder / "model.joblib").write_bytes(b"weights")
-    return folder
-
-
-@pytest.fixture(scope="session")
-def fake_library() -> Path:
-    return nvml.build()
-
-
-@pytest.fixture
-def gpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_library: Path) -> Iterator[FakeNvml]:
-    state = nvml.two_gpus(tmp_path / "nvml-state.txt")
-    monkeypatch.setenv(nvml.STATE_ENV, str(state.path))
-    with nvml.in_process(fake_library):
-        yield state
 
 
 def agent_settings(

@@ -565,7 +565,7 @@ def test_dockerignore_keeps_local_state_out_but_not_what_the_image_copies() -> N
             for prefix in prefixes
         )
 
-    for path in [".git", ".venv", ".venv-mlserver", ".mypy_cache", "tests/fakes/build", "x.db"]:
+    for path in [".git", ".venv", ".venv-mlserver", ".mypy_cache", "devharness/build", "x.db"]:
         assert ignored(path), path
     assert ignored("agent/__pycache__/x.pyc")
     copied = [

@@ -8,8 +8,8 @@ from pathlib import Path
 import grpc
 import pytest
 
+from devharness.scheduler import SchedulerProcess
 from protos import common_pb2, scheduler_pb2, scheduler_pb2_grpc
-from tests.support.scheduler import SchedulerProcess
 from tests.support.sim_agent import SimAgent
 from tests.support.wait import wait_until
 

@@ -1,4 +1,7 @@
-"""Poll until a condition holds or a deadline passes — never a bare sleep."""
+"""Poll until a condition holds or a deadline passes — never a bare sleep.
+
+(The same for a plain, not async, caller: :func:`devharness.wait.wait_until_sync`.)
+"""
 
 from __future__ import annotations
 
@@ -28,22 +31,3 @@ async def wait_until(
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what} ({result!r})")
         await asyncio.sleep(interval)
-
-
-def wait_until_sync(
-    check: Callable[[], T],
-    *,
-    timeout: float = 10.0,
-    interval: float = 0.05,
-    what: str = "condition",
-) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise AssertionError(
-                f"timed out after {timeout}s waiting for {what} (last: {result!r})"
-            )
-        time.sleep(interval)

@@ -1,6 +1,7 @@
 """The fake NVML library: build it, describe its devices, point pynvml at it.
 
-`fake_nvml.c` is compiled with gcc into `tests/fakes/build/libnvidia-ml.so.1`. It reads the
+`tests/fakes/fake_nvml.c` (the fake is a test fake; this module only builds and drives it)
+is compiled with gcc into `devharness/build/libnvidia-ml.so.1` (git-ignored). It reads the
 devices from the text file named by `$FAKE_NVML_STATE` on every call, so a test changes
 free memory (even in the middle of a load) by rewriting that file with `FakeNvml.write()`.
 
@@ -28,9 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-FAKES = Path(__file__).resolve().parent
-SOURCE = FAKES / "fake_nvml.c"
-BUILD = FAKES / "build"
+HERE = Path(__file__).resolve().parent
+SOURCE = HERE.parent / "tests" / "fakes" / "fake_nvml.c"
+BUILD = HERE / "build"
 LIBRARY = BUILD / "libnvidia-ml.so.1"
 STATE_ENV = "FAKE_NVML_STATE"
 GiB = 2**30
@@ -102,7 +103,7 @@ class FakeNvml:
 
     def render(self) -> str:
         lines = [
-            "# written by tests/fakes/nvml.py",
+            "# written by devharness/fake_nvml.py",
             f"init_result {self.init_result}",
             f"memory_v2 {int(self.memory_v2)}",
             f"driver_version {self.driver_version}",

@@ -48,8 +48,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-"""The gpuplace repository root (this file is ``tests/support/mlserver.py``)."""
+REPO_ROOT = Path(__file__).resolve().parents[1]
+"""The gpuplace repository root (this file is ``devharness/mlserver.py``)."""
 
 DEFAULT_VENV = REPO_ROOT / ".venv-mlserver"
 """Where MLServer's own virtualenv lives unless ``GPUPLACE_MLSERVER_VENV`` says otherwise."""

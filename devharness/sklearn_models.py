@@ -61,7 +61,7 @@ def train_iris_models(jobs: Sequence[TrainJob], *, venv: Path | None = None) -> 
     returns each ``model.joblib`` path. Creates MLServer's venv if needed."""
     if not jobs:
         return []
-    from tests.support.mlserver import ensure_mlserver_venv, venv_bin
+    from devharness.mlserver import ensure_mlserver_venv, venv_bin
 
     mlserver = ensure_mlserver_venv(venv) if venv is not None else ensure_mlserver_venv()
     python = venv_bin(mlserver.parent.parent, "python")

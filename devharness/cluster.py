@@ -20,9 +20,10 @@ scheduler/state.db, scheduler/scheduler.log
 ```
 
 GPUs: every agent reads its GPUs through the real nvidia-ml-py code path. ``gpus="fake"``
-points it at the fake ``libnvidia-ml.so.1`` (``tests/fakes``) serving two simulated 80 GiB
-GPUs; ``gpus="none"`` at the same fake serving no device (so that a replica has no GPU even on
-a machine that has one); ``gpus="real"`` leaves the library path alone (the driver's NVML).
+points it at the fake ``libnvidia-ml.so.1`` (:mod:`devharness.fake_nvml`) serving two
+simulated 80 GiB GPUs; ``gpus="none"`` at the same fake serving no device (so that a replica
+has no GPU even on a machine that has one); ``gpus="real"`` leaves the library path alone (the
+driver's NVML).
 
 Start: the scheduler first, then each replica's MLServer and agent (replicas in parallel);
 :meth:`LocalCluster.start` returns once every agent is connected to the scheduler and
@@ -48,19 +49,19 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
 
-from gpuplace.client import ClientError, SchedulerClient
-from tests.fakes import nvml
-from tests.fakes.nvml import FakeNvml
-from tests.support.mlserver import (
+from devharness import fake_nvml
+from devharness.fake_nvml import FakeNvml
+from devharness.mlserver import (
     MLServerProcess,
     alive_in_group,
     ensure_mlserver_venv,
     http_request,
 )
-from tests.support.scheduler import TEST_DEFAULTS, SchedulerProcess
-from tests.support.wait import wait_until_sync
+from devharness.scheduler import SCHEDULER_DEFAULTS, SchedulerProcess
+from devharness.wait import wait_until_sync
+from gpuplace.client import ClientError, SchedulerClient
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 GpuMode = Literal["none", "fake", "real"]
 Log = Callable[[str], None]
@@ -68,7 +69,7 @@ Log = Callable[[str], None]
 DEFAULT_CAPABILITIES: tuple[str, ...] = ("mlserver", "sklearn", "xgboost")
 
 CLUSTER_SCHEDULER_SETTINGS: dict[str, Any] = {
-    **TEST_DEFAULTS,
+    **SCHEDULER_DEFAULTS,
     # Long enough for every agent to reconnect after a scheduler restart: a shorter grace
     # would drop their copies and load the models again.
     "disconnect_grace_s": 20.0,
@@ -87,7 +88,7 @@ CLUSTER_AGENT_FLAGS: dict[str, str] = {
 
 _AGENT_HTTP = re.compile(r"HTTP: /ready and /live on [^\s:]+:(\d+), /metrics on [^\s:]+:(\d+)")
 _NOT_INHERITED = ("SELDON_", "GPUPLACE_", "MLSERVER_")
-_NOT_INHERITED_NAMES = {"MEMORY_REQUEST", "POD_NAME", nvml.STATE_ENV}
+_NOT_INHERITED_NAMES = {"MEMORY_REQUEST", "POD_NAME", fake_nvml.STATE_ENV}
 
 
 def _say_nothing(_message: str) -> None:
@@ -102,7 +103,7 @@ def clean_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
         for key, value in (os.environ if base is None else base).items()
         if not key.startswith(_NOT_INHERITED) and key not in _NOT_INHERITED_NAMES
     }
-    fake_folder = str(nvml.BUILD)
+    fake_folder = str(fake_nvml.BUILD)
     kept = [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p and p != fake_folder]
     if kept:
         env["LD_LIBRARY_PATH"] = os.pathsep.join(kept)
@@ -332,7 +333,7 @@ class ServerSpec:
     memory: str = "2Gi"
     overcommit_percentage: int = 10
     gpus: GpuMode = "none"
-    fake_gpus: Callable[[Path], FakeNvml] = nvml.two_gpus
+    fake_gpus: Callable[[Path], FakeNvml] = fake_nvml.two_gpus
     """With ``gpus="fake"``: writes the state file of one replica's simulated GPUs."""
     agent_flags: Mapping[str, str] = field(default_factory=dict)
 
@@ -504,7 +505,7 @@ class LocalCluster:
     def _start(self) -> None:
         started = time.monotonic()
         mlserver = self.mlserver_executable or ensure_mlserver_venv()
-        nvml.build()
+        fake_nvml.build()
         self.scheduler.start()
         self.say(
             f"scheduler: client API {self.client_address}, agents {self.agent_address}, "
@@ -540,7 +541,7 @@ class LocalCluster:
             state = FakeNvml(folder / "nvml-state.txt")
             state.write()
         if state is not None:
-            env = nvml.subprocess_env(state, env)
+            env = fake_nvml.subprocess_env(state, env)
         agent = AgentProcess([], env, folder / "agent.log", cwd=self.agent_cwd)
         return Replica(server.name, index, folder, repository, process, agent, server.gpus, state)
 
