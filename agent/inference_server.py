@@ -30,7 +30,9 @@ class InferenceServerUnavailable(InferenceServerError):
 
 @dataclass(frozen=True)
 class IndexEntry:
-    """One entry of the repository index."""
+    """One entry of the inference server's repository index: a model's name, its state there
+    (`READY`, `LOADING`, `UNAVAILABLE`, ...) and its version (`parameters.version` of its
+    `model-settings.json`, as the agent wrote it)."""
 
     name: str
     state: str

@@ -120,12 +120,11 @@ class Agent:
     async def start(self) -> None:
         s = self.settings
         log.info(
-            "agent %s for %s: server %s replica %d, capabilities [%s], memory %d bytes "
+            "agent %s for %s (pod %s): capabilities [%s], memory %d bytes "
             "(+%d%% overcommit), inference server %s (gRPC port %d), repository %s",
             __version__,
+            s.replica,
             s.pod_name,
-            s.server_name,
-            s.replica_index,
             ", ".join(s.capabilities),
             s.memory_bytes,
             s.overcommit_percentage,

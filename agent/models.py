@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +32,7 @@ from agent.metrics import AgentMetrics
 from contract.names import InvalidName, is_dns1123_label
 from contract.protocol import EventKind, GpuDevice, Load, LoadedModel, ModelEvent, Unload
 from contract.quantity import format_bytes
+from placement import DeviceShortfall, Gpu, NamedShortfall, Policy, fit_devices
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +72,65 @@ class _Plan:
     unload_first: bool = False
 
 
-class _Refused(Exception):
-    """A load refused before the inference server was called."""
+class Refused(Exception):
+    """A load refused before the inference server was called (not enough GPU memory now)."""
 
     def __init__(self, kind: EventKind, message: str) -> None:
         super().__init__(message)
         self.kind = kind
+
+
+def fit_load(
+    request: Load, devices: Sequence[GpuDevice], reclaim: Mapping[str, int]
+) -> list[str] | Refused:
+    """The devices a load goes on, or why they cannot take the model now.
+
+    The rule is the placement core's (`placement.fit_devices`), over the devices as measured
+    now: a device's room is its free memory plus what `reclaim` gives back on it (the
+    footprint of the version the load replaces).
+    """
+    need = request.gpu_memory_bytes
+    if not request.device_uuids and not devices:
+        return Refused(
+            EventKind.LOAD_FAILED_MEMORY,
+            f"needs {format_bytes(need)} of GPU memory; this replica has no GPU",
+        )
+    measured = [
+        Gpu(
+            uuid=device.uuid,
+            name=device.name,
+            index=device.index,
+            total_bytes=device.total_bytes,
+            free_bytes=device.free_bytes + reclaim.get(device.uuid, 0),
+        )
+        for device in devices
+    ]
+    # With no device named, the agent chooses; it has no policy setting of its own and
+    # takes the devices with the most room first: the core's SPREAD order.
+    fit = fit_devices(
+        measured, need, max(1, request.gpus), Policy.SPREAD, named=request.device_uuids
+    )
+    if isinstance(fit, NamedShortfall):
+        if fit.missing:
+            present = ", ".join(sorted(device.uuid for device in devices)) or "no GPU"
+            return Refused(
+                EventKind.LOAD_FAILED_MEMORY,
+                f"GPU {', '.join(fit.missing)} is not on this replica (it has {present})",
+            )
+        return Refused(
+            EventKind.LOAD_FAILED_MEMORY,
+            f"needs {format_bytes(need)} free on each GPU; "
+            + "; ".join(
+                f"{gpu.uuid} has {format_bytes(gpu.room_bytes)} free now" for gpu in fit.short
+            ),
+        )
+    if isinstance(fit, DeviceShortfall):
+        return Refused(
+            EventKind.LOAD_FAILED_MEMORY,
+            f"needs {format_bytes(need)} free on {max(1, request.gpus)} GPU(s); "
+            f"{fit.fitting} have it, largest free now {format_bytes(fit.largest_rooms[0])}",
+        )
+    return [gpu.uuid for gpu in fit]
 
 
 class ModelManager:
@@ -185,9 +239,9 @@ class ModelManager:
 
     async def restore(self) -> None:
         """Adopt what the inference server already holds (after an agent restart)."""
-        states = await self.inference.index()
-        ready = {state.name: state for state in states if state.ready}
-        for name, state in sorted(ready.items()):
+        entries = await self.inference.index()
+        ready = {entry.name: entry for entry in entries if entry.ready}
+        for name, entry in sorted(ready.items()):
             if not is_dns1123_label(name):
                 log.warning(
                     "model %s on %s: loaded in the inference server but its name is not a "
@@ -197,7 +251,7 @@ class ModelManager:
                 )
                 continue
             record = await asyncio.to_thread(self.repository.read_record, name)
-            version = artifacts.parse_version(state.version)
+            version = artifacts.parse_version(entry.version)
             if version is None:
                 version = record.version if record else 0
             found = dict(record.footprint_bytes) if record else {}
@@ -281,7 +335,7 @@ class ModelManager:
             # Refuse before a long download; checked again, under the device locks, after it.
             try:
                 await self._check_memory(request, current)
-            except _Refused as refused:
+            except Refused as refused:
                 return self._refused(request, refused)
             staged = await asyncio.to_thread(self.repository.new_staging_folder, name)
             try:
@@ -305,13 +359,13 @@ class ModelManager:
                         await stack.enter_async_context(self._device_lock(uuid))
                     try:
                         plan = await self._check_memory(request, current)
-                    except _Refused as refused:
+                    except Refused as refused:
                         return self._refused(request, refused)
                     return await self._install_and_load(request, current, staged, plan)
             finally:
                 await asyncio.to_thread(self.repository.discard, staged)
 
-    def _refused(self, request: Load, refused: _Refused) -> ModelEvent:
+    def _refused(self, request: Load, refused: Refused) -> ModelEvent:
         log.warning(
             "model %s version %d on %s: refused: %s",
             request.model,
@@ -334,7 +388,7 @@ class ModelManager:
     async def _check_memory(self, request: Load, current: LoadedModel | None) -> _Plan:
         """Check that the target devices have the model's GPU memory free right now.
 
-        Raises _Refused when they do not, even counting the memory of the version this load
+        Raises Refused when they do not, even counting the memory of the version this load
         replaces as free.
         """
         devices = await self.gpus.refresh()
@@ -343,59 +397,13 @@ class ModelManager:
         if not request.device_uuids and need <= 0:
             return _Plan([], before)
         reclaim = dict(current.footprint_bytes) if current is not None else {}
-        plan = self._fit(request, devices, {}) if need > 0 else None
-        if plan is None or isinstance(plan, _Refused):
-            with_reclaim = self._fit(request, devices, reclaim)
-            if isinstance(with_reclaim, _Refused):
+        plan = fit_load(request, devices, {}) if need > 0 else None
+        if plan is None or isinstance(plan, Refused):
+            with_reclaim = fit_load(request, devices, reclaim)
+            if isinstance(with_reclaim, Refused):
                 raise with_reclaim
             return _Plan(with_reclaim, before, unload_first=bool(reclaim) and need > 0)
         return _Plan(plan, before)
-
-    def _fit(
-        self, request: Load, devices: list[GpuDevice], reclaim: Mapping[str, int]
-    ) -> list[str] | _Refused:
-        """The target devices, or why they cannot take the model now."""
-        by_uuid = {device.uuid: device for device in devices}
-        need = request.gpu_memory_bytes
-
-        def available(device: GpuDevice) -> int:
-            return device.free_bytes + reclaim.get(device.uuid, 0)
-
-        if request.device_uuids:
-            targets = list(dict.fromkeys(request.device_uuids))
-            missing = [uuid for uuid in targets if uuid not in by_uuid]
-            if missing:
-                return _Refused(
-                    EventKind.LOAD_FAILED_MEMORY,
-                    f"GPU {', '.join(missing)} is not on this replica "
-                    f"(it has {', '.join(sorted(by_uuid)) or 'no GPU'})",
-                )
-            short = [by_uuid[uuid] for uuid in targets if available(by_uuid[uuid]) < need]
-            if short:
-                return _Refused(
-                    EventKind.LOAD_FAILED_MEMORY,
-                    f"needs {format_bytes(need)} free on each GPU; "
-                    + "; ".join(
-                        f"{device.uuid} has {format_bytes(available(device))} free now"
-                        for device in short
-                    ),
-                )
-            return targets
-        count = max(1, request.gpus)
-        if not devices:
-            return _Refused(
-                EventKind.LOAD_FAILED_MEMORY,
-                f"needs {format_bytes(need)} of GPU memory; this replica has no GPU",
-            )
-        ranked = sorted(devices, key=lambda device: (-available(device), device.uuid))
-        fitting = [device for device in ranked if available(device) >= need]
-        if len(fitting) < count:
-            return _Refused(
-                EventKind.LOAD_FAILED_MEMORY,
-                f"needs {format_bytes(need)} free on {count} GPU(s); {len(fitting)} have it, "
-                f"largest free now {format_bytes(available(ranked[0]))}",
-            )
-        return [device.uuid for device in fitting[:count]]
 
     async def _install_and_load(
         self, request: Load, current: LoadedModel | None, staged: Path, plan: _Plan
@@ -516,7 +524,7 @@ class ModelManager:
         """Whether the inference server holds `name` ready: True, False, or None when its
         index cannot be read (unknown: the caller must change nothing)."""
         try:
-            states = await self.inference.index()
+            entries = await self.inference.index()
         except InferenceServerError as exc:
             log.warning(
                 "model %s on %s: reading the inference server's index failed: %s",
@@ -525,7 +533,7 @@ class ModelManager:
                 exc,
             )
             return None
-        return any(state.name == name and state.ready for state in states)
+        return any(entry.name == name and entry.ready for entry in entries)
 
     def _forget(self, name: str) -> None:
         self.loaded.pop(name, None)

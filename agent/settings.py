@@ -187,8 +187,9 @@ class AgentSettings(BaseSettings):
 
     @property
     def replica(self) -> str:
-        """`server/index`, as log lines name this replica."""
-        return f"{self.server_name}/{self.replica_index}"
+        """`<server>-<index>` (`mlserver-0`), as every log line names this replica: the
+        scheduler's logs name replicas the same way."""
+        return f"{self.server_name}-{self.replica_index}"
 
     @property
     def scheduler_address(self) -> str:

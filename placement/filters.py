@@ -3,11 +3,10 @@
 Each filter is `(request, replica, now) -> str | None`: None when the replica may take the
 model, else a short reason a person reads ("missing capability model-on-gpu").
 
-A replica that already holds the model (`request.model in replica.models`) is not charged
-its memory again: the host memory it uses is in `used_memory_bytes` and the GPU memory it
-uses is already gone from the devices' measured free memory. The amount checks (host memory,
-GPU room) are therefore waived for it; the structural checks (capabilities, draining,
-exclusion, having GPUs at all and enough of them) still apply.
+A replica that already holds the model (`request.model in replica.models`) gets no
+waiver: the caller's snapshot shows the cluster as if the model were on none of it (its
+memory added back), so every check, the amounts included, applies to it as to any replica.
+The GPU check is the device-fit rule of `placement.fit`, shared with the agent.
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+from placement.fit import DeviceShortfall, fit_devices
 from placement.types import Replica, Request
 from placement.units import format_bytes
 
@@ -73,15 +73,17 @@ def gpu_memory(request: Request, replica: Replica, now: float) -> str | None:
     count = gpus_needed(request)
     if count == 0:
         return None
+    # Too few devices: said without looking at their room (and cheaply: the hot path).
     if not replica.gpus:
         return "no GPUs"
     if len(replica.gpus) < count:
         return f"needs {count} GPUs, has {len(replica.gpus)}"
-    rooms = sorted((gpu.room_bytes for gpu in replica.gpus), reverse=True)[:count]
-    if rooms[-1] >= request.gpu_memory_bytes:
+    # Whether devices fit never depends on the policy: no choice is made here (policy None).
+    fit = fit_devices(replica.gpus, request.gpu_memory_bytes, count, None)
+    if not isinstance(fit, DeviceShortfall):
         return None
     need = format_bytes(request.gpu_memory_bytes)
-    shown = ", ".join(format_bytes(room) for room in rooms)
+    shown = ", ".join(format_bytes(room) for room in fit.largest_rooms)
     if count == 1:
         return f"needs {need} on 1 GPU, largest room {shown}"
     return f"needs {need} on each of {count} GPUs, largest rooms {shown}"

@@ -1,5 +1,7 @@
 """Sorters: which devices a model goes on, and how replicas that fit are ranked.
 
+The device choice is the device-fit rule of `placement.fit` (`fit_devices`, `device_key`).
+
 Every key ends in a unique tie-break (device index then uuid; server name then replica
 index), so a ranking never depends on the order the snapshot lists things in.
 """
@@ -10,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from placement.filters import gpus_needed, holds_model
+from placement.fit import DeviceShortfall, fit_devices
 from placement.types import Gpu, Policy, Replica, Request
 
 ReplicaKey = tuple[int, int, int, str, int]
@@ -24,24 +27,16 @@ class Candidate:
     held: bool
 
 
-def device_key(policy: Policy) -> Callable[[Gpu], tuple[int, int, str]]:
-    """Binpack: least room first (best fit). Spread: most room first."""
-    sign = 1 if policy is Policy.BINPACK else -1
-    return lambda gpu: (sign * gpu.room_bytes, gpu.index, gpu.uuid)
-
-
 def choose_devices(request: Request, replica: Replica, policy: Policy) -> tuple[Gpu, ...]:
-    """The devices for a fitting replica, in index order; none for a CPU model.
-
-    A replica that holds the model passes the filters without room on its devices; when
-    fewer than `gpus` of them have room it gets none (the model is on it already).
+    """The devices for a fitting replica under the policy (`placement.fit`), in index order;
+    none for a CPU model, and none when the devices lack the room (the filters reject such a
+    replica before it is ranked).
     """
     count = gpus_needed(request)
-    fitting = [gpu for gpu in replica.gpus if gpu.room_bytes >= request.gpu_memory_bytes]
-    if count == 0 or len(fitting) < count:
+    if count == 0:
         return ()
-    chosen = sorted(fitting, key=device_key(policy))[:count]
-    return tuple(sorted(chosen, key=lambda gpu: (gpu.index, gpu.uuid)))
+    fit = fit_devices(replica.gpus, request.gpu_memory_bytes, count, policy)
+    return () if isinstance(fit, DeviceShortfall) else fit
 
 
 def candidate(request: Request, replica: Replica, policy: Policy) -> Candidate:

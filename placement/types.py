@@ -30,7 +30,8 @@ class Gpu:
     @property
     def room_bytes(self) -> int:
         """Free memory that is really room: measured free minus the in-flight ledger."""
-        return max(0, self.free_bytes - self.reserved_bytes)
+        room = self.free_bytes - self.reserved_bytes
+        return room if room > 0 else 0  # not max(): read per device in the hot path
 
 
 @dataclass(frozen=True)

@@ -23,19 +23,10 @@ from agent.inference_server import (
 from agent.metrics import AgentMetrics
 from agent.models import ModelManager, footprint
 from contract.protocol import EventKind, GpuDevice, Load, ModelEvent, Unload
+from tests.support.wait import wait_until
 
 GiB = 2**30
 SKLEARN = {"implementation": "mlserver_sklearn.SKLearnModel"}
-
-
-async def eventually(check: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    """Poll `check` until it holds; fail at the deadline."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not check():
-        if loop.time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.005)
 
 
 class FakeProbe:
@@ -145,7 +136,7 @@ def make(tmp_path: Path, *devices: GpuDevice, max_loads: int = 2) -> Harness:
     typed_inference: InferenceServer = inference
     typed_probe: GpuProbe = probe
     manager = ModelManager(
-        replica="gpu-server/1",
+        replica="gpu-server-1",
         repository=repository,
         inference=typed_inference,
         gpus=GpuMonitor(typed_probe, metrics, 0),
@@ -231,9 +222,9 @@ async def test_a_gpu_load_next_to_a_cpu_load_is_not_charged_to_it(
     gpu_load = load(h, "gpu-model", gpu_memory_bytes=20 * GiB, device_uuids=("GPU-0",))
     first, second = (cpu, gpu_load) if cpu_first else (gpu_load, cpu)
     first_task, second_task = h.manager.load(first), h.manager.load(second)
-    await eventually(lambda: len(h.inference.calls) == 2)
+    await wait_until(lambda: len(h.inference.calls) == 2)
     gpu_gate.set()
-    await eventually(lambda: "gpu-model" in h.inference.loaded)
+    await wait_until(lambda: "gpu-model" in h.inference.loaded)
     cpu_gate.set()
     events = {event.model: event for event in await asyncio.gather(first_task, second_task)}
     assert events["gpu-model"].footprint_bytes == {"GPU-0": 20 * GiB}
@@ -251,7 +242,7 @@ async def test_an_unload_waits_for_a_load_measuring_the_same_device(tmp_path: Pa
     gate = asyncio.Event()
     h.inference.gates["new"] = gate
     loading = h.manager.load(load(h, "new", **pinned))
-    await eventually(lambda: ("load", "new") in h.inference.calls)
+    await wait_until(lambda: ("load", "new") in h.inference.calls)
     unloading = h.manager.unload(Unload("old", 1))
     await asyncio.sleep(0.05)
     assert ("unload", "old") not in h.inference.calls  # held back by the device lock
@@ -351,7 +342,7 @@ async def test_commands_for_one_model_are_serialised(tmp_path: Path) -> None:
     gate = h.inference.gates["iris"] = asyncio.Event()
     loading = h.manager.load(load(h))
     unloading = h.manager.unload(Unload("iris", 1))
-    await eventually(lambda: bool(h.inference.calls))
+    await wait_until(lambda: bool(h.inference.calls))
     assert h.inference.calls == [("load", "iris")]
     assert not unloading.done()
     gate.set()
@@ -367,7 +358,7 @@ async def test_loads_run_concurrently_up_to_the_limit(tmp_path: Path) -> None:
     gates = {name: asyncio.Event() for name in ("a", "b", "c")}
     h.inference.gates.update(gates)
     tasks = [h.manager.load(load(h, name)) for name in gates]
-    await eventually(lambda: h.inference.active == 2)
+    await wait_until(lambda: h.inference.active == 2)
     assert not any(task.done() for task in tasks)
     assert len(h.inference.calls) == 2  # the third waits for a slot
     for gate in gates.values():

@@ -68,7 +68,7 @@ def test_seldon_environment_names(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.capabilities == ["sklearn", "model-on-gpu", "xgboost"]
     assert settings.memory_bytes == 8 * 2**30
     assert settings.overcommit_percentage == 25
-    assert settings.replica == "mlserver-llm/2"
+    assert settings.replica == "mlserver-llm-2"
     assert settings.scheduler_address == "scheduler.seldon:19005"
     assert settings.inference_url == "http://127.0.0.1:9000"
     assert settings.inference_grpc_port == 9500
@@ -105,7 +105,7 @@ def test_flags_override_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = settings_from_args(AgentSettings, args)
     assert settings.memory_bytes == 2 * 2**30
     assert settings.readiness_port == 0
-    assert settings.replica == "flag/4"
+    assert settings.replica == "flag-4"
     assert settings.max_concurrent_loads == 7
 
 
