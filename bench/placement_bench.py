@@ -2,7 +2,7 @@
 
 Run from the repository root:
 
-    .venv/bin/python bench/placement.py [--quick] [--out bench/results/placement.json]
+    .venv/bin/python bench/placement_bench.py [--quick] [--out bench/results/placement.json]
 
 Part 1 times `schedule(snapshot, request, policy, now)` on synthetic clusters (servers of 4
 replicas, every other server with 2-8 GPUs of varied free memory) for four kinds of model
@@ -37,6 +37,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+# Run as a script from a checkout: the repository's packages come from its root.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from prometheus_client import CollectorRegistry
 
 from contract.protocol import (
@@ -56,9 +59,10 @@ from placement import (
     Snapshot,
     schedule,
 )
+from scheduler_service.cluster import AgentSession
 from scheduler_service.metrics import SchedulerMetrics
 from scheduler_service.model import ModelRecord, ModelSpec, ModelState, validate_spec
-from scheduler_service.service import AgentSession, SchedulerService
+from scheduler_service.service import SchedulerService
 from scheduler_service.settings import SchedulerSettings
 from scheduler_service.store import Store
 
@@ -475,10 +479,8 @@ def take_loads(outbox: list[tuple[FakeAgent, Command]]) -> list[tuple[AgentSessi
 
 def loaded(command: Load) -> ModelEvent:
     """The agent's answer: loaded, with the model's GPU memory on each of its devices."""
-    footprint = {uuid: command.spec.gpu_memory_bytes for uuid in command.device_uuids}
-    return ModelEvent(
-        EventKind.LOADED, command.spec.name, command.version, footprint_bytes=footprint
-    )
+    footprint = {uuid: command.gpu_memory_bytes for uuid in command.device_uuids}
+    return ModelEvent(EventKind.LOADED, command.model, command.version, footprint_bytes=footprint)
 
 
 def answer(service: SchedulerService, outbox: list[tuple[FakeAgent, Command]]) -> int:
@@ -526,7 +528,8 @@ async def bench_service_once(
     settings = SchedulerSettings(**overrides)
     service = SchedulerService(settings, store, SchedulerMetrics(registry))
     snapshot_time = [0.0]
-    build = service._snapshot  # timed by wrapping the instance's bound method
+    known = service._cluster  # its snapshot() is timed by wrapping the bound method
+    build = known.snapshot
 
     def timed_snapshot(*args: Any) -> Snapshot:
         started = time.perf_counter()
@@ -535,7 +538,7 @@ async def bench_service_once(
         finally:
             snapshot_time[0] += time.perf_counter() - started
 
-    setattr(service, "_snapshot", timed_snapshot)  # noqa: B010
+    setattr(known, "snapshot", timed_snapshot)  # noqa: B010
     outbox: list[tuple[FakeAgent, Command]] = []
     for shape in shapes:
         agent = FakeAgent(outbox)
@@ -636,7 +639,7 @@ async def per_event_in_run_loop(
         await until(lambda: len(outbox) >= count, f"{count} loads from run()")
         samples = []
         for conn, command in take_loads(outbox):
-            record = service.model(command.spec.name)
+            record = service.model(command.model)
 
             def available(record: ModelRecord = record) -> bool:
                 return record.state == ModelState.AVAILABLE

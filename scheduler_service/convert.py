@@ -6,8 +6,8 @@ from __future__ import annotations
 from contract.wire import device_to_proto
 from placement.types import Replica
 from protos import common_pb2, scheduler_pb2
+from scheduler_service.cluster import AgentSession
 from scheduler_service.model import ModelRecord, ModelSpec, validate_spec
-from scheduler_service.service import AgentSession
 
 
 def spec_from_proto(spec: common_pb2.ModelSpec) -> ModelSpec:
@@ -70,13 +70,13 @@ def status_to_proto(record: ModelRecord) -> scheduler_pb2.ModelStatus:
     )
 
 
-def replica_to_proto(conn: AgentSession, view: Replica | None) -> scheduler_pb2.ReplicaStatus:
-    hello = conn.hello
+def replica_to_proto(session: AgentSession, view: Replica | None) -> scheduler_pb2.ReplicaStatus:
+    hello = session.hello
     reserved = {gpu.uuid: gpu.reserved_bytes for gpu in view.gpus} if view else {}
     return scheduler_pb2.ReplicaStatus(
         index=hello.index,
-        connected=conn.connected,
-        draining=conn.draining,
+        connected=session.connected,
+        draining=session.draining,
         capabilities=sorted(hello.capabilities),
         memory_bytes=hello.memory_bytes,
         overcommit_percentage=hello.overcommit_percentage,
@@ -86,7 +86,7 @@ def replica_to_proto(conn: AgentSession, view: Replica | None) -> scheduler_pb2.
                 device=device_to_proto(gpu),
                 reserved_bytes=reserved.get(gpu.uuid, 0),
             )
-            for gpu in sorted(conn.gpus.values(), key=lambda g: (g.index, g.uuid))
+            for gpu in sorted(session.gpus.values(), key=lambda g: (g.index, g.uuid))
         ],
         models=sorted(view.models) if view else [],
     )

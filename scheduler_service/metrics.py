@@ -9,18 +9,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from placement import Replica
 from scheduler_service.model import ModelState
-
-
-@dataclass(frozen=True)
-class DeviceView:
-    server: str
-    replica: int
-    uuid: str
-    name: str
-    total_bytes: int
-    free_bytes: int
-    reserved_bytes: int
 
 
 @dataclass(frozen=True)
@@ -28,9 +18,8 @@ class ClusterGauges:
     """What the gauges show, read from the service at scrape time."""
 
     models_by_state: dict[str, int]
-    connected_agents: int
-    replica_memory: list[tuple[str, int, int, int]]  # server, replica, capacity, available
-    devices: list[DeviceView]
+    # The connected replicas as the placement core sees them: memory, devices, the ledger.
+    replicas: tuple[Replica, ...]
 
 
 class _StateCollector(Collector):
@@ -46,7 +35,7 @@ class _StateCollector(Collector):
         yield GaugeMetricFamily(
             "gpuplace_scheduler_connected_agents",
             "Agents connected now",
-            value=gauges.connected_agents,
+            value=len(gauges.replicas),
         )
         capacity = GaugeMetricFamily(
             "gpuplace_scheduler_replica_memory_capacity_bytes",
@@ -58,9 +47,11 @@ class _StateCollector(Collector):
             "Host memory of a replica not yet promised to a model",
             labels=["server", "replica"],
         )
-        for server, replica, cap, free in gauges.replica_memory:
-            capacity.add_metric([server, str(replica)], cap)
-            available.add_metric([server, str(replica)], free)
+        for replica in gauges.replicas:
+            capacity.add_metric([replica.server, str(replica.index)], replica.capacity_bytes)
+            available.add_metric(
+                [replica.server, str(replica.index)], replica.available_memory_bytes
+            )
         yield capacity
         yield available
         labels = ["server", "replica", "uuid", "name"]
@@ -79,11 +70,12 @@ class _StateCollector(Collector):
                 labels=labels,
             ),
         }
-        for device in gauges.devices:
-            values = [device.server, str(device.replica), device.uuid, device.name]
-            families["total"].add_metric(values, device.total_bytes)
-            families["free"].add_metric(values, device.free_bytes)
-            families["reserved"].add_metric(values, device.reserved_bytes)
+        for replica in gauges.replicas:
+            for gpu in replica.gpus:
+                values = [replica.server, str(replica.index), gpu.uuid, gpu.name]
+                families["total"].add_metric(values, gpu.total_bytes)
+                families["free"].add_metric(values, gpu.free_bytes)
+                families["reserved"].add_metric(values, gpu.reserved_bytes)
         yield from families.values()
 
 

@@ -31,6 +31,15 @@ class CopyState(StrEnum):
     UNLOADED = "Unloaded"
 
 
+# A replica: (server, replica index).
+Key = tuple[str, int]
+
+
+def replica_id(key: Key) -> str:
+    """How every log line and message names a replica: `<server>-<index>`, its pod's name."""
+    return f"{key[0]}-{key[1]}"
+
+
 IN_FLIGHT = frozenset({CopyState.LOAD_REQUESTED, CopyState.LOADING})
 # A replica in one of these states holds (or is about to hold) the model.
 ACTIVE = IN_FLIGHT | {CopyState.AVAILABLE}
@@ -153,7 +162,7 @@ class ModelCopy:
     replaced_version: int = 0
 
     @property
-    def key(self) -> tuple[str, int]:
+    def key(self) -> Key:
         return (self.server, self.index)
 
 
@@ -166,11 +175,11 @@ class ModelRecord:
     state: ModelState = ModelState.PENDING
     reason: str = ""
     server_reasons: tuple[tuple[str, str], ...] = ()
-    replicas: dict[tuple[str, int], ModelCopy] = field(default_factory=dict)
+    replicas: dict[Key, ModelCopy] = field(default_factory=dict)
     deleted: bool = False
     updated_at: float = 0.0
     # Not persisted: runtime bookkeeping of retries.
-    excluded_until: dict[tuple[str, int], float] = field(default_factory=dict)
+    excluded_until: dict[Key, float] = field(default_factory=dict)
     attempts: int = 0
     next_retry_at: float = 0.0
     load_failures: int = 0

@@ -22,7 +22,9 @@ from contract.protocol import Command, DrainRequest, Hello, ModelEvent, Resource
 from contract.wire import decode_agent_message, encode_command
 from protos import agent_pb2, agent_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 from scheduler_service import convert
-from scheduler_service.service import AgentSession, SchedulerService
+from scheduler_service.cluster import AgentSession
+from scheduler_service.model import replica_id
+from scheduler_service.service import SchedulerService
 
 log = logging.getLogger(__name__)
 _CODES: dict[type[GpuplaceError], grpc.StatusCode] = {
@@ -97,11 +99,11 @@ class ClientServicer(scheduler_pb2_grpc.SchedulerServicer):
         self, request: scheduler_pb2.ListServersRequest, context: Any
     ) -> scheduler_pb2.ListServersResponse:
         servers: dict[str, scheduler_pb2.ServerStatus] = {}
-        for conn, view in self._service.replica_views():
+        for session, view in self._service.replica_views():
             server = servers.setdefault(
-                conn.hello.server, scheduler_pb2.ServerStatus(name=conn.hello.server)
+                session.hello.server, scheduler_pb2.ServerStatus(name=session.hello.server)
             )
-            server.replicas.append(convert.replica_to_proto(conn, view))
+            server.replicas.append(convert.replica_to_proto(session, view))
         return scheduler_pb2.ListServersResponse(servers=list(servers.values()))
 
     async def WatchModels(
@@ -145,6 +147,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 )
         except GpuplaceError as exc:
             await _abort(context, exc)
+        key = (hello.server, hello.index)
         outbox: asyncio.Queue[agent_pb2.SchedulerMessage | None] = asyncio.Queue()
 
         def send(command: Command) -> bool:
@@ -154,24 +157,24 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             return True
 
         def close(reason: str) -> None:
-            log.info("replica %s-%d: closing stream: %s", hello.server, hello.index, reason)
+            log.info("replica %s: closing stream: %s", replica_id(key), reason)
             outbox.put_nowait(None)
 
-        conn = self._service.connect(hello, send, close)
+        session = self._service.connect(hello, send, close)
         reader = start_task(
-            self._read(request_iterator, conn, close), f"agent-{hello.server}-{hello.index}"
+            self._read(request_iterator, session, close), f"agent-{replica_id(key)}"
         )
         try:
             while (message := await outbox.get()) is not None:
                 yield message
         finally:
             reader.cancel()
-            self._service.disconnect(conn)
+            self._service.disconnect(session)
 
     async def _read(
         self,
         messages: AsyncIterator[agent_pb2.AgentMessage],
-        conn: AgentSession,
+        session: AgentSession,
         close: Callable[[str], None],
     ) -> None:
         reason = "agent closed the stream"
@@ -179,11 +182,11 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             async for wire in messages:
                 match decode_agent_message(wire):
                     case ModelEvent() as event:
-                        self._service.on_event(conn, event)
+                        self._service.on_event(session, event)
                     case ResourceUpdate(devices=devices):
-                        self._service.on_resources(conn, devices)
+                        self._service.on_resources(session, devices)
                     case DrainRequest():
-                        self._service.on_drain(conn)
+                        self._service.on_drain(session)
                     case Hello():
                         raise InvalidArgument("message", "a second hello on one stream")
         except GpuplaceError as exc:
@@ -191,7 +194,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         except grpc.aio.AioRpcError as exc:
             reason = f"stream broken: {exc.code().name}"
         except Exception:
-            log.exception("replica %s: error handling its message", conn.key)
+            log.exception("replica %s: error handling its message", replica_id(session.key))
             reason = "internal error handling a message; see the scheduler log"
         finally:
             close(reason)

@@ -49,6 +49,8 @@ class StoreError(RuntimeError):
 
 
 class Store:
+    """The scheduler's `service.StateStore`, in one SQLite file."""
+
     def __init__(self, path: Path) -> None:
         self._db = sqlite3.connect(path, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")

@@ -4,7 +4,7 @@ fake clock. Each test pins down one path where a copy could be lost, leaked or s
 from __future__ import annotations
 
 import contextlib
-import tempfile
+from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,9 +25,10 @@ from contract.protocol import (
     ModelEvent,
     Unload,
 )
+from scheduler_service.cluster import AgentSession, UsageTable
 from scheduler_service.metrics import SchedulerMetrics
-from scheduler_service.model import CopyState, ModelState, validate_spec
-from scheduler_service.service import AgentSession, SchedulerService, UsageTable
+from scheduler_service.model import CopyState, ModelRecord, ModelState, validate_spec
+from scheduler_service.service import SchedulerService, StateStore
 from scheduler_service.settings import SchedulerSettings
 from scheduler_service.store import Store
 
@@ -54,11 +55,40 @@ class Agent:
         return [(c.model, c.version) for c in self.sent if isinstance(c, Unload)]
 
 
+class MemoryStore:
+    """A `StateStore` in memory: what the service needs of its store, without SQLite. Like
+    the real one, it keeps what is saved, not the record the service goes on changing."""
+
+    def __init__(self) -> None:
+        self.saved: dict[str, ModelRecord] = {}
+        self.versions: dict[str, int] = {}
+
+    def save(self, record: ModelRecord) -> None:
+        self.saved[record.name] = deepcopy(record)
+        self.versions[record.name] = record.version
+
+    def delete(self, name: str) -> None:
+        self.saved.pop(name, None)
+
+    def load(self) -> list[ModelRecord]:
+        return [deepcopy(record) for _, record in sorted(self.saved.items())]
+
+    def last_version(self, name: str) -> int:
+        return self.versions.get(name, 0)
+
+    def close(self) -> None:
+        self.saved.clear()
+
+
 class Harness:
-    def __init__(self, tmp_path: Path, **settings: Any) -> None:
+    def __init__(self, tmp_path: Path, store: StateStore | None = None, **settings: Any) -> None:
         self.clock = Clock()
         self.settings = SchedulerSettings(db=tmp_path / "s.db", **settings)
-        self.store = Store(self.settings.db)
+        self.store = store or Store(self.settings.db)
+        self.start()
+
+    def start(self) -> None:
+        """(Re)start the service on the store: what a restart keeps is what was saved."""
         self.service = SchedulerService(
             self.settings, self.store, SchedulerMetrics(CollectorRegistry()), self.clock
         )
@@ -284,6 +314,31 @@ def test_replica_states_of_a_finished_unload_are_not_kept(h: Harness) -> None:
     assert h.service.models() == []
 
 
+def test_after_a_restart_a_copy_is_kept_when_its_agent_comes_back_in_time(
+    tmp_path: Path,
+) -> None:
+    """The service restarts from what its StateStore saved (here one in memory): a copy whose
+    agent reports it within the grace is kept, not loaded again; the others move."""
+    h = Harness(tmp_path, MemoryStore(), disconnect_grace_s=30)
+    first = h.connect("a")
+    for name in ("digits", "iris"):
+        h.load(name)
+        h.event(first, EventKind.LOADED, name, 1)
+    h.start()
+    assert h.state("iris") == (ModelState.AVAILABLE, {"a-0": "Available"})
+    back = h.connect("a", loaded=(LoadedModel("iris", 1),))
+    assert (back.loads(), back.unloads()) == ([("digits", 1)], [])
+    h.start()
+    other = h.connect("b")
+    h.clock.time += 29
+    h.service.reconcile()
+    assert other.loads() == []
+    h.clock.time += 2
+    h.service.reconcile()
+    assert other.loads() == [("digits", 1), ("iris", 1)]
+    assert h.service.model("iris").version == 1
+
+
 def _normal(table: UsageTable) -> dict[tuple[str, int], tuple[int, dict[str, int], set[str]]]:
     return {
         key: (u.memory_bytes, {k: v for k, v in u.reserved_bytes.items() if v}, set(u.models))
@@ -310,44 +365,42 @@ _OPS = st.lists(
 @given(ops=_OPS)
 def test_the_usage_table_always_equals_a_full_recount(ops: list[tuple[Any, ...]]) -> None:
     """Kept model by model for speed, it must never drift from counting everything again."""
-    with tempfile.TemporaryDirectory() as folder:
-        h = Harness(Path(folder), disconnect_grace_s=30, load_timeout_s=40)
-        agents = [h.connect("s", index, capabilities=("sklearn", "gpu")) for index in range(3)]
-        for op in ops:
-            kind = op[0]
-            if kind == "load":
-                gpu = {"gpu_memory": "1Gi"} if op[3] else {}
-                h.service.load_model(
-                    validate_spec(f"m{op[1]}", replicas=op[2], memory="1Gi", **gpu)
-                )
-            elif kind == "unload":
-                with contextlib.suppress(NotFound):
-                    h.service.unload_model(f"m{op[1]}")
-            elif kind in ("loaded", "failed", "unloaded"):
-                agent, name = agents[op[1]], f"m{op[2]}"
-                replica = (
-                    h.service.model(name).replicas.get(agent.conn.key)
-                    if name in {m.name for m in h.service.models()}
-                    else None
-                )
-                if agent.conn.connected and replica is not None:
-                    event = {
-                        "loaded": EventKind.LOADED,
-                        "failed": EventKind.LOAD_FAILED,
-                        "unloaded": EventKind.UNLOADED,
-                    }[kind]
-                    h.service.on_event(agent.conn, ModelEvent(event, name, replica.version))
-            elif kind == "disconnect":
-                h.service.disconnect(agents[op[1]].conn)
-            elif kind == "reconnect" and not agents[op[1]].conn.connected:
-                agents[op[1]] = h.connect("s", op[1], capabilities=("sklearn", "gpu"))
-            else:
-                h.clock.time += op[1]
-            # What placements read between passes (after the changes are synced) and after.
-            h.service.replica_views()
-            assert _normal(h.service._usage) == _recount(h.service)
-            h.service.reconcile()
-            assert _normal(h.service._usage) == _recount(h.service)
+    # The usage table does not depend on the store: one in memory will do (and is quick).
+    h = Harness(Path("unused"), MemoryStore(), disconnect_grace_s=30, load_timeout_s=40)
+    agents = [h.connect("s", index, capabilities=("sklearn", "gpu")) for index in range(3)]
+    for op in ops:
+        kind = op[0]
+        if kind == "load":
+            gpu: dict[str, Any] = {"gpu_memory": "1Gi"} if op[3] else {}
+            h.service.load_model(validate_spec(f"m{op[1]}", replicas=op[2], memory="1Gi", **gpu))
+        elif kind == "unload":
+            with contextlib.suppress(NotFound):
+                h.service.unload_model(f"m{op[1]}")
+        elif kind in ("loaded", "failed", "unloaded"):
+            agent, name = agents[op[1]], f"m{op[2]}"
+            replica = (
+                h.service.model(name).replicas.get(agent.conn.key)
+                if name in {m.name for m in h.service.models()}
+                else None
+            )
+            if agent.conn.connected and replica is not None:
+                event = {
+                    "loaded": EventKind.LOADED,
+                    "failed": EventKind.LOAD_FAILED,
+                    "unloaded": EventKind.UNLOADED,
+                }[kind]
+                h.service.on_event(agent.conn, ModelEvent(event, name, replica.version))
+        elif kind == "disconnect":
+            h.service.disconnect(agents[op[1]].conn)
+        elif kind == "reconnect" and not agents[op[1]].conn.connected:
+            agents[op[1]] = h.connect("s", op[1], capabilities=("sklearn", "gpu"))
+        else:
+            h.clock.time += op[1]
+        # What placements read between passes (after the changes are synced) and after.
+        h.service.replica_views()
+        assert _normal(h.service._cluster.usage) == _recount(h.service)
+        h.service.reconcile()
+        assert _normal(h.service._cluster.usage) == _recount(h.service)
 
 
 def _recount(

@@ -1,0 +1,218 @@
+"""The cluster as the scheduler knows it: each agent's session, what the placed models take
+from each replica, and the views of both that the placement core and the lifecycle read."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+
+from contract.protocol import Command, GpuDevice, Hello
+from placement import Gpu, Replica, Snapshot
+from scheduler_service.model import ACTIVE, IN_FLIGHT, CopyState, Key, ModelCopy, ModelRecord
+
+
+@dataclass
+class AgentSession:
+    """One agent's stream, i.e. one server replica, while connected and for a grace period
+    after."""
+
+    hello: Hello
+    send: Callable[[Command], bool]  # False when the agent's queue is full
+    close: Callable[[str], None]
+    gpus: dict[str, GpuDevice] = field(default_factory=dict)
+    connected: bool = True
+    disconnected_at: float = 0.0
+    draining: bool = False
+    drain_deadline: float = 0.0
+    drained: bool = False
+
+    @property
+    def key(self) -> Key:
+        return (self.hello.server, self.hello.index)
+
+    def measured(self, devices: Iterable[GpuDevice]) -> bool:
+        """The agent measured its devices again; returns whether free memory grew."""
+        before = sum(gpu.free_bytes for gpu in self.gpus.values())
+        self.gpus = {gpu.uuid: gpu for gpu in devices}
+        return sum(gpu.free_bytes for gpu in self.gpus.values()) > before
+
+    def charge(self, footprint: Mapping[str, int]) -> None:
+        """Until the agent measures again, count a fresh load's memory as used."""
+        for uuid, size in footprint.items():
+            gpu = self.gpus.get(uuid)
+            if gpu is not None:
+                self.gpus[uuid] = replace(
+                    gpu,
+                    free_bytes=max(0, gpu.free_bytes - size),
+                    used_bytes=gpu.used_bytes + size,
+                )
+
+
+@dataclass
+class Usage:
+    """What the models placed on one replica take from it."""
+
+    memory_bytes: int = 0
+    reserved_bytes: Counter[str] = field(default_factory=Counter)
+    models: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class _Share:
+    """What one model takes from one replica."""
+
+    memory_bytes: int
+    reserved_bytes: tuple[tuple[str, int], ...]
+
+
+class UsageTable:
+    """Per replica, what the placed models take, kept up to date model by model: each
+    model's share is remembered when it is added, so taking it out again is exact even
+    after the record has changed. A pass then costs the models it touches, not all."""
+
+    def __init__(self) -> None:
+        self.by_key: dict[Key, Usage] = {}
+        self._shares: dict[str, dict[Key, _Share]] = {}
+
+    def get(self, key: Key) -> Usage:
+        return self.by_key.get(key) or Usage()
+
+    def account(self, record: ModelRecord) -> None:
+        """(Re)count `record` as it is now."""
+        self.forget(record.name)
+        shares = {key: _share(record, copy) for key, copy in _holding(record)}
+        for key, share in shares.items():
+            self._apply(record.name, key, share, 1)
+        self._shares[record.name] = shares
+
+    def forget(self, name: str) -> None:
+        for key, share in self._shares.pop(name, {}).items():
+            self._apply(name, key, share, -1)
+
+    def _apply(self, name: str, key: Key, share: _Share, sign: int) -> None:
+        entry = self.by_key.setdefault(key, Usage())
+        entry.memory_bytes += sign * share.memory_bytes
+        for uuid, size in share.reserved_bytes:
+            entry.reserved_bytes[uuid] += sign * size
+        if sign > 0:
+            entry.models.add(name)
+        else:
+            entry.models.discard(name)
+
+
+class Cluster:
+    """The agents' sessions by replica and the usage table; a `lifecycle.ClusterView`."""
+
+    def __init__(self) -> None:
+        self.sessions: dict[Key, AgentSession] = {}
+        self.usage = UsageTable()
+
+    def join(
+        self, hello: Hello, send: Callable[[Command], bool], close: Callable[[str], None]
+    ) -> AgentSession:
+        """An agent's new stream; an older one of the same replica is closed."""
+        session = AgentSession(hello, send, close, gpus={gpu.uuid: gpu for gpu in hello.devices})
+        previous = self.sessions.get(session.key)
+        if previous is not None and previous.connected:
+            previous.connected = False
+            previous.close("replaced by a new connection from the same replica")
+        self.sessions[session.key] = session
+        return session
+
+    def connected(self, key: Key) -> bool:
+        session = self.sessions.get(key)
+        return session is not None and session.connected
+
+    def draining(self, key: Key) -> bool:
+        session = self.sessions.get(key)
+        return session is not None and session.draining
+
+    def replica(self, key: Key) -> Replica | None:
+        session = self.sessions.get(key)
+        if session is None or not session.connected:
+            return None
+        return _view(session, self.usage.get(key))
+
+    def known(self) -> list[AgentSession]:
+        """Every replica connected now or within the grace period, by key."""
+        return [self.sessions[key] for key in sorted(self.sessions)]
+
+    def views(self) -> list[tuple[AgentSession, Replica | None]]:
+        """Every known replica with the core's view of it (None while disconnected)."""
+        return [(session, self.replica(session.key)) for session in self.known()]
+
+    def snapshot(self, record: ModelRecord) -> Snapshot:
+        """The connected replicas as if `record` were on none of them (the caller has taken
+        its usage out; the memory its copies measured is added back)."""
+        own = {c.key: c for c in record.replicas.values() if c.state in ACTIVE}
+        replicas = []
+        for key in sorted(self.sessions):
+            session = self.sessions[key]
+            if not session.connected:
+                continue
+            held = own.get(key)
+            replica = _view(session, self.usage.get(key), held.footprint_bytes if held else None)
+            if held is not None:
+                replica = replace(replica, models=replica.models | {record.name})
+            replicas.append(replica)
+        return Snapshot(tuple(replicas))
+
+    def forget_gone(self, now: float, grace_s: float) -> None:
+        """Replicas gone for longer than the grace period leave the server list."""
+        for key, session in list(self.sessions.items()):
+            if not session.connected and now - session.disconnected_at >= grace_s:
+                del self.sessions[key]
+
+    def wake_times(self, grace_s: float) -> list[float]:
+        """When a drain times out or a gone replica is to be forgotten."""
+        sessions = self.sessions.values()
+        drains = [
+            s.drain_deadline for s in sessions if s.draining and not s.drained and s.connected
+        ]
+        gone = [s.disconnected_at + grace_s for s in sessions if not s.connected]
+        return drains + gone
+
+
+def _view(
+    session: AgentSession, usage: Usage, add_back: Mapping[str, int] | None = None
+) -> Replica:
+    """`add_back`: memory measured as used that belongs to the model being placed."""
+    hello = session.hello
+    add_back = add_back or {}
+    return Replica(
+        server=hello.server,
+        index=hello.index,
+        capabilities=hello.capabilities,
+        memory_bytes=hello.memory_bytes,
+        overcommit_percentage=hello.overcommit_percentage,
+        used_memory_bytes=usage.memory_bytes,
+        gpus=tuple(
+            Gpu(
+                uuid=gpu.uuid,
+                name=gpu.name,
+                index=gpu.index,
+                total_bytes=gpu.total_bytes,
+                free_bytes=min(gpu.total_bytes, gpu.free_bytes + add_back.get(uuid, 0)),
+                reserved_bytes=usage.reserved_bytes[uuid],
+            )
+            for uuid, gpu in sorted(session.gpus.items())
+        ),
+        models=frozenset(usage.models),
+        draining=session.draining,
+    )
+
+
+def _holding(record: ModelRecord) -> Iterable[tuple[Key, ModelCopy]]:
+    """The replicas where `record` takes memory: loaded, loading or still unloading."""
+    for key, copy in record.replicas.items():
+        if copy.state in ACTIVE or copy.state == CopyState.UNLOADING:
+            yield key, copy
+
+
+def _share(record: ModelRecord, copy: ModelCopy) -> _Share:
+    """Host memory always; GPU memory promised to a load still in flight (the ledger)."""
+    reserved: tuple[tuple[str, int], ...] = ()
+    if copy.state in IN_FLIGHT:
+        reserved = tuple((uuid, record.spec.gpu_memory_bytes) for uuid in copy.device_uuids)
+    return _Share(record.spec.memory_bytes, reserved)

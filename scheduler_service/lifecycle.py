@@ -1,0 +1,678 @@
+"""The model lifecycle, decided without I/O: a model record and what happened in, the
+record's next state and the commands to send out.
+
+Each function takes a record and a Context: a read-only view of the cluster (which replicas
+are connected or draining, the placement snapshot), the settings and `now`. It changes the
+record it is given and returns an Outcome: the Load/Unload commands, each addressed to a
+replica; whether the record must be saved and published first; and the facts the shell
+counts in its metrics. Nothing here saves, sends or waits, and `now` comes in (only the
+core's run time is measured, for a histogram), so a test drives every transition with plain
+values; the shell (`service.py`) saves a record before any command that follows from it goes
+out. docs/scheduler.md tables the transitions.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from copy import deepcopy
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+from contract.protocol import DrainComplete, EventKind, Load, LoadedModel, ModelEvent, Unload
+from placement import Assignment, Placement, Rejection, Replica, Request, Snapshot, schedule
+from placement.filters import capabilities
+from scheduler_service.model import (
+    ACTIVE,
+    IN_FLIGHT,
+    CopyState,
+    Key,
+    ModelCopy,
+    ModelRecord,
+    ModelSpec,
+    ModelState,
+    replica_id,
+)
+from scheduler_service.settings import SchedulerSettings
+
+log = logging.getLogger(__name__)
+# A command for one replica's agent.
+Addressed = tuple[Key, Load | Unload]
+
+
+class ClusterView(Protocol):
+    """What a decision reads about the replicas: the shell's cluster, or plain values in a test."""
+
+    def connected(self, key: Key) -> bool: ...
+
+    def draining(self, key: Key) -> bool: ...
+
+    def replica(self, key: Key) -> Replica | None:
+        """The placement core's view of a connected replica (None: not connected)."""
+        ...
+
+    def snapshot(self, record: ModelRecord) -> Snapshot:
+        """The connected replicas as if `record` were on none of them."""
+        ...
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a decision reads besides the record: the cluster, the settings, and `now` (on
+    the clock of the record's deadlines)."""
+
+    cluster: ClusterView
+    settings: SchedulerSettings
+    now: float
+
+
+@dataclass(frozen=True)
+class PlacementFact:
+    """One run of the placement core, for the metrics."""
+
+    outcome: str  # placed, partial or rejected
+    seconds: float  # spent inside schedule()
+    retry: bool  # made again after a failed load or a refusal
+
+
+@dataclass
+class Outcome:
+    """What a decision asks of the shell besides the record it changed."""
+
+    commands: list[Addressed] = field(default_factory=list)
+    # The record changed: save it and publish it to the watchers before any command goes out.
+    publish: bool = False
+    # The model is gone: delete it from the store (and publish its last state).
+    terminated: bool = False
+    # An unload ended, so a replica has room again: refused models may fit now.
+    freed: bool = False
+    # A load ended on the replica the event came from: the memory it measured per device,
+    # counted as used there until the agent measures again.
+    footprint: Mapping[str, int] = field(default_factory=dict)
+    # Facts for the metrics.
+    load_failures: list[str] = field(default_factory=list)  # the kind of each failed load
+    load_s: float | None = None  # from load requested to loaded
+    placement: PlacementFact | None = None
+
+
+# ------------------------------------------------------------------ client requests
+
+
+def created(spec: ModelSpec, version: int, now: float) -> ModelRecord:
+    """A model the scheduler does not hold; `version` is one above any it ever had."""
+    log.info("model %s: version %d requested", spec.name, version)
+    return _requested(ModelRecord(spec=spec, version=version, updated_at=now), now)
+
+
+def respecified(current: ModelRecord, spec: ModelSpec, now: float) -> ModelRecord | None:
+    """A known model asked for again: the same spec changes nothing (None); a changed replica
+    count scales in place; anything else is a new version. Decided on a copy: the change
+    counts once the shell has saved it."""
+    if current.spec == spec and not current.deleted:
+        return None
+    record = deepcopy(current)
+    record.spec = spec
+    if _scale_only(current.spec, spec) and not current.deleted:
+        log.info("model %s: scaled to %d replicas in place", spec.name, spec.replicas)
+    else:
+        record.version += 1
+        record.deleted = False
+        record.excluded_until.clear()
+        record.load_failures = 0
+        log.info("model %s: version %d requested", spec.name, record.version)
+    return _requested(record, now)
+
+
+def unload_requested(current: ModelRecord, now: float) -> ModelRecord | None:
+    """The model is to go (None: it is going already); decided on a copy, as above."""
+    if current.deleted:
+        return None
+    record = deepcopy(current)
+    record.deleted = True
+    record.state = ModelState.TERMINATING
+    record.reason = "unload requested"
+    record.updated_at = now
+    log.info("model %s: unload requested", record.name)
+    return record
+
+
+def _requested(record: ModelRecord, now: float) -> ModelRecord:
+    record.attempts = 0
+    record.next_retry_at = 0.0
+    record.state = (
+        ModelState.PROGRESSING if record.state == ModelState.AVAILABLE else ModelState.PENDING
+    )
+    record.updated_at = now
+    return record
+
+
+def _scale_only(old: ModelSpec, new: ModelSpec) -> bool:
+    return replace(old, replicas=new.replicas, min_replicas=new.min_replicas) == new
+
+
+# ------------------------------------------------------------------ agents
+
+
+def restored(record: ModelRecord, now: float) -> None:
+    """Read back from the state file: each copy's agent must come back within the grace."""
+    for copy in record.replicas.values():
+        if copy.state in ACTIVE:
+            copy.lost_since = now
+
+
+def on_hello(
+    record: ModelRecord | None, key: Key, loaded: LoadedModel | None, ctx: Context
+) -> Outcome:
+    """An agent said hello, holding `loaded` of this model (or not). A copy the record
+    expects is kept as it is; one the model may use is adopted; anything else is unloaded.
+    A load the agent no longer knows of is asked again (the agent answers at once when it
+    holds that version already, so nothing is loaded twice)."""
+    out = Outcome(publish=record is not None)
+    if record is None:
+        if loaded is not None:
+            log.info("replica %s: unloading unknown model %s", replica_id(key), loaded.name)
+            out.commands.append((key, Unload(loaded.name, loaded.version)))
+        return out
+    copy = record.replicas.get(key)
+    if copy is None:
+        if loaded is None:
+            return out
+        if _adoptable(record, ctx.cluster.replica(key), loaded.version, ctx.now):
+            _adopt(record, key, loaded.version, loaded.footprint_bytes)
+            log.info("model %s: adopted the copy already on %s", record.name, replica_id(key))
+        else:
+            out.commands.append((key, Unload(record.name, loaded.version)))
+        return out
+    copy.lost_since = 0.0
+    if loaded is not None and loaded.version == copy.version:
+        if copy.state in ACTIVE:
+            copy.state = CopyState.AVAILABLE
+            copy.deadline = 0.0
+            copy.footprint_bytes = dict(loaded.footprint_bytes)
+        else:
+            out.commands.append((key, Unload(record.name, loaded.version)))
+    elif copy.state in IN_FLIGHT or (loaded is not None and copy.state in ACTIVE):
+        copy.state = CopyState.LOAD_REQUESTED
+        copy.deadline = ctx.now + ctx.settings.load_timeout_s
+        out.commands.append((key, record.spec.load_command(copy.version, copy.device_uuids)))
+    elif copy.state in (CopyState.AVAILABLE, CopyState.UNLOADING):
+        del record.replicas[key]
+    return out
+
+
+def on_event(record: ModelRecord | None, key: Key, event: ModelEvent, ctx: Context) -> Outcome:
+    """What an agent reported about one model version on its replica. An event that does
+    not answer what the record asked of that replica (another version, an old answer
+    overtaken by a newer command) changes nothing; a load nobody waits for is adopted or
+    unloaded."""
+    out = Outcome()
+    if record is None:
+        if event.kind == EventKind.LOADED:
+            _unwanted(key, event, out)
+        return out
+    copy = record.replicas.get(key)
+    expected = copy is not None and copy.version == event.version
+    where = f"model {event.model} v{event.version} on {replica_id(key)}"
+    if event.kind == EventKind.LOADED:
+        if not expected or copy is None or copy.state not in ACTIVE:
+            _unexpected_load(record, key, event, ctx, out)
+        elif copy.state in IN_FLIGHT:
+            _loaded(copy, event, ctx, out)
+            log.info("%s: available", where)
+        else:
+            return out  # a repeated answer for a copy already Available
+    elif copy is None or not expected:
+        log.debug("%s: stale %s event ignored", where, event.kind)
+        return out
+    elif event.kind in (EventKind.LOAD_FAILED, EventKind.LOAD_FAILED_MEMORY):
+        if copy.state not in IN_FLIGHT:
+            return out
+        _load_failed(record, copy, ctx, out, reason=event.message, kind=event.kind.value)
+    elif event.kind == EventKind.UNLOADED:
+        if copy.state not in (CopyState.UNLOADING, CopyState.AVAILABLE):
+            return out  # an old unload's answer, overtaken by a newer load here
+        # Shown (and streamed to watchers) once; the next pass forgets it.
+        copy.state = CopyState.UNLOADED
+        copy.reason = ""
+        copy.deadline = 0.0
+        out.freed = True
+        log.info("%s: unloaded", where)
+    else:  # UNLOAD_FAILED: asked again after a while.
+        log.warning("%s: unload failed: %s", where, event.message)
+        copy.reason = f"unload failed: {event.message}"
+        copy.deadline = ctx.now + ctx.settings.retry_max_s
+        if record.deleted:
+            record.reason = f"unload failed on {replica_id(key)}: {event.message}"
+    out.publish = True
+    return out
+
+
+def on_disconnect(record: ModelRecord, key: Key, ctx: Context) -> Outcome:
+    """The agent of `key` went away: a load there fails at once and moves; an available copy
+    waits out the grace period for the agent; a draining replica's copies are gone."""
+    copy = record.replicas.get(key)
+    if copy is None:
+        return Outcome()
+    out = Outcome(publish=True)
+    if copy.state in IN_FLIGHT:
+        reason = "agent disconnected during the load"
+        _load_failed(record, copy, ctx, out, reason=reason, kind="agent_disconnected")
+    elif ctx.cluster.draining(key) or copy.state == CopyState.UNLOADING:
+        del record.replicas[key]
+    elif copy.state == CopyState.AVAILABLE:
+        copy.lost_since = ctx.now
+    return out
+
+
+def on_drain(record: ModelRecord, key: Key) -> bool:
+    """The replica `key` drains: a model with a copy there is placed again now, elsewhere.
+    Returns whether the model needs a pass."""
+    if key not in record.replicas:
+        return False
+    record.next_retry_at = 0.0
+    return True
+
+
+def on_cluster_changed(record: ModelRecord) -> bool:
+    """A server joined, left or freed memory: a refused model is tried again now. Returns
+    whether the model needs a pass."""
+    if not record.attempts:
+        return False
+    record.next_retry_at = 0.0
+    return True
+
+
+def drain_verdict(
+    key: Key, records: Iterable[ModelRecord], deadline: float, now: float
+) -> DrainComplete | None:
+    """Whether the draining replica `key` may go: once none of its models waits to move,
+    or at the deadline. A model whose last placement was refused cannot go anywhere else:
+    it does not hold the drain up, and is named as stranded."""
+    held = [
+        record
+        for record in records
+        if key in record.replicas and record.replicas[key].state in ACTIVE | {CopyState.UNLOADING}
+    ]
+    if any(not record.attempts for record in held) and now < deadline:
+        return None
+    stranded = tuple(sorted(record.name for record in held))
+    log.info(
+        "replica %s: drained%s",
+        replica_id(key),
+        f", stranded: {', '.join(stranded)}" if stranded else "",
+    )
+    return DrainComplete(stranded)
+
+
+def _loaded(copy: ModelCopy, event: ModelEvent, ctx: Context, out: Outcome) -> None:
+    out.load_s = max(0.0, ctx.now - (copy.deadline - ctx.settings.load_timeout_s))
+    copy.state = CopyState.AVAILABLE
+    copy.reason = ""
+    copy.deadline = 0.0
+    copy.replaced_version = 0
+    copy.footprint_bytes = dict(event.footprint_bytes)
+    out.footprint = dict(event.footprint_bytes)
+
+
+def _unexpected_load(
+    record: ModelRecord, key: Key, event: ModelEvent, ctx: Context, out: Outcome
+) -> None:
+    """A load ended that the record no longer waits for (e.g. it outlived a disconnect):
+    keep the copy when the model wants one there, else unload it."""
+    copy = record.replicas.get(key)
+    free = copy is None or copy.state in (CopyState.LOAD_FAILED, CopyState.UNLOADED)
+    if free and _adoptable(record, ctx.cluster.replica(key), event.version, ctx.now):
+        _adopt(record, key, event.version, event.footprint_bytes)
+        log.info("model %s: kept the late copy on %s", record.name, replica_id(key))
+    else:
+        _unwanted(key, event, out)
+
+
+def _unwanted(key: Key, event: ModelEvent, out: Outcome) -> None:
+    log.info(
+        "model %s v%d on %s: loaded but not wanted, unloading",
+        event.model,
+        event.version,
+        replica_id(key),
+    )
+    out.commands.append((key, Unload(event.model, event.version)))
+
+
+def _adoptable(record: ModelRecord, replica: Replica | None, version: int, now: float) -> bool:
+    """A copy found on a replica may stand for the current version there: where the model
+    may run is the placement core's rule (the pin, the capabilities filter), and all its
+    copies are on one server, as long as it still needs one. Memory is not checked: a copy
+    already loaded already uses it. Nor is the exclusion: the copy is there, whatever made
+    the scheduler stop waiting for it."""
+    if replica is None or record.deleted or version != record.version:
+        return False
+    request = placement_request(record)
+    if request.server not in (None, replica.server):
+        return False
+    if capabilities(request, replica, now) is not None:
+        return False
+    current = current_copies(record)
+    return len(current) < request.replicas and all(c.server == replica.server for c in current)
+
+
+def _adopt(record: ModelRecord, key: Key, version: int, footprint: Mapping[str, int]) -> None:
+    record.replicas[key] = ModelCopy(
+        server=key[0],
+        index=key[1],
+        version=version,
+        state=CopyState.AVAILABLE,
+        footprint_bytes=dict(footprint),
+    )
+
+
+def _load_failed(
+    record: ModelRecord, copy: ModelCopy, ctx: Context, out: Outcome, *, reason: str, kind: str
+) -> None:
+    """The copy's load failed: its replica is excluded for this version for a while, and the
+    model is placed again at once."""
+    log.warning(
+        "model %s v%d on %s: load failed (%s): %s",
+        record.name,
+        copy.version,
+        replica_id(copy.key),
+        kind,
+        reason,
+    )
+    if copy.replaced_version:
+        # The agent may have kept the old version it was replacing: nobody tracks it now.
+        out.commands.append((copy.key, Unload(record.name, copy.replaced_version)))
+        copy.replaced_version = 0
+    copy.state = CopyState.LOAD_FAILED
+    copy.reason = reason
+    copy.deadline = 0.0
+    copy.lost_since = 0.0
+    record.excluded_until[copy.key] = ctx.now + ctx.settings.exclusion_s
+    record.load_failures += 1
+    record.next_retry_at = 0.0
+    out.load_failures.append(kind)
+
+
+# ------------------------------------------------------------------ one model's pass
+
+
+def step(record: ModelRecord, ctx: Context) -> Outcome:
+    """One pass over a model: deadlines and grace periods expire; then a deleted model's
+    copies are unloaded until none is left, and a wanted one is placed, its surplus copies
+    retired once the current version is available, and its state derived."""
+    before = _digest(record)
+    out = Outcome()
+    _expire(record, ctx, out)
+    if record.deleted:
+        _terminate(record, ctx, out)
+    else:
+        _place(record, ctx, out)
+        _retire(record, ctx, out)
+        _set_state(record)
+    if not out.terminated and _digest(record) != before:
+        record.updated_at = ctx.now
+        out.publish = True
+    return out
+
+
+def _expire(record: ModelRecord, ctx: Context, out: Outcome) -> None:
+    """Loads past their deadline fail; copies whose agent is gone past the grace are lost;
+    unloads not answered in time are asked again; exclusions end."""
+    now, grace = ctx.now, ctx.settings.disconnect_grace_s
+    for copy in list(record.replicas.values()):
+        if copy.state == CopyState.UNLOADED:
+            del record.replicas[copy.key]
+            continue
+        if copy.state == CopyState.UNLOADING and copy.deadline and now >= copy.deadline:
+            log.warning(
+                "model %s: asking %s again to unload v%d",
+                record.name,
+                replica_id(copy.key),
+                copy.version,
+            )
+            _start_unload(record, copy, ctx, out)
+            continue
+        gone = copy.lost_since and now - copy.lost_since >= grace
+        if copy.state in IN_FLIGHT and copy.deadline and now >= copy.deadline:
+            reason = f"load timed out after {ctx.settings.load_timeout_s:g}s"
+            _load_failed(record, copy, ctx, out, reason=reason, kind="timeout")
+            out.commands.append((copy.key, Unload(record.name, copy.version)))
+        elif gone and copy.state in IN_FLIGHT:
+            _load_failed(
+                record, copy, ctx, out, reason="agent did not come back", kind="agent_disconnected"
+            )
+        elif gone:
+            log.warning(
+                "model %s: replica %s lost (agent away for %.0fs)",
+                record.name,
+                replica_id(copy.key),
+                now - copy.lost_since,
+            )
+            del record.replicas[copy.key]
+    for key, until in list(record.excluded_until.items()):
+        if until <= now:
+            del record.excluded_until[key]
+
+
+def _terminate(record: ModelRecord, ctx: Context, out: Outcome) -> None:
+    """Unload every copy on a connected replica; forget the others. None left: gone."""
+    for copy in list(record.replicas.values()):
+        if not ctx.cluster.connected(copy.key) or copy.state == CopyState.LOAD_FAILED:
+            del record.replicas[copy.key]
+        elif copy.state != CopyState.UNLOADING:
+            _start_unload(record, copy, ctx, out)
+    if not record.replicas:
+        record.state = ModelState.TERMINATED
+        record.reason = "unloaded"
+        out.terminated = True
+        log.info("model %s: terminated", record.name)
+
+
+def current_copies(record: ModelRecord) -> list[ModelCopy]:
+    """Copies of the current version that hold or are loading it and stay."""
+    return [
+        c
+        for c in record.replicas.values()
+        if c.version == record.version and c.state in ACTIVE and not c.retire
+    ]
+
+
+def placement_request(record: ModelRecord) -> Request:
+    """What the placement core is asked for the record's current version."""
+    spec = record.spec
+    return Request(
+        model=spec.name,
+        version=record.version,
+        requirements=frozenset(spec.requirements),
+        server=spec.server or None,
+        memory_bytes=spec.memory_bytes,
+        gpu_memory_bytes=spec.gpu_memory_bytes,
+        gpus=spec.gpus,
+        replicas=spec.replicas,
+        min_replicas=spec.replicas if spec.min_replicas is None else spec.min_replicas,
+        excluded_until=tuple(sorted(record.excluded_until.items())),
+    )
+
+
+def _place(record: ModelRecord, ctx: Context, out: Outcome) -> None:
+    """Scale in by retiring the surplus; with too few copies, run the placement core (unless
+    a refusal's back-off runs)."""
+    staying = [c for c in current_copies(record) if not ctx.cluster.draining(c.key)]
+    wanted = record.spec.replicas
+    if len(staying) > wanted:
+        # Scaled down: keep the available ones, lowest replica first.
+        ranked = sorted(staying, key=lambda c: (c.state != CopyState.AVAILABLE, c.key))
+        for copy in ranked[wanted:]:
+            copy.retire = True
+        return
+    if len(staying) == wanted or ctx.now < record.next_retry_at:
+        return
+    request = placement_request(record)
+    snapshot = ctx.cluster.snapshot(record)
+    started = time.perf_counter()  # measured for the metrics only; decides nothing
+    result = schedule(snapshot, request, ctx.settings.policy, ctx.now)
+    seconds = time.perf_counter() - started
+    retry = bool(record.attempts) or any(
+        c.state == CopyState.LOAD_FAILED and c.version == record.version
+        for c in record.replicas.values()
+    )
+    if isinstance(result, Rejection):
+        _rejected(record, result, ctx)
+        outcome = "rejected"
+    else:
+        outcome = _placed(record, result, ctx, out)
+    out.placement = PlacementFact(outcome, seconds, retry)
+
+
+def _rejected(record: ModelRecord, result: Rejection, ctx: Context) -> None:
+    record.server_reasons = result.reasons
+    record.reason = result.message
+    record.attempts += 1
+    record.next_retry_at = ctx.now + backoff(ctx.settings, record.attempts)
+    log.info(
+        "model %s v%d: not placed (retry in %.1fs): %s",
+        record.name,
+        record.version,
+        record.next_retry_at - ctx.now,
+        result.message,
+    )
+
+
+def _placed(record: ModelRecord, result: Placement, ctx: Context, out: Outcome) -> str:
+    """Load where the placement says and retire current copies it left out; returns the
+    outcome for the metrics (placed or partial)."""
+    wanted = {(a.server, a.index): a for a in result.assignments}
+    full = len(wanted) >= record.spec.replicas
+    record.server_reasons = result.reasons
+    record.reason = "" if full else f"only {len(wanted)} of {record.spec.replicas} fit"
+    record.attempts = 0 if full else record.attempts + 1
+    if full:
+        record.load_failures = 0
+    record.next_retry_at = 0.0 if full else ctx.now + backoff(ctx.settings, record.attempts)
+    for key, assignment in sorted(wanted.items()):
+        existing = record.replicas.get(key)
+        if existing is not None and existing.version == record.version and existing.state in ACTIVE:
+            existing.retire = False
+            continue
+        _start_load(record, assignment, ctx, out)
+    for copy in current_copies(record):
+        if copy.key not in wanted:
+            copy.retire = True
+    return "placed" if full else "partial"
+
+
+def _start_load(record: ModelRecord, assignment: Assignment, ctx: Context, out: Outcome) -> None:
+    key = (assignment.server, assignment.index)
+    old = record.replicas.get(key)
+    replaced = old.version if old and old.state in ACTIVE and old.version != record.version else 0
+    record.replicas[key] = ModelCopy(
+        server=assignment.server,
+        index=assignment.index,
+        version=record.version,
+        state=CopyState.LOAD_REQUESTED,
+        device_uuids=assignment.device_uuids,
+        deadline=ctx.now + ctx.settings.load_timeout_s,
+        replaced_version=replaced,
+    )
+    log.info(
+        "model %s v%d: loading on %s%s",
+        record.name,
+        record.version,
+        replica_id(key),
+        f" (GPUs {', '.join(assignment.device_uuids)})" if assignment.device_uuids else "",
+    )
+    out.commands.append((key, record.spec.load_command(record.version, assignment.device_uuids)))
+
+
+def _retire(record: ModelRecord, ctx: Context, out: Outcome) -> None:
+    """Once the current version is available, unload old versions and retired copies."""
+    if record.available_count() < record.spec.required_replicas or any(
+        c.version == record.version and c.state in IN_FLIGHT and not c.retire
+        for c in record.replicas.values()
+    ):
+        return
+    for copy in list(record.replicas.values()):
+        stale = copy.version != record.version or copy.retire
+        if copy.state == CopyState.LOAD_FAILED and copy.version != record.version:
+            del record.replicas[copy.key]
+        elif stale and copy.state in ACTIVE:
+            if not ctx.cluster.connected(copy.key):
+                del record.replicas[copy.key]
+                continue
+            copy.retire = False
+            log.info(
+                "model %s: unloading v%d from %s",
+                record.name,
+                copy.version,
+                replica_id(copy.key),
+            )
+            _start_unload(record, copy, ctx, out)
+
+
+def _start_unload(record: ModelRecord, copy: ModelCopy, ctx: Context, out: Outcome) -> None:
+    copy.state = CopyState.UNLOADING
+    copy.deadline = ctx.now + ctx.settings.load_timeout_s
+    out.commands.append((copy.key, Unload(record.name, copy.version)))
+
+
+def _set_state(record: ModelRecord) -> None:
+    """The model's state, derived from its copies and its last placement."""
+    current = [c for c in record.replicas.values() if c.version == record.version]
+    loading = any(c.state in IN_FLIGHT for c in current)
+    available = record.available_count()
+    if available >= record.spec.required_replicas and not loading:
+        record.state = ModelState.AVAILABLE
+        if available >= record.spec.replicas and not record.attempts:
+            record.reason = ""
+    elif loading:
+        record.state = ModelState.PROGRESSING
+    elif record.attempts:
+        record.state = ModelState.FAILED if record.load_failures else ModelState.SCHEDULE_FAILED
+    elif available >= record.spec.required_replicas:
+        record.state = ModelState.AVAILABLE
+    else:
+        record.state = ModelState.PENDING
+
+
+# ------------------------------------------------------------------ timers
+
+
+def next_due(record: ModelRecord, settings: SchedulerSettings) -> float:
+    """When this model next needs a pass without any event (inf: never)."""
+    times = [c.deadline for c in record.replicas.values() if c.deadline]
+    times += [
+        c.lost_since + settings.disconnect_grace_s for c in record.replicas.values() if c.lost_since
+    ]
+    times += list(record.excluded_until.values())
+    if not record.deleted and len(current_copies(record)) < record.spec.replicas:
+        times.append(record.next_retry_at)
+    return min(times, default=float("inf"))
+
+
+def backoff(settings: SchedulerSettings, attempts: int) -> float:
+    """Seconds before a refused model is placed again: doubling from the first, capped."""
+    initial, cap = settings.retry_initial_s, settings.retry_max_s
+    return float(min(cap, initial * 2 ** min(attempts - 1, 30)))
+
+
+def _digest(record: ModelRecord) -> tuple[object, ...]:
+    """What a pass may change that is saved and shown."""
+    return (
+        record.version,
+        record.state,
+        record.reason,
+        record.server_reasons,
+        record.deleted,
+        tuple(
+            (
+                c.key,
+                c.version,
+                c.state,
+                c.reason,
+                c.device_uuids,
+                c.retire,
+                tuple(sorted(c.footprint_bytes.items())),
+            )
+            for c in sorted(record.replicas.values(), key=lambda c: c.key)
+        ),
+    )
