@@ -7,7 +7,7 @@ rule the filters and sorters use, and the agent's check before a load uses too.
 
 from __future__ import annotations
 
-from placement.filters import FILTERS, Filter, first_failure
+from placement.filters import ELIGIBILITY, FILTERS, Filter, first_failure
 from placement.fit import DeviceShortfall, NamedShortfall, fit_devices
 from placement.schedule import UNKNOWN_SERVER, schedule
 from placement.sorters import choose_devices
@@ -23,6 +23,7 @@ from placement.types import (
 )
 
 __all__ = [
+    "ELIGIBILITY",
     "FILTERS",
     "UNKNOWN_SERVER",
     "Assignment",

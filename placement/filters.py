@@ -35,6 +35,15 @@ def gpus_needed(request: Request) -> int:
     return max(request.gpus, 1)
 
 
+def pinned(request: Request, replica: Replica, now: float) -> str | None:
+    """A pinned model runs on its server only. (`schedule()` considers only the pinned
+    server's replicas to begin with; the filter states the rule for a replica found holding
+    a copy.)"""
+    if request.server is None or request.server == replica.server:
+        return None
+    return f"the model is pinned to server {request.server}"
+
+
 def capabilities(request: Request, replica: Replica, now: float) -> str | None:
     """Every requirement must be one of the replica's capabilities (exact match)."""
     missing = sorted(request.requirements - replica.capabilities)
@@ -91,11 +100,17 @@ def gpu_memory(request: Request, replica: Replica, now: float) -> str | None:
 
 # In order: the first reason found is the one reported.
 FILTERS: tuple[Filter, ...] = (capabilities, draining, excluded, host_memory, gpu_memory)
+# Where a model may run at all, whatever the replica's load: a copy already found on a replica
+# (an agent's hello, a late load) is kept there only if these pass. Memory is not among
+# them: a copy already loaded uses its memory already.
+ELIGIBILITY: tuple[Filter, ...] = (pinned, capabilities)
 
 
-def first_failure(request: Request, replica: Replica, now: float) -> str | None:
+def first_failure(
+    request: Request, replica: Replica, now: float, filters: tuple[Filter, ...] = FILTERS
+) -> str | None:
     """The first filter's reason against this replica, or None when it may take the model."""
-    for check in FILTERS:
+    for check in filters:
         reason = check(request, replica, now)
         if reason is not None:
             return reason

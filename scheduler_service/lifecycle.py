@@ -21,8 +21,17 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from contract.protocol import DrainComplete, EventKind, Load, LoadedModel, ModelEvent, Unload
-from placement import Assignment, Placement, Rejection, Replica, Request, Snapshot, schedule
-from placement.filters import capabilities
+from placement import (
+    ELIGIBILITY,
+    Assignment,
+    Placement,
+    Rejection,
+    Replica,
+    Request,
+    Snapshot,
+    first_failure,
+    schedule,
+)
 from scheduler_service.model import (
     ACTIVE,
     IN_FLIGHT,
@@ -341,16 +350,14 @@ def _unwanted(key: Key, event: ModelEvent, out: Outcome) -> None:
 
 def _adoptable(record: ModelRecord, replica: Replica | None, version: int, now: float) -> bool:
     """A copy found on a replica may stand for the current version there: where the model
-    may run is the placement core's rule (the pin, the capabilities filter), and all its
-    copies are on one server, as long as it still needs one. Memory is not checked: a copy
-    already loaded already uses it. Nor is the exclusion: the copy is there, whatever made
-    the scheduler stop waiting for it."""
+    may run is the placement core's rule (its ELIGIBILITY filters: the pin, the
+    capabilities), and all its copies are on one server, as long as it still needs one.
+    Memory is not checked: a copy already loaded already uses it. Nor is the exclusion: the
+    copy is there, whatever made the scheduler stop waiting for it."""
     if replica is None or record.deleted or version != record.version:
         return False
     request = placement_request(record)
-    if request.server not in (None, replica.server):
-        return False
-    if capabilities(request, replica, now) is not None:
+    if first_failure(request, replica, now, ELIGIBILITY) is not None:
         return False
     current = current_copies(record)
     return len(current) < request.replicas and all(c.server == replica.server for c in current)

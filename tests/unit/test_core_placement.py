@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from placement import (
+    ELIGIBILITY,
     UNKNOWN_SERVER,
     Assignment,
     Gpu,
@@ -14,6 +15,7 @@ from placement import (
     Replica,
     Request,
     Snapshot,
+    first_failure,
     schedule,
 )
 
@@ -603,3 +605,26 @@ def test_seed_cpu_model_pinned_to_mlserver_stays_there() -> None:
     model = Request(model="iris", version=1, requirements=frozenset({"sklearn"}), server="mlserver")
     result = schedule(seed_snapshot(gpu_room_gib=80), model, Policy.SPREAD, NOW)
     assert result == Placement("mlserver", (Assignment("mlserver", 0),))
+
+
+@pytest.mark.parametrize(
+    ("request_", "found_on", "reason"),
+    [
+        (Request("m", 1), replica("any"), None),
+        (Request("m", 1, server="gpu"), replica("gpu"), None),
+        (Request("m", 1, server="gpu"), replica("cpu"), "the model is pinned to server gpu"),
+        (
+            Request("m", 1, requirements=frozenset({"model-on-gpu"})),
+            replica("cpu"),
+            "missing capability model-on-gpu",
+        ),
+        # Where a model may run, not whether it fits now: a full or draining replica that
+        # already holds a copy is still eligible for it.
+        (Request("m", 1, memory_bytes=500 * GiB), replica("cpu", used_gib=100), None),
+        (Request("m", 1), replica("cpu", draining=True), None),
+    ],
+)
+def test_eligibility_is_the_pin_and_the_capabilities(
+    request_: Request, found_on: Replica, reason: str | None
+) -> None:
+    assert first_failure(request_, found_on, NOW, ELIGIBILITY) == reason
