@@ -152,14 +152,12 @@ def _run_pip_with_progress(cmd: Sequence[str], log_file: Path, log: Log) -> None
                     f"{time.monotonic() - started:.0f}s"
                 )
 
-    with log_file.open("w") as sink:
-        proc = subprocess.Popen(
-            cmd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            bufsize=1,
-        )
+    with (
+        log_file.open("w") as sink,
+        subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        ) as proc,  # closes the pipe on the way out
+    ):
         ticker = threading.Thread(target=heartbeat, daemon=True)
         ticker.start()
         try:
