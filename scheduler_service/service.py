@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -187,8 +188,10 @@ class SchedulerService:
         reported = {loaded.name: loaded for loaded in hello.loaded}
         for record in list(self._models.values()):
             if record.name in reported or key in record.replicas:
-                loaded = reported.pop(record.name, None)
-                self._settle(record, lifecycle.on_hello(record, key, loaded, ctx))
+                found = reported.pop(record.name, None)
+                self._decide(
+                    record, functools.partial(lifecycle.on_hello, key=key, loaded=found, ctx=ctx)
+                )
         for loaded in reported.values():
             self._settle(None, lifecycle.on_hello(None, key, loaded, ctx))
         log.info(
@@ -209,7 +212,7 @@ class SchedulerService:
         ctx = self._context()
         session.disconnected_at = ctx.now
         for record in list(self._models.values()):
-            self._settle(record, lifecycle.on_disconnect(record, session.key, ctx))
+            self._decide(record, lambda r: lifecycle.on_disconnect(r, session.key, ctx))
         log.info(
             "replica %s disconnected%s",
             replica_id(session.key),
@@ -219,9 +222,12 @@ class SchedulerService:
 
     def on_event(self, session: AgentSession, event: ModelEvent) -> None:
         record = self._models.get(event.model)
-        outcome = lifecycle.on_event(record, session.key, event, self._context())
+        ctx = self._context()
+        if record is None:
+            self._settle(None, lifecycle.on_event(None, session.key, event, ctx))
+            return
+        outcome = self._decide(record, lambda r: lifecycle.on_event(r, session.key, event, ctx))
         session.charge(outcome.footprint)
-        self._settle(record, outcome)
 
     def on_resources(self, session: AgentSession, devices: Iterable[GpuDevice]) -> None:
         if session.measured(devices):
@@ -236,6 +242,20 @@ class SchedulerService:
         for record in self._models.values():
             if lifecycle.on_drain(record, session.key):
                 self._mark(record.name)
+
+    def _decide(self, record: ModelRecord, decision: Callable[[ModelRecord], Outcome]) -> Outcome:
+        """Apply an agent's news to `record` (the lifecycle changes it in place) and settle
+        it. When the save fails, the record goes back to what was saved and the error goes
+        on: the agent's stream ends, and its next hello tells the news again."""
+        before = copy.deepcopy(record)
+        try:
+            outcome = decision(record)
+            self._settle(record, outcome)
+        except Exception:
+            self._models[before.name] = before
+            self._mark(before.name)
+            raise
+        return outcome
 
     def _settle(self, record: ModelRecord | None, outcome: Outcome) -> None:
         """Apply what an event decided: save and publish the record, then queue the commands

@@ -255,6 +255,37 @@ def test_a_failing_save_stops_neither_the_loop_nor_other_models(
     assert agent.loads() == [("m2", 1), ("m1", 1)]
 
 
+def test_an_event_whose_save_fails_changes_nothing_and_its_news_comes_again(
+    tmp_path: Path,
+) -> None:
+    """The record in memory is never ahead of the saved one: an agent's LOADED whose save
+    fails leaves the copy LoadRequested (memory and store agree), and the error ends the
+    agent's stream. Its reconnect is then a stream drop during a load (the copy counts as
+    failed and is unloaded: the reliability issue changes that to an adoption)."""
+    store = MemoryStore()
+    h = Harness(tmp_path, store=store)
+    agent = h.connect("a")
+    h.load("iris")
+    save = store.save
+
+    def full(record: ModelRecord) -> None:
+        raise OSError("disk full")
+
+    store.save = full  # type: ignore[method-assign]
+    with pytest.raises(OSError, match="disk full"):
+        h.service.on_event(agent.conn, ModelEvent(EventKind.LOADED, "iris", 1))
+    assert h.state("iris") == (ModelState.PROGRESSING, {"a-0": "LoadRequested"})
+    assert store.saved["iris"].replicas[("a", 0)].state == CopyState.LOAD_REQUESTED
+    store.save = save  # type: ignore[method-assign]
+    h.service.disconnect(agent.conn)
+    back = h.connect("a", loaded=(LoadedModel("iris", 1),))
+    assert ("iris", 1) in back.unloads()
+    memory, saved = h.service.model("iris"), store.saved["iris"]
+    assert {k: c.state for k, c in memory.replicas.items()} == {
+        k: c.state for k, c in saved.replicas.items()
+    }
+
+
 def test_an_unload_that_fails_is_asked_again(h: Harness) -> None:
     agent = h.connect("a")
     h.load("iris")
