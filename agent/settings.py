@@ -7,25 +7,14 @@ and passed in; nothing here reads the environment at import time.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from contract.names import check_name
+from contract.names import check_name, replica_id, split_pod_name
 from contract.quantity import parse_bytes
-
-_ORDINAL = re.compile(r"^(?P<server>.+)-(?P<index>\d+)$")
-
-
-def split_pod_name(pod_name: str) -> tuple[str, int]:
-    """`mlserver-3` → (`mlserver`, 3); a name without an ordinal is replica 0."""
-    match = _ORDINAL.match(pod_name)
-    if match:
-        return match["server"], int(match["index"])
-    return pod_name, 0
 
 
 def _comma_list(value: Any) -> Any:
@@ -189,7 +178,7 @@ class AgentSettings(BaseSettings):
     def replica(self) -> str:
         """`<server>-<index>` (`mlserver-0`), as every log line names this replica: the
         scheduler's logs name replicas the same way."""
-        return f"{self.server_name}-{self.replica_index}"
+        return replica_id(self.server_name, self.replica_index)
 
     @property
     def scheduler_address(self) -> str:

@@ -24,3 +24,21 @@ def check_name(value: str, field: str) -> str:
     if not is_dns1123_label(value):
         raise InvalidName(f"{field}: {value!r} is not {LABEL_RULE}")
     return value
+
+
+_ORDINAL = re.compile(r"^(?P<server>.+)-(?P<index>\d+)$")
+
+
+def replica_id(server: str, index: int) -> str:
+    """How every log line, message and table names a replica: `<server>-<index>`, the name of
+    its pod (`mlserver-0`)."""
+    return f"{server}-{index}"
+
+
+def split_pod_name(pod_name: str) -> tuple[str, int]:
+    """The inverse of `replica_id`: `mlserver-3` → (`mlserver`, 3); a name without an
+    ordinal is replica 0."""
+    match = _ORDINAL.match(pod_name)
+    if match:
+        return match["server"], int(match["index"])
+    return pod_name, 0

@@ -49,6 +49,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
 
+from contract.names import replica_id
 from devharness import fake_nvml
 from devharness.fake_nvml import FakeNvml
 from devharness.mlserver import (
@@ -354,7 +355,7 @@ class Replica:
     @property
     def name(self) -> str:
         """The pod name, ``<server>-<index>``."""
-        return f"{self.server}-{self.index}"
+        return replica_id(self.server, self.index)
 
     @property
     def key(self) -> tuple[str, int]:
@@ -435,7 +436,7 @@ class LocalCluster:
         for replica in self.replicas:
             if replica.key == (server, index):
                 return replica
-        raise KeyError(f"no replica {server}-{index}")
+        raise KeyError(f"no replica {replica_id(server, index)}")
 
     def server_replicas(self, server: str) -> list[Replica]:
         return [replica for replica in self.replicas if replica.server == server]
@@ -524,14 +525,14 @@ class LocalCluster:
         self.say(f"cluster ready in {time.monotonic() - started:.1f}s")
 
     def _replica(self, server: ServerSpec, index: int, mlserver: Path) -> Replica:
-        folder = self.work_dir / f"{server.name}-{index}"
+        folder = self.work_dir / replica_id(server.name, index)
         repository = folder / "repository"
         repository.mkdir(parents=True, exist_ok=True)
         process = MLServerProcess(
             repository,
             mlserver=mlserver,
             workdir=folder / "mlserver",
-            server_name=f"{server.name}-{index}",
+            server_name=replica_id(server.name, index),
         )
         state: FakeNvml | None = None
         env = clean_env()

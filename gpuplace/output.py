@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from contract.names import replica_id
 from contract.quantity import format_bytes
 from protos import common_pb2, scheduler_pb2
 
@@ -205,9 +206,8 @@ def models_table(
             notes.append(f"{status.name}: {status.reason}")
         for replica in replicas:
             if replica.reason:
-                notes.append(
-                    f"{status.name} on {replica.server}-{replica.replica_index}: {replica.reason}"
-                )
+                where = replica_id(replica.server, replica.replica_index)
+                notes.append(f"{status.name} on {where}: {replica.reason}")
         if status.state not in SETTLED_STATES:
             notes.extend(
                 f"{status.name}: {item.server}: {item.reason}" for item in status.server_reasons

@@ -20,6 +20,7 @@ from copy import deepcopy
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+from contract.names import replica_id
 from contract.protocol import DrainComplete, EventKind, Load, LoadedModel, ModelEvent, Unload
 from placement import (
     ELIGIBILITY,
@@ -41,7 +42,6 @@ from scheduler_service.model import (
     ModelRecord,
     ModelSpec,
     ModelState,
-    replica_id,
 )
 from scheduler_service.settings import SchedulerSettings
 
@@ -180,7 +180,7 @@ def on_hello(
     out = Outcome(publish=record is not None)
     if record is None:
         if loaded is not None:
-            log.info("replica %s: unloading unknown model %s", replica_id(key), loaded.name)
+            log.info("replica %s: unloading unknown model %s", replica_id(*key), loaded.name)
             out.commands.append((key, Unload(loaded.name, loaded.version)))
         return out
     copy = record.replicas.get(key)
@@ -189,7 +189,7 @@ def on_hello(
             return out
         if _adoptable(record, ctx.cluster.replica(key), loaded.version, ctx.now):
             _adopt(record, key, loaded.version, loaded.footprint_bytes)
-            log.info("model %s: adopted the copy already on %s", record.name, replica_id(key))
+            log.info("model %s: adopted the copy already on %s", record.name, replica_id(*key))
         else:
             out.commands.append((key, Unload(record.name, loaded.version)))
         return out
@@ -222,7 +222,7 @@ def on_event(record: ModelRecord | None, key: Key, event: ModelEvent, ctx: Conte
         return out
     copy = record.replicas.get(key)
     expected = copy is not None and copy.version == event.version
-    where = f"model {event.model} v{event.version} on {replica_id(key)}"
+    where = f"model {event.model} v{event.version} on {replica_id(*key)}"
     if event.kind == EventKind.LOADED:
         if not expected or copy is None or copy.state not in ACTIVE:
             _unexpected_load(record, key, event, ctx, out)
@@ -252,7 +252,7 @@ def on_event(record: ModelRecord | None, key: Key, event: ModelEvent, ctx: Conte
         copy.reason = f"unload failed: {event.message}"
         copy.deadline = ctx.now + ctx.settings.retry_max_s
         if record.deleted:
-            record.reason = f"unload failed on {replica_id(key)}: {event.message}"
+            record.reason = f"unload failed on {replica_id(*key)}: {event.message}"
     out.publish = True
     return out
 
@@ -308,7 +308,7 @@ def drain_verdict(
     stranded = tuple(sorted(record.name for record in held))
     log.info(
         "replica %s: drained%s",
-        replica_id(key),
+        replica_id(*key),
         f", stranded: {', '.join(stranded)}" if stranded else "",
     )
     return DrainComplete(stranded)
@@ -333,7 +333,7 @@ def _unexpected_load(
     free = copy is None or copy.state in (CopyState.LOAD_FAILED, CopyState.UNLOADED)
     if free and _adoptable(record, ctx.cluster.replica(key), event.version, ctx.now):
         _adopt(record, key, event.version, event.footprint_bytes)
-        log.info("model %s: kept the late copy on %s", record.name, replica_id(key))
+        log.info("model %s: kept the late copy on %s", record.name, replica_id(*key))
     else:
         _unwanted(key, event, out)
 
@@ -343,7 +343,7 @@ def _unwanted(key: Key, event: ModelEvent, out: Outcome) -> None:
         "model %s v%d on %s: loaded but not wanted, unloading",
         event.model,
         event.version,
-        replica_id(key),
+        replica_id(*key),
     )
     out.commands.append((key, Unload(event.model, event.version)))
 
@@ -382,7 +382,7 @@ def _load_failed(
         "model %s v%d on %s: load failed (%s): %s",
         record.name,
         copy.version,
-        replica_id(copy.key),
+        replica_id(*copy.key),
         kind,
         reason,
     )
@@ -434,7 +434,7 @@ def _expire(record: ModelRecord, ctx: Context, out: Outcome) -> None:
             log.warning(
                 "model %s: asking %s again to unload v%d",
                 record.name,
-                replica_id(copy.key),
+                replica_id(*copy.key),
                 copy.version,
             )
             _start_unload(record, copy, ctx, out)
@@ -452,7 +452,7 @@ def _expire(record: ModelRecord, ctx: Context, out: Outcome) -> None:
             log.warning(
                 "model %s: replica %s lost (agent away for %.0fs)",
                 record.name,
-                replica_id(copy.key),
+                replica_id(*copy.key),
                 now - copy.lost_since,
             )
             del record.replicas[copy.key]
@@ -585,7 +585,7 @@ def _start_load(record: ModelRecord, assignment: Assignment, ctx: Context, out: 
         "model %s v%d: loading on %s%s",
         record.name,
         record.version,
-        replica_id(key),
+        replica_id(*key),
         f" (GPUs {', '.join(assignment.device_uuids)})" if assignment.device_uuids else "",
     )
     out.commands.append((key, record.spec.load_command(record.version, assignment.device_uuids)))
@@ -611,7 +611,7 @@ def _retire(record: ModelRecord, ctx: Context, out: Outcome) -> None:
                 "model %s: unloading v%d from %s",
                 record.name,
                 copy.version,
-                replica_id(copy.key),
+                replica_id(*copy.key),
             )
             _start_unload(record, copy, ctx, out)
 

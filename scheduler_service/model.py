@@ -35,11 +35,6 @@ class CopyState(StrEnum):
 Key = tuple[str, int]
 
 
-def replica_id(key: Key) -> str:
-    """How every log line and message names a replica: `<server>-<index>`, its pod's name."""
-    return f"{key[0]}-{key[1]}"
-
-
 IN_FLIGHT = frozenset({CopyState.LOAD_REQUESTED, CopyState.LOADING})
 # A replica in one of these states holds (or is about to hold) the model.
 ACTIVE = IN_FLIGHT | {CopyState.AVAILABLE}

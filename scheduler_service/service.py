@@ -20,13 +20,14 @@ from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from contract.errors import NotFound, ResourceExhausted
+from contract.names import replica_id
 from contract.protocol import Command, GpuDevice, Hello, ModelEvent, Welcome
 from placement import Replica
 from scheduler_service import lifecycle
 from scheduler_service.cluster import AgentSession, Cluster
 from scheduler_service.lifecycle import Outcome
 from scheduler_service.metrics import ClusterGauges, SchedulerMetrics, count_states
-from scheduler_service.model import Key, ModelRecord, ModelSpec, replica_id
+from scheduler_service.model import Key, ModelRecord, ModelSpec
 from scheduler_service.settings import SchedulerSettings
 
 __all__ = ["AgentSession", "Clock", "SchedulerService", "StateStore", "SystemClock", "Watcher"]
@@ -196,7 +197,7 @@ class SchedulerService:
             self._settle(None, lifecycle.on_hello(None, key, loaded, ctx))
         log.info(
             "replica %s connected: capabilities=%s memory=%d gpus=%d loaded=%d",
-            replica_id(key),
+            replica_id(*key),
             ",".join(sorted(hello.capabilities)),
             hello.memory_bytes,
             len(hello.devices),
@@ -215,7 +216,7 @@ class SchedulerService:
             self._decide(record, lambda r: lifecycle.on_disconnect(r, session.key, ctx))
         log.info(
             "replica %s disconnected%s",
-            replica_id(session.key),
+            replica_id(*session.key),
             " (drained)" if session.draining else "",
         )
         self._cluster_changed()
@@ -238,7 +239,7 @@ class SchedulerService:
             return
         session.draining = True
         session.drain_deadline = self._clock.now() + self._settings.drain_timeout_s
-        log.info("replica %s: draining", replica_id(session.key))
+        log.info("replica %s: draining", replica_id(*session.key))
         for record in self._models.values():
             if lifecycle.on_drain(record, session.key):
                 self._mark(record.name)
@@ -407,7 +408,7 @@ class SchedulerService:
             if session is None or not session.connected:
                 continue
             if not session.send(command):
-                log.error("replica %s: command queue full, disconnecting it", replica_id(key))
+                log.error("replica %s: command queue full, disconnecting it", replica_id(*key))
                 session.close("command queue full")
                 self.disconnect(session)
 

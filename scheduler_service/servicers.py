@@ -18,12 +18,12 @@ from contract.errors import (
     NotFound,
     ResourceExhausted,
 )
+from contract.names import replica_id
 from contract.protocol import Command, DrainRequest, Hello, ModelEvent, ResourceUpdate
 from contract.wire import decode_agent_message, encode_command
 from protos import agent_pb2, agent_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 from scheduler_service import convert
 from scheduler_service.cluster import AgentSession
-from scheduler_service.model import replica_id
 from scheduler_service.service import SchedulerService
 
 log = logging.getLogger(__name__)
@@ -157,12 +157,12 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             return True
 
         def close(reason: str) -> None:
-            log.info("replica %s: closing stream: %s", replica_id(key), reason)
+            log.info("replica %s: closing stream: %s", replica_id(*key), reason)
             outbox.put_nowait(None)
 
         session = self._service.connect(hello, send, close)
         reader = start_task(
-            self._read(request_iterator, session, close), f"agent-{replica_id(key)}"
+            self._read(request_iterator, session, close), f"agent-{replica_id(*key)}"
         )
         try:
             while (message := await outbox.get()) is not None:
@@ -194,7 +194,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         except grpc.aio.AioRpcError as exc:
             reason = f"stream broken: {exc.code().name}"
         except Exception:
-            log.exception("replica %s: error handling its message", replica_id(session.key))
+            log.exception("replica %s: error handling its message", replica_id(*session.key))
             reason = "internal error handling a message; see the scheduler log"
         finally:
             close(reason)

@@ -10,6 +10,7 @@ from typing import Literal, TextIO
 
 import grpc
 
+from contract.names import replica_id
 from gpuplace.client import ClientError, SchedulerClient
 from protos import scheduler_pb2
 
@@ -45,7 +46,9 @@ class Progress:
             return
         self._last[status.name] = key
         wanted = status.spec.replicas if status.spec.HasField("replicas") else 1
-        parts = ", ".join(f"{server}-{index} {state}" for server, index, state in replicas)
+        parts = ", ".join(
+            f"{replica_id(server, index)} {state}" for server, index, state in replicas
+        )
         line = (
             f"[{time.monotonic() - self.started:6.1f}s] {status.name} v{status.version} "
             f"{status.state} {status.available_replicas}/{wanted}"

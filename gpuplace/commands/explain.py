@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 
+from contract.names import replica_id
 from gpuplace.client import ClientError, SchedulerClient, scheduler_address
 from gpuplace.commands._common import (
     EXIT_FAILED,
@@ -135,7 +136,7 @@ def model_text(status: scheduler_pb2.ModelStatus, labels: dict[str, str]) -> str
         lines.append("  placement:")
         for replica in status.replicas:
             devices = ", ".join(labels.get(uuid, uuid) for uuid in replica.device_uuids)
-            text = f"    {replica.server}-{replica.replica_index}: {replica.state}"
+            text = f"    {replica_id(replica.server, replica.replica_index)}: {replica.state}"
             if devices:
                 text += f" on {devices}"
             if replica.reason:

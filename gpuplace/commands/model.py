@@ -9,6 +9,7 @@ from typing import Any
 
 import grpc
 
+from contract.names import replica_id
 from gpuplace.client import ClientError, SchedulerClient, scheduler_address
 from gpuplace.commands._common import (
     EXIT_FAILED,
@@ -101,7 +102,7 @@ def _placement(status: scheduler_pb2.ModelStatus, labels: dict[str, str]) -> str
             continue
         devices = ", ".join(labels.get(uuid, uuid) for uuid in replica.device_uuids)
         parts.append(
-            f"{replica.server}-{replica.replica_index}" + (f" [{devices}]" if devices else "")
+            replica_id(replica.server, replica.replica_index) + (f" [{devices}]" if devices else "")
         )
     return ", ".join(parts) or "-"
 
@@ -138,7 +139,7 @@ def report_waited(client: SchedulerClient, results: dict[str, Waited]) -> int:
                     print(f"  {item.server}: {item.reason}", file=sys.stderr)
                 for replica in status.replicas:
                     if replica.reason:
-                        where = f"{replica.server}-{replica.replica_index}"
+                        where = replica_id(replica.server, replica.replica_index)
                         print(f"  {where} ({replica.state}): {replica.reason}", file=sys.stderr)
     return code
 

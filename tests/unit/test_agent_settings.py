@@ -7,7 +7,8 @@ import argparse
 import pytest
 from pydantic import ValidationError
 
-from agent.settings import AgentSettings, split_pod_name
+from agent.settings import AgentSettings
+from contract.names import split_pod_name
 from contract.settings_cli import describe_error, settings_from_args
 from gpuplace.commands.processes import register
 

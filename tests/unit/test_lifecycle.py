@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from contract.names import replica_id
 from contract.protocol import DrainComplete, EventKind, Load, LoadedModel, ModelEvent
 from placement import Gpu, Replica, Snapshot
 from scheduler_service import lifecycle
@@ -23,7 +24,6 @@ from scheduler_service.model import (
     ModelCopy,
     ModelRecord,
     ModelState,
-    replica_id,
     validate_spec,
 )
 from scheduler_service.settings import SchedulerSettings
@@ -115,11 +115,11 @@ def event(
 
 def sent(outcome: Outcome) -> list[tuple[str, str, int]]:
     """The commands as (replica, kind, version): what the tables show."""
-    return [(replica_id(key), type(c).__name__, c.version) for key, c in outcome.commands]
+    return [(replica_id(*key), type(c).__name__, c.version) for key, c in outcome.commands]
 
 
 def copies_of(record: ModelRecord) -> dict[str, str]:
-    return {replica_id(key): c.state.value for key, c in sorted(record.replicas.items())}
+    return {replica_id(*key): c.state.value for key, c in sorted(record.replicas.items())}
 
 
 def step(context: Context) -> Callable[[ModelRecord], Outcome]:
