@@ -130,7 +130,7 @@ class SchedulerLink:
         )
         return step * (0.5 + 0.5 * self._jitter())
 
-    def send_resources(self, devices: Sequence[GpuDevice]) -> bool:
+    def send_resource_update(self, devices: Sequence[GpuDevice]) -> bool:
         sent = self.outbox.send(ResourceUpdate(tuple(devices)))
         if sent:
             self.metrics.resource_updates.inc()

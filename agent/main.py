@@ -9,20 +9,17 @@ below the pod's terminationGracePeriodSeconds); a second signal skips what is le
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
 import os
 import signal
-import sys
 import threading
 from collections.abc import Awaitable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from pydantic import ValidationError
 
 from agent.artifacts import ModelRepository
 from agent.gpu_monitor import GpuMonitor
@@ -40,7 +37,6 @@ from agent.models import ModelManager
 from agent.settings import AgentSettings
 from contract import __version__
 from contract.aio import start_task, stop_tasks
-from contract.settings_cli import describe_error, settings_from_args
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +99,7 @@ class Agent:
         """After a load or unload: send the fresh GPU reading, after the event, so that the
         scheduler replaces the footprint it charged with what NVML measures now."""
         devices = await self.gpus.refresh()
-        if devices and self.link.send_resources(devices):
+        if devices and self.link.send_resource_update(devices):
             self.gpus.mark_reported(devices)
 
     async def ready(self) -> tuple[bool, str]:
@@ -136,7 +132,7 @@ class Agent:
         await self.http.start()
         self._tasks.append(
             start_task(
-                self.gpus.run(s.resource_report_interval_s, self.link.send_resources),
+                self.gpus.run(s.resource_report_interval_s, self.link.send_resource_update),
                 name="gpu monitor",
             )
         )
@@ -280,12 +276,8 @@ async def _until(
     return False
 
 
-def run_command(args: argparse.Namespace) -> int:
-    try:
-        settings = settings_from_args(AgentSettings, args)
-    except ValidationError as exc:
-        print(describe_error(AgentSettings, exc), file=sys.stderr)
-        return 2
+def run(settings: AgentSettings) -> int:
+    """Run the agent until it has drained and stopped; the exit code."""
     code, stuck = run_bounded(run_agent(settings), EXECUTOR_GRACE_S)
     if stuck:
         # Worker threads (a large copy, a hung NVML call) would keep the process alive past

@@ -32,7 +32,7 @@ from agent.metrics import AgentMetrics
 from contract.names import InvalidName, is_dns1123_label
 from contract.protocol import EventKind, GpuDevice, Load, LoadedModel, ModelEvent, Unload
 from contract.quantity import format_bytes
-from placement import DeviceShortfall, Gpu, NamedShortfall, Policy, fit_devices
+from placement import DeviceShortfall, NamedShortfall, Policy, fit_devices
 
 log = logging.getLogger(__name__)
 
@@ -96,14 +96,7 @@ def fit_load(
             f"needs {format_bytes(need)} of GPU memory; this replica has no GPU",
         )
     measured = [
-        Gpu(
-            uuid=device.uuid,
-            name=device.name,
-            index=device.index,
-            total_bytes=device.total_bytes,
-            free_bytes=device.free_bytes + reclaim.get(device.uuid, 0),
-        )
-        for device in devices
+        device.placement_view(extra_free_bytes=reclaim.get(device.uuid, 0)) for device in devices
     ]
     # With no device named, the agent chooses; it has no policy setting of its own and
     # takes the devices with the most room first: the core's SPREAD order.
@@ -206,10 +199,6 @@ class ModelManager:
 
         task.add_done_callback(done)
         return task
-
-    @property
-    def busy(self) -> bool:
-        return bool(self._running)
 
     async def wait_idle(self, timeout_s: float) -> bool:
         """Wait until no command runs (True), or give up after `timeout_s` (False)."""

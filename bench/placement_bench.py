@@ -373,14 +373,14 @@ class FakeAgent:
     """One replica's agent: commands it is sent go to the shared outbox."""
 
     outbox: list[tuple[FakeAgent, Command]]
-    conn: AgentSession | None = None
+    session: AgentSession | None = None
 
     def send(self, command: Command) -> bool:
         self.outbox.append((self, command))
         return True
 
     def close(self, reason: str) -> None:
-        self.conn = None
+        self.session = None
 
 
 def hello(shape: ReplicaShape) -> Hello:
@@ -471,9 +471,9 @@ def take_loads(outbox: list[tuple[FakeAgent, Command]]) -> list[tuple[AgentSessi
     """The Loads sent so far (the outbox is emptied; other commands need no answer)."""
     pending, outbox[:] = list(outbox), []
     return [
-        (agent.conn, command)
+        (agent.session, command)
         for agent, command in pending
-        if isinstance(command, Load) and agent.conn is not None
+        if isinstance(command, Load) and agent.session is not None
     ]
 
 
@@ -486,8 +486,8 @@ def loaded(command: Load) -> ModelEvent:
 def answer(service: SchedulerService, outbox: list[tuple[FakeAgent, Command]]) -> int:
     """Answer every Load sent so far with LOADED."""
     loads = take_loads(outbox)
-    for conn, command in loads:
-        service.on_event(conn, loaded(command))
+    for session, command in loads:
+        service.on_event(session, loaded(command))
     return len(loads)
 
 
@@ -542,7 +542,7 @@ async def bench_service_once(
     outbox: list[tuple[FakeAgent, Command]] = []
     for shape in shapes:
         agent = FakeAgent(outbox)
-        agent.conn = service.connect(hello(shape), agent.send, agent.close)
+        agent.session = service.connect(hello(shape), agent.send, agent.close)
     service.reconcile()
     outbox.clear()
     store.seconds, store.writes = 0.0, 0
@@ -606,8 +606,8 @@ async def bench_service_once(
         service.load_model(validate_spec(f"trickle-{number:05d}", requirements=("sklearn",)))
     service.reconcile()
     per_event = []
-    for conn, command in take_loads(outbox):
-        service.on_event(conn, loaded(command))
+    for session, command in take_loads(outbox):
+        service.on_event(session, loaded(command))
         pass_started = time.perf_counter()
         service.reconcile()
         per_event.append(time.perf_counter() - pass_started)
@@ -638,14 +638,14 @@ async def per_event_in_run_loop(
             service.load_model(validate_spec(name, requirements=("sklearn",)))
         await until(lambda: len(outbox) >= count, f"{count} loads from run()")
         samples = []
-        for conn, command in take_loads(outbox):
+        for session, command in take_loads(outbox):
             record = service.model(command.model)
 
             def available(record: ModelRecord = record) -> bool:
                 return record.state == ModelState.AVAILABLE
 
             started = time.perf_counter()
-            service.on_event(conn, loaded(command))
+            service.on_event(session, loaded(command))
             await until(available, f"{record.name} Available")
             samples.append(time.perf_counter() - started)
         return statistics.median(samples)

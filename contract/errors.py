@@ -20,9 +20,5 @@ class NotFound(GpuplaceError):
     """No such model (or server)."""
 
 
-class FailedPrecondition(GpuplaceError):
-    """The request cannot be honoured in the current state."""
-
-
 class ResourceExhausted(GpuplaceError):
     """A bound was reached (models, queues)."""

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from placement import Gpu
+
 
 @dataclass(frozen=True)
 class GpuDevice:
@@ -23,6 +25,19 @@ class GpuDevice:
     free_bytes: int
     used_bytes: int
     parent_uuid: str = ""  # set for a MIG instance: its physical GPU
+
+    def placement_view(self, *, extra_free_bytes: int = 0, reserved_bytes: int = 0) -> Gpu:
+        """The device as the placement core sees it: measured free memory, plus what is
+        known to come back (`extra_free_bytes`: a copy's own footprint), never above the
+        total; less the memory promised to loads in flight (`reserved_bytes`)."""
+        return Gpu(
+            uuid=self.uuid,
+            name=self.name,
+            index=self.index,
+            total_bytes=self.total_bytes,
+            free_bytes=min(self.total_bytes, self.free_bytes + extra_free_bytes),
+            reserved_bytes=reserved_bytes,
+        )
 
 
 class EventKind(StrEnum):

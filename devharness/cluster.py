@@ -370,10 +370,6 @@ class Replica:
             return "real GPUs (NVML)"
         return "no GPU"
 
-    def holds(self, model: str) -> bool:
-        """MLServer's own index says ``model`` is READY here."""
-        return self.mlserver.model_states().get(model) == "READY"
-
 
 class LeftoverProcesses(AssertionError):
     """A process of the cluster outlived :meth:`LocalCluster.stop`, or one did not stop

@@ -290,13 +290,6 @@ def http_request(
 # --------------------------------------------------------------------------------------------
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on right now (the kernel's pick for port 0)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 def process_group_pids(pgid: int) -> list[int]:
     """Live (non-zombie) processes whose process group is ``pgid`` (Linux ``/proc``)."""
     pids: list[int] = []

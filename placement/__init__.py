@@ -1,16 +1,16 @@
 """The pure placement core: frozen values in, a Placement or a Rejection out, no I/O.
 
-`schedule(snapshot, request, policy, now)` is the one entry point; the filters and sorters
-it is built from are exported for `explain` and for tests. `fit_devices` is the device-fit
-rule the filters and sorters use, and the agent's check before a load uses too.
+`schedule(snapshot, request, policy, now)` is the one entry point. `ELIGIBILITY` (with
+`first_failure`) says where a model may run at all, for a copy the scheduler finds already
+loaded; `fit_devices` is the device-fit rule the filters and sorters use, and the agent's
+check before a load uses too.
 """
 
 from __future__ import annotations
 
-from placement.filters import ELIGIBILITY, FILTERS, Filter, first_failure
+from placement.filters import ELIGIBILITY, first_failure
 from placement.fit import DeviceShortfall, NamedShortfall, fit_devices
 from placement.schedule import UNKNOWN_SERVER, schedule
-from placement.sorters import choose_devices
 from placement.types import (
     Assignment,
     Gpu,
@@ -24,11 +24,9 @@ from placement.types import (
 
 __all__ = [
     "ELIGIBILITY",
-    "FILTERS",
     "UNKNOWN_SERVER",
     "Assignment",
     "DeviceShortfall",
-    "Filter",
     "Gpu",
     "NamedShortfall",
     "Placement",
@@ -37,7 +35,6 @@ __all__ = [
     "Replica",
     "Request",
     "Snapshot",
-    "choose_devices",
     "first_failure",
     "fit_devices",
     "schedule",

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from contract.protocol import Command, GpuDevice, Hello
-from placement import Gpu, Replica, Snapshot
+from placement import Replica, Snapshot
 from scheduler_service.model import ACTIVE, IN_FLIGHT, CopyState, Key, ModelCopy, ModelRecord
 
 
@@ -188,12 +188,8 @@ def _view(
         overcommit_percentage=hello.overcommit_percentage,
         used_memory_bytes=usage.memory_bytes,
         gpus=tuple(
-            Gpu(
-                uuid=gpu.uuid,
-                name=gpu.name,
-                index=gpu.index,
-                total_bytes=gpu.total_bytes,
-                free_bytes=min(gpu.total_bytes, gpu.free_bytes + add_back.get(uuid, 0)),
+            gpu.placement_view(
+                extra_free_bytes=add_back.get(uuid, 0),
                 reserved_bytes=usage.reserved_bytes[uuid],
             )
             for uuid, gpu in sorted(session.gpus.items())

@@ -62,7 +62,9 @@ class ClusterView(Protocol):
         ...
 
     def snapshot(self, record: ModelRecord) -> Snapshot:
-        """The connected replicas as if `record` were on none of them."""
+        """The connected replicas as if `record` were on none of them: the caller has taken
+        the record's own usage out of the cluster's accounts before the decision (the shell
+        does so around `step`), and the memory its copies measured is added back."""
         ...
 
 

@@ -1,19 +1,16 @@
-"""`gpuplace scheduler`: settings from flags and environment, then run until signalled.
+"""`gpuplace scheduler`: run with the settings the CLI read (flags over environment) until
+signalled.
 
 The CLI registers the sub-command (gpuplace/commands/processes.py) and imports this module
 only when it runs."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import signal
 import sys
 
-from pydantic import ValidationError
-
-from contract.settings_cli import describe_error, settings_from_args
 from scheduler_service.server import running
 from scheduler_service.settings import SchedulerSettings
 from scheduler_service.store import StoreError
@@ -21,12 +18,8 @@ from scheduler_service.store import StoreError
 log = logging.getLogger(__name__)
 
 
-def run(args: argparse.Namespace) -> int:
-    try:
-        settings = settings_from_args(SchedulerSettings, args)
-    except ValidationError as exc:
-        print(describe_error(SchedulerSettings, exc), file=sys.stderr)
-        return 2
+def run(settings: SchedulerSettings) -> int:
+    """Serve until SIGTERM or SIGINT; the exit code."""
     try:
         asyncio.run(serve(settings))
     except StoreError as exc:

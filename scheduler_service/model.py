@@ -189,6 +189,3 @@ class ModelRecord:
             for r in self.replicas.values()
             if r.version == self.version and r.state == CopyState.AVAILABLE and not r.retire
         )
-
-    def in_flight(self) -> list[ModelCopy]:
-        return [r for r in self.replicas.values() if r.state in IN_FLIGHT]

@@ -30,8 +30,6 @@ from scheduler_service.metrics import ClusterGauges, SchedulerMetrics, count_sta
 from scheduler_service.model import Key, ModelRecord, ModelSpec
 from scheduler_service.settings import SchedulerSettings
 
-__all__ = ["AgentSession", "Clock", "SchedulerService", "StateStore", "SystemClock", "Watcher"]
-
 log = logging.getLogger(__name__)
 # Longest the reconcile loop sleeps when no timer is due sooner.
 _IDLE_WAKE_S = 1.0
@@ -230,7 +228,7 @@ class SchedulerService:
         outcome = self._decide(record, lambda r: lifecycle.on_event(r, session.key, event, ctx))
         session.charge(outcome.footprint)
 
-    def on_resources(self, session: AgentSession, devices: Iterable[GpuDevice]) -> None:
+    def on_resource_update(self, session: AgentSession, devices: Iterable[GpuDevice]) -> None:
         if session.measured(devices):
             self._cluster_changed()
 

@@ -12,7 +12,6 @@ import grpc
 
 from contract.aio import start_task
 from contract.errors import (
-    FailedPrecondition,
     GpuplaceError,
     InvalidArgument,
     NotFound,
@@ -30,7 +29,6 @@ log = logging.getLogger(__name__)
 _CODES: dict[type[GpuplaceError], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     NotFound: grpc.StatusCode.NOT_FOUND,
-    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 _HELLO_TIMEOUT_S = 30.0
@@ -184,7 +182,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                     case ModelEvent() as event:
                         self._service.on_event(session, event)
                     case ResourceUpdate(devices=devices):
-                        self._service.on_resources(session, devices)
+                        self._service.on_resource_update(session, devices)
                     case DrainRequest():
                         self._service.on_drain(session)
                     case Hello():

@@ -8,23 +8,45 @@ so `gpuplace model status` never pays for it.
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import sys
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings
 
 from agent.settings import AgentSettings
-from contract.settings_cli import add_settings_arguments
+from contract.settings_cli import add_settings_arguments, describe_error, settings_from_args
 from scheduler_service.settings import SchedulerSettings
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def _settings(settings_cls: type[S], args: argparse.Namespace) -> S | None:
+    """The settings from flags and environment; None, with one line per bad setting printed,
+    when any is wrong (exit code 2, before anything starts)."""
+    try:
+        return settings_from_args(settings_cls, args)
+    except ValidationError as exc:
+        print(describe_error(settings_cls, exc), file=sys.stderr)
+        return None
 
 
 def _run_scheduler(args: argparse.Namespace) -> int:
+    settings = _settings(SchedulerSettings, args)
+    if settings is None:
+        return 2
     from scheduler_service.main import run
 
-    return run(args)
+    return run(settings)
 
 
 def _run_agent(args: argparse.Namespace) -> int:
-    from agent.main import run_command
+    settings = _settings(AgentSettings, args)
+    if settings is None:
+        return 2
+    from agent.main import run
 
-    return run_command(args)
+    return run(settings)
 
 
 def register(commands: Any) -> None:

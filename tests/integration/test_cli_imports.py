@@ -9,31 +9,26 @@ import sys
 import pytest
 
 # What only the scheduler or the agent process needs: servers, the state file, NVML, metrics.
-SERVER_ONLY = [
-    "aiohttp",
-    "sqlite3",
-    "pynvml",
-    "prometheus_client",
-    "scheduler_service.server",
-    "scheduler_service.service",
-    "scheduler_service.store",
-    "agent.main",
-    "agent.link",
-    "agent.gpus",
-]
+SERVER_ONLY = ["aiohttp", "sqlite3", "pynvml", "prometheus_client"]
+# Of the processes' own packages, the CLI may load their settings models (for the flags).
+ALLOWED = {"agent", "agent.settings", "scheduler_service", "scheduler_service.settings"}
 
 PROBE = """
 import json, sys
 from gpuplace.cli import build_parser
 parser = build_parser()
 args = parser.parse_args(sys.argv[1:])
-print(json.dumps(sorted(m for m in {modules} if m in sys.modules)))
+print(json.dumps(sorted(
+    m for m in sys.modules
+    if m.split(".")[0] in {server_only} + ["agent", "scheduler_service"] and m not in {allowed}
+)))
 """
 
 
 def loaded_after_parsing(*argv: str) -> list[str]:
+    probe = PROBE.format(server_only=SERVER_ONLY, allowed=sorted(ALLOWED))
     result = subprocess.run(
-        [sys.executable, "-c", PROBE.format(modules=SERVER_ONLY), *argv],
+        [sys.executable, "-c", probe, *argv],
         capture_output=True,
         text=True,
         check=True,

@@ -173,10 +173,17 @@ def device_sets(draw: st.DrawFn) -> list[GpuDevice]:
 
 
 def as_gpus(devices: Sequence[GpuDevice], reclaim: dict[str, int] | None = None) -> list[Gpu]:
-    """The core's view of the agent's readings: room = free (+ what a replacement frees)."""
+    """The core's view of the agent's readings: room = free (+ what a replacement frees),
+    never more than the device's total (as the scheduler counts a copy's memory back)."""
     reclaim = reclaim or {}
     return [
-        Gpu(d.uuid, d.name, d.index, d.total_bytes, d.free_bytes + reclaim.get(d.uuid, 0))
+        Gpu(
+            d.uuid,
+            d.name,
+            d.index,
+            d.total_bytes,
+            min(d.total_bytes, d.free_bytes + reclaim.get(d.uuid, 0)),
+        )
         for d in devices
     ]
 

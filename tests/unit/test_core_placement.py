@@ -1,4 +1,5 @@
-"""Table-driven tests of the placement rules in DESIGN.md ("Placement semantics")."""
+"""Table-driven tests of the placement rules (docs/scheduler.md, "What it does with a model";
+README, "How it places a model")."""
 
 from __future__ import annotations
 

@@ -45,7 +45,7 @@ class Clock:
 
 @dataclass
 class Agent:
-    conn: AgentSession
+    session: AgentSession
     sent: list[Command] = field(default_factory=list)
 
     def loads(self) -> list[tuple[str, int]]:
@@ -100,14 +100,14 @@ class Harness:
         capabilities: tuple[str, ...] = ("sklearn",),
         loaded: tuple[LoadedModel, ...] = (),
     ) -> Agent:
-        agent = Agent(conn=None)  # type: ignore[arg-type]
+        agent = Agent(session=None)  # type: ignore[arg-type]
 
         def send(command: Command) -> bool:
             agent.sent.append(command)
             return True
 
         hello = Hello(server, index, frozenset(capabilities), 16 * GiB, 0, loaded=loaded)
-        agent.conn = self.service.connect(hello, send, lambda reason: None)
+        agent.session = self.service.connect(hello, send, lambda reason: None)
         self.service.reconcile()
         return agent
 
@@ -117,7 +117,7 @@ class Harness:
         return version
 
     def event(self, agent: Agent, kind: EventKind, name: str, version: int, msg: str = "") -> None:
-        self.service.on_event(agent.conn, ModelEvent(kind, name, version, msg))
+        self.service.on_event(agent.session, ModelEvent(kind, name, version, msg))
         self.service.reconcile()
 
     def state(self, name: str) -> tuple[ModelState, dict[str, str]]:
@@ -154,7 +154,7 @@ def test_an_idle_pass_sends_nothing_again(h: Harness) -> None:
 def test_a_load_that_outlives_a_disconnect_is_kept_not_leaked(h: Harness) -> None:
     first = h.connect("a")
     h.load("iris")
-    h.service.disconnect(first.conn)  # mid-load: failed at once, placed again
+    h.service.disconnect(first.session)  # mid-load: failed at once, placed again
     h.service.reconcile()
     # No other replica: the agent comes back empty, then its old load finishes.
     again = h.connect("a")
@@ -173,7 +173,7 @@ def test_a_late_load_nobody_wants_is_unloaded(h: Harness) -> None:
     # A LOADED for the same model from a replica that was never asked (or asked long ago).
     h.event(other, EventKind.LOADED, "iris", 1)
     assert other.unloads() == [("iris", 1)]
-    assert h.state("iris")[1] == {holder.conn.hello.server + "-0": "Available"}
+    assert h.state("iris")[1] == {holder.session.hello.server + "-0": "Available"}
 
 
 def test_an_old_unloaded_answer_does_not_cancel_a_newer_load(h: Harness) -> None:
@@ -208,7 +208,7 @@ def test_a_recreated_model_gets_a_new_version_and_a_stale_copy_is_not_adopted(
     agent = h.connect("cpu", capabilities=("sklearn",))
     h.load("iris")
     h.event(agent, EventKind.LOADED, "iris", 1)
-    h.service.disconnect(agent.conn)
+    h.service.disconnect(agent.session)
     h.service.unload_model("iris")
     h.service.reconcile()  # the agent is away: its copy is simply forgotten
     with pytest.raises(Exception, match="not found"):
@@ -273,11 +273,11 @@ def test_an_event_whose_save_fails_changes_nothing_and_its_news_comes_again(
 
     store.save = full  # type: ignore[method-assign]
     with pytest.raises(OSError, match="disk full"):
-        h.service.on_event(agent.conn, ModelEvent(EventKind.LOADED, "iris", 1))
+        h.service.on_event(agent.session, ModelEvent(EventKind.LOADED, "iris", 1))
     assert h.state("iris") == (ModelState.PROGRESSING, {"a-0": "LoadRequested"})
     assert store.saved["iris"].replicas[("a", 0)].state == CopyState.LOAD_REQUESTED
     store.save = save  # type: ignore[method-assign]
-    h.service.disconnect(agent.conn)
+    h.service.disconnect(agent.session)
     back = h.connect("a", loaded=(LoadedModel("iris", 1),))
     assert ("iris", 1) in back.unloads()
     memory, saved = h.service.model("iris"), store.saved["iris"]
@@ -308,7 +308,7 @@ def test_a_drain_is_not_held_up_by_a_model_that_can_go_nowhere(h: Harness) -> No
     agent = h.connect("s")
     h.load("pinned", server="s")
     h.event(agent, EventKind.LOADED, "pinned", 1)
-    h.service.on_drain(agent.conn)
+    h.service.on_drain(agent.session)
     h.service.reconcile()
     done = [c for c in agent.sent if isinstance(c, DrainComplete)]
     assert [c.stranded for c in done] == [("pinned",)]
@@ -328,7 +328,7 @@ def test_watching_more_models_than_the_queue_bound_does_not_overflow(tmp_path: P
 
 def test_a_replica_gone_past_the_grace_period_leaves_the_server_list(h: Harness) -> None:
     agent = h.connect("a")
-    h.service.disconnect(agent.conn)
+    h.service.disconnect(agent.session)
     h.clock.time += 31
     h.service.reconcile()
     assert h.service.agents() == []
@@ -410,20 +410,20 @@ def test_the_usage_table_always_equals_a_full_recount(ops: list[tuple[Any, ...]]
         elif kind in ("loaded", "failed", "unloaded"):
             agent, name = agents[op[1]], f"m{op[2]}"
             replica = (
-                h.service.model(name).replicas.get(agent.conn.key)
+                h.service.model(name).replicas.get(agent.session.key)
                 if name in {m.name for m in h.service.models()}
                 else None
             )
-            if agent.conn.connected and replica is not None:
+            if agent.session.connected and replica is not None:
                 event = {
                     "loaded": EventKind.LOADED,
                     "failed": EventKind.LOAD_FAILED,
                     "unloaded": EventKind.UNLOADED,
                 }[kind]
-                h.service.on_event(agent.conn, ModelEvent(event, name, replica.version))
+                h.service.on_event(agent.session, ModelEvent(event, name, replica.version))
         elif kind == "disconnect":
-            h.service.disconnect(agents[op[1]].conn)
-        elif kind == "reconnect" and not agents[op[1]].conn.connected:
+            h.service.disconnect(agents[op[1]].session)
+        elif kind == "reconnect" and not agents[op[1]].session.connected:
             agents[op[1]] = h.connect("s", op[1], capabilities=("sklearn", "gpu"))
         else:
             h.clock.time += op[1]
