@@ -40,7 +40,7 @@ test: $(STAMP) $(HELM) lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The README's first command: a scheduler, 3 MLServers and 3 agents on this machine, the demo
-# models loaded, placed and refused, one inference, then a clean shutdown (about 30 s once
+# models loaded, placed and refused, one inference, then a clean shutdown (about 15 s once
 # MLServer's venv exists). DEMO_ARGS="--keep" stays up until Ctrl-C.
 demo: $(STAMP)
 	$(PY) scripts/demo.py $(DEMO_ARGS)

@@ -75,7 +75,7 @@ class Outbox:
     def event(self, event: ModelEvent) -> None:
         if not self.send(event):
             log.info(
-                "model %s version %d on %s: %s not sent, no stream to the scheduler (the next "
+                "model %s v%d on %s: %s not sent, no stream to the scheduler (the next "
                 "hello reports the state)",
                 event.model,
                 event.version,
@@ -288,7 +288,7 @@ class SchedulerLink:
         match command:
             case Load() as load:
                 log.info(
-                    "model %s version %d on %s: load command (devices %s, %d GPU bytes)",
+                    "model %s v%d on %s: load command (devices %s, %d GPU bytes)",
                     load.model,
                     load.version,
                     self.replica,
@@ -298,7 +298,7 @@ class SchedulerLink:
                 self.manager.load(load)
             case Unload() as unload:
                 log.info(
-                    "model %s version %d on %s: unload command",
+                    "model %s v%d on %s: unload command",
                     unload.model,
                     unload.version,
                     self.replica,

@@ -267,7 +267,7 @@ class ModelManager:
             raise
         except Exception as exc:
             log.exception(
-                "model %s version %d on %s: load crashed",
+                "model %s v%d on %s: load crashed",
                 request.model,
                 request.version,
                 self.replica,
@@ -303,15 +303,15 @@ class ModelManager:
                     "inference server unavailable: its repository index cannot be read, so "
                     f"whether it still holds version {version} is unknown; nothing changed"
                 )
-                log.warning("model %s version %d on %s: %s", name, version, self.replica, message)
+                log.warning("model %s v%d on %s: %s", name, version, self.replica, message)
                 return ModelEvent(EventKind.LOAD_FAILED, name, version, message)
             if held:
-                log.info("model %s version %d on %s: already loaded", name, version, self.replica)
+                log.info("model %s v%d on %s: already loaded", name, version, self.replica)
                 return ModelEvent(
                     EventKind.LOADED, name, version, footprint_bytes=dict(current.footprint_bytes)
                 )
             log.warning(
-                "model %s version %d on %s: the inference server lost it; loading again",
+                "model %s v%d on %s: the inference server lost it; loading again",
                 name,
                 version,
                 self.replica,
@@ -319,7 +319,7 @@ class ModelManager:
             self._forget(name)
             current = None
 
-        log.info("model %s version %d on %s: loading", name, version, self.replica)
+        log.info("model %s v%d on %s: loading", name, version, self.replica)
         async with self._slots:
             # Refuse before a long download; checked again, under the device locks, after it.
             try:
@@ -340,7 +340,7 @@ class ModelManager:
                     )
                 except ArtifactError as exc:
                     log.warning(
-                        "model %s version %d on %s: artifact: %s", name, version, self.replica, exc
+                        "model %s v%d on %s: artifact: %s", name, version, self.replica, exc
                     )
                     return ModelEvent(EventKind.LOAD_FAILED, name, version, f"artifact: {exc}")
                 async with AsyncExitStack() as stack:
@@ -356,7 +356,7 @@ class ModelManager:
 
     def _refused(self, request: Load, refused: Refused) -> ModelEvent:
         log.warning(
-            "model %s version %d on %s: refused: %s",
+            "model %s v%d on %s: refused: %s",
             request.model,
             request.version,
             self.replica,
@@ -405,7 +405,7 @@ class ModelManager:
                 await self.inference.unload(name)
             except InferenceServerError as exc:
                 message = f"cannot unload version {current.version} to make room: {exc}"
-                log.warning("model %s version %d on %s: %s", name, version, self.replica, message)
+                log.warning("model %s v%d on %s: %s", name, version, self.replica, message)
                 return ModelEvent(EventKind.LOAD_FAILED, name, version, message)
             log.info(
                 "model %s on %s: version %d unloaded first to make room for version %d",
@@ -424,7 +424,7 @@ class ModelManager:
             await self.inference.load(name)
         except InferenceServerError as exc:
             log.warning(
-                "model %s version %d on %s: the inference server failed to load it: %s",
+                "model %s v%d on %s: the inference server failed to load it: %s",
                 name,
                 version,
                 self.replica,
@@ -445,7 +445,7 @@ class ModelManager:
         self.metrics.set_footprint(name, measured)
         self.metrics.loaded_models.set(len(self.loaded))
         log.info(
-            "model %s version %d on %s: loaded, footprint %s",
+            "model %s v%d on %s: loaded, footprint %s",
             name,
             version,
             self.replica,
@@ -539,7 +539,7 @@ class ModelManager:
             raise
         except Exception as exc:
             log.exception(
-                "model %s version %d on %s: unload crashed",
+                "model %s v%d on %s: unload crashed",
                 request.model,
                 request.version,
                 self.replica,
@@ -587,10 +587,10 @@ class ModelManager:
             await self.inference.unload(name)
         except InferenceServerUnavailable as exc:
             message = f"inference server unreachable ({exc}); counted as unloaded"
-            log.warning("model %s version %d on %s: %s", name, version, self.replica, message)
+            log.warning("model %s v%d on %s: %s", name, version, self.replica, message)
         except InferenceServerError as exc:
             log.warning(
-                "model %s version %d on %s: unload failed: %s", name, version, self.replica, exc
+                "model %s v%d on %s: unload failed: %s", name, version, self.replica, exc
             )
             return ModelEvent(EventKind.UNLOAD_FAILED, name, version, str(exc))
         try:
@@ -604,5 +604,5 @@ class ModelManager:
             )
         self._forget(name)
         await self.gpus.refresh()
-        log.info("model %s version %d on %s: unloaded", name, version, self.replica)
+        log.info("model %s v%d on %s: unloaded", name, version, self.replica)
         return ModelEvent(EventKind.UNLOADED, name, version, message)

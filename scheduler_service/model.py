@@ -147,7 +147,8 @@ class ModelCopy:
     reason: str = ""
     device_uuids: tuple[str, ...] = ()
     footprint_bytes: dict[str, int] = field(default_factory=dict)
-    # Wall-clock time when a load in flight times out (0: none).
+    # Wall-clock time when the copy needs a look without any event (0: none): a load in
+    # flight times out, an unload is asked again (no answer, or after UNLOAD_FAILED).
     deadline: float = 0.0
     # The placement no longer wants this replica: unload it once the model is available.
     retire: bool = False
