@@ -589,9 +589,7 @@ class ModelManager:
             message = f"inference server unreachable ({exc}); counted as unloaded"
             log.warning("model %s v%d on %s: %s", name, version, self.replica, message)
         except InferenceServerError as exc:
-            log.warning(
-                "model %s v%d on %s: unload failed: %s", name, version, self.replica, exc
-            )
+            log.warning("model %s v%d on %s: unload failed: %s", name, version, self.replica, exc)
             return ModelEvent(EventKind.UNLOAD_FAILED, name, version, str(exc))
         try:
             await asyncio.to_thread(self.repository.remove, name)

@@ -145,7 +145,7 @@ class Cluster:
     def snapshot(self, record: ModelRecord) -> Snapshot:
         """The connected replicas as if `record` were on none of them (the caller has taken
         its usage out; the memory its copies measured is added back)."""
-        own = {c.key: c for c in record.replicas.values() if c.state in ACTIVE}
+        own = {c.key: c for c in record.copies.values() if c.state in ACTIVE}
         replicas = []
         for key in sorted(self.sessions):
             session = self.sessions[key]
@@ -201,7 +201,7 @@ def _view(
 
 def _holding(record: ModelRecord) -> Iterable[tuple[Key, ModelCopy]]:
     """The replicas where `record` takes memory: loaded, loading or still unloading."""
-    for key, copy in record.replicas.items():
+    for key, copy in record.copies.items():
         if copy.state in ACTIVE or copy.state == CopyState.UNLOADING:
             yield key, copy
 

@@ -62,7 +62,7 @@ def status_to_proto(record: ModelRecord) -> scheduler_pb2.ModelStatus:
                 footprint_bytes=r.footprint_bytes,
                 version=r.version,
             )
-            for r in sorted(record.replicas.values(), key=lambda r: r.key)
+            for r in sorted(record.copies.values(), key=lambda r: r.key)
         ],
         spec=spec_to_proto(record.spec),
         available_replicas=record.available_count(),

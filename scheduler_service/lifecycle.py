@@ -167,7 +167,7 @@ def _scale_only(old: ModelSpec, new: ModelSpec) -> bool:
 
 def restored(record: ModelRecord, now: float) -> None:
     """Read back from the state file: each copy's agent must come back within the grace."""
-    for copy in record.replicas.values():
+    for copy in record.copies.values():
         if copy.state in ACTIVE:
             copy.lost_since = now
 
@@ -185,7 +185,7 @@ def on_hello(
             log.info("replica %s: unloading unknown model %s", replica_id(*key), loaded.name)
             out.commands.append((key, Unload(loaded.name, loaded.version)))
         return out
-    copy = record.replicas.get(key)
+    copy = record.copies.get(key)
     if copy is None:
         if loaded is None:
             return out
@@ -208,7 +208,7 @@ def on_hello(
         copy.deadline = ctx.now + ctx.settings.load_timeout_s
         out.commands.append((key, record.spec.load_command(copy.version, copy.device_uuids)))
     elif copy.state in (CopyState.AVAILABLE, CopyState.UNLOADING):
-        del record.replicas[key]
+        del record.copies[key]
     return out
 
 
@@ -222,7 +222,7 @@ def on_event(record: ModelRecord | None, key: Key, event: ModelEvent, ctx: Conte
         if event.kind == EventKind.LOADED:
             _unwanted(key, event, out)
         return out
-    copy = record.replicas.get(key)
+    copy = record.copies.get(key)
     expected = copy is not None and copy.version == event.version
     where = f"model {event.model} v{event.version} on {replica_id(*key)}"
     if event.kind == EventKind.LOADED:
@@ -262,7 +262,7 @@ def on_event(record: ModelRecord | None, key: Key, event: ModelEvent, ctx: Conte
 def on_disconnect(record: ModelRecord, key: Key, ctx: Context) -> Outcome:
     """The agent of `key` went away: a load there fails at once and moves; an available copy
     waits out the grace period for the agent; a draining replica's copies are gone."""
-    copy = record.replicas.get(key)
+    copy = record.copies.get(key)
     if copy is None:
         return Outcome()
     out = Outcome(publish=True)
@@ -270,7 +270,7 @@ def on_disconnect(record: ModelRecord, key: Key, ctx: Context) -> Outcome:
         reason = "agent disconnected during the load"
         _load_failed(record, copy, ctx, out, reason=reason, kind="agent_disconnected")
     elif ctx.cluster.draining(key) or copy.state == CopyState.UNLOADING:
-        del record.replicas[key]
+        del record.copies[key]
     elif copy.state == CopyState.AVAILABLE:
         copy.lost_since = ctx.now
     return out
@@ -279,7 +279,7 @@ def on_disconnect(record: ModelRecord, key: Key, ctx: Context) -> Outcome:
 def on_drain(record: ModelRecord, key: Key) -> bool:
     """The replica `key` drains: a model with a copy there is placed again now, elsewhere.
     Returns whether the model needs a pass."""
-    if key not in record.replicas:
+    if key not in record.copies:
         return False
     record.next_retry_at = 0.0
     return True
@@ -303,7 +303,7 @@ def drain_verdict(
     held = [
         record
         for record in records
-        if key in record.replicas and record.replicas[key].state in ACTIVE | {CopyState.UNLOADING}
+        if key in record.copies and record.copies[key].state in ACTIVE | {CopyState.UNLOADING}
     ]
     if any(not record.attempts for record in held) and now < deadline:
         return None
@@ -331,7 +331,7 @@ def _unexpected_load(
 ) -> None:
     """A load ended that the record no longer waits for (e.g. it outlived a disconnect):
     keep the copy when the model wants one there, else unload it."""
-    copy = record.replicas.get(key)
+    copy = record.copies.get(key)
     free = copy is None or copy.state in (CopyState.LOAD_FAILED, CopyState.UNLOADED)
     if free and _adoptable(record, ctx.cluster.replica(key), event.version, ctx.now):
         _adopt(record, key, event.version, event.footprint_bytes)
@@ -366,7 +366,7 @@ def _adoptable(record: ModelRecord, replica: Replica | None, version: int, now: 
 
 
 def _adopt(record: ModelRecord, key: Key, version: int, footprint: Mapping[str, int]) -> None:
-    record.replicas[key] = ModelCopy(
+    record.copies[key] = ModelCopy(
         server=key[0],
         index=key[1],
         version=version,
@@ -428,9 +428,9 @@ def _expire(record: ModelRecord, ctx: Context, out: Outcome) -> None:
     """Loads past their deadline fail; copies whose agent is gone past the grace are lost;
     unloads not answered in time are asked again; exclusions end."""
     now, grace = ctx.now, ctx.settings.disconnect_grace_s
-    for copy in list(record.replicas.values()):
+    for copy in list(record.copies.values()):
         if copy.state == CopyState.UNLOADED:
-            del record.replicas[copy.key]
+            del record.copies[copy.key]
             continue
         if copy.state == CopyState.UNLOADING and copy.deadline and now >= copy.deadline:
             log.warning(
@@ -457,7 +457,7 @@ def _expire(record: ModelRecord, ctx: Context, out: Outcome) -> None:
                 replica_id(*copy.key),
                 now - copy.lost_since,
             )
-            del record.replicas[copy.key]
+            del record.copies[copy.key]
     for key, until in list(record.excluded_until.items()):
         if until <= now:
             del record.excluded_until[key]
@@ -465,12 +465,12 @@ def _expire(record: ModelRecord, ctx: Context, out: Outcome) -> None:
 
 def _terminate(record: ModelRecord, ctx: Context, out: Outcome) -> None:
     """Unload every copy on a connected replica; forget the others. None left: gone."""
-    for copy in list(record.replicas.values()):
+    for copy in list(record.copies.values()):
         if not ctx.cluster.connected(copy.key) or copy.state == CopyState.LOAD_FAILED:
-            del record.replicas[copy.key]
+            del record.copies[copy.key]
         elif copy.state != CopyState.UNLOADING:
             _start_unload(record, copy, ctx, out)
-    if not record.replicas:
+    if not record.copies:
         record.state = ModelState.TERMINATED
         record.reason = "unloaded"
         out.terminated = True
@@ -481,7 +481,7 @@ def current_copies(record: ModelRecord) -> list[ModelCopy]:
     """Copies of the current version that hold or are loading it and stay."""
     return [
         c
-        for c in record.replicas.values()
+        for c in record.copies.values()
         if c.version == record.version and c.state in ACTIVE and not c.retire
     ]
 
@@ -523,7 +523,7 @@ def _place(record: ModelRecord, ctx: Context, out: Outcome) -> None:
     seconds = time.perf_counter() - started
     retry = bool(record.attempts) or any(
         c.state == CopyState.LOAD_FAILED and c.version == record.version
-        for c in record.replicas.values()
+        for c in record.copies.values()
     )
     if isinstance(result, Rejection):
         _rejected(record, result, ctx)
@@ -559,7 +559,7 @@ def _placed(record: ModelRecord, result: Placement, ctx: Context, out: Outcome) 
         record.load_failures = 0
     record.next_retry_at = 0.0 if full else ctx.now + backoff(ctx.settings, record.attempts)
     for key, assignment in sorted(wanted.items()):
-        existing = record.replicas.get(key)
+        existing = record.copies.get(key)
         if existing is not None and existing.version == record.version and existing.state in ACTIVE:
             existing.retire = False
             continue
@@ -572,9 +572,9 @@ def _placed(record: ModelRecord, result: Placement, ctx: Context, out: Outcome) 
 
 def _start_load(record: ModelRecord, assignment: Assignment, ctx: Context, out: Outcome) -> None:
     key = (assignment.server, assignment.index)
-    old = record.replicas.get(key)
+    old = record.copies.get(key)
     replaced = old.version if old and old.state in ACTIVE and old.version != record.version else 0
-    record.replicas[key] = ModelCopy(
+    record.copies[key] = ModelCopy(
         server=assignment.server,
         index=assignment.index,
         version=record.version,
@@ -597,16 +597,16 @@ def _retire(record: ModelRecord, ctx: Context, out: Outcome) -> None:
     """Once the current version is available, unload old versions and retired copies."""
     if record.available_count() < record.spec.required_replicas or any(
         c.version == record.version and c.state in IN_FLIGHT and not c.retire
-        for c in record.replicas.values()
+        for c in record.copies.values()
     ):
         return
-    for copy in list(record.replicas.values()):
+    for copy in list(record.copies.values()):
         stale = copy.version != record.version or copy.retire
         if copy.state == CopyState.LOAD_FAILED and copy.version != record.version:
-            del record.replicas[copy.key]
+            del record.copies[copy.key]
         elif stale and copy.state in ACTIVE:
             if not ctx.cluster.connected(copy.key):
-                del record.replicas[copy.key]
+                del record.copies[copy.key]
                 continue
             copy.retire = False
             log.info(
@@ -626,7 +626,7 @@ def _start_unload(record: ModelRecord, copy: ModelCopy, ctx: Context, out: Outco
 
 def _set_state(record: ModelRecord) -> None:
     """The model's state, derived from its copies and its last placement."""
-    current = [c for c in record.replicas.values() if c.version == record.version]
+    current = [c for c in record.copies.values() if c.version == record.version]
     loading = any(c.state in IN_FLIGHT for c in current)
     available = record.available_count()
     if available >= record.spec.required_replicas and not loading:
@@ -648,9 +648,9 @@ def _set_state(record: ModelRecord) -> None:
 
 def next_due(record: ModelRecord, settings: SchedulerSettings) -> float:
     """When this model next needs a pass without any event (inf: never)."""
-    times = [c.deadline for c in record.replicas.values() if c.deadline]
+    times = [c.deadline for c in record.copies.values() if c.deadline]
     times += [
-        c.lost_since + settings.disconnect_grace_s for c in record.replicas.values() if c.lost_since
+        c.lost_since + settings.disconnect_grace_s for c in record.copies.values() if c.lost_since
     ]
     times += list(record.excluded_until.values())
     if not record.deleted and len(current_copies(record)) < record.spec.replicas:
@@ -682,6 +682,6 @@ def _digest(record: ModelRecord) -> tuple[object, ...]:
                 c.retire,
                 tuple(sorted(c.footprint_bytes.items())),
             )
-            for c in sorted(record.replicas.values(), key=lambda c: c.key)
+            for c in sorted(record.copies.values(), key=lambda c: c.key)
         ),
     )

@@ -171,7 +171,7 @@ class ModelRecord:
     state: ModelState = ModelState.PENDING
     reason: str = ""
     server_reasons: tuple[tuple[str, str], ...] = ()
-    replicas: dict[Key, ModelCopy] = field(default_factory=dict)
+    copies: dict[Key, ModelCopy] = field(default_factory=dict)
     deleted: bool = False
     updated_at: float = 0.0
     # Not persisted: runtime bookkeeping of retries.
@@ -187,6 +187,6 @@ class ModelRecord:
     def available_count(self) -> int:
         return sum(
             1
-            for r in self.replicas.values()
+            for r in self.copies.values()
             if r.version == self.version and r.state == CopyState.AVAILABLE and not r.retire
         )

@@ -186,7 +186,7 @@ class SchedulerService:
         session.send(Welcome())
         reported = {loaded.name: loaded for loaded in hello.loaded}
         for record in list(self._models.values()):
-            if record.name in reported or key in record.replicas:
+            if record.name in reported or key in record.copies:
                 found = reported.pop(record.name, None)
                 self._decide(
                     record, functools.partial(lifecycle.on_hello, key=key, loaded=found, ctx=ctx)

@@ -108,7 +108,7 @@ class Store:
                         json.dumps(r.footprint_bytes),
                         int(r.retire),
                     )
-                    for r in record.replicas.values()
+                    for r in record.copies.values()
                 ],
             )
 
@@ -163,7 +163,7 @@ class Store:
                 footprint_bytes=json.loads(footprint),
                 retire=bool(retire),
             )
-            records[model].replicas[replica.key] = replica
+            records[model].copies[replica.key] = replica
         return list(records.values())
 
     @contextmanager

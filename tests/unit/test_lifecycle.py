@@ -97,7 +97,7 @@ def model(
     **spec: Any,
 ) -> ModelRecord:
     record = ModelRecord(spec=validate_spec("iris", **spec), version=version, state=state)
-    record.replicas = {c.key: c for c in copies}
+    record.copies = {c.key: c for c in copies}
     return record
 
 
@@ -119,7 +119,7 @@ def sent(outcome: Outcome) -> list[tuple[str, str, int]]:
 
 
 def copies_of(record: ModelRecord) -> dict[str, str]:
-    return {replica_id(*key): c.state.value for key, c in sorted(record.replicas.items())}
+    return {replica_id(*key): c.state.value for key, c in sorted(record.copies.items())}
 
 
 def step(context: Context) -> Callable[[ModelRecord], Outcome]:
@@ -159,7 +159,7 @@ def failed_and_excluded(kind: str) -> Callable[[ModelRecord, Outcome], bool]:
         r.excluded_until == {A0: NOW + 300}
         and r.load_failures == 1
         and r.next_retry_at == 0
-        and r.replicas[A0].reason == "boom"
+        and r.copies[A0].reason == "boom"
         and o.load_failures == [kind]
     )
 
@@ -277,7 +277,7 @@ ROWS = [
         ModelState.PROGRESSING,
         {"a-0": "Available", "a-1": "LoadRequested"},
         (("a-1", "Load", 1),),
-        lambda r, o: r.replicas[A0].retire,
+        lambda r, o: r.copies[A0].retire,
     ),
     Row(
         "M14-terminating-unloads",
@@ -305,7 +305,7 @@ ROWS = [
         {"a-0": "LoadRequested"},
         (("a-0", "Load", 1),),
         lambda r, o: (
-            r.replicas[A0].deadline == NOW + 300
+            r.copies[A0].deadline == NOW + 300
             and isinstance(o.commands[0][1], Load)
             and o.commands[0][1].device_uuids == ("GPU-1",)
         ),
@@ -319,8 +319,8 @@ ROWS = [
         also=lambda r, o: (
             o.load_s == 5.0
             and o.footprint == {"GPU-1": 5}
-            and r.replicas[A0].footprint_bytes == {"GPU-1": 5}
-            and r.replicas[A0].deadline == 0
+            and r.copies[A0].footprint_bytes == {"GPU-1": 5}
+            and r.copies[A0].deadline == 0
             and o.publish
         ),
     ),
@@ -350,7 +350,7 @@ ROWS = [
         ModelState.PROGRESSING,
         {"a-0": "LoadFailed"},
         (("a-0", "Unload", 1),),
-        lambda r, o: r.replicas[A0].replaced_version == 0,
+        lambda r, o: r.copies[A0].replaced_version == 0,
     ),
     Row(
         "C5-load-timeout",
@@ -360,7 +360,7 @@ ROWS = [
         {"a-0": "LoadFailed", "a-1": "LoadRequested"},
         (("a-0", "Unload", 1), ("a-1", "Load", 1)),
         lambda r, o: (
-            o.load_failures == ["timeout"] and r.replicas[A0].reason == "load timed out after 300s"
+            o.load_failures == ["timeout"] and r.copies[A0].reason == "load timed out after 300s"
         ),
     ),
     Row(
@@ -377,7 +377,7 @@ ROWS = [
         on_disconnect(A0, ctx()),
         ModelState.AVAILABLE,
         {"a-0": "Available"},
-        also=lambda r, o: r.replicas[A0].lost_since == NOW and o.publish,
+        also=lambda r, o: r.copies[A0].lost_since == NOW and o.publish,
     ),
     Row(
         "C8-agent-back-within-the-grace",
@@ -386,7 +386,7 @@ ROWS = [
         ModelState.AVAILABLE,
         {"a-0": "Available"},
         also=lambda r, o: (
-            r.replicas[A0].lost_since == 0 and r.replicas[A0].footprint_bytes == {"GPU-1": 7}
+            r.copies[A0].lost_since == 0 and r.copies[A0].footprint_bytes == {"GPU-1": 7}
         ),
     ),
     Row(
@@ -419,7 +419,7 @@ ROWS = [
         ModelState.PROGRESSING,
         {"a-0": "LoadRequested"},
         (("a-0", "Load", 1),),
-        lambda r, o: r.replicas[A0].deadline == NOW + 300 and r.replicas[A0].lost_since == 0,
+        lambda r, o: r.copies[A0].deadline == NOW + 300 and r.copies[A0].lost_since == 0,
     ),
     Row(
         "C12-hello-without-an-available-copy",
@@ -449,7 +449,7 @@ ROWS = [
         on_hello(A0, LoadedModel("iris", 1, {"GPU-1": 3})),
         ModelState.PENDING,
         {"a-0": "Available"},
-        also=lambda r, o: r.replicas[A0].footprint_bytes == {"GPU-1": 3} and o.publish,
+        also=lambda r, o: r.copies[A0].footprint_bytes == {"GPU-1": 3} and o.publish,
     ),
     Row(
         "C14-hello-copy-adopted-beside-one-on-the-same-server",
@@ -535,7 +535,7 @@ ROWS = [
         ModelState.AVAILABLE,
         {"a-0": "Available", "a-1": "Unloading"},
         (("a-1", "Unload", 1),),
-        lambda r, o: r.replicas[A1].deadline == NOW + 300,
+        lambda r, o: r.copies[A1].deadline == NOW + 300,
     ),
     Row(
         "C18-old-version-waits-for-the-new-one",
@@ -566,7 +566,7 @@ ROWS = [
         on_event(A0, event(EventKind.UNLOADED), ctx(A0)),
         ModelState.TERMINATING,
         {"a-0": "Unloaded"},
-        also=lambda r, o: o.freed and o.publish and r.replicas[A0].deadline == 0,
+        also=lambda r, o: o.freed and o.publish and r.copies[A0].deadline == 0,
     ),
     Row(
         "C19-unloaded-while-available",
@@ -590,9 +590,9 @@ ROWS = [
         ModelState.TERMINATING,
         {"a-0": "Unloading"},
         also=lambda r, o: (
-            r.replicas[A0].reason == "unload failed: HTTP 500"
+            r.copies[A0].reason == "unload failed: HTTP 500"
             and r.reason == "unload failed on a-0: HTTP 500"
-            and r.replicas[A0].deadline == NOW + 60
+            and r.copies[A0].deadline == NOW + 60
         ),
     ),
     Row(
@@ -602,7 +602,7 @@ ROWS = [
         ModelState.TERMINATING,
         {"a-0": "Unloading"},
         (("a-0", "Unload", 1),),
-        lambda r, o: r.replicas[A0].deadline == NOW + 300,
+        lambda r, o: r.copies[A0].deadline == NOW + 300,
     ),
     Row(
         "C21-unload-not-asked-before-its-deadline",
@@ -724,7 +724,7 @@ CLIENT_ROWS = [
         lambda r: lifecycle.created(validate_spec("iris"), 4, NOW),
         ModelState.PENDING,
         4,
-        lambda r: r.replicas == {} and r.updated_at == NOW,
+        lambda r: r.copies == {} and r.updated_at == NOW,
     ),
     ClientRow(
         "M2-spec-changed-while-available",
@@ -790,7 +790,7 @@ def test_client_request(row: ClientRow) -> None:
 
 def held_on(key: Key, name: str, attempts: int = 0) -> ModelRecord:
     record = ModelRecord(spec=validate_spec(name), version=1)
-    record.replicas[key] = copy(key, AVAILABLE)
+    record.copies[key] = copy(key, AVAILABLE)
     record.attempts = attempts
     return record
 
@@ -831,7 +831,7 @@ def test_next_due_is_the_earliest_deadline_grace_exclusion_or_retry() -> None:
     )
     record.next_retry_at = NOW + 100
     assert lifecycle.next_due(record, SETTINGS) == NOW + 20  # A1's grace ends
-    record.replicas[A1].lost_since = 0.0
+    record.copies[A1].lost_since = 0.0
     record.excluded_until[B0] = NOW + 40
     assert lifecycle.next_due(record, SETTINGS) == NOW + 40
     record.next_retry_at = NOW + 5

@@ -123,7 +123,7 @@ class Harness:
     def state(self, name: str) -> tuple[ModelState, dict[str, str]]:
         record = self.service.model(name)
         return record.state, {
-            f"{r.server}-{r.index}": r.state.value for r in record.replicas.values()
+            f"{r.server}-{r.index}": r.state.value for r in record.copies.values()
         }
 
 
@@ -275,14 +275,14 @@ def test_an_event_whose_save_fails_changes_nothing_and_its_news_comes_again(
     with pytest.raises(OSError, match="disk full"):
         h.service.on_event(agent.session, ModelEvent(EventKind.LOADED, "iris", 1))
     assert h.state("iris") == (ModelState.PROGRESSING, {"a-0": "LoadRequested"})
-    assert store.saved["iris"].replicas[("a", 0)].state == CopyState.LOAD_REQUESTED
+    assert store.saved["iris"].copies[("a", 0)].state == CopyState.LOAD_REQUESTED
     store.save = save  # type: ignore[method-assign]
     h.service.disconnect(agent.session)
     back = h.connect("a", loaded=(LoadedModel("iris", 1),))
     assert ("iris", 1) in back.unloads()
     memory, saved = h.service.model("iris"), store.saved["iris"]
-    assert {k: c.state for k, c in memory.replicas.items()} == {
-        k: c.state for k, c in saved.replicas.items()
+    assert {k: c.state for k, c in memory.copies.items()} == {
+        k: c.state for k, c in saved.copies.items()
     }
 
 
@@ -410,7 +410,7 @@ def test_the_usage_table_always_equals_a_full_recount(ops: list[tuple[Any, ...]]
         elif kind in ("loaded", "failed", "unloaded"):
             agent, name = agents[op[1]], f"m{op[2]}"
             replica = (
-                h.service.model(name).replicas.get(agent.session.key)
+                h.service.model(name).copies.get(agent.session.key)
                 if name in {m.name for m in h.service.models()}
                 else None
             )

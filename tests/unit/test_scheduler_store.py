@@ -29,7 +29,7 @@ def record() -> ModelRecord:
     model = ModelRecord(spec=spec, version=3, state=ModelState.PROGRESSING, reason="r")
     model.server_reasons = (("mlserver", "missing capability model-on-gpu"),)
     for index, state in ((0, CopyState.AVAILABLE), (1, CopyState.LOADING)):
-        model.replicas[("gpu", index)] = ModelCopy(
+        model.copies[("gpu", index)] = ModelCopy(
             server="gpu",
             index=index,
             version=3,
@@ -50,16 +50,16 @@ def test_saved_models_come_back_equal(tmp_path: Path) -> None:
     assert loaded.spec == saved.spec
     assert (loaded.version, loaded.state, loaded.reason) == (3, ModelState.PROGRESSING, "r")
     assert loaded.server_reasons == saved.server_reasons
-    assert loaded.replicas == saved.replicas
+    assert loaded.copies == saved.copies
 
 
 def test_save_replaces_replicas_and_delete_removes_everything(tmp_path: Path) -> None:
     store = Store(tmp_path / "s.db")
     model = record()
     store.save(model)
-    del model.replicas[("gpu", 1)]
+    del model.copies[("gpu", 1)]
     store.save(model)
-    assert list(store.load()[0].replicas) == [("gpu", 0)]
+    assert list(store.load()[0].copies) == [("gpu", 0)]
     store.delete("llama3")
     assert store.load() == []
 
