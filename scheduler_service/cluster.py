@@ -31,6 +31,22 @@ class AgentSession:
     def key(self) -> Key:
         return (self.hello.server, self.hello.index)
 
+    def leave(self, now: float) -> None:
+        """The stream ended; the replica's copies wait out the grace period from `now`."""
+        self.connected = False
+        self.disconnected_at = now
+
+    def start_drain(self, deadline: float) -> bool:
+        """The agent asked to drain (SIGTERM); False when it is draining already."""
+        if self.draining:
+            return False
+        self.draining, self.drain_deadline = True, deadline
+        return True
+
+    def finish_drain(self) -> None:
+        """DrainComplete is on its way: nothing more is waited for."""
+        self.drained = True
+
     def measured(self, devices: Iterable[GpuDevice]) -> bool:
         """The agent measured its devices again; returns whether free memory grew."""
         before = sum(gpu.free_bytes for gpu in self.gpus.values())
@@ -109,13 +125,17 @@ class Cluster:
         self.usage = UsageTable()
 
     def join(
-        self, hello: Hello, send: Callable[[Command], bool], close: Callable[[str], None]
+        self,
+        hello: Hello,
+        send: Callable[[Command], bool],
+        close: Callable[[str], None],
+        now: float,
     ) -> AgentSession:
         """An agent's new stream; an older one of the same replica is closed."""
         session = AgentSession(hello, send, close, gpus={gpu.uuid: gpu for gpu in hello.devices})
         previous = self.sessions.get(session.key)
         if previous is not None and previous.connected:
-            previous.connected = False
+            previous.leave(now)
             previous.close("replaced by a new connection from the same replica")
         self.sessions[session.key] = session
         return session

@@ -181,7 +181,7 @@ class SchedulerService:
         self, hello: Hello, send: Callable[[Command], bool], close: Callable[[str], None]
     ) -> AgentSession:
         """An agent said hello: register it and reconcile what it holds with the records."""
-        session = self._cluster.join(hello, send, close)
+        session = self._cluster.join(hello, send, close, self._clock.now())
         key, ctx = session.key, self._context()
         session.send(Welcome())
         reported = {loaded.name: loaded for loaded in hello.loaded}
@@ -207,9 +207,8 @@ class SchedulerService:
     def disconnect(self, session: AgentSession) -> None:
         if self._cluster.sessions.get(session.key) is not session or not session.connected:
             return
-        session.connected = False
         ctx = self._context()
-        session.disconnected_at = ctx.now
+        session.leave(ctx.now)
         for record in list(self._models.values()):
             self._decide(record, lambda r: lifecycle.on_disconnect(r, session.key, ctx))
         log.info(
@@ -233,10 +232,8 @@ class SchedulerService:
             self._cluster_changed()
 
     def on_drain(self, session: AgentSession) -> None:
-        if session.draining:
+        if not session.start_drain(self._clock.now() + self._settings.drain_timeout_s):
             return
-        session.draining = True
-        session.drain_deadline = self._clock.now() + self._settings.drain_timeout_s
         log.info("replica %s: draining", replica_id(*session.key))
         for record in self._models.values():
             if lifecycle.on_drain(record, session.key):
@@ -370,7 +367,7 @@ class SchedulerService:
                 session.key, self._models.values(), session.drain_deadline, now
             )
             if done is not None:
-                session.drained = True
+                session.finish_drain()
                 self._outbox.append((session.key, done))
 
     # ------------------------------------------------------------------ helpers
