@@ -189,10 +189,13 @@ class Agent:
             ):
                 log.warning("%s: commands still running at shutdown; cancelled", replica)
                 await self.manager.cancel_all()
-            left = len(self.manager.loaded)
             if force.is_set():
-                if left:
-                    log.warning("%s: second signal: exiting with %d model(s) loaded", replica, left)
+                if self.manager.loaded:
+                    log.warning(
+                        "%s: second signal: exiting with model(s) loaded: %s",
+                        replica,
+                        ", ".join(sorted(self.manager.loaded)),
+                    )
             else:
                 unloads = asyncio.ensure_future(self.manager.unload_all())
                 if await _until(unloads, work_deadline, force, loop):
@@ -201,9 +204,9 @@ class Agent:
                         log.info("%s: unloaded %d model(s) at shutdown", replica, len(events))
                 else:
                     log.warning(
-                        "%s: unloading at shutdown did not finish in time; %d model(s) left",
+                        "%s: unloading at shutdown did not finish in time; left: %s",
                         replica,
-                        len(self.manager.loaded),
+                        ", ".join(sorted(self.manager.loaded)),
                     )
                     await self.manager.cancel_all()
                 if not force.is_set():
