@@ -5,20 +5,18 @@ Each function takes a record and a Context: a read-only view of the cluster (whi
 are connected or draining, the placement snapshot), the settings and `now`. It changes the
 record it is given and returns an Outcome: the Load/Unload commands, each addressed to a
 replica; whether the record must be saved and published first; and the facts the shell
-counts in its metrics. Nothing here saves, sends or waits, and `now` comes in (only the
-core's run time is measured, for a histogram), so a test drives every transition with plain
-values; the shell (`service.py`) saves a record before any command that follows from it goes
-out. docs/scheduler.md tables the transitions.
+counts in its metrics, and the lines to log. Nothing here saves, sends, waits, logs or reads
+a clock (`now` and a stopwatch come in the Context), so a test drives every transition with
+plain values; the shell (`service.py`) saves a record before any command that follows from
+it goes out or any line that tells of it is logged. docs/scheduler.md tables the transitions.
 """
 
 from __future__ import annotations
 
-import logging
-import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from copy import deepcopy
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Literal, Protocol
 
 from contract.names import replica_id
 from contract.protocol import DrainComplete, EventKind, Load, LoadedModel, ModelEvent, Unload
@@ -45,7 +43,6 @@ from scheduler_service.model import (
 )
 from scheduler_service.settings import SchedulerSettings
 
-log = logging.getLogger(__name__)
 # A command for one replica's agent.
 Addressed = tuple[Key, Load | Unload]
 
@@ -76,6 +73,8 @@ class Context:
     cluster: ClusterView
     settings: SchedulerSettings
     now: float
+    # A monotonic stopwatch (seconds) that times the core for the metrics; it decides nothing.
+    stopwatch: Callable[[], float] = lambda: 0.0
 
 
 @dataclass(frozen=True)
@@ -85,6 +84,27 @@ class PlacementFact:
     outcome: str  # placed, partial or rejected
     seconds: float  # spent inside schedule()
     retry: bool  # made again after a failed load or a refusal
+
+
+Level = Literal["debug", "info", "warning"]
+
+
+@dataclass(frozen=True)
+class Note:
+    """A line for the log, written by the shell once the decision it tells of is saved (a
+    decision rolled back is never logged as done)."""
+
+    level: Level
+    message: str  # %-style, with `args`
+    args: tuple[object, ...] = ()
+
+
+@dataclass(frozen=True)
+class Change:
+    """A client's request decided: the record to save in place of the current one."""
+
+    record: ModelRecord
+    note: Note
 
 
 @dataclass
@@ -105,18 +125,22 @@ class Outcome:
     load_failures: list[str] = field(default_factory=list)  # the kind of each failed load
     load_s: float | None = None  # from load requested to loaded
     placement: PlacementFact | None = None
+    notes: list[Note] = field(default_factory=list)
+
+    def note(self, level: Level, message: str, *args: object) -> None:
+        self.notes.append(Note(level, message, args))
 
 
 # ------------------------------------------------------------------ client requests
 
 
-def created(spec: ModelSpec, version: int, now: float) -> ModelRecord:
+def created(spec: ModelSpec, version: int, now: float) -> Change:
     """A model the scheduler does not hold; `version` is one above any it ever had."""
-    log.info("model %s: version %d requested", spec.name, version)
-    return _requested(ModelRecord(spec=spec, version=version, updated_at=now), now)
+    record = _requested(ModelRecord(spec=spec, version=version, updated_at=now), now)
+    return Change(record, Note("info", "model %s: version %d requested", (spec.name, version)))
 
 
-def respecified(current: ModelRecord, spec: ModelSpec, now: float) -> ModelRecord | None:
+def respecified(current: ModelRecord, spec: ModelSpec, now: float) -> Change | None:
     """A known model asked for again: the same spec changes nothing (None); a changed replica
     count scales in place; anything else is a new version. Decided on a copy: the change
     counts once the shell has saved it."""
@@ -125,17 +149,17 @@ def respecified(current: ModelRecord, spec: ModelSpec, now: float) -> ModelRecor
     record = deepcopy(current)
     record.spec = spec
     if _scale_only(current.spec, spec) and not current.deleted:
-        log.info("model %s: scaled to %d replicas in place", spec.name, spec.replicas)
+        note = Note("info", "model %s: scaled to %d replicas in place", (spec.name, spec.replicas))
     else:
         record.version += 1
         record.deleted = False
         record.excluded_until.clear()
         record.load_failures = 0
-        log.info("model %s: version %d requested", spec.name, record.version)
-    return _requested(record, now)
+        note = Note("info", "model %s: version %d requested", (spec.name, record.version))
+    return Change(_requested(record, now), note)
 
 
-def unload_requested(current: ModelRecord, now: float) -> ModelRecord | None:
+def unload_requested(current: ModelRecord, now: float) -> Change | None:
     """The model is to go (None: it is going already); decided on a copy, as above."""
     if current.deleted:
         return None
@@ -144,8 +168,7 @@ def unload_requested(current: ModelRecord, now: float) -> ModelRecord | None:
     record.state = ModelState.TERMINATING
     record.reason = "unload requested"
     record.updated_at = now
-    log.info("model %s: unload requested", record.name)
-    return record
+    return Change(record, Note("info", "model %s: unload requested", (record.name,)))
 
 
 def _requested(record: ModelRecord, now: float) -> ModelRecord:
@@ -182,7 +205,9 @@ def on_hello(
     out = Outcome(publish=record is not None)
     if record is None:
         if loaded is not None:
-            log.info("replica %s: unloading unknown model %s", replica_id(*key), loaded.name)
+            out.note(
+                "info", "replica %s: unloading unknown model %s", replica_id(*key), loaded.name
+            )
             out.commands.append((key, Unload(loaded.name, loaded.version)))
         return out
     copy = record.copies.get(key)
@@ -191,8 +216,18 @@ def on_hello(
             return out
         if _adoptable(record, ctx.cluster.replica(key), loaded.version, ctx.now):
             _adopt(record, key, loaded.version, loaded.footprint_bytes)
-            log.info("model %s: adopted the copy already on %s", record.name, replica_id(*key))
+            out.note(
+                "info", "model %s: adopted the copy already on %s", record.name, replica_id(*key)
+            )
         else:
+            out.note(
+                "info",
+                "model %s v%d on %s: a copy the model may not use there (version, pin, "
+                "capabilities or count), unloading",
+                record.name,
+                loaded.version,
+                replica_id(*key),
+            )
             out.commands.append((key, Unload(record.name, loaded.version)))
         return out
     copy.lost_since = 0.0
@@ -202,6 +237,13 @@ def on_hello(
             copy.deadline = 0.0
             copy.footprint_bytes = dict(loaded.footprint_bytes)
         else:
+            out.note(
+                "info",
+                "model %s v%d on %s: its load had failed here; unloading the copy",
+                record.name,
+                loaded.version,
+                replica_id(*key),
+            )
             out.commands.append((key, Unload(record.name, loaded.version)))
     elif copy.state in IN_FLIGHT or (loaded is not None and copy.state in ACTIVE):
         copy.state = CopyState.LOAD_REQUESTED
@@ -230,11 +272,11 @@ def on_event(record: ModelRecord | None, key: Key, event: ModelEvent, ctx: Conte
             _unexpected_load(record, key, event, ctx, out)
         elif copy.state in IN_FLIGHT:
             _loaded(copy, event, ctx, out)
-            log.info("%s: available", where)
+            out.note("info", "%s: available", where)
         else:
             return out  # a repeated answer for a copy already Available
     elif copy is None or not expected:
-        log.debug("%s: stale %s event ignored", where, event.kind)
+        out.note("debug", "%s: stale %s event ignored", where, event.kind)
         return out
     elif event.kind in (EventKind.LOAD_FAILED, EventKind.LOAD_FAILED_MEMORY):
         if copy.state not in IN_FLIGHT:
@@ -248,9 +290,9 @@ def on_event(record: ModelRecord | None, key: Key, event: ModelEvent, ctx: Conte
         copy.reason = ""
         copy.deadline = 0.0
         out.freed = True
-        log.info("%s: unloaded", where)
+        out.note("info", "%s: unloaded", where)
     else:  # UNLOAD_FAILED: asked again after a while.
-        log.warning("%s: unload failed: %s", where, event.message)
+        out.note("warning", "%s: unload failed: %s", where, event.message)
         copy.reason = f"unload failed: {event.message}"
         copy.deadline = ctx.now + ctx.settings.retry_max_s
         if record.deleted:
@@ -307,13 +349,7 @@ def drain_verdict(
     ]
     if any(not record.attempts for record in held) and now < deadline:
         return None
-    stranded = tuple(sorted(record.name for record in held))
-    log.info(
-        "replica %s: drained%s",
-        replica_id(*key),
-        f", stranded: {', '.join(stranded)}" if stranded else "",
-    )
-    return DrainComplete(stranded)
+    return DrainComplete(tuple(sorted(record.name for record in held)))
 
 
 def _loaded(copy: ModelCopy, event: ModelEvent, ctx: Context, out: Outcome) -> None:
@@ -335,13 +371,14 @@ def _unexpected_load(
     free = copy is None or copy.state in (CopyState.LOAD_FAILED, CopyState.UNLOADED)
     if free and _adoptable(record, ctx.cluster.replica(key), event.version, ctx.now):
         _adopt(record, key, event.version, event.footprint_bytes)
-        log.info("model %s: kept the late copy on %s", record.name, replica_id(*key))
+        out.note("info", "model %s: kept the late copy on %s", record.name, replica_id(*key))
     else:
         _unwanted(key, event, out)
 
 
 def _unwanted(key: Key, event: ModelEvent, out: Outcome) -> None:
-    log.info(
+    out.note(
+        "info",
         "model %s v%d on %s: loaded but not wanted, unloading",
         event.model,
         event.version,
@@ -380,7 +417,8 @@ def _load_failed(
 ) -> None:
     """The copy's load failed: its replica is excluded for this version for a while, and the
     model is placed again at once."""
-    log.warning(
+    out.note(
+        "warning",
         "model %s v%d on %s: load failed (%s): %s",
         record.name,
         copy.version,
@@ -433,7 +471,8 @@ def _expire(record: ModelRecord, ctx: Context, out: Outcome) -> None:
             del record.copies[copy.key]
             continue
         if copy.state == CopyState.UNLOADING and copy.deadline and now >= copy.deadline:
-            log.warning(
+            out.note(
+                "warning",
                 "model %s: asking %s again to unload v%d",
                 record.name,
                 replica_id(*copy.key),
@@ -451,7 +490,8 @@ def _expire(record: ModelRecord, ctx: Context, out: Outcome) -> None:
                 record, copy, ctx, out, reason="agent did not come back", kind="agent_disconnected"
             )
         elif gone:
-            log.warning(
+            out.note(
+                "warning",
                 "model %s: replica %s lost (agent away for %.0fs)",
                 record.name,
                 replica_id(*copy.key),
@@ -474,7 +514,7 @@ def _terminate(record: ModelRecord, ctx: Context, out: Outcome) -> None:
         record.state = ModelState.TERMINATED
         record.reason = "unloaded"
         out.terminated = True
-        log.info("model %s: terminated", record.name)
+        out.note("info", "model %s: terminated", record.name)
 
 
 def current_copies(record: ModelRecord) -> list[ModelCopy]:
@@ -518,27 +558,28 @@ def _place(record: ModelRecord, ctx: Context, out: Outcome) -> None:
         return
     request = placement_request(record)
     snapshot = ctx.cluster.snapshot(record)
-    started = time.perf_counter()  # measured for the metrics only; decides nothing
+    started = ctx.stopwatch()
     result = schedule(snapshot, request, ctx.settings.policy, ctx.now)
-    seconds = time.perf_counter() - started
+    seconds = ctx.stopwatch() - started
     retry = bool(record.attempts) or any(
         c.state == CopyState.LOAD_FAILED and c.version == record.version
         for c in record.copies.values()
     )
     if isinstance(result, Rejection):
-        _rejected(record, result, ctx)
+        _rejected(record, result, ctx, out)
         outcome = "rejected"
     else:
         outcome = _placed(record, result, ctx, out)
     out.placement = PlacementFact(outcome, seconds, retry)
 
 
-def _rejected(record: ModelRecord, result: Rejection, ctx: Context) -> None:
+def _rejected(record: ModelRecord, result: Rejection, ctx: Context, out: Outcome) -> None:
     record.server_reasons = result.reasons
     record.reason = result.message
     record.attempts += 1
     record.next_retry_at = ctx.now + backoff(ctx.settings, record.attempts)
-    log.info(
+    out.note(
+        "info",
         "model %s v%d: not placed (retry in %.1fs): %s",
         record.name,
         record.version,
@@ -583,7 +624,8 @@ def _start_load(record: ModelRecord, assignment: Assignment, ctx: Context, out: 
         deadline=ctx.now + ctx.settings.load_timeout_s,
         replaced_version=replaced,
     )
-    log.info(
+    out.note(
+        "info",
         "model %s v%d: loading on %s%s",
         record.name,
         record.version,
@@ -609,7 +651,8 @@ def _retire(record: ModelRecord, ctx: Context, out: Outcome) -> None:
                 del record.copies[copy.key]
                 continue
             copy.retire = False
-            log.info(
+            out.note(
+                "info",
                 "model %s: unloading v%d from %s",
                 record.name,
                 copy.version,

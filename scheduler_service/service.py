@@ -123,24 +123,26 @@ class SchedulerService:
                 )
             # Never reuse a version: a copy of a deleted model's old version may still sit
             # on an agent, and must not pass for the new one.
-            record = lifecycle.created(spec, self._store.last_version(spec.name) + 1, now)
+            change = lifecycle.created(spec, self._store.last_version(spec.name) + 1, now)
         else:
-            changed = lifecycle.respecified(current, spec, now)
-            if changed is None:
+            found = lifecycle.respecified(current, spec, now)
+            if found is None:
                 return current.version, False
-            record = changed
-        self._replace(record)
-        return record.version, True
+            change = found
+        self._replace(change)
+        return change.record.version, True
 
     def unload_model(self, name: str) -> None:
-        record = lifecycle.unload_requested(self.model(name), self._clock.now())
-        if record is not None:
-            self._replace(record)
+        change = lifecycle.unload_requested(self.model(name), self._clock.now())
+        if change is not None:
+            self._replace(change)
 
-    def _replace(self, record: ModelRecord) -> None:
+    def _replace(self, change: lifecycle.Change) -> None:
         """A client's change, decided on a copy: it counts (and is answered) once saved."""
+        record = change.record
         self._store.save(record)
         self._models[record.name] = record
+        _log_notes([change.note])
         self._publish(record)
         self._mark(record.name)
 
@@ -268,7 +270,8 @@ class SchedulerService:
             self._cluster_changed()
 
     def _act(self, outcome: Outcome) -> None:
-        """Count the facts of a decision whose record is saved, and queue its commands."""
+        """Log, count and queue what a decision whose record is saved said."""
+        _log_notes(outcome.notes)
         for kind in outcome.load_failures:
             self._metrics.load_failures.labels(kind).inc()
         if outcome.load_s is not None:
@@ -369,13 +372,21 @@ class SchedulerService:
             if done is not None:
                 session.finish_drain()
                 self._outbox.append((session.key, done))
+                log.info(
+                    "replica %s: drained%s",
+                    replica_id(*session.key),
+                    f", stranded: {', '.join(done.stranded)}" if done.stranded else "",
+                )
 
     # ------------------------------------------------------------------ helpers
 
     def _context(self, now: float | None = None) -> lifecycle.Context:
         """What the lifecycle reads: this cluster, these settings, `now` (default: the clock)."""
         return lifecycle.Context(
-            self._cluster, self._settings, self._clock.now() if now is None else now
+            self._cluster,
+            self._settings,
+            self._clock.now() if now is None else now,
+            stopwatch=time.perf_counter,
         )
 
     def _next_timer(self) -> float:
@@ -419,3 +430,13 @@ class SchedulerService:
             models_by_state=count_states(r.state.value for r in self._models.values()),
             replicas=tuple(view for _, view in self.replica_views() if view is not None),
         )
+
+
+# The lifecycle's lines keep its logger's name: filter and find them as before.
+_lifecycle_log = logging.getLogger(lifecycle.__name__)
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
+
+
+def _log_notes(notes: Iterable[lifecycle.Note]) -> None:
+    for note in notes:
+        _lifecycle_log.log(_LEVELS[note.level], note.message, *note.args)

@@ -689,7 +689,7 @@ def test_transition(row: Row) -> None:
 
 # ------------------------------------------------------------------ client requests
 
-ClientCall = Callable[[ModelRecord], ModelRecord | None]
+ClientCall = Callable[[ModelRecord], lifecycle.Change | None]
 
 
 @dataclass(frozen=True)
@@ -706,7 +706,7 @@ def respecify(**spec: Any) -> ClientCall:
     return lambda record: lifecycle.respecified(record, validate_spec("iris", **spec), NOW)
 
 
-def unload(record: ModelRecord) -> ModelRecord | None:
+def unload(record: ModelRecord) -> lifecycle.Change | None:
     return lifecycle.unload_requested(record, NOW)
 
 
@@ -774,12 +774,15 @@ CLIENT_ROWS = [
 @pytest.mark.parametrize("row", CLIENT_ROWS, ids=lambda row: row.id)
 def test_client_request(row: ClientRow) -> None:
     before = deepcopy(row.given)
-    record = row.call(row.given)
+    change = row.call(row.given)
     if row.state is None:
-        assert record is None
+        assert change is None
         return
-    assert record is not None
+    assert change is not None
+    record = change.record
     assert (record.state, record.version) == (row.state, row.version)
+    # The line that tells of it, logged by the shell once the change is saved, names it.
+    assert change.note.args[0] == "iris" and change.note.message.startswith("model %s: ")
     assert row.also(record)
     # Decided on a copy: the record the scheduler holds changes only once this is saved.
     assert row.given == before

@@ -4,6 +4,7 @@ fake clock. Each test pins down one path where a copy could be lost, leaked or s
 from __future__ import annotations
 
 import contextlib
+import logging
 from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -284,6 +285,29 @@ def test_an_event_whose_save_fails_changes_nothing_and_its_news_comes_again(
     assert {k: c.state for k, c in memory.copies.items()} == {
         k: c.state for k, c in saved.copies.items()
     }
+
+
+def test_a_pass_whose_save_fails_logs_nothing_it_decided(
+    h: Harness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The lifecycle's lines are logged by the shell after the save: a rolled-back pass
+    never says it did what it did not."""
+    h.connect("a")
+    h.service.load_model(validate_spec("iris"))
+
+    def full(record: ModelRecord) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(h.store, "save", full)
+    with caplog.at_level(logging.DEBUG):
+        h.service.reconcile()
+    assert "reconcile failed" in caplog.text
+    assert "loading on" not in caplog.text
+    monkeypatch.undo()
+    h.clock.time += 5
+    with caplog.at_level(logging.DEBUG):
+        h.service.reconcile()
+    assert "model iris v1: loading on a-0" in caplog.text
 
 
 def test_an_unload_that_fails_is_asked_again(h: Harness) -> None:
