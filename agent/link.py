@@ -191,8 +191,8 @@ class SchedulerLink:
         devices = await self.gpus.refresh()
         self.gpus.mark_reported(devices)
         return Hello(
-            server=self.settings.server_name,
-            index=self.settings.replica_index,
+            server=self.settings.server,
+            index=self.settings.index,
             capabilities=frozenset(self.settings.capabilities),
             memory_bytes=self.settings.memory_bytes,
             overcommit_percentage=self.settings.overcommit_percentage,

@@ -167,18 +167,18 @@ class AgentSettings(BaseSettings):
         return self
 
     @property
-    def server_name(self) -> str:
+    def server(self) -> str:
         return split_pod_name(self.pod_name)[0]
 
     @property
-    def replica_index(self) -> int:
+    def index(self) -> int:
         return split_pod_name(self.pod_name)[1]
 
     @property
     def replica(self) -> str:
         """`<server>-<index>` (`mlserver-0`), as every log line names this replica: the
         scheduler's logs name replicas the same way."""
-        return replica_id(self.server_name, self.replica_index)
+        return replica_id(self.server, self.index)
 
     @property
     def scheduler_address(self) -> str:

@@ -51,7 +51,7 @@ def parser() -> argparse.ArgumentParser:
 def test_pod_name_gives_server_and_replica(pod: str, server: str, index: int) -> None:
     assert split_pod_name(pod) == (server, index)
     settings = AgentSettings(pod_name=pod)
-    assert (settings.server_name, settings.replica_index) == (server, index)
+    assert (settings.server, settings.index) == (server, index)
 
 
 def test_seldon_environment_names(monkeypatch: pytest.MonkeyPatch) -> None:
