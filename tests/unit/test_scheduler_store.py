@@ -70,3 +70,14 @@ def test_a_state_file_of_another_schema_version_is_refused(tmp_path: Path) -> No
         db.execute("UPDATE meta SET value='99' WHERE key='schema'")
     with pytest.raises(StoreError, match="schema version 99"):
         Store(tmp_path / "s.db")
+
+
+@pytest.mark.parametrize("make", ["missing-folder", "not-a-database"])
+def test_a_state_file_that_cannot_be_used_is_a_clear_error(tmp_path: Path, make: str) -> None:
+    path = tmp_path / "state.db"
+    if make == "missing-folder":
+        path = tmp_path / "no" / "such" / "folder" / "state.db"
+    else:
+        path.write_bytes(b"this is not SQLite" * 100)
+    with pytest.raises(StoreError, match=r"cannot use the state file .*--db"):
+        Store(path)
