@@ -105,9 +105,7 @@ def fit_devices(
         return DeviceShortfall(0, (largest,) if gpus else ())
     fitting = [gpu for gpu in gpus if gpu.room_bytes >= need_bytes]
     if len(fitting) < count:
-        rooms = [gpu.room_bytes for gpu in gpus]
-        rooms.sort(reverse=True)
-        return DeviceShortfall(len(fitting), tuple(rooms[:count]))
+        return DeviceShortfall(len(fitting), _largest_rooms(gpus, count))
     if policy is None:
         return tuple(fitting[:count])
     if len(fitting) > count:

@@ -212,7 +212,8 @@ class SchedulerService:
         ctx = self._context()
         session.leave(ctx.now)
         for record in list(self._models.values()):
-            self._decide(record, lambda r: lifecycle.on_disconnect(r, session.key, ctx))
+            if session.key in record.copies:  # the others have nothing to decide (or copy)
+                self._decide(record, lambda r: lifecycle.on_disconnect(r, session.key, ctx))
         log.info(
             "replica %s disconnected%s",
             replica_id(*session.key),
