@@ -54,9 +54,9 @@ class Outbox:
 
     def __init__(self, replica: str = "") -> None:
         self.replica = replica
-        self._queue: asyncio.Queue[agent_pb2.AgentMessage] | None = None
+        self._queue: asyncio.Queue[agent_pb2.AgentMessage | None] | None = None
 
-    def attach(self, queue: asyncio.Queue[agent_pb2.AgentMessage]) -> None:
+    def attach(self, queue: asyncio.Queue[agent_pb2.AgentMessage | None]) -> None:
         self._queue = queue
 
     def detach(self) -> None:
@@ -83,15 +83,11 @@ class Outbox:
                 event.kind,
             )
 
-    async def flush(self, timeout_s: float) -> bool:
-        """Wait until everything queued was written to the stream."""
-        queue = self._queue
-        if queue is None:
-            return True
-        try:
-            await asyncio.wait_for(queue.join(), timeout=timeout_s)
-        except TimeoutError:
+    def end(self) -> bool:
+        """Queue the end of the stream: the writer half-closes it after what is queued."""
+        if self._queue is None:
             return False
+        self._queue.put_nowait(None)
         return True
 
 
@@ -117,6 +113,8 @@ class SchedulerLink:
         self.drain_complete = asyncio.Event()
         self.stranded: list[str] = []
         self._welcomed_once = False
+        self._closing = False
+        self._closed = asyncio.Event()
 
     @property
     def replica(self) -> str:
@@ -147,12 +145,28 @@ class SchedulerLink:
         else:
             log.info("%s: drain will be requested once connected", self.replica)
 
+    async def close(self, timeout_s: float) -> bool:
+        """End the stream gracefully: send what is queued, half-close, and wait (at most
+        timeout_s) for the scheduler to end it too, so nothing sent is lost to a cancel."""
+        self._closing = True
+        if not self.outbox.end():
+            return True
+        try:
+            await asyncio.wait_for(self._closed.wait(), timeout=timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
     async def run(self) -> None:
-        """Keep a stream open until cancelled."""
+        """Keep a stream open until cancelled or closed."""
         attempt = 0
         while True:
             try:
                 await self._session()
+                if self._closing:
+                    self.set_connected(False)
+                    self._closed.set()
+                    return
                 log.warning("%s: the scheduler closed the stream", self.replica)
             except asyncio.CancelledError:
                 raise
@@ -217,7 +231,7 @@ class SchedulerLink:
             call = stub.Connect()
             # Queue events from now on: whatever completes after the hello is built is sent
             # right after the welcome, so no event falls between hello and stream.
-            queue: asyncio.Queue[agent_pb2.AgentMessage] = asyncio.Queue()
+            queue: asyncio.Queue[agent_pb2.AgentMessage | None] = asyncio.Queue()
             if self.draining:
                 queue.put_nowait(encode_agent_message(DrainRequest()))
             self.outbox.attach(queue)
@@ -253,6 +267,9 @@ class SchedulerLink:
                 for task in done:
                     if not task.cancelled() and task.exception() is not None:
                         raise task.exception()  # type: ignore[misc]
+                if reader not in done:
+                    # The writer half-closed the stream: read until the scheduler ends it.
+                    await reader
             finally:
                 self.outbox.detach()
                 await stop_tasks([writer, reader])
@@ -261,14 +278,11 @@ class SchedulerLink:
     async def _write(
         self,
         call: grpc.aio.StreamStreamCall[agent_pb2.AgentMessage, agent_pb2.SchedulerMessage],
-        queue: asyncio.Queue[agent_pb2.AgentMessage],
+        queue: asyncio.Queue[agent_pb2.AgentMessage | None],
     ) -> None:
-        while True:
-            message = await queue.get()
-            try:
-                await call.write(message)
-            finally:
-                queue.task_done()
+        while (message := await queue.get()) is not None:
+            await call.write(message)
+        await call.done_writing()
 
     async def _read(
         self, call: grpc.aio.StreamStreamCall[agent_pb2.AgentMessage, agent_pb2.SchedulerMessage]

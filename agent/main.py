@@ -210,7 +210,7 @@ class Agent:
                     )
                     await self.manager.cancel_all()
                 if not force.is_set():
-                    await self.outbox.flush(max(0.0, min(flush_s, deadline - loop.time())))
+                    await self.link.close(max(0.0, min(flush_s, deadline - loop.time())))
         await self.stop()
 
     async def stop(self) -> None:

@@ -69,13 +69,15 @@ async def test_outbox_drops_when_detached_and_queues_when_attached() -> None:
     outbox = Outbox()
     outbox.event(ModelEvent(EventKind.LOADED, "iris", 1))
     assert not outbox.attached
-    queue: asyncio.Queue[agent_pb2.AgentMessage] = asyncio.Queue()
+    assert not outbox.end()
+    queue: asyncio.Queue[agent_pb2.AgentMessage | None] = asyncio.Queue()
     outbox.attach(queue)
     outbox.event(ModelEvent(EventKind.UNLOADED, "iris", 1))
-    assert queue.qsize() == 1
-    assert queue.get_nowait().event.kind == agent_pb2.ModelEvent.UNLOADED
-    queue.task_done()
-    assert await outbox.flush(1)
+    assert outbox.end()
+    assert queue.qsize() == 2
+    message = queue.get_nowait()
+    assert message is not None and message.event.kind == agent_pb2.ModelEvent.UNLOADED
+    assert queue.get_nowait() is None
 
 
 async def test_resource_report_only_when_moved() -> None:
