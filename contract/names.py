@@ -19,6 +19,18 @@ def is_dns1123_label(value: str) -> bool:
     return len(value) <= 63 and bool(_LABEL.match(value))
 
 
+SUBDOMAIN_RULE = (
+    "a DNS-1123 subdomain: at most 253 characters, lower-case letters, digits, '-' and '.', "
+    "each '.'-separated part starting and ending with a letter or digit"
+)
+_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def is_dns1123_subdomain(value: str) -> bool:
+    """A Kubernetes object name (a Secret's, a Node's); never '..', never a '/'."""
+    return len(value) <= 253 and bool(_SUBDOMAIN.match(value))
+
+
 def check_name(value: str, field: str) -> str:
     """Return `value` when it is a DNS-1123 label; raise naming the field and the rule."""
     if not is_dns1123_label(value):

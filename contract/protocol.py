@@ -123,6 +123,8 @@ class Load:
     device_uuids: tuple[str, ...] = ()
     # Devices the model spans when the scheduler named none.
     gpus: int = 1
+    # The storage credentials to use (the model's secretName); "": the environment's.
+    secret_name: str = ""
 
 
 @dataclass(frozen=True)

@@ -3,17 +3,38 @@ receipt) enforce: one definition, so the two can never disagree."""
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit
 
-STORAGE_SCHEMES = ("", "file", "http", "https")
+# The schemes the agent fetches from: local, HTTP, and object stores (Google Cloud Storage,
+# Amazon S3 and compatibles, Azure Blob Storage).
+LOCAL_SCHEMES = ("", "file")
+OBJECT_STORE_SCHEMES = ("gs", "gcs", "s3", "az", "azureblob")
+STORAGE_SCHEMES = (*LOCAL_SCHEMES, "http", "https", *OBJECT_STORE_SCHEMES)
+# With a secretName, a scheme may also name the remote its rclone config defines.
+_REMOTE = re.compile(r"^[a-z][a-z0-9+.-]*$")
 MAX_GPUS = 64
 
 
-def storage_uri_problem(uri: str) -> str | None:
-    scheme = urlsplit(uri).scheme
+def storage_uri_problem(uri: str, secret_name: str = "") -> str | None:
+    """Why `uri` cannot be fetched, or None. An empty URI is not checked here (a spec
+    without storageUri is allowed; the YAML layer refuses `storageUri: ""`)."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError as exc:
+        return f"not a valid URI: {exc}"
+    scheme = parts.scheme.lower()
+    if len(scheme) == 1:  # a Windows drive letter is not a scheme we know either
+        scheme = "?"
     if scheme in STORAGE_SCHEMES:
+        if scheme in OBJECT_STORE_SCHEMES and not parts.netloc:
+            return f"{scheme}:// needs a bucket (or container): {scheme}://<bucket>/<path>"
         return None
-    return f"scheme {scheme!r} is not supported; use a local path, file://, http:// or https://"
+    if secret_name and _REMOTE.match(scheme) and parts.netloc:
+        return None  # the remote named in secretName's config; the agent resolves it
+    allowed = ", ".join(f"{s}://" for s in STORAGE_SCHEMES if s)
+    extra = "" if secret_name else " (or the remote name of a secretName's config)"
+    return f"scheme {parts.scheme!r} is not supported; use a local path, {allowed}{extra}"
 
 
 def requirement_problem(requirement: str) -> str | None:

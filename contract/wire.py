@@ -175,6 +175,7 @@ def encode_command(command: Command) -> agent_pb2.SchedulerMessage:
                     gpu_memory_bytes=command.gpu_memory_bytes,
                     device_uuids=command.device_uuids,
                     gpus=command.gpus,
+                    secret_name=command.secret_name,
                 )
             )
         case Unload():
@@ -202,6 +203,7 @@ def decode_command(message: agent_pb2.SchedulerMessage) -> Command:
             gpu_memory_bytes=load.gpu_memory_bytes,
             device_uuids=tuple(load.device_uuids),
             gpus=load.gpus or 1,
+            secret_name=load.secret_name,
         )
     if which == "unload":
         return Unload(message.unload.model_name, message.unload.version)

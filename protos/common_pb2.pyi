@@ -96,6 +96,9 @@ class ModelSpec(_message.Message):
     REPLICAS_FIELD_NUMBER: _builtins.int
     MIN_REPLICAS_FIELD_NUMBER: _builtins.int
     PARAMETERS_FIELD_NUMBER: _builtins.int
+    ARTIFACT_VERSION_FIELD_NUMBER: _builtins.int
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    SECRET_NAME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     storage_uri: _builtins.str
     server: _builtins.str
@@ -110,6 +113,14 @@ class ModelSpec(_message.Message):
     """Replicas to load (default 1)."""
     min_replicas: _builtins.int
     """Fewest replicas that make the model available (default = replicas)."""
+    artifact_version: _builtins.int
+    """Seldon's artifactVersion: part of the artifact's identity (a change is a new version)."""
+    namespace: _builtins.str
+    """metadata.namespace as written (empty: none); kept and shown, not used for placement."""
+    secret_name: _builtins.str
+    """Seldon's secretName: the storage credentials (an rclone-style remote config) the agent
+    reads from its mounted secrets folder. A DNS-1123 subdomain; never a secret itself.
+    """
     @_builtins.property
     def requirements(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -129,10 +140,13 @@ class ModelSpec(_message.Message):
         replicas: _builtins.int | None = ...,
         min_replicas: _builtins.int | None = ...,
         parameters: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        artifact_version: _builtins.int = ...,
+        namespace: _builtins.str = ...,
+        secret_name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_min_replicas", b"_min_replicas", "_replicas", b"_replicas", "min_replicas", b"min_replicas", "replicas", b"replicas"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_min_replicas", b"_min_replicas", "_replicas", b"_replicas", "gpu_memory", b"gpu_memory", "gpus", b"gpus", "memory", b"memory", "min_replicas", b"min_replicas", "name", b"name", "parameters", b"parameters", "replicas", b"replicas", "requirements", b"requirements", "server", b"server", "storage_uri", b"storage_uri"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_min_replicas", b"_min_replicas", "_replicas", b"_replicas", "artifact_version", b"artifact_version", "gpu_memory", b"gpu_memory", "gpus", b"gpus", "memory", b"memory", "min_replicas", b"min_replicas", "name", b"name", "namespace", b"namespace", "parameters", b"parameters", "replicas", b"replicas", "requirements", b"requirements", "secret_name", b"secret_name", "server", b"server", "storage_uri", b"storage_uri"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__min_replicas: _TypeAlias = _typing.Literal["min_replicas"]  # noqa: Y015
     _WhichOneofArgType__min_replicas: _TypeAlias = _typing.Literal["_min_replicas", b"_min_replicas"]  # noqa: Y015

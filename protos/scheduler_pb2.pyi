@@ -24,16 +24,20 @@ class LoadModelRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     MODEL_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    dry_run: _builtins.bool
+    """Validate and plan against the live state only: nothing is loaded, stored or changed."""
     @_builtins.property
     def model(self) -> _common_pb2.ModelSpec: ...
     def __init__(
         self,
         *,
         model: _common_pb2.ModelSpec | None = ...,
+        dry_run: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dry_run", b"dry_run", "model", b"model"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -46,20 +50,36 @@ class LoadModelResponse(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     CHANGED_FIELD_NUMBER: _builtins.int
+    PLANNED_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    SERVER_REASONS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.int
+    """dry_run: the version the spec would get."""
     changed: _builtins.bool
     """False when the spec equals the current version's (nothing to do)."""
+    reason: _builtins.str
+    @_builtins.property
+    def planned(self) -> _containers.RepeatedCompositeFieldContainer[Global___CopyStatus]:
+        """dry_run only: the copies the placement would make now (state "Planned"), or, when it
+        would place nothing, why (reason, and one entry per server considered).
+        """
+
+    @_builtins.property
+    def server_reasons(self) -> _containers.RepeatedCompositeFieldContainer[Global___ServerReason]: ...
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         version: _builtins.int = ...,
         changed: _builtins.bool = ...,
+        planned: _abc.Iterable[Global___CopyStatus] | None = ...,
+        reason: _builtins.str = ...,
+        server_reasons: _abc.Iterable[Global___ServerReason] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed", "name", b"name", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed", "name", b"name", "planned", b"planned", "reason", b"reason", "server_reasons", b"server_reasons", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

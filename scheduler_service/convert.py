@@ -22,6 +22,9 @@ def spec_from_proto(spec: common_pb2.ModelSpec) -> ModelSpec:
         replicas=spec.replicas if spec.HasField("replicas") else None,
         min_replicas=spec.min_replicas if spec.HasField("min_replicas") else None,
         parameters=tuple(spec.parameters.items()),
+        artifact_version=spec.artifact_version,
+        namespace=spec.namespace,
+        secret_name=spec.secret_name,
     )
 
 
@@ -36,6 +39,9 @@ def spec_to_proto(spec: ModelSpec) -> common_pb2.ModelSpec:
         gpus=spec.gpus,
         replicas=spec.replicas,
         parameters=dict(spec.parameters),
+        artifact_version=spec.artifact_version,
+        namespace=spec.namespace,
+        secret_name=spec.secret_name,
     )
     if spec.min_replicas is not None:
         message.min_replicas = spec.min_replicas

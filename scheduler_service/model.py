@@ -7,7 +7,7 @@ from enum import StrEnum
 
 from contract import spec_rules as rules
 from contract.errors import InvalidArgument
-from contract.names import InvalidName, check_name
+from contract.names import SUBDOMAIN_RULE, InvalidName, check_name, is_dns1123_subdomain
 from contract.protocol import Load
 from contract.quantity import QuantityError, parse_bytes
 
@@ -56,6 +56,9 @@ class ModelSpec:
     parameters: tuple[tuple[str, str], ...] = ()
     memory_bytes: int = 0
     gpu_memory_bytes: int = 0
+    artifact_version: int = 0
+    namespace: str = ""
+    secret_name: str = ""
 
     @property
     def required_replicas(self) -> int:
@@ -73,6 +76,7 @@ class ModelSpec:
             gpu_memory_bytes=self.gpu_memory_bytes,
             device_uuids=device_uuids,
             gpus=self.gpus,
+            secret_name=self.secret_name,
         )
 
 
@@ -88,21 +92,28 @@ def validate_spec(
     replicas: int | None = None,
     min_replicas: int | None = None,
     parameters: tuple[tuple[str, str], ...] = (),
+    artifact_version: int = 0,
+    namespace: str = "",
+    secret_name: str = "",
 ) -> ModelSpec:
     """Check every field; raise InvalidArgument naming the field and the rule."""
     try:
         check_name(name, "model.name")
         if server:
             check_name(server, "model.server")
+        if namespace:
+            check_name(namespace, "model.namespace")
     except InvalidName as exc:
         field_name = str(exc).split(":", 1)[0]
         raise InvalidArgument(field_name, str(exc).split(": ", 1)[1]) from None
+    if secret_name and not is_dns1123_subdomain(secret_name):
+        raise InvalidArgument("model.secretName", f"{secret_name!r} is not {SUBDOMAIN_RULE}")
     count = 1 if replicas is None else replicas
     memory_bytes = _bytes("model.memory", memory)
     gpu_memory_bytes = _bytes("model.gpuMemory", gpu_memory)
     checks = [
         ("model.replicas", rules.replicas_problem(count)),
-        ("model.storageUri", rules.storage_uri_problem(storage_uri)),
+        ("model.storageUri", rules.storage_uri_problem(storage_uri, secret_name)),
         ("model.gpus", rules.gpus_problem(gpus, gpu_memory_bytes > 0)),
         *(("model.requirements", rules.requirement_problem(r)) for r in requirements),
     ]
@@ -124,6 +135,9 @@ def validate_spec(
         parameters=tuple(sorted(parameters)),
         memory_bytes=memory_bytes,
         gpu_memory_bytes=gpu_memory_bytes,
+        artifact_version=artifact_version,
+        namespace=namespace,
+        secret_name=secret_name,
     )
 
 

@@ -54,6 +54,7 @@ COMMANDS: list[Command] = [
     Welcome(),
     Load("llama3", 9, "s3://bucket/llama3", {"implementation": "x.Y"}, 20 * GiB, ("GPU-a",), 2),
     Load("iris", 1),
+    Load("iris", 2, "minio://models/iris", secret_name="minio-creds"),
     Unload("iris", 7),
     DrainComplete(("a", "b")),
     DrainComplete(),
@@ -87,6 +88,7 @@ def test_load_command_carries_each_value_once() -> None:
         "gpu_memory_bytes",
         "device_uuids",
         "gpus",
+        "secret_name",
     }
 
 
