@@ -275,8 +275,8 @@ BAD_INPUT = [
         id="negative-gpu-memory",
     ),
     pytest.param(
-        MODEL_HEAD + "  storageUri: gs://bucket/iris\n",
-        ["line 6: spec.storageUri: scheme 'gs' is not supported; use a local path"],
+        MODEL_HEAD + "  storageUri: ftp://bucket/iris\n",
+        ["line 6: spec.storageUri: scheme 'ftp' is not supported; use a local path"],
         id="unsupported-storage-scheme",
     ),
     pytest.param(
