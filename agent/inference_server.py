@@ -10,7 +10,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import shutil
+import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import aiohttp
@@ -204,3 +207,36 @@ async def wait_until_ready(
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=interval_s)
     return False
+
+
+_PROBE_IMPLEMENTATION = "mlserver.model.MLModel"
+
+
+async def serves_folder(server: InferenceServer, root: Path) -> bool | None:
+    """Whether `server` serves the model repository folder `root`.
+
+    Writes a probe model's settings file under `root`, asks the repository index (which
+    lists every model-settings.json of the folder the server serves), and removes the probe.
+    None when it cannot tell (the folder is not writable, or the index failed).
+    """
+    probe = f"gpuplace-probe-{uuid.uuid4().hex[:12]}"
+    folder = root / probe
+    settings = json.dumps({"name": probe, "implementation": _PROBE_IMPLEMENTATION})
+    try:
+        await asyncio.to_thread(_write_probe, folder, settings)
+    except OSError as exc:
+        log.warning("cannot write a probe model to %s to check it: %s", root, exc)
+        return None
+    try:
+        entries = await server.index()
+    except InferenceServerError as exc:
+        log.warning("reading the inference server's index to check its folder failed: %s", exc)
+        return None
+    finally:
+        await asyncio.to_thread(shutil.rmtree, folder, True)
+    return any(entry.name == probe for entry in entries)
+
+
+def _write_probe(folder: Path, settings: str) -> None:
+    folder.mkdir(parents=True)
+    (folder / "model-settings.json").write_text(settings, encoding="utf-8")

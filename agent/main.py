@@ -29,6 +29,7 @@ from agent.inference_server import (
     InferenceServer,
     InferenceServerError,
     MLServerClient,
+    serves_folder,
     wait_until_ready,
 )
 from agent.link import Outbox, SchedulerLink
@@ -142,6 +143,17 @@ class Agent:
         url = self.settings.inference_url
         if not await wait_until_ready(self.inference, url, self._stopping):
             return
+        root = self.settings.model_repository
+        if await serves_folder(self.inference, root) is False:
+            log.warning(
+                "%s: the inference server at %s does not serve --model-repository %s (a probe "
+                "model written there is not in its repository index): every load will fail "
+                "until both name one folder (MLServer: MLSERVER_MODEL_REPOSITORY_ROOT, or the "
+                "folder given to `mlserver start`)",
+                self.settings.replica,
+                url,
+                root,
+            )
         while not self._stopping.is_set():
             try:
                 await self.manager.restore()

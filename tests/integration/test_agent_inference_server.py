@@ -22,6 +22,7 @@ from agent.inference_server import (
     InferenceServerUnavailable,
     MLServerClient,
     normalise_state,
+    serves_folder,
 )
 from tests.fakes.fake_v2 import FakeV2Server
 
@@ -30,11 +31,42 @@ def client(url: str, load_timeout_s: float = 5, request_timeout_s: float = 5) ->
     return MLServerClient(url, load_timeout_s=load_timeout_s, request_timeout_s=request_timeout_s)
 
 
+def listing(folder: Path) -> list[str]:
+    return sorted(path.name for path in folder.iterdir())
+
+
 def put_model(root: Path, folder: str, name: str, version: str = "1") -> None:
     (root / folder).mkdir(parents=True)
     (root / folder / "model-settings.json").write_text(
         json.dumps({"name": name, "parameters": {"version": version}})
     )
+
+
+async def test_serves_folder_tells_the_served_folder_from_another(
+    v2: FakeV2Server, tmp_path: Path
+) -> None:
+    mlserver = client(v2.url)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    try:
+        assert await serves_folder(mlserver, v2.repository) is True
+        assert await serves_folder(mlserver, elsewhere) is False
+    finally:
+        await mlserver.close()
+    # The probe is gone from both folders, so nothing of it is ever loaded.
+    assert listing(v2.repository) == listing(elsewhere) == []
+
+
+async def test_serves_folder_cannot_tell_when_the_index_fails(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mlserver = client(f"http://127.0.0.1:{port}", request_timeout_s=1)
+    try:
+        assert await serves_folder(mlserver, tmp_path) is None
+    finally:
+        await mlserver.close()
+    assert listing(tmp_path) == []
 
 
 @pytest.mark.parametrize(

@@ -488,3 +488,26 @@ async def test_a_missing_welcome_is_named_in_the_log(
     finally:
         await agent.stop()
         await server.stop()
+
+
+@pytest.mark.usefixtures("gpus")
+@pytest.mark.parametrize("same_folder", [True, False], ids=["served", "another-folder"])
+async def test_the_agent_says_when_the_inference_server_serves_another_folder(
+    same_folder: bool,
+    v2: FakeV2Server,
+    stand_in: SchedulerServer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="agent.main")
+    repository = v2.repository if same_folder else tmp_path / "not-served"
+    agent = await started(settings_for(v2, stand_in.port, model_repository=repository))
+    try:
+        said = "does not serve --model-repository" in caplog.text
+        assert said is not same_folder, caplog.text
+        if not same_folder:
+            assert (
+                str(repository) in caplog.text and "MLSERVER_MODEL_REPOSITORY_ROOT" in caplog.text
+            )
+    finally:
+        await agent.stop()
