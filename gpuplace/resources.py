@@ -3,14 +3,19 @@
 The YAML of Seldon Core 2 (`apiVersion: mlops.seldon.io/v1alpha1`) and Kubernetes Nodes
 (`apiVersion: v1`, also inside a `kind: List`) is accepted as written. Every document is
 checked field by field before anything uses it; every problem names the file, the document,
-the line, the field path and what is allowed. Unknown kinds and unknown fields are errors.
-A few Seldon Core 2 fields that gpuplace does not act on are accepted with a warning.
+the line, the field path and what is allowed, and every problem of every file is reported at
+once. Every field of Seldon's Model, Server and ServerConfig is known: those gpuplace does not
+act on are accepted with a warning that says why; a field no resource has is an error (with
+a "did you mean" when it is close to one). As in Kubernetes, a field written as `null` is
+unset. Documents of other kinds (a Service, a Role, Seldon's Pipeline) are skipped with a
+warning; an unknown kind under `mlops.seldon.io` is an error.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -31,11 +36,12 @@ from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
 from contract import spec_rules as rules
-from contract.names import LABEL_RULE, is_dns1123_label
+from contract.names import LABEL_RULE, SUBDOMAIN_RULE, is_dns1123_label, is_dns1123_subdomain
 from contract.quantity import QuantityError, parse_bytes, parse_quantity
 from protos import common_pb2
 
-SELDON_API_VERSION = "mlops.seldon.io/v1alpha1"
+SELDON_GROUP = "mlops.seldon.io"
+SELDON_API_VERSION = f"{SELDON_GROUP}/v1alpha1"
 KINDS: dict[str, str] = {
     "Model": SELDON_API_VERSION,
     "Server": SELDON_API_VERSION,
@@ -46,10 +52,19 @@ KINDS_ALLOWED = (
     "Model, Server, ServerConfig (apiVersion mlops.seldon.io/v1alpha1), "
     "Node or List (apiVersion v1)"
 )
+# Seldon Core 2's other kinds: skipped, with the reason.
+SELDON_SKIPPED_KINDS: dict[str, str] = {
+    "Pipeline": "a Pipeline runs on Seldon's dataflow engine, which gpuplace does not run "
+    "(its Models are placed when they are loaded)",
+    "Experiment": "an Experiment splits traffic in Seldon's data plane, which gpuplace does "
+    "not run",
+    "SeldonConfig": "Seldon Core 2's installation settings; gpuplace has its own (chart, flags)",
+    "SeldonRuntime": "Seldon Core 2's runtime components; gpuplace runs its own scheduler and "
+    "agents",
+}
 GPU_RESOURCE = "nvidia.com/gpu"
-# What the agent can fetch (as the scheduler checks it too).
+MAX_UINT32 = 2**32 - 1
 
-_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _INTEGER = re.compile(r"^[+-]?[0-9]+$")
 
 # ----------------------------------------------------------------------------------------
@@ -185,6 +200,29 @@ class _Loose(_Strict):
     """Status objects written by Kubernetes itself: fields gpuplace does not read are ignored."""
 
     model_config = ConfigDict(extra="ignore")
+
+
+def _unused(why: str) -> Any:
+    """A Seldon Core 2 field that gpuplace accepts and does not act on: a warning says why."""
+    return Field(default=None, json_schema_extra={"unused": why})
+
+
+def _needed(why: str) -> Any:
+    """A required field; `why` completes the message when it is missing."""
+    return Field(json_schema_extra={"needed": why})
+
+
+def _extra(model: type[BaseModel], name: str, what: str) -> str | None:
+    for key, info in model.model_fields.items():
+        if name in (info.alias, key) and isinstance(info.json_schema_extra, dict):
+            text = info.json_schema_extra.get(what)
+            return text if isinstance(text, str) else None
+    return None
+
+
+def unused_reason(model: type[BaseModel], name: str) -> str | None:
+    """Why gpuplace does not act on the field `name` (its YAML name) of `model`; None: used."""
+    return _extra(model, name, "unused")
 
 
 # ----------------------------------------------------------------------------------------
@@ -425,36 +463,109 @@ def _requirement(value: object) -> object:
     return value
 
 
-def _storage_uri(value: object) -> object:
-    if isinstance(value, str):
-        _rule(rules.storage_uri_problem(value))
-    return value
+Requirement = Annotated[str, BeforeValidator(_requirement)]
+
+
+def _max_replicas_problem(maximum: int, replicas: int, min_replicas: int | None) -> str | None:
+    """Seldon Core 2's rule: a maxReplicas above 0 bounds replicas and minReplicas."""
+    floor = max(replicas, min_replicas or 0)
+    if maximum <= 0 or maximum >= floor:
+        return None
+    return (
+        f"{maximum} is not allowed; expected at least replicas ({replicas}) and minReplicas "
+        f"({min_replicas or 0}), or 0 for no maximum"
+    )
+
+
+class ExplainerSpec(_Strict):
+    type: str | None = None
+    model_ref: str | None = None
+    pipeline_ref: str | None = None
+
+
+class LlmSpec(_Strict):
+    model_ref: str | None = None
+    pipeline_ref: str | None = None
+
+
+class DataflowSpec(_Strict):
+    clean_topics_on_delete: bool | None = None
+
+
+class LoggingSpec(_Strict):
+    percent: int | None = Field(default=None, ge=0)
+
+
+_DATA_PLANE = "which gpuplace does not run"
 
 
 class ModelSpecFields(_Strict):
-    storage_uri: Annotated[str, BeforeValidator(_storage_uri)] | None = None
-    requirements: list[Annotated[str, BeforeValidator(_requirement)]] = []
+    """Every field of Seldon Core 2's Model spec, and gpuplace's `gpuMemory` and `gpus`.
+    Validators read the fields declared before them: keep the order."""
+
+    secret_name: str | None = None
+    storage_uri: str | None = None
+    artifact_version: int | None = Field(default=None, ge=0, le=MAX_UINT32)
+    model_type: Requirement | None = None
+    requirements: list[Requirement] = []
     server: str | None = None
     memory: MemoryQuantity | None = None
     gpu_memory: MemoryQuantity | None = None
     gpus: int | None = Field(default=None, ge=1, le=64)
     replicas: int | None = Field(default=None, ge=1)
     min_replicas: int | None = Field(default=None, ge=0)
+    max_replicas: int | None = _unused(
+        "gpuplace does not autoscale: it places `replicas` copies (a maxReplicas above 0 must "
+        "still be at least replicas and minReplicas)"
+    )
     parameters: Annotated[list[Parameter], BeforeValidator(_parameters)] = []
-    # Seldon Core 2 fields that gpuplace accepts and does not act on (a warning says so).
-    artifact_version: Any = None
-    schema_uri: Any = None
-    secret_name: Any = None
-    max_replicas: Any = None
-    logger: Any = None
-    preloaded: Any = None
-    dedicated: Any = None
+    schema_uri: str | None = _unused(
+        "the schema of the model's inputs and outputs; gpuplace sends only the artifact"
+    )
+    preloaded: bool | None = _unused(
+        "gpuplace always places and loads the model itself (Seldon Core 2 does not act on it "
+        "either)"
+    )
+    dedicated: bool | None = _unused(
+        "gpuplace does not reserve a server for one model: other models may share its replicas"
+    )
+    logger: LoggingSpec | None = _unused(
+        f"payload logging belongs to Seldon's data plane, {_DATA_PLANE}"
+    )
+    explainer: ExplainerSpec | None = _unused(
+        "placed like any model; the explainer's modelRef/pipelineRef wiring belongs to "
+        f"Seldon's data plane, {_DATA_PLANE}"
+    )
+    llm: LlmSpec | None = _unused(
+        "placed like any model; the llm's modelRef/pipelineRef wiring belongs to Seldon's data "
+        f"plane, {_DATA_PLANE}"
+    )
+    dataflow: DataflowSpec | None = _unused(
+        f"Kafka topics belong to Seldon's dataflow engine, {_DATA_PLANE}"
+    )
+
+    @field_validator("storage_uri")
+    @classmethod
+    def _fetchable(cls, uri: str | None, info: ValidationInfo) -> str | None:
+        if uri is not None:
+            if not uri.strip():
+                _rule("must not be empty; leave storageUri out for a model without an artifact")
+            _rule(rules.storage_uri_problem(uri, info.data.get("secret_name") or ""))
+        return uri
 
     @field_validator("min_replicas")
     @classmethod
     def _min_not_above_replicas(cls, value: int | None, info: ValidationInfo) -> int | None:
         if value is not None:
             _rule(rules.min_replicas_problem(value, info.data.get("replicas") or 1))
+        return value
+
+    @field_validator("max_replicas")
+    @classmethod
+    def _max_not_below_replicas(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None:
+            replicas = info.data.get("replicas") or 1
+            _rule(_max_replicas_problem(value, replicas, info.data.get("min_replicas")))
         return value
 
     @field_validator("gpus")
@@ -475,19 +586,66 @@ class ModelSpecFields(_Strict):
                 )
         return value
 
+    @field_validator("llm")
+    @classmethod
+    def _not_with_explainer(cls, value: LlmSpec | None, info: ValidationInfo) -> LlmSpec | None:
+        if value is not None and info.data.get("explainer") is not None:
+            _rule("a Model is an explainer or an llm, not both (Seldon Core 2 refuses both too)")
+        return value
+
+
+class ImageOverrides(_Strict):
+    agent: dict[str, Any] | None = None
+    rclone: dict[str, Any] | None = None
+
+
+_NO_AUTOSCALING = "gpuplace renders `replicas` (default 1) and does not autoscale Servers"
+RetentionPolicy = Literal["Retain", "Delete"]
+
 
 class ServerSpecFields(_Strict):
+    """Every field of Seldon Core 2's Server spec. `serverConfig` defaults to mlserver."""
+
     server_config: str = "mlserver"
     capabilities: list[Annotated[str, Field(min_length=1)]] | None = None
     extra_capabilities: list[Annotated[str, Field(min_length=1)]] = []
     pod_spec: PodSpec | None = None
     replicas: int | None = Field(default=None, ge=0)
-    stateful_set_persistent_volume_claim_retention_policy: dict[str, Any] | None = None
-    # Seldon Core 2 fields that gpuplace accepts and does not act on (a warning says so).
-    min_replicas: Any = None
-    max_replicas: Any = None
-    image_overrides: Any = None
-    disable_auto_update: Any = None
+    min_replicas: int | None = _unused(_NO_AUTOSCALING)
+    max_replicas: int | None = _unused(_NO_AUTOSCALING)
+    stateful_set_persistent_volume_claim_retention_policy: (
+        dict[Literal["whenDeleted", "whenScaled"], RetentionPolicy] | None
+    ) = None
+    image_overrides: ImageOverrides | None = _unused(
+        "gpuplace's agent replaces Seldon's agent and rclone containers; its image is "
+        "`render --agent-image`"
+    )
+    disable_auto_update: bool | None = _unused(
+        "no controller re-renders Servers when a ServerConfig changes: run `render` again"
+    )
+    deployment_strategy: dict[str, Any] | None = _unused(
+        "gpuplace renders a StatefulSet, to which a Deployment's strategy does not apply"
+    )
+
+    @field_validator("min_replicas")
+    @classmethod
+    def _min_not_above_replicas(cls, value: int | None, info: ValidationInfo) -> int | None:
+        replicas = info.data.get("replicas")
+        if value is not None and value > 0 and replicas is not None:
+            _rule(rules.min_replicas_problem(value, replicas))
+        return value
+
+    @field_validator("max_replicas")
+    @classmethod
+    def _max_not_below_replicas(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None:
+            replicas = info.data.get("replicas")
+            _rule(
+                _max_replicas_problem(
+                    value, 1 if replicas is None else replicas, info.data.get("min_replicas")
+                )
+            )
+        return value
 
 
 class VolumeClaimTemplate(_Strict):
@@ -496,7 +654,9 @@ class VolumeClaimTemplate(_Strict):
 
 
 class ServerConfigSpecFields(_Strict):
-    pod_spec: PodSpec
+    """Every field of Seldon Core 2's ServerConfig spec."""
+
+    pod_spec: PodSpec = _needed("a ServerConfig needs the pod its Servers run")
     volume_claim_templates: list[VolumeClaimTemplate] = []
 
 
@@ -527,7 +687,7 @@ class ModelResource(_Strict):
     api_version: str
     kind: Literal["Model"]
     metadata: ObjectMeta
-    spec: ModelSpecFields
+    spec: ModelSpecFields = _needed("a Model needs a spec: what to load and where")
     status: Any = None
 
 
@@ -543,7 +703,7 @@ class ServerConfigResource(_Strict):
     api_version: str
     kind: Literal["ServerConfig"]
     metadata: ObjectMeta
-    spec: ServerConfigSpecFields
+    spec: ServerConfigSpecFields = _needed("a ServerConfig needs a spec with its podSpec")
     status: Any = None
 
 
@@ -561,17 +721,10 @@ _ROOTS: dict[str, type[_Strict]] = {
     "ServerConfig": ServerConfigResource,
     "Node": NodeResource,
 }
-_IGNORED_FIELDS: dict[str, tuple[str, ...]] = {
-    "Model": (
-        "artifactVersion",
-        "schemaUri",
-        "secretName",
-        "maxReplicas",
-        "logger",
-        "preloaded",
-        "dedicated",
-    ),
-    "Server": ("minReplicas", "maxReplicas", "imageOverrides", "disableAutoUpdate"),
+SPECS: dict[str, type[_Strict]] = {
+    "Model": ModelSpecFields,
+    "Server": ServerSpecFields,
+    "ServerConfig": ServerConfigSpecFields,
 }
 
 R = TypeVar("R", bound=_Strict)
@@ -579,7 +732,8 @@ R = TypeVar("R", bound=_Strict)
 
 @dataclass(frozen=True)
 class Loaded(Generic[R]):
-    """One validated resource, its document exactly as written, and where it came from."""
+    """One validated resource, its document as written (fields written as `null` left out:
+    Kubernetes reads them as unset), and where it came from."""
 
     obj: R
     raw: dict[str, Any]
@@ -608,6 +762,11 @@ class Bundle:
     server_configs: list[Loaded[ServerConfigResource]] = field(default_factory=list)
     nodes: list[Loaded[NodeResource]] = field(default_factory=list)
     warnings: list[Problem] = field(default_factory=list)
+    # Every name read so far, valid document or not (for the duplicate check): the key is
+    # (kind, namespace or None where gpuplace has one namespace of that kind, name).
+    names: dict[tuple[str, str | None, str], tuple[Source, str | None]] = field(
+        default_factory=dict, repr=False
+    )
 
     def server_config(
         self, name: str, namespace: str | None
@@ -751,21 +910,38 @@ def _model_at(root: type[BaseModel], loc: Sequence[str | int]) -> type[BaseModel
     return current if isinstance(current, type) and issubclass(current, BaseModel) else None
 
 
-def _allowed_fields(model: type[BaseModel]) -> str:
-    return ", ".join(info.alias or name for name, info in model.model_fields.items())
+def _field_names(model: type[BaseModel]) -> list[str]:
+    """The YAML names of a model's fields, sorted as a person looks them up."""
+    return sorted((info.alias or name for name, info in model.model_fields.items()), key=str.lower)
 
 
-def _message(root: type[BaseModel], error: Any) -> str:
+def _did_you_mean(word: str, choices: Sequence[str]) -> str:
+    """` (did you mean X?)` for the choice closest to `word` (case aside), or nothing."""
+    lowered = {choice.lower(): choice for choice in choices}
+    close = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
+    return f" (did you mean {lowered[close[0]]}?)" if close else ""
+
+
+def _message(root: type[BaseModel], error: Any, null: bool = False) -> str:
+    """One pydantic error in words; `null`: the field was written as null (left out)."""
     kind = error["type"]
     value = error.get("input")
     loc = [part for part in error["loc"] if isinstance(part, str | int)]
     ctx = error.get("ctx") or {}
     if kind == "extra_forbidden":
         holder = _model_at(root, loc[:-1])
-        allowed = f"; allowed: {_allowed_fields(holder)}" if holder else ""
-        return f"unknown field{allowed}"
+        if holder is None:
+            return "unknown field"
+        names = _field_names(holder)
+        hint = _did_you_mean(str(loc[-1]), names)
+        return f"unknown field{hint}; allowed: {', '.join(names)}"
     if kind == "missing":
-        return "required field is missing"
+        holder = _model_at(root, loc[:-1])
+        extra = _extra(holder, str(loc[-1]), "needed") if holder else None
+        why = f"; {extra}" if extra else ""
+        if null:
+            return f"required field is null (null means unset, as in Kubernetes){why}"
+        return f"required field is missing{why}"
     if kind == "string_type":
         hint = f' (quote it: "{value}")' if isinstance(value, bool | int | float) else ""
         if isinstance(value, bool):
@@ -811,42 +987,33 @@ def _what(raw: Any) -> str:
     return kind if isinstance(kind, str) else ""
 
 
-def _check_names(loaded: Loaded[Any], problems: list[Problem]) -> None:
-    metadata = loaded.raw["metadata"]
-    name = metadata["name"]
-    if loaded.kind == "Node":
-        if len(name) > 253 or not _SUBDOMAIN.match(name):
-            problems.append(
-                loaded.source.problem(
-                    ("metadata", "name"),
-                    f"{name!r} is not a DNS-1123 subdomain: at most 253 characters, lower-case "
-                    "letters, digits, '-' and '.'",
-                )
-            )
-    elif not is_dns1123_label(name):
-        problems.append(
-            loaded.source.problem(("metadata", "name"), f"{name!r} is not {LABEL_RULE}")
-        )
-    namespace = metadata.get("namespace")
-    if namespace is not None and not is_dns1123_label(namespace):
-        problems.append(
-            loaded.source.problem(("metadata", "namespace"), f"{namespace!r} is not {LABEL_RULE}")
-        )
-    spec = loaded.raw.get("spec") or {}
-    for key in ("server", "serverConfig"):
-        value = spec.get(key) if loaded.kind in ("Model", "Server") else None
-        if isinstance(value, str) and not is_dns1123_label(value):
-            problems.append(loaded.source.problem(("spec", key), f"{value!r} is not {LABEL_RULE}"))
+def _drop_nulls(value: Any, path: tuple[str | int, ...], nulls: set[tuple[str | int, ...]]) -> Any:
+    """`value` without the mapping entries written as null (Kubernetes: null is unset);
+    their paths go to `nulls`."""
+    if isinstance(value, dict):
+        kept: dict[Any, Any] = {}
+        for key, item in value.items():
+            if item is None:
+                nulls.add((*path, key))
+            else:
+                kept[key] = _drop_nulls(item, (*path, key), nulls)
+        return kept
+    if isinstance(value, list):
+        return [_drop_nulls(item, (*path, index), nulls) for index, item in enumerate(value)]
+    return value
 
 
-def _parse_one(
-    raw: Any, source: Source, problems: list[Problem], warnings: list[Problem]
-) -> Loaded[Any] | None:
-    if not isinstance(raw, dict):
-        problems.append(
-            source.problem((), f"expected a mapping with apiVersion and kind, got {_describe(raw)}")
-        )
-        return None
+def _group(api_version: str) -> str:
+    """The API group of an apiVersion: `mlops.seldon.io/v1alpha1` -> `mlops.seldon.io`,
+    `v1` -> `` (the core group)."""
+    return api_version.rpartition("/")[0]
+
+
+def _kind(
+    raw: dict[str, Any], source: Source, warnings: list[Problem], problems: list[Problem]
+) -> str:
+    """The kind gpuplace reads this document as; '' when it is skipped (with a warning) or
+    refused (with a problem)."""
     kind = raw.get("kind")
     api_version = raw.get("apiVersion")
     if kind is None:
@@ -855,41 +1022,159 @@ def _parse_one(
                 ("kind",), f"required field is missing; expected one of: {KINDS_ALLOWED}"
             )
         )
-        return None
-    if kind not in KINDS:
-        problems.append(
-            source.problem(("kind",), f"unknown kind {_describe(kind)}; allowed: {KINDS_ALLOWED}")
-        )
-        return None
-    expected = KINDS[kind]
-    if api_version != expected:
+        return ""
+    if not isinstance(kind, str):
+        problems.append(source.problem(("kind",), f"expected a string, got {_describe(kind)}"))
+        return ""
+    if not isinstance(api_version, str):
         shown = "missing" if api_version is None else f"{_describe(api_version)} is not allowed"
+        wanted = f"; expected {KINDS[kind]} for kind {kind}" if kind in KINDS else ""
+        problems.append(source.problem(("apiVersion",), f"{shown}{wanted}"))
+        return ""
+    expected = KINDS.get(kind)
+    group = _group(api_version)
+    if expected == api_version:
+        return kind
+    if expected is not None and (
+        group == _group(expected) or difflib.get_close_matches(api_version, [expected], cutoff=0.8)
+    ):
         problems.append(
-            source.problem(("apiVersion",), f"{shown} for kind {kind}; expected {expected}")
+            source.problem(
+                ("apiVersion",),
+                f"{_describe(api_version)} is not allowed for kind {kind}; expected {expected}",
+            )
         )
+        return ""
+    if kind in SELDON_SKIPPED_KINDS and group == SELDON_GROUP:
+        warnings.append(
+            source.problem(
+                (), f"skipped: kind {kind} (apiVersion {api_version}): {SELDON_SKIPPED_KINDS[kind]}"
+            )
+        )
+        return ""
+    if group == SELDON_GROUP:
+        seldon_kinds = [k for k, v in KINDS.items() if v == SELDON_API_VERSION]
+        hint = _did_you_mean(kind, [*seldon_kinds, *SELDON_SKIPPED_KINDS])
+        problems.append(
+            source.problem(
+                ("kind",),
+                f"unknown kind {kind!r} of {SELDON_GROUP}{hint}; gpuplace reads "
+                f"{', '.join(seldon_kinds)} and skips {', '.join(SELDON_SKIPPED_KINDS)}",
+            )
+        )
+        return ""
+    warnings.append(
+        source.problem(
+            (), f"skipped: kind {kind} (apiVersion {api_version}) is not one gpuplace reads"
+        )
+    )
+    return ""
+
+
+def _name_problems(kind: str, raw: dict[str, Any], source: Source) -> list[Problem]:
+    """The naming rules (Kubernetes' and gpuplace's) of the names a document holds: a
+    DNS-1123 label, or (`label` false) a DNS-1123 subdomain."""
+    names: list[tuple[tuple[str, str], bool]] = [
+        (("metadata", "name"), kind != "Node"),
+        (("metadata", "namespace"), True),
+    ]
+    if kind == "Model":
+        names += [(("spec", "server"), True), (("spec", "secretName"), False)]
+    if kind == "Server":
+        names.append((("spec", "serverConfig"), True))
+    found: list[Problem] = []
+    for (part, key), label in names:
+        holder = raw.get(part)
+        value = holder.get(key) if isinstance(holder, dict) else None
+        if not isinstance(value, str):
+            continue  # absent, or a type error pydantic reports
+        subdomain = is_dns1123_subdomain(value)
+        if label and not is_dns1123_label(value):
+            also = "" if subdomain or part != "metadata" else f" ({_K8S_REFUSES})"
+            found.append(source.problem((part, key), f"{value!r} is not {LABEL_RULE}{also}"))
+        elif not label and not subdomain:
+            found.append(source.problem((part, key), f"{value!r} is not {SUBDOMAIN_RULE}"))
+    return found
+
+
+_K8S_REFUSES = "Kubernetes refuses it as an object name too"
+
+
+def _duplicate_problem(
+    kind: str, raw: dict[str, Any], source: Source, bundle: Bundle
+) -> Problem | None:
+    """Remember the document's name; a problem when another document has it too."""
+    metadata = raw.get("metadata")
+    metadata = metadata if isinstance(metadata, dict) else {}
+    name = metadata.get("name")
+    namespace = metadata.get("namespace")
+    namespace = namespace if isinstance(namespace, str) else None
+    if not isinstance(name, str):
+        return None
+    key = (kind, namespace if kind == "ServerConfig" else None, name)
+    first = bundle.names.get(key)
+    if first is None:
+        bundle.names[key] = (source, namespace)
+        return None
+    where, other = first
+    message = f"{kind} {name!r} is defined twice (first in {where.file}, document {where.document})"
+    if other != namespace:
+        message += (
+            f"; gpuplace has one namespace of {kind}s: {name!r} in namespace "
+            f"{other or '(none)'} and in {namespace or '(none)'} are the same {kind}"
+        )
+    return source.problem(("metadata", "name"), message)
+
+
+def _unused_warnings(kind: str, raw: dict[str, Any], source: Source) -> list[Problem]:
+    spec = raw.get("spec")
+    if kind not in SPECS or not isinstance(spec, dict):
+        return []
+    warnings = []
+    for name in spec:
+        why = unused_reason(SPECS[kind], str(name))
+        if why:
+            warnings.append(
+                source.problem(("spec", name), f"accepted, not acted on by gpuplace: {why}")
+            )
+    return warnings
+
+
+def _parse_one(
+    written: Any, source: Source, bundle: Bundle, problems: list[Problem]
+) -> Loaded[Any] | None:
+    """Check one document (every rule, every problem) and read it; None when it is skipped
+    or wrong."""
+    if not isinstance(written, dict):
+        problems.append(
+            source.problem(
+                (), f"expected a mapping with apiVersion and kind, got {_describe(written)}"
+            )
+        )
+        return None
+    nulls: set[tuple[str | int, ...]] = set()
+    raw: dict[str, Any] = _drop_nulls(written, (), nulls)
+    kind = _kind(raw, source, bundle.warnings, problems)
+    if not kind:
         return None
     root = _ROOTS[kind]
+    found: list[Problem] = []
+    obj: _Strict | None = None
     try:
         obj = root.model_validate(raw)
     except ValidationError as exc:
         for error in exc.errors():
-            loc = [part for part in error["loc"] if isinstance(part, str | int)]
-            problems.append(source.problem(loc, _message(root, error)))
+            loc = tuple(part for part in error["loc"] if isinstance(part, str | int))
+            found.append(source.problem(loc, _message(root, error, loc in nulls)))
+    found.extend(_name_problems(kind, raw, source))
+    duplicate = _duplicate_problem(kind, raw, source, bundle)
+    if duplicate is not None:
+        found.append(duplicate)
+    bundle.warnings.extend(_unused_warnings(kind, raw, source))
+    problems.extend(sorted(found, key=lambda problem: problem.line or 0))
+    if obj is None or found:
         return None
-    loaded: Loaded[Any] = Loaded(obj=obj, raw=raw, source=source)
-    before = len(problems)
-    _check_names(loaded, problems)
-    if len(problems) > before:
-        return None
-    spec = raw.get("spec") or {}
-    for name in spec:
-        if name in _IGNORED_FIELDS.get(kind, ()):
-            warnings.append(
-                source.problem(
-                    ("spec", name), "a Seldon Core 2 field that gpuplace does not use; ignored"
-                )
-            )
-    return loaded
+    return Loaded(obj=obj, raw=raw, source=source)
 
 
 def parse_text(text: str, file: str, bundle: Bundle | None = None) -> Bundle:
@@ -899,11 +1184,16 @@ def parse_text(text: str, file: str, bundle: Bundle | None = None) -> Bundle:
     _parse_into(text, file, bundle, problems)
     if problems:
         raise ResourceError(problems)
-    _check_duplicates(bundle)
     return bundle
 
 
 def _parse_into(text: str, file: str, bundle: Bundle, problems: list[Problem]) -> None:
+    targets: dict[str, list[Any]] = {
+        "Model": bundle.models,
+        "Server": bundle.servers,
+        "ServerConfig": bundle.server_configs,
+        "Node": bundle.nodes,
+    }
     for document in _documents(text, file, problems):
         if document.data is None:
             continue
@@ -921,44 +1211,9 @@ def _parse_into(text: str, file: str, bundle: Bundle, problems: list[Problem]) -
             items = [(item, ("items", index)) for index, item in enumerate(entries)]
         for raw, prefix in items:
             source = Source(file, document.index, document.lines, prefix, _what(raw))
-            loaded = _parse_one(raw, source, problems, bundle.warnings)
-            if loaded is None:
-                continue
-            targets: dict[str, list[Any]] = {
-                "Model": bundle.models,
-                "Server": bundle.servers,
-                "ServerConfig": bundle.server_configs,
-                "Node": bundle.nodes,
-            }
-            targets[loaded.kind].append(loaded)
-
-
-def _check_duplicates(bundle: Bundle) -> None:
-    problems: list[Problem] = []
-    groups: Iterable[list[Loaded[Any]]] = (
-        bundle.models,
-        bundle.servers,
-        bundle.server_configs,
-        bundle.nodes,
-    )
-    for group in groups:
-        seen: dict[tuple[str | None, str], Loaded[Any]] = {}
-        for loaded in group:
-            # gpuplace has one namespace of models and servers: the name alone must be unique.
-            key = (loaded.namespace if loaded.kind in ("ServerConfig",) else None, loaded.name)
-            first = seen.get(key)
-            if first is not None:
-                problems.append(
-                    loaded.source.problem(
-                        ("metadata", "name"),
-                        f"{loaded.kind} {loaded.name!r} is defined twice (first in "
-                        f"{first.source.file}, document {first.source.document})",
-                    )
-                )
-            else:
-                seen[key] = loaded
-    if problems:
-        raise ResourceError(problems)
+            loaded = _parse_one(raw, source, bundle, problems)
+            if loaded is not None:
+                targets[loaded.kind].append(loaded)
 
 
 def load_files(paths: Sequence[str | Path], *, stdin_text: str | None = None) -> Bundle:
@@ -982,7 +1237,6 @@ def load_files(paths: Sequence[str | Path], *, stdin_text: str | None = None) ->
         _parse_into(text, name, bundle, problems)
     if problems:
         raise ResourceError(problems)
-    _check_duplicates(bundle)
     return bundle
 
 
@@ -993,15 +1247,21 @@ def load_files(paths: Sequence[str | Path], *, stdin_text: str | None = None) ->
 def to_model_spec(model: Loaded[ModelResource]) -> common_pb2.ModelSpec:
     """The LoadModel request body for one Model: quantities kept as written."""
     spec = model.obj.spec
+    requirements = list(spec.requirements)
+    if spec.model_type is not None and spec.model_type not in requirements:
+        requirements.append(spec.model_type)  # as Seldon Core 2 does
     message = common_pb2.ModelSpec(
         name=model.name,
         storage_uri=spec.storage_uri or "",
-        requirements=list(spec.requirements),
+        requirements=requirements,
         server=spec.server or "",
         memory=spec.memory or "",
         gpu_memory=spec.gpu_memory or "",
         gpus=spec.gpus or 0,
         parameters={parameter.name: parameter.value for parameter in spec.parameters},
+        artifact_version=spec.artifact_version or 0,
+        namespace=model.namespace or "",
+        secret_name=spec.secret_name or "",
     )
     if spec.replicas is not None:
         message.replicas = spec.replicas

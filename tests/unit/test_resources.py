@@ -191,11 +191,11 @@ items:
     assert node.obj.status.allocatable["nvidia.com/gpu"] == 4
 
 
-def test_seldon_fields_gpuplace_ignores_are_warnings() -> None:
+def test_seldon_fields_gpuplace_does_not_act_on_are_warnings() -> None:
     bundle = parse_text(MODEL_HEAD + "  maxReplicas: 4\n  secretName: s3\n", "m.yaml")
     assert len(bundle.models) == 1
-    assert [w.path for w in bundle.warnings] == ["spec.maxReplicas", "spec.secretName"]
-    assert "does not use" in bundle.warnings[0].message
+    assert [w.path for w in bundle.warnings] == ["spec.maxReplicas"]
+    assert "not acted on by gpuplace: gpuplace does not autoscale" in bundle.warnings[0].message
 
 
 @pytest.mark.parametrize(
@@ -245,9 +245,22 @@ BAD_INPUT = [
         id="wrong-api-version",
     ),
     pytest.param(
-        "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n",
-        ["kind: unknown kind 'Pod'; allowed: Model, Server, ServerConfig"],
-        id="unknown-kind",
+        "apiVersion: mlops.seldon.io/v1alpha1\nkind: Severconfig\nmetadata: {name: p}\n",
+        [
+            "line 2: kind: unknown kind 'Severconfig' of mlops.seldon.io (did you mean "
+            "ServerConfig?); gpuplace reads Model, Server, ServerConfig and skips Pipeline"
+        ],
+        id="unknown-seldon-kind",
+    ),
+    pytest.param(
+        "kind: Model\nmetadata: {name: p}\nspec: {}\n",
+        ["line 1: apiVersion: missing; expected mlops.seldon.io/v1alpha1 for kind Model"],
+        id="no-api-version",
+    ),
+    pytest.param(
+        "apiVersion: v1\nmetadata: {name: p}\n",
+        ["line 1: kind: required field is missing; expected one of: Model, Server"],
+        id="no-kind",
     ),
     pytest.param(
         MODEL_HEAD + "  replicas: -1\n",
@@ -261,7 +274,12 @@ BAD_INPUT = [
     ),
     pytest.param(
         MODEL_HEAD + "  storageUri: https://x.example/m\n  gpuMemroy: 20Gi\n",
-        ["line 7: spec.gpuMemroy: unknown field; allowed: storageUri, requirements", "gpuMemory"],
+        [
+            "line 7: spec.gpuMemroy: unknown field (did you mean gpuMemory?); allowed: "
+            "artifactVersion, dataflow, dedicated, explainer, gpuMemory, gpus, llm, logger, "
+            "maxReplicas, memory, minReplicas, modelType, parameters, preloaded, replicas, "
+            "requirements, schemaUri, secretName, server, storageUri"
+        ],
         id="unknown-field",
     ),
     pytest.param(
@@ -419,7 +437,8 @@ BAD_INPUT = [
             "spec.podSpec.nodeSelector.gpu-count: expected a string, got 2 (an integer) "
             '(quote it: "2")',
             "spec.podSpec.containers[0].resources.requests.memory: 'lots' is not a quantity",
-            "spec.podSpec.containers[0].imagee: unknown field; allowed: name, image, env",
+            "spec.podSpec.containers[0].imagee: unknown field (did you mean image?); allowed: "
+            "args, command, env, envFrom, image, imagePullPolicy,",
         ],
         id="pod-spec-rules",
     ),
@@ -509,3 +528,240 @@ def test_format_path(path: tuple[str | int, ...], text: str) -> None:
 )
 def test_split_capabilities(value: str, expected: list[str]) -> None:
     assert split_capabilities(value) == expected
+
+
+# ----------------------------------------------------------------------------------------
+# Seldon users' files (tests/fixtures/resources): every field, null, other kinds, all at once
+
+CASES = Path(__file__).resolve().parents[1] / "fixtures" / "resources"
+
+
+def test_null_means_unset_as_in_kubernetes() -> None:
+    bundle = load_files([CASES / "null-fields.yaml"])
+    assert bundle.warnings == []
+    config, server, model = bundle.server_configs[0], bundle.servers[0], bundle.models[0]
+    assert config.obj.metadata.labels == {}
+    container = config.obj.spec.pod_spec.containers[0]
+    assert container.env == []
+    assert container.resources is not None and container.resources.limits == {}
+    assert (server.obj.metadata.labels, server.obj.metadata.annotations) == ({}, {})
+    assert (server.namespace, server.obj.spec.pod_spec, server.obj.spec.capabilities) == (
+        None,
+        None,
+        None,
+    )
+    assert model.obj.spec.requirements == [] and model.obj.spec.server is None
+    # What render merges: the document without its nulls.
+    assert "env" not in config.raw["spec"]["podSpec"]["containers"][0]
+    assert "podSpec" not in server.raw["spec"]
+
+
+def test_a_required_field_written_as_null_is_missing() -> None:
+    problems = problems_of(
+        "apiVersion: mlops.seldon.io/v1alpha1\nkind: ServerConfig\nmetadata: {name: c}\n"
+        "spec:\n  podSpec: null\n---\n" + MODEL_HEAD + "  # nothing yet\n"
+    )
+    assert problems == [
+        "in.yaml, document 1 (ServerConfig c), line 5: spec.podSpec: required field is null "
+        "(null means unset, as in Kubernetes); a ServerConfig needs the pod its Servers run",
+        "in.yaml, document 2 (Model iris), line 11: spec: required field is null (null means "
+        "unset, as in Kubernetes); a Model needs a spec: what to load and where",
+    ]
+
+
+def test_every_seldon_model_field_gpuplace_does_not_act_on_is_one_warning() -> None:
+    bundle = load_files([CASES / "seldon-model-fields.yaml"])
+    assert [m.name for m in bundle.models] == ["income-explainer", "chat", "scaled"]
+    assert [(w.document, w.path) for w in bundle.warnings] == [
+        (1, "spec.explainer"),
+        (2, "spec.llm"),
+        (3, "spec.schemaUri"),
+        (3, "spec.maxReplicas"),
+        (3, "spec.preloaded"),
+        (3, "spec.dedicated"),
+        (3, "spec.logger"),
+        (3, "spec.dataflow"),
+    ]
+    assert str(bundle.warnings[0]).endswith(
+        "line 8: spec.explainer: accepted, not acted on by gpuplace: placed like any model; "
+        "the explainer's modelRef/pipelineRef wiring belongs to Seldon's data plane, which "
+        "gpuplace does not run"
+    )
+    explainer = bundle.models[0].obj.spec.explainer
+    assert explainer is not None and (explainer.type, explainer.model_ref) == (
+        "anchor_tabular",
+        "income",
+    )
+
+
+def test_model_type_is_a_requirement_as_in_seldon() -> None:
+    chat = load_files([CASES / "seldon-model-fields.yaml"]).models[1]
+    assert list(to_model_spec(chat).requirements) == ["openai", "llm"]
+    sklearn = load_files([CASES / "artifact-and-secret.yaml"]).models[0]
+    assert list(to_model_spec(sklearn).requirements) == ["sklearn", "mlserver"]  # no twice
+
+
+def test_artifact_version_secret_name_and_namespace_go_to_the_scheduler() -> None:
+    bundle = load_files([CASES / "artifact-and-secret.yaml"])
+    assert bundle.warnings == []
+    spec = to_model_spec(bundle.models[0])
+    assert (spec.artifact_version, spec.secret_name, spec.namespace) == (
+        2,
+        "minio-secret",
+        "seldon-mesh",
+    )
+    assert spec.storage_uri == "minio-store://models/iris"  # the remote of minio-secret
+    plain = to_model_spec(parse_text(MODEL_HEAD + "  replicas: 1\n", "m.yaml").models[0])
+    assert (plain.artifact_version, plain.secret_name, plain.namespace) == (0, "", "")
+
+
+def test_every_seldon_server_field_is_read_and_the_unused_ones_warned() -> None:
+    bundle = load_files([CASES / "seldon-server-fields.yaml"])
+    spec = bundle.servers[0].obj.spec
+    assert spec.stateful_set_persistent_volume_claim_retention_policy == {
+        "whenDeleted": "Delete",
+        "whenScaled": "Retain",
+    }
+    assert bundle.server_configs[0].obj.spec.volume_claim_templates[0].name == "models"
+    assert [w.path for w in bundle.warnings] == [
+        "spec.minReplicas",
+        "spec.maxReplicas",
+        "spec.imageOverrides",
+        "spec.disableAutoUpdate",
+        "spec.deploymentStrategy",
+    ]
+
+
+def test_other_kinds_are_skipped_with_one_warning_each() -> None:
+    bundle = load_files([CASES / "other-kinds.yaml"])
+    assert [m.name for m in bundle.models] == ["iris"]
+    assert bundle.servers == []
+    assert [str(w).removeprefix(str(CASES) + "/") for w in bundle.warnings] == [
+        "other-kinds.yaml, document 1 (Service myapps), line 2: skipped: kind Service "
+        "(apiVersion v1) is not one gpuplace reads",
+        "other-kinds.yaml, document 3 (Pipeline iris-pipeline), line 17: skipped: kind "
+        "Pipeline (apiVersion mlops.seldon.io/v1alpha1): a Pipeline runs on Seldon's dataflow "
+        "engine, which gpuplace does not run (its Models are placed when they are loaded)",
+        "other-kinds.yaml, document 4 (Server iris-http), line 26: skipped: kind Server "
+        "(apiVersion policy.linkerd.io/v1beta1) is not one gpuplace reads",
+    ]
+
+
+def test_other_kinds_inside_a_list_are_skipped_too() -> None:
+    text = (
+        "apiVersion: v1\nkind: List\nitems:\n"
+        "  - {apiVersion: v1, kind: Pod, metadata: {name: p}}\n"
+        "  - {apiVersion: v1, kind: Node, metadata: {name: n1}}\n"
+    )
+    bundle = parse_text(text, "all.yaml")
+    assert [n.name for n in bundle.nodes] == ["n1"]
+    assert [str(w) for w in bundle.warnings] == [
+        "all.yaml, document 1 (Pod p), line 4: items[0]: skipped: kind Pod (apiVersion v1) is "
+        "not one gpuplace reads"
+    ]
+
+
+FIXTURE_ERRORS = [
+    pytest.param(
+        ["misspelled-field.yaml"],
+        [
+            "misspelled-field.yaml, document 1 (Model iris), line 6: spec.storagUri: unknown "
+            "field (did you mean storageUri?); allowed: artifactVersion, dataflow, dedicated, "
+            "explainer, gpuMemory, gpus, llm, logger, maxReplicas, memory, minReplicas, "
+            "modelType, parameters, preloaded, replicas, requirements, schemaUri, secretName, "
+            "server, storageUri",
+            "misspelled-field.yaml, document 1 (Model iris), line 10: spec.explainer.modelReff: "
+            "unknown field (did you mean modelRef?); allowed: modelRef, pipelineRef, type",
+        ],
+        id="misspelled-field",
+    ),
+    pytest.param(
+        ["empty-storage-uri.yaml"],
+        [
+            "empty-storage-uri.yaml, document 1 (Model no-uri), line 6: spec.storageUri: must "
+            "not be empty; leave storageUri out for a model without an artifact",
+            "empty-storage-uri.yaml, document 2 (Model blank-uri), line 13: spec.storageUri: "
+            "must not be empty; leave storageUri out for a model without an artifact",
+        ],
+        id="empty-storage-uri",
+    ),
+    pytest.param(
+        ["wrong-kind.yaml"],
+        [
+            "wrong-kind.yaml, document 1 (Modle iris), line 2: kind: unknown kind 'Modle' of "
+            "mlops.seldon.io (did you mean Model?); gpuplace reads Model, Server, ServerConfig "
+            "and skips Pipeline, Experiment, SeldonConfig, SeldonRuntime",
+            "wrong-kind.yaml, document 2 (Server mlserver), line 8: apiVersion: "
+            "'mlops.seldon.io/v1' is not allowed for kind Server; expected "
+            "mlops.seldon.io/v1alpha1",
+        ],
+        id="wrong-kind-and-api-version",
+    ),
+    pytest.param(
+        ["bad-model-fields.yaml"],
+        [
+            "bad-model-fields.yaml, document 1 (Model iris), line 8: spec.secretName: "
+            "'Minio_Secret' is not a DNS-1123 subdomain: at most 253 characters, lower-case "
+            "letters, digits, '-' and '.', each '.'-separated part starting and ending with a "
+            "letter or digit",
+            "bad-model-fields.yaml, document 1 (Model iris), line 9: spec.artifactVersion: -1 "
+            "(an integer) is not allowed; expected an integer >= 0",
+            "bad-model-fields.yaml, document 1 (Model iris), line 10: spec.preloaded: expected "
+            "true or false, got 'yes'",
+            "bad-model-fields.yaml, document 1 (Model iris), line 12: spec.maxReplicas: 2 is "
+            "not allowed; expected at least replicas (3) and minReplicas (0), or 0 for no "
+            "maximum",
+            "bad-model-fields.yaml, document 2 (Model both), line 21: spec.llm: a Model is an "
+            "explainer or an llm, not both (Seldon Core 2 refuses both too)",
+        ],
+        id="seldon-field-values",
+    ),
+    pytest.param(
+        ["all-problems-a.yaml", "all-problems-b.yaml"],
+        [
+            "all-problems-a.yaml, document 1 (Model Iris_Model), line 4: metadata.name: "
+            "'Iris_Model' is not a DNS-1123 label: at most 63 characters, lower-case letters, "
+            "digits and '-', starting and ending with a letter or digit (Kubernetes refuses it "
+            "as an object name too)",
+            "all-problems-a.yaml, document 1 (Model Iris_Model), line 6: spec.storageUri: "
+            "scheme 'ftp' is not supported; use a local path, file://, http://, https://, "
+            "gs://, gcs://, s3://, az://, azureblob:// (or the remote name of a secretName's "
+            "config)",
+            "all-problems-a.yaml, document 1 (Model Iris_Model), line 7: spec.replicas: 0 (an "
+            "integer) is not allowed; expected an integer >= 1",
+            "all-problems-b.yaml, document 1 (Model llama3), line 4: metadata.name: Model "
+            "'llama3' is defined twice (first in all-problems-a.yaml, document 2); gpuplace has "
+            "one namespace of Models: 'llama3' in namespace team-a and in team-b are the same "
+            "Model",
+            "all-problems-b.yaml, document 1 (Model llama3), line 8: spec.gpus: needs gpuMemory: "
+            "the GPU memory the model needs on each device",
+        ],
+        id="every-problem-of-every-file-at-once",
+    ),
+]
+
+
+@pytest.mark.parametrize(("files", "expected"), FIXTURE_ERRORS)
+def test_fixture_problems_exactly(
+    files: list[str], expected: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(CASES)
+    with pytest.raises(ResourceError) as caught:
+        load_files(files)
+    assert [str(problem) for problem in caught.value.problems] == expected
+
+
+def test_a_duplicate_is_reported_even_when_the_first_document_is_wrong() -> None:
+    text = MODEL_HEAD + "  replicas: -1\n---\n" + MODEL_HEAD + "  replicas: 1\n"
+    assert problems_of(text)[1] == (
+        "in.yaml, document 2 (Model iris), line 11: metadata.name: Model 'iris' is defined "
+        "twice (first in in.yaml, document 1)"
+    )
+
+
+def test_remote_scheme_needs_a_secret_name() -> None:
+    problems = problems_of(MODEL_HEAD + "  storageUri: minio://models/iris\n")
+    assert "spec.storageUri: scheme 'minio' is not supported" in problems[0]
+    assert parse_text(
+        MODEL_HEAD + "  storageUri: minio://models/iris\n  secretName: minio\n", "m.yaml"
+    ).models
