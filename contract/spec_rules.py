@@ -16,6 +16,16 @@ _REMOTE = re.compile(r"^[a-z][a-z0-9+.-]*$")
 MAX_GPUS = 64
 
 
+def uri_scheme(uri: str) -> str:
+    """The scheme of a storageUri, lower-case; "" for a local path (a Windows drive letter
+    is not a scheme)."""
+    try:
+        scheme = urlsplit(uri).scheme.lower()
+    except ValueError:
+        return ""
+    return "" if len(scheme) == 1 else scheme
+
+
 def storage_uri_problem(uri: str, secret_name: str = "") -> str | None:
     """Why `uri` cannot be fetched, or None. An empty URI is not checked here (a spec
     without storageUri is allowed; the YAML layer refuses `storageUri: ""`)."""

@@ -14,6 +14,7 @@ warning; an unknown kind under `mlops.seldon.io` is an error.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -66,6 +67,8 @@ GPU_RESOURCE = "nvidia.com/gpu"
 MAX_UINT32 = 2**32 - 1
 
 _INTEGER = re.compile(r"^[+-]?[0-9]+$")
+
+STDIN = "<stdin>"
 
 # ----------------------------------------------------------------------------------------
 # Problems
@@ -1224,7 +1227,7 @@ def load_files(paths: Sequence[str | Path], *, stdin_text: str | None = None) ->
         name = str(path)
         if name == "-":
             text = stdin_text if stdin_text is not None else ""
-            name = "<stdin>"
+            name = STDIN
         else:
             try:
                 text = Path(path).read_text(encoding="utf-8")
@@ -1244,15 +1247,26 @@ def load_files(paths: Sequence[str | Path], *, stdin_text: str | None = None) ->
 # Model -> ModelSpec
 
 
+def local_artifact_path(storage_uri: str, file: str) -> str:
+    """A relative local `storageUri` made absolute against the folder of the file that says
+    it (the current folder for stdin), as docker compose and kustomize read relative paths;
+    every other URI unchanged. The agent reads the path on its own machine."""
+    if not storage_uri or rules.uri_scheme(storage_uri) or Path(storage_uri).is_absolute():
+        return storage_uri
+    folder = Path.cwd() if file == STDIN else Path(file).parent
+    return os.path.abspath(folder / storage_uri)
+
+
 def to_model_spec(model: Loaded[ModelResource]) -> common_pb2.ModelSpec:
-    """The LoadModel request body for one Model: quantities kept as written."""
+    """The LoadModel request body for one Model: quantities kept as written, a relative
+    local storageUri made absolute (local_artifact_path)."""
     spec = model.obj.spec
     requirements = list(spec.requirements)
     if spec.model_type is not None and spec.model_type not in requirements:
         requirements.append(spec.model_type)  # as Seldon Core 2 does
     message = common_pb2.ModelSpec(
         name=model.name,
-        storage_uri=spec.storage_uri or "",
+        storage_uri=local_artifact_path(spec.storage_uri or "", model.source.file),
         requirements=requirements,
         server=spec.server or "",
         memory=spec.memory or "",

@@ -8,9 +8,15 @@
    has a GPU);
 3. loads examples/demo/models.yaml and examples/demo/refused.yaml with the real CLI, shows
    where each model landed and why the refused ones were refused, runs one inference;
-4. shuts everything down (or, with --keep, stays up until Ctrl-C).
+4. shuts everything down (or, with --keep, stays up until Ctrl-C, the scheduler on its
+   default ports so that `gpuplace` commands need no flag; --no-load skips steps 3 to 5: the
+   README's tour loads its own models).
 
-Usage: .venv/bin/python scripts/demo.py [--keep] [--work-dir DIR]
+The demo's artifact, a scikit-learn iris classifier trained by MLServer's own Python, is
+written to examples/artifacts/iris/, where the example Model files' relative storageUri
+finds it.
+
+Usage: .venv/bin/python scripts/demo.py [--keep [--no-load]] [--work-dir DIR]
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from devharness.fake_nvml import GiB
 from devharness.mlserver import ensure_mlserver_venv, infer_request
 from devharness.sklearn_models import IRIS_ROW, TrainJob, train_iris_models
 
+ARTIFACT = REPO_ROOT / "examples" / "artifacts" / "iris"
 EXAMPLES = REPO_ROOT / "examples" / "demo"
 LOADED = EXAMPLES / "models.yaml"
 REFUSED = EXAMPLES / "refused.yaml"
@@ -48,6 +55,8 @@ REFUSED_MODELS = ("llama3-pinned", "llama3-405b")
 GPU_SERVER = "mlserver-llm-local-gpu"
 IRIS_CLASSES = ("setosa", "versicolor", "virginica")
 MARKER = ".gpuplace-demo"
+# With --keep the scheduler listens where `gpuplace` looks by default.
+DEFAULT_PORTS = {"port": 9004, "agent_port": 9005, "http_port": 9999}
 
 _started = time.monotonic()
 _print_lock = threading.Lock()  # the cluster reports from one thread per replica
@@ -86,7 +95,7 @@ def gpuplace(cluster: LocalCluster, *args: str) -> int:
     return result.returncode
 
 
-def prepare(work_dir: Path) -> tuple[Path, Path, int]:
+def prepare() -> tuple[Path, int]:
     """MLServer's venv, the fake NVML library, the demo's artifact; and how many real GPUs
     this machine has."""
     step(1, "setting up (the first run installs MLServer: about a minute)")
@@ -99,12 +108,11 @@ def prepare(work_dir: Path) -> tuple[Path, Path, int]:
         f"real NVIDIA GPUs on this machine: {gpus}"
         + ("" if gpus else " (the GPU server will run on simulated GPUs)")
     )
-    artifact = work_dir / "artifacts" / "iris"
-    if not (artifact / "model.joblib").exists():
+    if not (ARTIFACT / "model.joblib").exists():
         detail("training the demo model (scikit-learn iris classifier) ...")
-        train_iris_models([TrainJob(artifact, "iris")], venv=mlserver.parent.parent)
-    detail(f"model artifact: {relative(artifact)} (model.joblib + model-settings.json)")
-    return mlserver, artifact, gpus
+        train_iris_models([TrainJob(ARTIFACT, "iris")], venv=mlserver.parent.parent)
+    detail(f"model artifact: {relative(ARTIFACT)} (model.joblib + model-settings.json)")
+    return mlserver, gpus
 
 
 def servers(real_gpus: int) -> list[ServerSpec]:
@@ -192,7 +200,7 @@ def wait_for_ctrl_c(cluster: LocalCluster) -> None:
     say("== the cluster stays up (--keep). Endpoints:")
     print(cluster.describe(), flush=True)
     print(
-        f"\nTry:  GPUPLACE_SCHEDULER={cluster.client_address} .venv/bin/gpuplace model status\n"
+        "\nTry:  .venv/bin/gpuplace model status   (the README's tour has more)\n"
         f"Logs: {relative(cluster.work_dir)}/*/ (agent.log, mlserver/mlserver.log, "
         "scheduler/scheduler.log)\n"
         "Stop: press Ctrl-C (every model is unloaded, every process stopped).",
@@ -212,7 +220,17 @@ def wait_for_ctrl_c(cluster: LocalCluster) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--keep", action="store_true", help="stay up until Ctrl-C")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="stay up until Ctrl-C (or SIGTERM), the scheduler on its default ports "
+        "(9004 clients, 9005 agents, 9999 HTTP)",
+    )
+    parser.add_argument(
+        "--no-load",
+        action="store_true",
+        help="with --keep: start the cluster and load nothing (for the README's tour)",
+    )
     parser.add_argument(
         "--work-dir",
         type=Path,
@@ -220,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         help="folder for the artifact, the state and every log (default: .demo/)",
     )
     args = parser.parse_args(argv)
+    if args.no_load and not args.keep:
+        parser.error("--no-load needs --keep (without it the demo would stop at once)")
     work_dir: Path = args.work_dir.absolute()
     work_dir.mkdir(parents=True, exist_ok=True)
 
@@ -228,23 +248,24 @@ def main(argv: list[str] | None = None) -> int:
         "agent each) on this machine",
         flush=True,
     )
-    mlserver, _artifact, real_gpus = prepare(work_dir)
+    mlserver, real_gpus = prepare()
 
     step(2, "starting the cluster")
     cluster = LocalCluster(
         fresh_cluster_folder(work_dir),
         servers(real_gpus),
+        scheduler_settings=DEFAULT_PORTS if args.keep else None,
         mlserver=mlserver,
         log=detail,
-        agent_cwd=work_dir,  # the Model files' relative storageUri is read from here
     )
     failed = False
     try:
         cluster.start()
         show_cluster(cluster)
-        load_models(cluster)
-        show_placement(cluster)
-        infer(cluster)
+        if not args.no_load:
+            load_models(cluster)
+            show_placement(cluster)
+            infer(cluster)
         if args.keep:
             wait_for_ctrl_c(cluster)
     except KeyboardInterrupt:

@@ -158,6 +158,25 @@ def test_full_model_spec_keeps_quantities_as_written() -> None:
     assert dict(spec.parameters) == {"implementation": "mlserver_sklearn.SKLearnModel"}
 
 
+@pytest.mark.parametrize(
+    ("uri", "file", "sent"),
+    [
+        ("artifacts/iris", "examples/models.yaml", "{cwd}/examples/artifacts/iris"),
+        ("../artifacts/iris", "/srv/examples/demo/models.yaml", "/srv/examples/artifacts/iris"),
+        ("./iris", "<stdin>", "{cwd}/iris"),
+        ("/srv/models/iris", "examples/models.yaml", "/srv/models/iris"),
+        ("file:///srv/models/iris", "examples/models.yaml", "file:///srv/models/iris"),
+        ("gs://seldon-models/iris", "examples/models.yaml", "gs://seldon-models/iris"),
+        ("https://models.example/iris.tgz", "m.yaml", "https://models.example/iris.tgz"),
+    ],
+)
+def test_a_relative_storage_uri_is_read_from_the_files_folder(
+    uri: str, file: str, sent: str
+) -> None:
+    spec = to_model_spec(parse_text(MODEL_HEAD + f"  storageUri: {uri}\n", file).models[0])
+    assert spec.storage_uri == sent.format(cwd=Path.cwd())
+
+
 def test_parameters_as_mapping_and_integer_memory() -> None:
     text = MODEL_HEAD + "  memory: 1000000\n  parameters:\n    implementation: x.Y\n"
     spec = to_model_spec(parse_text(text, "m.yaml").models[0])
