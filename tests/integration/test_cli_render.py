@@ -11,9 +11,12 @@ import pytest
 import yaml
 
 from gpuplace.cli import main
+from gpuplace.render import STORAGE_SECRETS_PATH
+from tests.integration.test_packaging import _notes
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED = ROOT / "tests" / "fixtures" / "seed"
+SELDON = ROOT / "tests" / "fixtures" / "seldon"
 GPUPLACE = Path(sys.executable).parent / "gpuplace"
 KUBERNETES_VALIDATE = Path(sys.executable).parent / "kubernetes-validate"
 
@@ -82,6 +85,69 @@ def test_render_seed_with_the_binary_and_kubernetes_validate_strict(tmp_path: Pa
     assert refused.returncode != 0
 
 
+def test_render_seldons_triton_sample_with_its_own_server_config(tmp_path: Path) -> None:
+    """Seldon's files as its users have them: its agent and rclone give way to gpuplace's
+    agent, which gets the storage Secret; kubernetes-validate's own CLI accepts the output."""
+    result = subprocess.run(
+        [
+            str(GPUPLACE),
+            "render",
+            "-f",
+            str(SELDON / "operator/config/serverconfigs/triton.yaml"),
+            str(SELDON / "samples/servers/triton-gpu.yaml"),
+            "--inference-container",
+            "triton",
+            "--storage-secret",
+            "s3-creds",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    statefulset = next(yaml.safe_load_all(result.stdout))
+    pod = statefulset["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["containers"]] == ["agent", "triton"]
+    agent = pod["containers"][0]
+    assert agent["command"] == ["gpuplace", "agent"]
+    assert {"name": "gpuplace-storage-secret-0", "secret": {"secretName": "s3-creds"}} in pod[
+        "volumes"
+    ]
+    assert f"{STORAGE_SECRETS_PATH}/s3-creds" in [m["mountPath"] for m in agent["volumeMounts"]]
+    assert result.stderr.count("runs Seldon Core 2's agent (agent:latest): replaced") == 1
+    assert "container 'rclone' removed" in result.stderr
+    output = tmp_path / "manifests.yaml"
+    output.write_text(result.stdout)
+    checked = subprocess.run(
+        [str(KUBERNETES_VALIDATE), "--strict", "--quiet", str(output)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_render_refuses_a_storage_secret_that_is_no_secret_name(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["render", "-f", str(SEED / "server-node-selector.yaml"), "--storage-secret", "a/b"])
+    assert exited.value.code == 2
+    assert "argument --storage-secret: 'a/b' is not a Secret name" in capsys.readouterr().err
+
+
+def test_chart_notes_pass_the_storage_secrets_to_render(tmp_path: Path) -> None:
+    notes = _notes("gpuplace", (("agent.storageSecrets", "{s3-creds,gcs.key}"),), tmp_path)
+    assert (
+        "--scheduler-port 9005 \\\n"
+        "       --storage-secret s3-creds \\\n"
+        "       --storage-secret gcs.key \\\n"
+        "       > server-manifests.yaml"
+    ) in notes
+
+
 def test_render_server_with_server_config_from_another_file(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -119,7 +185,7 @@ def test_render_server_with_server_config_from_another_file(
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("kind: Server\nmetadata: {name: x}\n", "apiVersion: missing for kind Server"),
+        ("kind: Server\nmetadata: {name: x}\n", "apiVersion: missing"),
         (
             "apiVersion: mlops.seldon.io/v1alpha1\nkind: Server\nmetadata: {name: x}\n"
             "spec: {podSpec: {affinity: {nodeAffinity: {requiredDuringSchedulingIgnoredDuring"
