@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from contract.quantity import format_bytes
-from gpuplace.render import extended_resource_warnings, resolve_server
+from gpuplace.render import RenderSettings, add_agent, extended_resource_warnings, resolve_server
 from gpuplace.resources import (
     GPU_RESOURCE,
     Bundle,
@@ -351,6 +351,9 @@ def explain_bundle(bundle: Bundle) -> list[ServerPlacement]:
     for server in bundle.servers:
         try:
             resolved = resolve_server(bundle, server)
+            # The pod as `render` writes it: Seldon's agent and rclone replaced by gpuplace's
+            # agent, whose requests count too.
+            pod, _ = add_agent(resolved, RenderSettings())
         except ResourceError as exc:
             problems.extend(exc.problems)
             continue
@@ -358,7 +361,7 @@ def explain_bundle(bundle: Bundle) -> list[ServerPlacement]:
             server.name,
             server.namespace,
             resolved.config.name,
-            resolved.typed_pod_spec(),
+            PodSpec.model_validate(pod),
             bundle.nodes,
         )
         placement.warnings.extend(

@@ -465,3 +465,19 @@ def test_explain_needs_servers_and_nodes() -> None:
         explain_bundle(load_files([SEED / "server-node-selector.yaml"]))
     with pytest.raises(ResourceError, match="no Server in the files given"):
         explain_bundle(load_files([SEED / "node.yaml"]))
+
+
+def test_a_seldon_server_config_is_judged_as_render_writes_the_pod() -> None:
+    """Seldon's rclone container is dropped and its agent replaced by gpuplace's: their
+    requests are not counted (mlserver 1 CPU + 1G, the agent kept at 0.5 CPU + 500M)."""
+    seldon = SEED.parent / "seldon" / "operator" / "config" / "serverconfigs" / "mlserver.yaml"
+    server = (
+        "apiVersion: mlops.seldon.io/v1alpha1\nkind: Server\nmetadata:\n  name: mlserver\n"
+        "spec:\n  serverConfig: mlserver\n"
+    )
+    tiny = node("tiny", status="{allocatable: {cpu: 100m, memory: 1Mi}}")
+    bundle = load_files([seldon])
+    parse_text(server + "---\n" + tiny, "more.yaml", bundle)
+    (placement,) = explain_bundle(bundle)
+    (verdict,) = placement.nodes
+    assert "requests cpu 1.5," in " ".join(verdict.reasons)
