@@ -43,6 +43,11 @@ class ClientError(Exception):
             )
         if self.code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return f"the scheduler at {self.address} did not answer in time"
+        if self.code == grpc.StatusCode.UNIMPLEMENTED:
+            return (
+                f"the scheduler at {self.address} does not know this call (an older version?): "
+                f"{self.details or 'UNIMPLEMENTED'}"
+            )
         return f"{self.details} ({self.code_name})" if self.details else self.code_name
 
 
@@ -79,6 +84,15 @@ class SchedulerClient:
         try:
             return self._stub.LoadModel(
                 scheduler_pb2.LoadModelRequest(model=spec), timeout=self.timeout_s
+            )
+        except grpc.RpcError as exc:
+            raise _error(self.address, exc) from None
+
+    def plan(self, spec: common_pb2.ModelSpec) -> scheduler_pb2.PlanModelResponse:
+        """Where the scheduler would place the model now, and why; nothing is loaded."""
+        try:
+            return self._stub.PlanModel(
+                scheduler_pb2.PlanModelRequest(model=spec), timeout=self.timeout_s
             )
         except grpc.RpcError as exc:
             raise _error(self.address, exc) from None

@@ -26,8 +26,12 @@ SETTLED_STATES = ("Available", "Progressing", "Terminating", "Terminated")
 
 def repeats_server_reasons(status: scheduler_pb2.ModelStatus) -> bool:
     """Whether the model's reason is only its per-server reasons joined."""
-    joined = "; ".join(f"{item.server}: {item.reason}" for item in status.server_reasons)
-    return bool(status.server_reasons) and status.reason.strip() == joined
+    return _joins(status.reason, status.server_reasons)
+
+
+def _joins(reason: str, server_reasons: Sequence[scheduler_pb2.ServerReason]) -> bool:
+    joined = "; ".join(f"{item.server}: {item.reason}" for item in server_reasons)
+    return bool(server_reasons) and reason.strip() == joined
 
 
 def dump(data: Any, fmt: str) -> str:
@@ -71,6 +75,9 @@ def spec_to_dict(spec: common_pb2.ModelSpec) -> dict[str, Any]:
         "replicas": spec.replicas if spec.HasField("replicas") else None,
         "minReplicas": spec.min_replicas if spec.HasField("min_replicas") else None,
         "parameters": dict(sorted(spec.parameters.items())),
+        "artifactVersion": spec.artifact_version or None,
+        "namespace": spec.namespace or None,
+        "secretName": spec.secret_name or None,
     }
 
 
@@ -98,6 +105,24 @@ def model_to_dict(status: scheduler_pb2.ModelStatus) -> dict[str, Any]:
         "replicas": [replica_to_dict(replica) for replica in status.replicas],
         "serverReasons": [
             {"server": item.server, "reason": item.reason} for item in status.server_reasons
+        ],
+    }
+
+
+def plan_to_dict(
+    spec: common_pb2.ModelSpec, plan: scheduler_pb2.PlanModelResponse
+) -> dict[str, Any]:
+    """A dry run's answer for one model (`model load --dry-run=server`)."""
+    return {
+        "name": plan.name or spec.name,
+        "version": plan.version,
+        "changed": plan.changed,
+        "state": plan.state,
+        "reason": plan.reason or None,
+        "spec": spec_to_dict(spec),
+        "replicas": [replica_to_dict(replica) for replica in plan.planned],
+        "serverReasons": [
+            {"server": item.server, "reason": item.reason} for item in plan.server_reasons
         ],
     }
 
@@ -169,55 +194,132 @@ def _devices(replica: scheduler_pb2.CopyStatus, labels: dict[str, str]) -> str:
     return ", ".join(shown)
 
 
-def _wanted(status: scheduler_pb2.ModelStatus) -> int:
-    return status.spec.replicas if status.spec.HasField("replicas") else 1
+def _wanted(spec: common_pb2.ModelSpec) -> int:
+    return spec.replicas if spec.HasField("replicas") else 1
+
+
+def _model_rows(
+    head: list[str],
+    server: str,
+    copies: Sequence[scheduler_pb2.CopyStatus],
+    labels: dict[str, str],
+) -> list[list[str]]:
+    """The model's columns (`head`) on its first row, then one row per copy."""
+    if not copies:
+        return [[*head, server or "-", "-", "-", "-"]]
+    return [
+        [
+            *(head if position == 0 else [""] * len(head)),
+            copy.server,
+            str(copy.replica_index),
+            copy.state,
+            _devices(copy, labels),
+        ]
+        for position, copy in enumerate(copies)
+    ]
+
+
+def _model_notes(
+    name: str,
+    state: str,
+    reason: str,
+    copies: Sequence[scheduler_pb2.CopyStatus],
+    server_reasons: Sequence[scheduler_pb2.ServerReason],
+) -> list[str]:
+    """The lines under the table: the model's reason (unless it only joins the per-server
+    ones), each copy's, and the per-server reasons of a model that is not placed."""
+    notes = []
+    if reason and not _joins(reason, server_reasons):
+        notes.append(f"{name}: {reason}")
+    for copy in copies:
+        if copy.reason:
+            where = replica_id(copy.server, copy.replica_index)
+            notes.append(f"{name} on {where}: {copy.reason}")
+    if state not in SETTLED_STATES:
+        notes.extend(f"{name}: {item.server}: {item.reason}" for item in server_reasons)
+    return notes
+
+
+def _with_namespaces(
+    headers: list[str], rows: list[list[str]], namespaces: list[str], copies: list[int]
+) -> tuple[list[str], list[list[str]]]:
+    """A NAMESPACE column first, when some model has a namespace (as `kubectl get -A`):
+    `namespaces[i]` on the first of the `copies[i]` rows of the i-th model."""
+    if not any(namespaces):
+        return headers, rows
+    column: list[str] = []
+    for namespace, count in zip(namespaces, copies, strict=True):
+        column += [namespace or "-"] + [""] * (count - 1)
+    return ["NAMESPACE", *headers], [[cell, *row] for cell, row in zip(column, rows, strict=True)]
 
 
 def models_table(
     statuses: Sequence[scheduler_pb2.ModelStatus],
     servers: Sequence[scheduler_pb2.ServerStatus] = (),
 ) -> str:
-    """One row per replica of each model; reasons under the table."""
+    """One row per replica of each model; reasons under the table. READY is available of
+    wanted replicas ("2/3" while a placement is partial)."""
     labels = device_labels(servers)
     rows: list[list[str]] = []
+    counts: list[int] = []
     notes: list[str] = []
     for status in statuses:
         head = [
             status.name,
             str(status.version),
             status.state,
-            f"{status.available_replicas}/{_wanted(status)}",
+            f"{status.available_replicas}/{_wanted(status.spec)}",
         ]
-        replicas = list(status.replicas)
-        if not replicas:
-            rows.append([*head, status.spec.server or "-", "-", "-", "-"])
-        for position, replica in enumerate(replicas):
-            cells = head if position == 0 else ["", "", "", ""]
-            rows.append(
-                [
-                    *cells,
-                    replica.server,
-                    str(replica.replica_index),
-                    replica.state,
-                    _devices(replica, labels),
-                ]
-            )
-        if status.reason and not repeats_server_reasons(status):
-            notes.append(f"{status.name}: {status.reason}")
-        for replica in replicas:
-            if replica.reason:
-                where = replica_id(replica.server, replica.replica_index)
-                notes.append(f"{status.name} on {where}: {replica.reason}")
-        if status.state not in SETTLED_STATES:
-            notes.extend(
-                f"{status.name}: {item.server}: {item.reason}" for item in status.server_reasons
-            )
+        model_rows = _model_rows(head, status.spec.server, status.replicas, labels)
+        rows += model_rows
+        counts.append(len(model_rows))
+        notes += _model_notes(
+            status.name, status.state, status.reason, status.replicas, status.server_reasons
+        )
     if not rows:
         return "No models.\n"
-    table = format_table(
-        ["NAME", "VERSION", "STATE", "READY", "SERVER", "REPLICA", "REPLICA-STATE", "GPU"], rows
+    headers, rows = _with_namespaces(
+        ["NAME", "VERSION", "STATE", "READY", "SERVER", "REPLICA", "REPLICA-STATE", "GPU"],
+        rows,
+        [status.spec.namespace for status in statuses],
+        counts,
     )
-    return table + ("\n" + "\n".join(notes) + "\n" if notes else "")
+    return format_table(headers, rows) + ("\n" + "\n".join(notes) + "\n" if notes else "")
+
+
+def plans_table(
+    plans: Sequence[tuple[common_pb2.ModelSpec, scheduler_pb2.PlanModelResponse]],
+    servers: Sequence[scheduler_pb2.ServerStatus] = (),
+) -> str:
+    """A dry run's answers: per model, the version it would get, whether the spec changes
+    anything, its state after the next pass and the copies it would have (PLAN `Planned`
+    where a load would go, else the state of a copy it keeps); reasons under the table."""
+    labels = device_labels(servers)
+    rows: list[list[str]] = []
+    counts: list[int] = []
+    notes: list[str] = []
+    for spec, plan in plans:
+        name = plan.name or spec.name
+        head = [
+            name,
+            str(plan.version),
+            "yes" if plan.changed else "no",
+            plan.state,
+            f"{len(plan.planned)}/{_wanted(spec)}",
+        ]
+        model_rows = _model_rows(head, spec.server, plan.planned, labels)
+        rows += model_rows
+        counts.append(len(model_rows))
+        notes += _model_notes(name, plan.state, plan.reason, plan.planned, plan.server_reasons)
+    if not rows:
+        return "No models.\n"
+    headers, rows = _with_namespaces(
+        ["NAME", "VERSION", "CHANGED", "STATE", "PLACED", "SERVER", "REPLICA", "PLAN", "GPU"],
+        rows,
+        [spec.namespace for spec, _ in plans],
+        counts,
+    )
+    return format_table(headers, rows) + ("\n" + "\n".join(notes) + "\n" if notes else "")
 
 
 def _replica_status(replica: scheduler_pb2.ReplicaStatus) -> str:

@@ -1,10 +1,10 @@
 """`schedule()`: one placement decision over one snapshot, with a reason for every server.
 
-Replica counts: `request.replicas` (at least 1) distinct replicas of one server. When no
-server has that many fitting replicas, a partial placement is made on the server with the
-most fitting replicas, provided it has at least `max(request.min_replicas, 1)`: a
-`min_replicas` of 0 allows a partial placement of any size but never an empty one — with no
-fitting replica anywhere the answer is a Rejection, so the model stays pending and is retried.
+Replica counts, as in Seldon Core 2: `request.replicas` (at least 1) distinct replicas of one
+server. When no server has that many fitting replicas, a partial placement is made only when
+`request.min_replicas` is k >= 1: on the server with the most fitting replicas, provided it
+has at least k. With `min_replicas` 0 (unset) it is all `replicas` or a Rejection whose
+reasons say how many fit of how many.
 """
 
 from __future__ import annotations
@@ -50,16 +50,23 @@ def schedule(
         return Rejection(((request.server, UNKNOWN_SERVER),))
     verdicts = [_judge(request, policy, now, replicas) for _, replicas in sorted(groups.items())]
     wanted = max(request.replicas, 1)
-    least = min(max(request.min_replicas, 1), wanted)
+    least = _least_replicas(request)
     chosen = _choose(verdicts, wanted, least, replica_key(request, policy))
     if chosen is None:
-        return Rejection(tuple((v.server, _shortfall(v, wanted)) for v in verdicts))
+        return Rejection(tuple((v.server, _shortfall(v, wanted, least)) for v in verdicts))
     picked = sorted(chosen.fitting[:wanted], key=lambda option: option.replica.index)
     return Placement(
         server=chosen.server,
         assignments=tuple(_assignment(option) for option in picked),
-        reasons=_placement_reasons(verdicts, chosen, wanted),
+        reasons=_placement_reasons(verdicts, chosen, wanted, least),
     )
+
+
+def _least_replicas(request: Request) -> int:
+    """The fewest replicas a placement of `request` may have: `min_replicas` when it is at
+    least 1 (a partial placement is allowed), else every one of `replicas`."""
+    wanted = max(request.replicas, 1)
+    return min(request.min_replicas, wanted) if request.min_replicas >= 1 else wanted
 
 
 def _group_by_server(replicas: Iterable[Replica], pinned: str | None) -> dict[str, list[Replica]]:
@@ -121,24 +128,27 @@ def _assignment(option: Candidate) -> Assignment:
 
 
 def _placement_reasons(
-    verdicts: Sequence[ServerVerdict], chosen: ServerVerdict, wanted: int
+    verdicts: Sequence[ServerVerdict], chosen: ServerVerdict, wanted: int, least: int
 ) -> tuple[tuple[str, str], ...]:
     """Why each other server was not chosen, and why the chosen one got fewer, if it did."""
     reasons: list[tuple[str, str]] = []
     for verdict in verdicts:
         if len(verdict.fitting) < wanted:
-            reasons.append((verdict.server, _shortfall(verdict, wanted)))
+            reasons.append((verdict.server, _shortfall(verdict, wanted, least)))
         elif verdict is not chosen:
             reasons.append((verdict.server, f"fits, but {chosen.server} ranks first"))
     return tuple(reasons)
 
 
-def _shortfall(verdict: ServerVerdict, wanted: int) -> str:
-    """Why a server has fewer than `wanted` fitting replicas."""
+def _shortfall(verdict: ServerVerdict, wanted: int, least: int) -> str:
+    """Why a server has fewer than `wanted` fitting replicas (and fewer than the `least` a
+    partial placement needs, when one is allowed)."""
     count = len(verdict.fitting)
     if count == 0:
         return _describe_failures(verdict.failures, name_replicas=False)
     head = f"only {count} of {wanted} requested replicas fit"
+    if count < least < wanted:
+        head += f" (minReplicas {least})"
     if not verdict.failures:
         return f"{head}; the server has {count} connected"
     return f"{head}: {_describe_failures(verdict.failures, name_replicas=True)}"

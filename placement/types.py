@@ -80,7 +80,9 @@ class Request:
     gpu_memory_bytes: int = 0  # per device
     gpus: int = 1  # devices the model spans when gpu_memory_bytes > 0
     replicas: int = 1
-    min_replicas: int = 1
+    # As Seldon's minReplicas: k >= 1 allows a partial placement of at least k replicas when
+    # `replicas` do not fit; 0 (unset) allows none: every one of `replicas` or a Rejection.
+    min_replicas: int = 0
     # Replicas that failed this version, with the time (same clock as `now`) until which
     # they stay excluded.
     excluded_until: tuple[tuple[tuple[str, int], float], ...] = ()
@@ -100,7 +102,7 @@ class Assignment:
 
 @dataclass(frozen=True)
 class Placement:
-    """Replicas of one server. Fewer than requested only when min_replicas allows."""
+    """Replicas of one server. Fewer than requested only when min_replicas (>= 1) allows."""
 
     server: str
     assignments: tuple[Assignment, ...]

@@ -112,7 +112,10 @@ class ModelSpec(_message.Message):
     replicas: _builtins.int
     """Replicas to load (default 1)."""
     min_replicas: _builtins.int
-    """Fewest replicas that make the model available (default = replicas)."""
+    """As Seldon's minReplicas: when `replicas` do not fit, k >= 1 allows a partial placement
+    of at least k, and k copies make the model available; unset or 0: all `replicas` or a
+    refusal with the reason.
+    """
     artifact_version: _builtins.int
     """Seldon's artifactVersion: part of the artifact's identity (a change is a new version)."""
     namespace: _builtins.str

@@ -24,20 +24,16 @@ class LoadModelRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     MODEL_FIELD_NUMBER: _builtins.int
-    DRY_RUN_FIELD_NUMBER: _builtins.int
-    dry_run: _builtins.bool
-    """Validate and plan against the live state only: nothing is loaded, stored or changed."""
     @_builtins.property
     def model(self) -> _common_pb2.ModelSpec: ...
     def __init__(
         self,
         *,
         model: _common_pb2.ModelSpec | None = ...,
-        dry_run: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dry_run", b"dry_run", "model", b"model"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -50,19 +46,78 @@ class LoadModelResponse(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     CHANGED_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    version: _builtins.int
+    changed: _builtins.bool
+    """False when the spec equals the current version's (nothing to do)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        version: _builtins.int = ...,
+        changed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed", "name", b"name", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LoadModelResponse: _TypeAlias = LoadModelResponse  # noqa: Y015
+
+@_typing.final
+class PlanModelRequest(_message.Message):
+    """A dry run of LoadModel: its own RPC, so that a scheduler that does not know it answers
+    UNIMPLEMENTED instead of loading the model.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def model(self) -> _common_pb2.ModelSpec: ...
+    def __init__(
+        self,
+        *,
+        model: _common_pb2.ModelSpec | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlanModelRequest: _TypeAlias = PlanModelRequest  # noqa: Y015
+
+@_typing.final
+class PlanModelResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    CHANGED_FIELD_NUMBER: _builtins.int
     PLANNED_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     SERVER_REASONS_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.int
-    """dry_run: the version the spec would get."""
+    """The version the spec would get."""
     changed: _builtins.bool
     """False when the spec equals the current version's (nothing to do)."""
     reason: _builtins.str
+    """Why the placement is partial or refused ("" when placed in full), and one entry per
+    server considered: why it refused the model, or ranked lower.
+    """
+    state: _builtins.str
+    """The model's state after that pass (Progressing, Available, ScheduleFailed, Failed; for
+    an unchanged spec, its state now).
+    """
     @_builtins.property
     def planned(self) -> _containers.RepeatedCompositeFieldContainer[Global___CopyStatus]:
-        """dry_run only: the copies the placement would make now (state "Planned"), or, when it
-        would place nothing, why (reason, and one entry per server considered).
+        """The copies of that version the model would have after the next pass: state "Planned"
+        where a load would be sent, else the copy's current state (a copy it keeps; for an
+        unchanged spec, where the model is now). Empty when it would place none.
         """
 
     @_builtins.property
@@ -76,14 +131,15 @@ class LoadModelResponse(_message.Message):
         planned: _abc.Iterable[Global___CopyStatus] | None = ...,
         reason: _builtins.str = ...,
         server_reasons: _abc.Iterable[Global___ServerReason] | None = ...,
+        state: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed", "name", b"name", "planned", b"planned", "reason", b"reason", "server_reasons", b"server_reasons", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed", "name", b"name", "planned", b"planned", "reason", b"reason", "server_reasons", b"server_reasons", "state", b"state", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___LoadModelResponse: _TypeAlias = LoadModelResponse  # noqa: Y015
+Global___PlanModelResponse: _TypeAlias = PlanModelResponse  # noqa: Y015
 
 @_typing.final
 class UnloadModelRequest(_message.Message):

@@ -39,6 +39,11 @@ class SchedulerStub:
                 request_serializer=protos_dot_scheduler__pb2.LoadModelRequest.SerializeToString,
                 response_deserializer=protos_dot_scheduler__pb2.LoadModelResponse.FromString,
                 _registered_method=True)
+        self.PlanModel = channel.unary_unary(
+                '/gpuplace.scheduler.v1.Scheduler/PlanModel',
+                request_serializer=protos_dot_scheduler__pb2.PlanModelRequest.SerializeToString,
+                response_deserializer=protos_dot_scheduler__pb2.PlanModelResponse.FromString,
+                _registered_method=True)
         self.UnloadModel = channel.unary_unary(
                 '/gpuplace.scheduler.v1.Scheduler/UnloadModel',
                 request_serializer=protos_dot_scheduler__pb2.UnloadModelRequest.SerializeToString,
@@ -71,6 +76,13 @@ class SchedulerServicer:
 
     def LoadModel(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PlanModel(self, request, context):
+        """Where the model would go now, and why, from the live state: nothing loaded or stored.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -113,6 +125,11 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.LoadModel,
                     request_deserializer=protos_dot_scheduler__pb2.LoadModelRequest.FromString,
                     response_serializer=protos_dot_scheduler__pb2.LoadModelResponse.SerializeToString,
+            ),
+            'PlanModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.PlanModel,
+                    request_deserializer=protos_dot_scheduler__pb2.PlanModelRequest.FromString,
+                    response_serializer=protos_dot_scheduler__pb2.PlanModelResponse.SerializeToString,
             ),
             'UnloadModel': grpc.unary_unary_rpc_method_handler(
                     servicer.UnloadModel,
@@ -167,6 +184,33 @@ class Scheduler:
             '/gpuplace.scheduler.v1.Scheduler/LoadModel',
             protos_dot_scheduler__pb2.LoadModelRequest.SerializeToString,
             protos_dot_scheduler__pb2.LoadModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PlanModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpuplace.scheduler.v1.Scheduler/PlanModel',
+            protos_dot_scheduler__pb2.PlanModelRequest.SerializeToString,
+            protos_dot_scheduler__pb2.PlanModelResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -32,6 +32,8 @@ class SchedulerStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> SchedulerAsyncStub: ...
     LoadModel: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.LoadModelRequest, _scheduler_pb2.LoadModelResponse]
+    PlanModel: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.PlanModelRequest, _scheduler_pb2.PlanModelResponse]
+    """Where the model would go now, and why, from the live state: nothing loaded or stored."""
     UnloadModel: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.UnloadModelRequest, _scheduler_pb2.UnloadModelResponse]
     GetModelStatus: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.GetModelStatusRequest, _scheduler_pb2.ModelStatus]
     ListModels: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ListModelsRequest, _scheduler_pb2.ListModelsResponse]
@@ -43,6 +45,8 @@ class SchedulerStub:
 class SchedulerAsyncStub(SchedulerStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     LoadModel: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.LoadModelRequest, _scheduler_pb2.LoadModelResponse]  # type: ignore[assignment]
+    PlanModel: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.PlanModelRequest, _scheduler_pb2.PlanModelResponse]  # type: ignore[assignment]
+    """Where the model would go now, and why, from the live state: nothing loaded or stored."""
     UnloadModel: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.UnloadModelRequest, _scheduler_pb2.UnloadModelResponse]  # type: ignore[assignment]
     GetModelStatus: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.GetModelStatusRequest, _scheduler_pb2.ModelStatus]  # type: ignore[assignment]
     ListModels: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ListModelsRequest, _scheduler_pb2.ListModelsResponse]  # type: ignore[assignment]
@@ -57,6 +61,14 @@ class SchedulerServicer(metaclass=_abc_1.ABCMeta):
         request: _scheduler_pb2.LoadModelRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_scheduler_pb2.LoadModelResponse, _abc.Awaitable[_scheduler_pb2.LoadModelResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def PlanModel(
+        self,
+        request: _scheduler_pb2.PlanModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.PlanModelResponse, _abc.Awaitable[_scheduler_pb2.PlanModelResponse]]:
+        """Where the model would go now, and why, from the live state: nothing loaded or stored."""
 
     @_abc_1.abstractmethod
     def UnloadModel(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
+from copy import deepcopy
 from dataclasses import dataclass, field, replace
 
 from contract.protocol import Command, GpuDevice, Hello
@@ -177,6 +178,15 @@ class Cluster:
                 replica = replace(replica, models=replica.models | {record.name})
             replicas.append(replica)
         return Snapshot(tuple(replicas))
+
+    def without(self, name: str) -> Cluster:
+        """A view for a decision made on the side (a dry run), only read: these sessions,
+        and the usage as if model `name` held nothing. The live accounts stay as they are."""
+        view = Cluster()
+        view.sessions = self.sessions
+        view.usage = deepcopy(self.usage)
+        view.usage.forget(name)
+        return view
 
     def forget_gone(self, now: float, grace_s: float) -> None:
         """Replicas gone for longer than the grace period leave the server list."""

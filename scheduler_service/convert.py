@@ -7,7 +7,11 @@ from contract.wire import device_to_proto
 from placement.types import Replica
 from protos import common_pb2, scheduler_pb2
 from scheduler_service.cluster import AgentSession
-from scheduler_service.model import ModelRecord, ModelSpec, validate_spec
+from scheduler_service.lifecycle import Plan, current_copies
+from scheduler_service.model import ModelCopy, ModelRecord, ModelSpec, validate_spec
+
+# The state of a copy a dry run would load (it has no copy state yet).
+PLANNED = "Planned"
 
 
 def spec_from_proto(spec: common_pb2.ModelSpec) -> ModelSpec:
@@ -48,31 +52,57 @@ def spec_to_proto(spec: ModelSpec) -> common_pb2.ModelSpec:
     return message
 
 
+def _server_reasons(record: ModelRecord) -> list[scheduler_pb2.ServerReason]:
+    return [
+        scheduler_pb2.ServerReason(server=server, reason=reason)
+        for server, reason in record.server_reasons
+    ]
+
+
+def _copy_to_proto(copy: ModelCopy, state: str) -> scheduler_pb2.CopyStatus:
+    return scheduler_pb2.CopyStatus(
+        server=copy.server,
+        replica_index=copy.index,
+        state=state,
+        reason=copy.reason,
+        device_uuids=copy.device_uuids,
+        footprint_bytes=copy.footprint_bytes,
+        version=copy.version,
+    )
+
+
 def status_to_proto(record: ModelRecord) -> scheduler_pb2.ModelStatus:
     return scheduler_pb2.ModelStatus(
         name=record.name,
         version=record.version,
         state=record.state.value,
         reason=record.reason,
-        server_reasons=[
-            scheduler_pb2.ServerReason(server=server, reason=reason)
-            for server, reason in record.server_reasons
-        ],
+        server_reasons=_server_reasons(record),
         replicas=[
-            scheduler_pb2.CopyStatus(
-                server=r.server,
-                replica_index=r.index,
-                state=r.state.value,
-                reason=r.reason,
-                device_uuids=r.device_uuids,
-                footprint_bytes=r.footprint_bytes,
-                version=r.version,
-            )
+            _copy_to_proto(r, r.state.value)
             for r in sorted(record.copies.values(), key=lambda r: r.key)
         ],
         spec=spec_to_proto(record.spec),
         available_replicas=record.available_count(),
         updated_at=record.updated_at,
+    )
+
+
+def plan_to_proto(plan: Plan) -> scheduler_pb2.PlanModelResponse:
+    """A dry run's answer: the copies of the version the model would have after the next
+    pass ("Planned" where a load would go), its state then, and the reasons."""
+    record = plan.record
+    return scheduler_pb2.PlanModelResponse(
+        name=record.name,
+        version=record.version,
+        changed=plan.changed,
+        planned=[
+            _copy_to_proto(c, PLANNED if c.key in plan.loads else c.state.value)
+            for c in sorted(current_copies(record), key=lambda c: c.key)
+        ],
+        reason=record.reason,
+        server_reasons=_server_reasons(record),
+        state=record.state.value,
     )
 
 

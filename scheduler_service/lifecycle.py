@@ -142,20 +142,30 @@ def created(spec: ModelSpec, version: int, now: float) -> Change:
 
 def respecified(current: ModelRecord, spec: ModelSpec, now: float) -> Change | None:
     """A known model asked for again: the same spec changes nothing (None); a changed replica
-    count scales in place; anything else is a new version. Decided on a copy: the change
-    counts once the shell has saved it."""
+    count (`replicas`, `minReplicas`) scales in place; a changed namespace alone is metadata,
+    kept as it is (nothing is reloaded); anything else (the artifact, its `artifactVersion`,
+    where it may run, what it needs) is a new version. Decided on a copy: the change counts
+    once the shell has saved it."""
     if current.spec == spec and not current.deleted:
         return None
     record = deepcopy(current)
     record.spec = spec
-    if _scale_only(current.spec, spec) and not current.deleted:
-        note = Note("info", "model %s: scaled to %d replicas in place", (spec.name, spec.replicas))
-    else:
+    if current.deleted or _new_version(current.spec, spec):
         record.version += 1
         record.deleted = False
         record.excluded_until.clear()
         record.load_failures = 0
         note = Note("info", "model %s: version %d requested", (spec.name, record.version))
+    elif (current.spec.replicas, current.spec.min_replicas) != (spec.replicas, spec.min_replicas):
+        note = Note("info", "model %s: scaled to %d replicas in place", (spec.name, spec.replicas))
+    else:
+        record.updated_at = now
+        note = Note(
+            "info",
+            "model %s: namespace set to %r (metadata only, nothing reloaded)",
+            (spec.name, spec.namespace),
+        )
+        return Change(record, note)
     return Change(_requested(record, now), note)
 
 
@@ -181,8 +191,12 @@ def _requested(record: ModelRecord, now: float) -> ModelRecord:
     return record
 
 
-def _scale_only(old: ModelSpec, new: ModelSpec) -> bool:
-    return replace(old, replicas=new.replicas, min_replicas=new.min_replicas) == new
+def _new_version(old: ModelSpec, new: ModelSpec) -> bool:
+    """Whether `new` changes more than the replica counts and the namespace."""
+    same_rest = replace(
+        old, replicas=new.replicas, min_replicas=new.min_replicas, namespace=new.namespace
+    )
+    return same_rest != new
 
 
 # ------------------------------------------------------------------ agents
@@ -538,7 +552,7 @@ def placement_request(record: ModelRecord) -> Request:
         gpu_memory_bytes=spec.gpu_memory_bytes,
         gpus=spec.gpus,
         replicas=spec.replicas,
-        min_replicas=spec.replicas if spec.min_replicas is None else spec.min_replicas,
+        min_replicas=spec.min_replicas or 0,
         excluded_until=tuple(sorted(record.excluded_until.items())),
     )
 
@@ -594,7 +608,7 @@ def _placed(record: ModelRecord, result: Placement, ctx: Context, out: Outcome) 
     wanted = {(a.server, a.index): a for a in result.assignments}
     full = len(wanted) >= record.spec.replicas
     record.server_reasons = result.reasons
-    record.reason = "" if full else f"only {len(wanted)} of {record.spec.replicas} fit"
+    record.reason = "" if full else _partial(len(wanted), record.spec)
     record.attempts = 0 if full else record.attempts + 1
     if full:
         record.load_failures = 0
@@ -609,6 +623,13 @@ def _placed(record: ModelRecord, result: Placement, ctx: Context, out: Outcome) 
         if copy.key not in wanted:
             copy.retire = True
     return "placed" if full else "partial"
+
+
+def _partial(placed: int, spec: ModelSpec) -> str:
+    return (
+        f"partial: {placed}/{spec.replicas} replicas fit (minReplicas {spec.min_replicas}); "
+        "the rest is retried"
+    )
 
 
 def _start_load(record: ModelRecord, assignment: Assignment, ctx: Context, out: Outcome) -> None:
@@ -684,6 +705,34 @@ def _set_state(record: ModelRecord) -> None:
         record.state = ModelState.AVAILABLE
     else:
         record.state = ModelState.PENDING
+
+
+# ------------------------------------------------------------------ a dry run
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A dry run's answer: the record as the client's change and the next pass would leave
+    it (as it is when nothing changed), and the replicas that pass would send a load to."""
+
+    record: ModelRecord
+    changed: bool = True
+    loads: frozenset[Key] = frozenset()
+
+
+def plan(record: ModelRecord, ctx: Context) -> Plan:
+    """Where the next pass would place `record` now, its back-off cut. The pass is made on a
+    copy: the record given stays as it is, and the commands the pass decides are only
+    reported, never sent."""
+    trial = deepcopy(record)
+    trial.next_retry_at = 0.0
+    out = step(trial, ctx)
+    loads = frozenset(
+        key
+        for key, command in out.commands
+        if isinstance(command, Load) and command.version == trial.version
+    )
+    return Plan(trial, loads=loads)
 
 
 # ------------------------------------------------------------------ timers

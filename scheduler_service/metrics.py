@@ -95,6 +95,11 @@ class SchedulerMetrics:
             ["reason"],
             registry=registry,
         )
+        self.dry_runs = Counter(
+            "gpuplace_scheduler_dry_runs",
+            "LoadModel dry runs answered (validated and planned; nothing loaded or stored)",
+            registry=registry,
+        )
         self.retries = Counter(
             "gpuplace_scheduler_retries",
             "Placements made again after a failed load or a refusal",

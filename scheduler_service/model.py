@@ -62,9 +62,10 @@ class ModelSpec:
 
     @property
     def required_replicas(self) -> int:
-        """Fewest available replicas that make the model Available (at least one)."""
-        wanted = self.replicas if self.min_replicas is None else self.min_replicas
-        return max(1, min(wanted, self.replicas))
+        """Fewest available replicas that make the model Available, as in Seldon Core 2:
+        `minReplicas` when it is 1 or more (a partial placement of that many is allowed),
+        else every one of `replicas` (minReplicas unset or 0)."""
+        return min(self.min_replicas, self.replicas) if self.min_replicas else self.replicas
 
     def load_command(self, version: int, device_uuids: tuple[str, ...]) -> Load:
         """What an agent needs to load `version` of this model on `device_uuids`."""

@@ -114,7 +114,36 @@ class SchedulerService:
 
     def load_model(self, spec: ModelSpec) -> tuple[int, bool]:
         """Record the desired spec; return its version and whether anything changed."""
+        found = self._requested(spec, self._clock.now())
+        if isinstance(found, ModelRecord):
+            return found.version, False
+        self._replace(found)
+        return found.record.version, True
+
+    def plan_model(self, spec: ModelSpec) -> lifecycle.Plan:
+        """A dry run of load_model: what it would change, and where the next pass would place
+        the model now, from the live state. Decided on copies, over a view of the cluster
+        without the model's own usage: nothing is saved, numbered, sent or published."""
         now = self._clock.now()
+        found = self._requested(spec, now)
+        self._metrics.dry_runs.inc()
+        if isinstance(found, ModelRecord):
+            return lifecycle.Plan(copy.deepcopy(found), changed=False)
+        self._sync_usage()
+        view = self._cluster.without(spec.name)
+        result = lifecycle.plan(found.record, lifecycle.Context(view, self._settings, now))
+        log.debug(
+            "model %s: dry run of version %d: %s, loads on %s",
+            spec.name,
+            result.record.version,
+            result.record.state,
+            ", ".join(replica_id(*key) for key in sorted(result.loads)) or "none",
+        )
+        return result
+
+    def _requested(self, spec: ModelSpec, now: float) -> lifecycle.Change | ModelRecord:
+        """The change a LoadModel of `spec` makes (not yet saved), or the current record
+        when the spec is the one it holds."""
         current = self._models.get(spec.name)
         if current is None:
             if len(self._models) >= self._settings.max_models:
@@ -123,14 +152,8 @@ class SchedulerService:
                 )
             # Never reuse a version: a copy of a deleted model's old version may still sit
             # on an agent, and must not pass for the new one.
-            change = lifecycle.created(spec, self._store.last_version(spec.name) + 1, now)
-        else:
-            found = lifecycle.respecified(current, spec, now)
-            if found is None:
-                return current.version, False
-            change = found
-        self._replace(change)
-        return change.record.version, True
+            return lifecycle.created(spec, self._store.last_version(spec.name) + 1, now)
+        return lifecycle.respecified(current, spec, now) or current
 
     def unload_model(self, name: str) -> None:
         change = lifecycle.unload_requested(self.model(name), self._clock.now())

@@ -72,6 +72,14 @@ class ClientServicer(scheduler_pb2_grpc.SchedulerServicer):
         return scheduler_pb2.LoadModelResponse(name=spec.name, version=version, changed=changed)
 
     @_unary
+    async def PlanModel(
+        self, request: scheduler_pb2.PlanModelRequest, context: Any
+    ) -> scheduler_pb2.PlanModelResponse:
+        return convert.plan_to_proto(
+            self._service.plan_model(convert.spec_from_proto(request.model))
+        )
+
+    @_unary
     async def UnloadModel(
         self, request: scheduler_pb2.UnloadModelRequest, context: Any
     ) -> scheduler_pb2.UnloadModelResponse:

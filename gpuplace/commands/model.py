@@ -13,6 +13,7 @@ from contract.names import replica_id
 from gpuplace.client import ClientError, SchedulerClient, scheduler_address
 from gpuplace.commands._common import (
     EXIT_FAILED,
+    EXIT_INPUT,
     EXIT_OK,
     EXIT_SCHEDULER,
     add_files_option,
@@ -29,10 +30,16 @@ from gpuplace.output import (
     dump,
     model_to_dict,
     models_table,
+    plan_to_dict,
+    plans_table,
     repeats_server_reasons,
+    spec_to_dict,
 )
 from gpuplace.resources import Problem, ResourceError, load_files, to_model_spec
-from protos import scheduler_pb2
+from protos import common_pb2, scheduler_pb2
+
+# A model the scheduler would not place (a dry run's state after the pass).
+REFUSED_STATES = ("ScheduleFailed", "Failed")
 
 
 def register(commands: Any) -> None:
@@ -47,9 +54,22 @@ def register(commands: Any) -> None:
         "load",
         help="send the Models of YAML files to the scheduler",
         description="Check every Model of the files, then send each to the scheduler (LoadModel). "
-        "Nothing is sent when any document is invalid (exit code 2).",
+        "Nothing is sent when any document is invalid (exit code 2). --dry-run only checks "
+        "the files; --dry-run=server asks the scheduler where each model would go, and why, "
+        "without loading or storing anything (exit code 1 when one would be refused).",
     )
     add_files_option(load, "Model resources")
+    load.add_argument(
+        "--dry-run",
+        nargs="?",
+        const="client",
+        choices=["client", "server"],
+        default=None,
+        help="client (the default of a bare --dry-run): check the files, send nothing, no "
+        "scheduler needed; server: the scheduler checks each model and plans it from its "
+        "live state, changing nothing",
+    )
+    add_output_option(load)
     load.add_argument(
         "--wait", action="store_true", help="wait until every model is Available or failed"
     )
@@ -145,7 +165,13 @@ def report_waited(client: SchedulerClient, results: dict[str, Waited]) -> int:
 
 
 def load_command(args: argparse.Namespace) -> int:
-    """Check every file, then send each Model; optionally wait."""
+    """Check every file, then send each Model (or only plan it: --dry-run); optionally wait."""
+    if args.dry_run and args.wait:
+        print("error: --wait cannot be used with --dry-run", file=sys.stderr)
+        return EXIT_INPUT
+    if not args.dry_run and args.output != "table":
+        print(f"error: -o {args.output} goes with --dry-run", file=sys.stderr)
+        return EXIT_INPUT
     stdin_text = sys.stdin.read() if "-" in args.files else None
     bundle = load_files(args.files, stdin_text=stdin_text)
     print_warnings(bundle.warnings)
@@ -161,9 +187,13 @@ def load_command(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     specs = [to_model_spec(model) for model in bundle.models]
+    if args.dry_run == "client":
+        return _checked(specs, args.output)
     code = EXIT_OK
     sent: dict[str, int] = {}
     with SchedulerClient(scheduler_address(args.scheduler)) as client:
+        if args.dry_run == "server":
+            return _planned(client, specs, args.output)
         for spec in specs:
             try:
                 reply = client.load(spec)
@@ -185,6 +215,45 @@ def load_command(args: argparse.Namespace) -> int:
                 progress=Progress(),
             )
             code = max(code, report_waited(client, results))
+    return code
+
+
+def _checked(specs: list[common_pb2.ModelSpec], output: str) -> int:
+    """--dry-run (client): every file parsed and every rule checked; nothing is sent."""
+    if output == "table":
+        for spec in specs:
+            print(f"model/{spec.name} valid (dry run)")
+    else:
+        data = {"models": [{"name": spec.name, "spec": spec_to_dict(spec)} for spec in specs]}
+        sys.stdout.write(dump(data, output))
+    return EXIT_OK
+
+
+def _planned(client: SchedulerClient, specs: list[common_pb2.ModelSpec], output: str) -> int:
+    """--dry-run=server: the scheduler's plan for each model; exit 1 when one would be
+    refused (2 invalid, 3 the scheduler could not answer)."""
+    code = EXIT_OK
+    plans: list[tuple[common_pb2.ModelSpec, scheduler_pb2.PlanModelResponse]] = []
+    for spec in specs:
+        try:
+            plan = client.plan(spec)
+        except ClientError as exc:
+            code = max(code, report_client_error(exc, f"model {spec.name}"))
+            if exc.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                return EXIT_SCHEDULER
+            continue
+        plans.append((spec, plan))
+        if plan.state in REFUSED_STATES:
+            code = max(code, EXIT_FAILED)
+    if output != "table":
+        data = {"models": [plan_to_dict(spec, plan) for spec, plan in plans]}
+        sys.stdout.write(dump(data, output))
+    elif plans:
+        servers: list[scheduler_pb2.ServerStatus] = []
+        with contextlib.suppress(ClientError):
+            servers = client.servers()
+        sys.stdout.write(plans_table(plans, servers))
+    print("dry run: nothing was loaded or stored", file=sys.stderr)
     return code
 
 

@@ -274,12 +274,19 @@ BAD = [
 ]
 
 
+@pytest.mark.parametrize("dry_run", [[], ["--dry-run"], ["--dry-run=server"]], ids=str)
 @pytest.mark.parametrize(("text", "message"), BAD)
 def test_bad_input_exits_2_and_sends_nothing(
-    fake: FakeScheduler, tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, message: str
+    fake: FakeScheduler,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    *,
+    text: str,
+    message: str,
+    dry_run: list[str],
 ) -> None:
     path = write(tmp_path, "bad.yaml", text)
-    code = main(["model", "load", "-f", path, "--scheduler", fake.address])
+    code = main(["model", "load", "-f", path, *dry_run, "--scheduler", fake.address])
     assert code == 2
     assert fake.calls == [], "nothing may reach the scheduler"
     err = capsys.readouterr().err
@@ -291,6 +298,55 @@ def test_a_bad_document_stops_the_good_ones_too(fake: FakeScheduler, tmp_path: P
     good = write(tmp_path, "good.yaml", MODELS)
     bad = write(tmp_path, "bad.yaml", MODELS.replace("name: iris", "name: Iris"))
     assert main(["model", "load", "-f", good, "-f", bad, "--scheduler", fake.address]) == 2
+    assert fake.calls == []
+
+
+def test_a_dry_run_checks_the_files_and_needs_no_scheduler(
+    fake: FakeScheduler, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, "m.yaml", MODELS)
+    # Nothing listens on port 1: a client dry run does not need the scheduler.
+    for address in ("127.0.0.1:1", fake.address):
+        assert main(["model", "load", "-f", path, "--dry-run", "--scheduler", address]) == 0
+        out = capsys.readouterr().out
+        assert out.splitlines() == ["model/iris valid (dry run)", "model/llama3 valid (dry run)"]
+    assert main(["model", "load", "-f", path, "--dry-run=client", "-o", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [(m["name"], m["spec"]["replicas"]) for m in data["models"]] == [
+        ("iris", None),
+        ("llama3", 2),
+    ]
+    assert fake.calls == []
+
+
+def test_a_server_dry_run_against_a_scheduler_without_plan_model_loads_nothing(
+    fake: FakeScheduler, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The dry run is its own RPC: a scheduler that lacks it refuses, never loads."""
+    path = write(tmp_path, "m.yaml", MODELS)
+    code = main(["model", "load", "-f", path, "--dry-run=server", "--scheduler", fake.address])
+    assert code != 0
+    assert fake.calls == []
+    assert "does not know this call (an older version?)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--dry-run", "--wait"], "--wait cannot be used with --dry-run"),
+        (["-o", "json"], "-o json goes with --dry-run"),
+    ],
+)
+def test_options_that_do_not_go_together_exit_2(
+    fake: FakeScheduler,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    options: list[str],
+    message: str,
+) -> None:
+    path = write(tmp_path, "m.yaml", MODELS)
+    assert main(["model", "load", "-f", path, *options, "--scheduler", fake.address]) == 2
+    assert message in capsys.readouterr().err
     assert fake.calls == []
 
 
@@ -532,6 +588,9 @@ def test_model_status_json_is_stable(
         "replicas",
         "minReplicas",
         "parameters",
+        "artifactVersion",
+        "namespace",
+        "secretName",
     ]
     assert llama["replicas"][0] == {
         "server": "gpu-a",
@@ -545,6 +604,21 @@ def test_model_status_json_is_stable(
     assert data["models"][0]["serverReasons"] == [
         {"server": "cpu-a", "reason": "missing capability sklearn"}
     ]
+
+
+def test_model_status_shows_the_namespace_in_table_and_json(
+    fake: FakeScheduler, capsys: pytest.CaptureFixture[str]
+) -> None:
+    loaded_fake(fake)
+    fake.models["llama3"].spec.namespace = "seldon-mesh"
+    assert main(["model", "status", "--scheduler", fake.address]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["NAMESPACE", "NAME", "VERSION"]
+    assert lines[1].split()[:3] == ["-", "iris", "1"]
+    assert lines[2].split()[:3] == ["seldon-mesh", "llama3", "1"]
+    assert lines[3].split()[:2] == ["gpu-a", "1"]  # llama3's second replica
+    assert main(["model", "status", "llama3", "-o", "json", "--scheduler", fake.address]) == 0
+    assert json.loads(capsys.readouterr().out)["spec"]["namespace"] == "seldon-mesh"
 
 
 def test_model_status_one_model_yaml(

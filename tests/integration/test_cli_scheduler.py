@@ -183,3 +183,116 @@ async def test_seed_model_pinned_to_an_unknown_server_fails_with_that_reason(
     err = capsys.readouterr().err
     assert code == 1
     assert "mlserver-llm-local-gpu" in err
+
+
+async def test_a_server_dry_run_prints_the_plan_and_loads_nothing(
+    cluster: tuple[SchedulerHandle, SimAgent, SimAgent],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    scheduler, cpu, gpu = cluster
+    address = scheduler.client_address
+    path = tmp_path / "models.yaml"
+    path.write_text(MODELS)
+
+    code = await cli("model", "load", "-f", str(path), "--dry-run=server", "--scheduler", address)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    lines = captured.out.splitlines()
+    assert lines[0].split() == [
+        "NAME",
+        "VERSION",
+        "CHANGED",
+        "STATE",
+        "PLACED",
+        "SERVER",
+        "REPLICA",
+        "PLAN",
+        "GPU",
+    ]
+    assert lines[1].split() == [
+        "iris",
+        "1",
+        "yes",
+        "Progressing",
+        "1/1",
+        "cpu-a",
+        "0",
+        "Planned",
+        "-",
+    ]
+    assert lines[2].split() == [
+        "llama3",
+        "1",
+        "yes",
+        "Progressing",
+        "1/1",
+        "gpu-a",
+        "0",
+        "Planned",
+        "gpu0",
+        "(GPU-12345678)",
+    ]
+    assert "dry run: nothing was loaded or stored" in captured.err
+    assert scheduler.service.models() == []
+    assert cpu.loads == [] and gpu.loads == []
+
+    code = await cli(
+        "model", "load", "-f", str(path), "--dry-run=server", "-o", "json", "--scheduler", address
+    )
+    assert code == 0
+    plans = {m["name"]: m for m in json.loads(capsys.readouterr().out)["models"]}
+    assert [(r["server"], r["replica"], r["state"]) for r in plans["llama3"]["replicas"]] == [
+        ("gpu-a", 0, "Planned")
+    ]
+    assert (plans["llama3"]["version"], plans["llama3"]["changed"]) == (1, True)
+    assert plans["llama3"]["serverReasons"] == [
+        {"server": "cpu-a", "reason": "missing capability model-on-gpu"}
+    ]
+
+
+async def test_a_server_dry_run_of_a_model_that_would_be_refused_exits_1_with_reasons(
+    cluster: tuple[SchedulerHandle, SimAgent, SimAgent],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    scheduler, _cpu, gpu = cluster
+    path = tmp_path / "huge.yaml"
+    path.write_text(MODELS.split("---\n")[1].replace("20Gi", "35Gi"))
+    code = await cli(
+        "model",
+        "load",
+        "-f",
+        str(path),
+        "--dry-run=server",
+        "--scheduler",
+        scheduler.client_address,
+    )
+    out = capsys.readouterr().out
+    assert code == 1
+    assert out.splitlines()[1].split()[:5] == ["llama3", "1", "yes", "ScheduleFailed", "0/1"]
+    assert "llama3: cpu-a: missing capability model-on-gpu" in out
+    assert "llama3: gpu-a: needs 35 GiB" in out
+    assert scheduler.service.models() == [] and gpu.loads == []
+
+
+async def test_a_partial_placement_shows_as_k_of_n_replicas(
+    cluster: tuple[SchedulerHandle, SimAgent, SimAgent],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    scheduler, _cpu, _gpu = cluster
+    address = scheduler.client_address
+    path = tmp_path / "llama3.yaml"
+    # One replica has a GPU: two are asked for, one is enough (minReplicas 1).
+    path.write_text(MODELS.split("---\n")[1] + "  replicas: 2\n  minReplicas: 1\n")
+    code = await cli(
+        "model", "load", "-f", str(path), "--wait", "--timeout", "20s", "--scheduler", address
+    )
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "llama3 is Available (version 1, 1/2 replicas): gpu-a-0" in captured.out
+    assert await cli("model", "status", "--scheduler", address) == 0
+    table = capsys.readouterr().out
+    assert table.splitlines()[1].split()[:4] == ["llama3", "1", "Available", "1/2"]
+    assert "llama3: partial: 1/2 replicas fit (minReplicas 1); the rest is retried" in table

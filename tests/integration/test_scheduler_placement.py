@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
+from contextlib import closing
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -321,17 +324,23 @@ async def test_drain_moves_models_first_then_completes(
         ({"name": "ok", "replicas": 2, "min_replicas": 3}, "model.minReplicas", "0 to replicas"),
         ({"name": "ok", "memory": "lots"}, "model.memory", "not a quantity"),
         ({"name": "ok", "gpu_memory": "-1Gi"}, "model.gpuMemory", "negative"),
-        ({"name": "ok", "storage_uri": "s3://bucket/x"}, "model.storageUri", "not supported"),
+        ({"name": "ok", "storage_uri": "ftp://host/x"}, "model.storageUri", "not supported"),
+        ({"name": "ok", "namespace": "Team_A"}, "model.namespace", "DNS-1123"),
         ({"name": "ok", "server": "../etc"}, "model.server", "DNS-1123"),
         ({"name": "ok", "gpus": 2}, "model.gpus", "needs gpuMemory"),
     ],
     ids=lambda value: str(value) if isinstance(value, str) else None,
 )
+@pytest.mark.parametrize("dry_run", [False, True], ids=["load", "dry-run"])
 async def test_bad_input_is_invalid_argument_naming_the_field(
-    client: Stub, fields: dict[str, Any], field: str, rule: str
+    client: Stub, fields: dict[str, Any], field: str, rule: str, dry_run: bool
 ) -> None:
+    model = common_pb2.ModelSpec(**fields)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await client.LoadModel(scheduler_pb2.LoadModelRequest(model=common_pb2.ModelSpec(**fields)))
+        if dry_run:
+            await client.PlanModel(scheduler_pb2.PlanModelRequest(model=model))
+        else:
+            await client.LoadModel(scheduler_pb2.LoadModelRequest(model=model))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert caught.value.details().startswith(field)
     assert rule in caught.value.details()
@@ -345,3 +354,100 @@ async def test_an_unknown_model_is_not_found(client: Stub) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await call
         assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+# ------------------------------------------------------------------ replicas as in Seldon
+
+
+async def test_replicas_that_do_not_fit_fail_unless_min_replicas_allows_a_partial_placement(
+    scheduler: SchedulerHandle, client: Stub, agents: Callable[..., Any]
+) -> None:
+    cluster = await seed_cluster(agents)
+    await wait_connected(scheduler, 3)
+    # Three replicas of one server are asked for; no server has three.
+    await load(client, "iris", requirements=["sklearn"], replicas=3)
+    refused = await wait_state(client, "iris", "ScheduleFailed")
+    reasons = {r.server: r.reason for r in refused.server_reasons}
+    assert reasons["mlserver"] == "only 2 of 3 requested replicas fit; the server has 2 connected"
+    assert all(not agent.loads for agent in cluster.values())
+    scaled = await load(client, "iris", requirements=["sklearn"], replicas=3, min_replicas=2)
+    assert scaled.version == 1  # minReplicas alone scales in place
+    model = await wait_until(
+        lambda: _available_count(client, "iris", 2), what="two of three replicas available"
+    )
+    assert where(model) == {"mlserver-0", "mlserver-1"}
+    assert (model.available_replicas, model.spec.replicas) == (2, 3)
+    assert model.reason == "partial: 2/3 replicas fit (minReplicas 2); the rest is retried"
+
+
+# ------------------------------------------------------------------ dry run
+
+
+async def dry_run(client: Stub, name: str, **fields: Any) -> scheduler_pb2.PlanModelResponse:
+    return await client.PlanModel(scheduler_pb2.PlanModelRequest(model=spec(name, **fields)))
+
+
+def planned(reply: scheduler_pb2.PlanModelResponse) -> list[tuple[str, str, list[str]]]:
+    return [(f"{c.server}-{c.replica_index}", c.state, list(c.device_uuids)) for c in reply.planned]
+
+
+def state_file(path: Path) -> dict[str, list[Any]]:
+    """Every row of the scheduler's state file."""
+    with closing(sqlite3.connect(path)) as db:
+        return {
+            table: db.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall()
+            for table in ("meta", "models", "replicas")
+        }
+
+
+async def test_a_dry_run_answers_where_the_model_would_go_and_changes_nothing(
+    scheduler: SchedulerHandle, client: Stub, agents: Callable[..., Any], tmp_path: Path
+) -> None:
+    cluster = await seed_cluster(agents)
+    await wait_connected(scheduler, 3)
+    sklearn: dict[str, Any] = {"requirements": ["sklearn"], "memory": "1Gi"}
+    await load(client, "iris", replicas=2, **sklearn)
+    await wait_until(lambda: _available_count(client, "iris", 2), what="iris on two replicas")
+    models = await client.ListModels(scheduler_pb2.ListModelsRequest())
+    saved = state_file(tmp_path / "state.db")
+    loads = {name: list(agent.loads) for name, agent in cluster.items()}
+
+    llama = await dry_run(client, "llama3", requirements=["model-on-gpu"], gpu_memory="20Gi")
+    assert (llama.name, llama.version, llama.changed, llama.state) == (
+        "llama3",
+        1,
+        True,
+        "Progressing",
+    )
+    # Best fit, as the real placement: the 30 GiB-free device.
+    assert planned(llama) == [("mlserver-llm-local-gpu-0", "Planned", ["GPU-bbbb"])]
+    assert llama.reason == ""
+    assert [r.server for r in llama.server_reasons] == ["mlserver"]
+
+    same = await dry_run(client, "iris", replicas=2, **sklearn)
+    assert (same.version, same.changed, same.state) == (1, False, "Available")
+    assert planned(same) == [("mlserver-0", "Available", []), ("mlserver-1", "Available", [])]
+
+    more = await dry_run(client, "iris", replicas=3, **sklearn)
+    assert (more.version, more.changed, more.state) == (1, True, "ScheduleFailed")
+    assert {r.server: r.reason for r in more.server_reasons} == {
+        "mlserver": "only 2 of 3 requested replicas fit; the server has 2 connected",
+        "mlserver-llm-local-gpu": "only 1 of 3 requested replicas fit; the server has 1 connected",
+    }
+    partial = await dry_run(client, "iris", replicas=3, min_replicas=2, **sklearn)
+    assert (partial.state, partial.reason) == (
+        "Available",
+        "partial: 2/3 replicas fit (minReplicas 2); the rest is retried",
+    )
+    upgrade = await dry_run(client, "iris", replicas=2, storage_uri="/models/v2", **sklearn)
+    assert (upgrade.version, upgrade.state) == (2, "Progressing")
+    assert planned(upgrade) == [("mlserver-0", "Planned", []), ("mlserver-1", "Planned", [])]
+
+    # Nothing happened: the models, the state file, the agents.
+    assert await client.ListModels(scheduler_pb2.ListModelsRequest()) == models
+    assert state_file(tmp_path / "state.db") == saved
+    assert {name: list(agent.loads) for name, agent in cluster.items()} == loads
+    # The next real change still gets the version the dry run announced.
+    assert (
+        await load(client, "iris", replicas=2, storage_uri="/models/v2", **sklearn)
+    ).version == 2

@@ -74,7 +74,7 @@ def request(
     gpu_gib: int = 0,
     gpus: int = 1,
     replicas: int = 1,
-    min_replicas: int = 1,
+    min_replicas: int = 0,
     excluded_until: tuple[tuple[tuple[str, int], float], ...] = (),
 ) -> Request:
     return Request(
@@ -299,7 +299,9 @@ CASES = [
     pytest.param(
         [replica("a", 0, draining=True), replica("a", 1), replica("a", 2, draining=True)],
         request(replicas=3, min_replicas=2),
-        rejected(("a", "only 1 of 3 requested replicas fit: replicas 0, 2: draining")),
+        rejected(
+            ("a", "only 1 of 3 requested replicas fit (minReplicas 2): replicas 0, 2: draining")
+        ),
         id="min-replicas-not-reached",
     ),
     pytest.param(
@@ -316,21 +318,33 @@ CASES = [
         ),
         id="min-replicas-partial-on-server-with-most",
     ),
+    # As in Seldon Core 2: minReplicas 0 (unset) allows no partial placement.
     pytest.param(
         [replica("a", 0), replica("a", 1, draining=True)],
         request(replicas=2, min_replicas=0),
-        placed(
-            "a",
-            at("a", 0),
-            reasons=(("a", "only 1 of 2 requested replicas fit: replica 1: draining"),),
+        rejected(("a", "only 1 of 2 requested replicas fit: replica 1: draining")),
+        id="min-replicas-0-means-all-replicas",
+    ),
+    pytest.param(
+        [replica("a", 0), replica("b", 0), replica("b", 1)],
+        request(replicas=3),
+        rejected(
+            ("a", "only 1 of 3 requested replicas fit; the server has 1 connected"),
+            ("b", "only 2 of 3 requested replicas fit; the server has 2 connected"),
         ),
-        id="min-replicas-0-partial",
+        id="min-replicas-unset-says-how-many-fit-of-how-many",
     ),
     pytest.param(
         [replica("a", 0, draining=True)],
-        request(replicas=2, min_replicas=0),
+        request(replicas=2, min_replicas=1),
         rejected(("a", "draining")),
-        id="min-replicas-0-never-empty",
+        id="min-replicas-1-never-empty",
+    ),
+    pytest.param(
+        [replica("a", 0), replica("a", 1), replica("a", 2)],
+        request(replicas=2, min_replicas=1),
+        placed("a", at("a", 0), at("a", 1)),
+        id="min-replicas-does-not-cap-a-full-placement",
     ),
     # Exclusion after a failed load, until the cool-down ends.
     pytest.param(

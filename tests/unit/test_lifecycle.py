@@ -226,6 +226,36 @@ ROWS = [
         {"a-0": "Available", "a-1": "Unloading"},
         (("a-1", "Unload", 1),),
     ),
+    *(
+        # As in Seldon Core 2: without minReplicas (or with 0) it is all replicas or none.
+        Row(
+            f"M8-too-few-replicas-fit-{why}",
+            model(state=ModelState.PENDING, **spec),
+            step(ctx(A0)),
+            ModelState.SCHEDULE_FAILED,
+            {},
+            also=lambda r, o: (
+                r.reason == "a: only 1 of 2 requested replicas fit; the server has 1 connected"
+                and o.placement is not None
+                and o.placement.outcome == "rejected"
+            ),
+        )
+        for why, spec in (
+            ("min-replicas-unset", {"replicas": 2}),
+            ("min-replicas-0-is-unset", {"replicas": 2, "min_replicas": 0}),
+        )
+    ),
+    Row(
+        "M8-fewer-than-min-replicas-fit",
+        model(state=ModelState.PENDING, replicas=3, min_replicas=2),
+        step(ctx(A0)),
+        ModelState.SCHEDULE_FAILED,
+        {},
+        also=lambda r, o: (
+            r.reason
+            == ("a: only 1 of 3 requested replicas fit (minReplicas 2); the server has 1 connected")
+        ),
+    ),
     Row(
         "M11-partial-placement",
         model(state=ModelState.PENDING, replicas=2, min_replicas=1),
@@ -234,11 +264,28 @@ ROWS = [
         {"a-0": "LoadRequested"},
         (("a-0", "Load", 1),),
         lambda r, o: (
-            r.reason == "only 1 of 2 fit"
+            r.reason == "partial: 1/2 replicas fit (minReplicas 1); the rest is retried"
             and r.next_retry_at == NOW + 1
             and o.placement is not None
             and o.placement.outcome == "partial"
         ),
+    ),
+    Row(
+        "M11-as-many-as-fit-above-min-replicas",
+        model(state=ModelState.PENDING, replicas=3, min_replicas=1),
+        step(ctx(A0, A1)),
+        ModelState.PROGRESSING,
+        {"a-0": "LoadRequested", "a-1": "LoadRequested"},
+        (("a-0", "Load", 1), ("a-1", "Load", 1)),
+        lambda r, o: r.reason.startswith("partial: 2/3 replicas fit"),
+    ),
+    Row(
+        "M10-partial-placement-available-at-min-replicas",
+        model(copy(A0, AVAILABLE), replicas=2, min_replicas=1),
+        step(ctx(A0)),
+        ModelState.AVAILABLE,
+        {"a-0": "Available"},
+        also=lambda r, o: r.reason.startswith("partial: 1/2 replicas fit"),
     ),
     Row(
         "M12-cluster-changed-cuts-the-back-off",
@@ -734,6 +781,21 @@ CLIENT_ROWS = [
         2,
         lambda r: copies_of(r) == {"a-0": "Available"} and r.spec.storage_uri == "/models/v2",
     ),
+    *(
+        ClientRow(
+            f"M2-{field}-changed",
+            model(copy(A0, AVAILABLE), state=ModelState.AVAILABLE),
+            respecify(**{field: value}),
+            ModelState.PROGRESSING,
+            2,
+            lambda r: copies_of(r) == {"a-0": "Available"},
+        )
+        for field, value in (
+            ("artifact_version", 2),
+            ("secret_name", "s3-credentials"),
+            ("requirements", ("sklearn",)),
+        )
+    ),
     ClientRow(
         "M3-spec-changed-after-failures",
         failed_twice(),
@@ -757,6 +819,34 @@ CLIENT_ROWS = [
         ModelState.PROGRESSING,
         1,
         lambda r: r.spec.replicas == 3 and copies_of(r) == {"a-0": "Available"},
+    ),
+    ClientRow(
+        "M4-min-replicas-changed",
+        model(copy(A0, AVAILABLE), state=ModelState.AVAILABLE),
+        respecify(min_replicas=0),
+        ModelState.PROGRESSING,
+        1,
+        lambda r: r.spec.min_replicas == 0,
+    ),
+    ClientRow(
+        "M4-scaled-and-namespace-changed",
+        model(copy(A0, AVAILABLE), state=ModelState.AVAILABLE),
+        respecify(replicas=2, namespace="seldon-mesh"),
+        ModelState.PROGRESSING,
+        1,
+        lambda r: (r.spec.replicas, r.spec.namespace) == (2, "seldon-mesh"),
+    ),
+    ClientRow(
+        "M16-namespace-changed",
+        model(copy(A0, AVAILABLE), state=ModelState.AVAILABLE, namespace="team-a"),
+        respecify(namespace="seldon-mesh"),
+        ModelState.AVAILABLE,
+        1,
+        lambda r: (
+            r.spec.namespace == "seldon-mesh"
+            and copies_of(r) == {"a-0": "Available"}
+            and r.updated_at == NOW
+        ),
     ),
     ClientRow("M5-same-spec", model(copy(A0, AVAILABLE)), respecify(), None),
     ClientRow(
@@ -786,6 +876,70 @@ def test_client_request(row: ClientRow) -> None:
     assert row.also(record)
     # Decided on a copy: the record the scheduler holds changes only once this is saved.
     assert row.given == before
+
+
+# ------------------------------------------------------------------ a dry run
+
+
+def backed_off(record: ModelRecord) -> ModelRecord:
+    record.attempts, record.next_retry_at = 2, NOW + 30
+    return record
+
+
+@dataclass(frozen=True)
+class PlanRow:
+    id: str
+    given: ModelRecord
+    context: Context
+    state: ModelState  # after the pass the plan makes
+    loads: frozenset[Key]
+    copies: dict[str, str]  # the planned record's copies
+
+
+PLANS = [
+    PlanRow(
+        "M17-dry-run-placement-found",
+        model(state=ModelState.PENDING, replicas=2, min_replicas=1),
+        ctx(A0),
+        ModelState.PROGRESSING,
+        frozenset({A0}),
+        {"a-0": "LoadRequested"},
+    ),
+    PlanRow(
+        "M17-dry-run-refused",
+        model(state=ModelState.PENDING, requirements=("torch",)),
+        ctx(A0),
+        ModelState.SCHEDULE_FAILED,
+        frozenset(),
+        {},
+    ),
+    PlanRow(
+        "M17-dry-run-cuts-the-back-off",
+        backed_off(model(state=ModelState.SCHEDULE_FAILED)),
+        ctx(A0),
+        ModelState.PROGRESSING,
+        frozenset({A0}),
+        {"a-0": "LoadRequested"},
+    ),
+    PlanRow(
+        "M17-dry-run-keeps-the-copies-it-has",
+        model(copy(A0, AVAILABLE), replicas=2),
+        ctx(A0, A1),
+        ModelState.PROGRESSING,
+        frozenset({A1}),
+        {"a-0": "Available", "a-1": "LoadRequested"},
+    ),
+]
+
+
+@pytest.mark.parametrize("row", PLANS, ids=lambda row: row.id)
+def test_dry_run(row: PlanRow) -> None:
+    """A dry run makes the pass on a copy: the record given does not change."""
+    before = deepcopy(row.given)
+    plan = lifecycle.plan(row.given, row.context)
+    assert row.given == before
+    assert (plan.record.state, plan.loads, plan.changed) == (row.state, row.loads, True)
+    assert copies_of(plan.record) == row.copies
 
 
 # ------------------------------------------------------------------ a draining replica
@@ -868,6 +1022,7 @@ def test_every_row_of_the_state_table_is_tested() -> None:
     """The table in docs/scheduler.md and these tests name the same rows."""
     documented = set(re.findall(r"^\| ([MCD]\d+) \|", DOC.read_text(), flags=re.MULTILINE))
     ids = [row.id for row in ROWS] + [row.id for row in CLIENT_ROWS] + [c[0] for c in DRAINS]
+    ids += [row.id for row in PLANS]
     tested = {name.split("-")[0] for name in ids}
     assert len(documented) > 40
     assert tested == documented

@@ -4,7 +4,9 @@ fake clock. Each test pins down one path where a copy could be lost, leaked or s
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import sqlite3
 from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from contract.errors import NotFound
+from contract.errors import NotFound, ResourceExhausted
 from contract.protocol import (
     Command,
     DrainComplete,
@@ -394,6 +396,212 @@ def test_after_a_restart_a_copy_is_kept_when_its_agent_comes_back_in_time(
     assert h.service.model("iris").version == 1
 
 
+# ------------------------------------------------------------------ replicas as in Seldon
+
+
+def test_without_min_replicas_too_few_replicas_is_a_failure_saying_how_many_fit(
+    h: Harness,
+) -> None:
+    agent = h.connect("a")
+    h.load("iris", replicas=2)
+    record = h.service.model("iris")
+    assert record.state == ModelState.SCHEDULE_FAILED
+    assert record.reason == "a: only 1 of 2 requested replicas fit; the server has 1 connected"
+    assert agent.loads() == []
+
+
+def test_with_min_replicas_as_many_as_fit_are_placed_and_the_rest_when_room_comes(
+    h: Harness,
+) -> None:
+    first = h.connect("a")
+    h.load("iris", replicas=2, min_replicas=1)
+    h.event(first, EventKind.LOADED, "iris", 1)
+    record = h.service.model("iris")
+    assert (record.state, record.available_count()) == (ModelState.AVAILABLE, 1)
+    assert record.reason == "partial: 1/2 replicas fit (minReplicas 1); the rest is retried"
+    second = h.connect("a", 1)  # a replica joins: the rest is placed at once
+    assert second.loads() == [("iris", 1)]
+    h.event(second, EventKind.LOADED, "iris", 1)
+    record = h.service.model("iris")
+    assert (record.state, record.available_count(), record.reason) == (
+        ModelState.AVAILABLE,
+        2,
+        "",
+    )
+
+
+# ------------------------------------------------------------------ artifactVersion, namespace
+
+
+def test_a_changed_artifact_version_is_a_new_version_loaded_again(h: Harness) -> None:
+    agent = h.connect("a")
+    h.load("iris", storage_uri="/models/iris", artifact_version=1)
+    h.event(agent, EventKind.LOADED, "iris", 1)
+    assert h.load("iris", storage_uri="/models/iris", artifact_version=2) == 2
+    assert agent.loads() == [("iris", 1), ("iris", 2)]
+    h.event(agent, EventKind.LOADED, "iris", 2)
+    assert h.state("iris") == (ModelState.AVAILABLE, {"a-0": "Available"})
+    assert h.service.model("iris").spec.artifact_version == 2
+
+
+def test_a_changed_namespace_alone_is_saved_and_reloads_nothing(h: Harness) -> None:
+    agent = h.connect("a")
+    h.load("iris", namespace="team-a")
+    h.event(agent, EventKind.LOADED, "iris", 1)
+    assert h.service.load_model(validate_spec("iris", namespace="seldon-mesh")) == (1, True)
+    h.service.reconcile()
+    assert (agent.loads(), agent.unloads()) == ([("iris", 1)], [])
+    h.start()  # what was saved
+    assert h.service.model("iris").spec.namespace == "seldon-mesh"
+    assert h.state("iris") == (ModelState.AVAILABLE, {"a-0": "Available"})
+
+
+def test_a_state_file_written_before_artifact_version_and_namespace_still_loads(
+    h: Harness,
+) -> None:
+    agent = h.connect("a")
+    h.load("iris", replicas=1, min_replicas=1)
+    h.event(agent, EventKind.LOADED, "iris", 1)
+    # What an older scheduler saved: a spec without the keys added since.
+    with contextlib.closing(sqlite3.connect(h.settings.db)) as db, db:
+        (text,) = db.execute("SELECT spec FROM models WHERE name='iris'").fetchone()
+        old = json.loads(text)
+        for key in ("artifact_version", "namespace", "secret_name"):
+            del old[key]
+        db.execute("UPDATE models SET spec=? WHERE name='iris'", (json.dumps(old),))
+    h.start()
+    record = h.service.model("iris")
+    assert record.spec == validate_spec("iris", replicas=1, min_replicas=1)
+    assert (record.state, record.version) == (ModelState.AVAILABLE, 1)
+    assert h.service.load_model(validate_spec("iris", replicas=1, min_replicas=1)) == (1, False)
+
+
+# ------------------------------------------------------------------ dry run
+
+
+@dataclass
+class Seen:
+    """Everything a dry run must leave as it is."""
+
+    models: list[ModelRecord]
+    saved: list[ModelRecord]
+    usage: dict[tuple[str, int], tuple[int, dict[str, int], set[str]]]
+    sent: list[int]
+    published: int
+    placements: float
+    versions: dict[str, int]
+
+
+def seen(h: Harness, agents: list[Agent], watcher: Any) -> Seen:
+    h.service.replica_views()  # the usage table as every reader sees it
+    registry = h.service._metrics.registry
+    return Seen(
+        models=deepcopy(h.service.models()),
+        saved=h.store.load(),
+        usage=_normal(h.service._cluster.usage),
+        sent=[len(agent.sent) for agent in agents],
+        published=watcher.queue.qsize(),
+        placements=sum(
+            registry.get_sample_value("gpuplace_scheduler_placements_total", {"outcome": o}) or 0
+            for o in ("placed", "partial", "rejected")
+        ),
+        versions={name: h.store.last_version(name) for name in ("iris", "digits")},
+    )
+
+
+@pytest.fixture
+def busy(h: Harness) -> tuple[Harness, list[Agent]]:
+    """Two replicas of 16 GiB; digits takes 12 GiB of a-0."""
+    agents = [h.connect("a", index) for index in range(2)]
+    h.load("digits", memory="12Gi")
+    h.event(agents[0], EventKind.LOADED, "digits", 1)
+    return h, agents
+
+
+DRY_RUNS = [
+    pytest.param(
+        {"name": "iris", "memory": "8Gi", "replicas": 2, "min_replicas": 1},
+        (1, True, ModelState.PROGRESSING, {("a", 1)}),
+        "partial: 1/2 replicas fit (minReplicas 1); the rest is retried",
+        id="new-model-partial",
+    ),
+    pytest.param(
+        {"name": "iris", "memory": "8Gi", "replicas": 2},
+        (1, True, ModelState.SCHEDULE_FAILED, set()),
+        "a: only 1 of 2 requested replicas fit: replica 0: needs 8 GiB host memory, "
+        "4 GiB available",
+        id="new-model-refused",
+    ),
+    pytest.param(
+        # Its own 12 GiB are not counted against it: a new version reloads in place.
+        {"name": "digits", "memory": "12Gi", "storage_uri": "/models/digits-v2"},
+        (2, True, ModelState.PROGRESSING, {("a", 0)}),
+        "",
+        id="new-version-in-place",
+    ),
+    pytest.param(
+        {"name": "digits", "memory": "12Gi", "replicas": 2},
+        (1, True, ModelState.PROGRESSING, {("a", 1)}),
+        "",
+        id="scaled",
+    ),
+    pytest.param(
+        {"name": "digits", "memory": "12Gi"},
+        (1, False, ModelState.AVAILABLE, set()),
+        "",
+        id="unchanged",
+    ),
+]
+
+
+@pytest.mark.parametrize(("spec", "expected", "reason"), DRY_RUNS)
+def test_a_dry_run_plans_from_the_live_state_and_changes_nothing(
+    busy: tuple[Harness, list[Agent]],
+    spec: dict[str, Any],
+    expected: tuple[int, bool, ModelState, set[tuple[str, int]]],
+    reason: str,
+) -> None:
+    h, agents = busy
+    watcher = h.service.watch("")
+    before = seen(h, agents, watcher)
+    plan = h.service.plan_model(validate_spec(**spec))
+    assert (plan.record.version, plan.changed, plan.record.state, set(plan.loads)) == expected
+    assert plan.record.reason == reason
+    h.service.reconcile()
+    assert seen(h, agents, watcher) == before
+    registry = h.service._metrics.registry
+    assert registry.get_sample_value("gpuplace_scheduler_dry_runs_total") == 1
+
+
+def test_a_dry_run_shows_where_an_unchanged_model_is(busy: tuple[Harness, list[Agent]]) -> None:
+    h, _ = busy
+    plan = h.service.plan_model(validate_spec("digits", memory="12Gi"))
+    assert not plan.changed
+    assert {key: c.state for key, c in plan.record.copies.items()} == {
+        ("a", 0): CopyState.AVAILABLE
+    }
+
+
+def test_a_dry_run_then_the_real_load_does_what_it_planned(
+    busy: tuple[Harness, list[Agent]],
+) -> None:
+    h, agents = busy
+    spec = validate_spec("iris", memory="8Gi", replicas=2, min_replicas=1)
+    plan = h.service.plan_model(spec)
+    h.service.load_model(spec)
+    h.service.reconcile()
+    assert [agent.session.key for agent in agents if ("iris", 1) in agent.loads()] == sorted(
+        plan.loads
+    )
+
+
+def test_a_dry_run_is_refused_as_the_real_load_is(tmp_path: Path) -> None:
+    h = Harness(tmp_path, max_models=1)
+    h.load("digits")
+    with pytest.raises(ResourceExhausted):
+        h.service.plan_model(validate_spec("iris"))
+
+
 def _normal(table: UsageTable) -> dict[tuple[str, int], tuple[int, dict[str, int], set[str]]]:
     return {
         key: (u.memory_bytes, {k: v for k, v in u.reserved_bytes.items() if v}, set(u.models))
@@ -411,6 +619,7 @@ _OPS = st.lists(
         ),
         st.tuples(st.sampled_from(["disconnect", "reconnect"]), st.integers(0, 2)),
         st.tuples(st.just("tick"), st.floats(0, 60)),
+        st.tuples(st.just("plan"), st.integers(0, 2), st.integers(1, 3)),
     ),
     max_size=25,
 )
@@ -449,6 +658,13 @@ def test_the_usage_table_always_equals_a_full_recount(ops: list[tuple[Any, ...]]
             h.service.disconnect(agents[op[1]].session)
         elif kind == "reconnect" and not agents[op[1]].session.connected:
             agents[op[1]] = h.connect("s", op[1], capabilities=("sklearn", "gpu"))
+        elif kind == "plan":
+            # A dry run between any two changes leaves the records and the accounts alone.
+            h.service.replica_views()
+            records, usage = deepcopy(h.service.models()), _normal(h.service._cluster.usage)
+            h.service.plan_model(validate_spec(f"m{op[1]}", replicas=op[2], memory="1Gi"))
+            assert h.service.models() == records
+            assert _normal(h.service._cluster.usage) == usage
         else:
             h.clock.time += op[1]
         # What placements read between passes (after the changes are synced) and after.
