@@ -129,8 +129,8 @@ def model_text(status: scheduler_pb2.ModelStatus, labels: dict[str, str]) -> str
         )
     wanted = spec.replicas if spec.HasField("replicas") else 1
     wants.append(f"{wanted} replica{'s' if wanted != 1 else ''}")
-    if spec.HasField("min_replicas"):
-        wants.append(f"at least {spec.min_replicas}")
+    if spec.min_replicas:
+        wants.append(f"at least {spec.min_replicas} (minReplicas)")
     lines.append(f"  asks for: {'; '.join(wants)}")
     if status.replicas:
         lines.append("  placement:")
