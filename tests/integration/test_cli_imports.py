@@ -66,3 +66,30 @@ def test_the_probe_sees_a_server_module_once_it_is_imported() -> None:
         timeout=60,
     )
     assert result.stdout.strip() == "True"
+
+
+RUN_PROBE = """
+import contextlib, io, json, sys
+from gpuplace.cli import main
+with contextlib.redirect_stdout(io.StringIO()):
+    code = main(sys.argv[1:])
+print(json.dumps([code, sorted(
+    m for m in sys.modules
+    if m.split(".")[0] in {server_only} + ["agent", "scheduler_service"] and m not in {allowed}
+)]))
+"""
+
+
+def test_a_client_dry_run_loads_no_server_module() -> None:
+    """`model load --dry-run` checks every rule without the scheduler's code."""
+    probe = RUN_PROBE.format(server_only=SERVER_ONLY, allowed=sorted(ALLOWED))
+    argv = ["model", "load", "-f", "examples/models.yaml", "--dry-run"]
+    result = subprocess.run(
+        [sys.executable, "-c", probe, *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [0, []]
