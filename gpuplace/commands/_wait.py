@@ -17,6 +17,9 @@ from protos import scheduler_pb2
 Goal = Literal["available", "deleted"]
 Outcome = Literal["available", "deleted", "failed", "missing", "timeout"]
 RETRY_PAUSE_S = 0.2
+# A watch of every model cannot tell a model deleted just before it opened from one still
+# to come: each watch lasts at most this long, then every pending model is looked at again.
+RECHECK_S = 2.0
 RETRYABLE = (
     grpc.StatusCode.NOT_FOUND,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -127,14 +130,14 @@ def wait_models(
     while pending and time.monotonic() < deadline:
         watched = next(iter(pending)) if len(pending) == 1 else ""
         try:
-            for status in client.watch(watched, deadline):
+            for status in client.watch(watched, min(deadline, time.monotonic() + RECHECK_S)):
                 if status.name in pending:
                     settle(status)
                 if not pending:
                     break
             if pending and time.monotonic() < deadline:
-                # The stream ended early (a restart, or the model went away): look again.
-                time.sleep(min(RETRY_PAUSE_S, max(0.0, deadline - time.monotonic())))
+                # The window ended, or the stream did (a restart, the model went away): look
+                # again.
                 recheck()
         except ClientError as exc:
             # Gone (NOT_FOUND), a watcher that fell behind, or a scheduler restarting: the
