@@ -1,10 +1,12 @@
-"""The README's tour runs as written: its commands, copied out of README.md, against the
-cluster its first command starts (real scheduler, MLServers and agents)."""
+"""The README's tour and docs/running-locally.md run as written: their commands, copied out of
+the Markdown, against real schedulers, MLServers and agents."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -71,3 +73,44 @@ def test_the_readme_tour_runs_as_written(tmp_path: Path) -> None:
     # make dies of the SIGINT once the demo it waits for has stopped cleanly.
     said = log_path.read_text()
     assert "cluster stopped: no process left" in said and "demo done" in said, said
+
+
+RUNNING_LOCALLY = REPO_ROOT / "docs" / "running-locally.md"
+LOCAL = REPO_ROOT / "local"  # the folder docs/running-locally.md works in, and removes
+
+
+def all_bash_blocks(markdown: Path) -> list[str]:
+    return _BASH.findall(markdown.read_text(encoding="utf-8"))
+
+
+def test_running_locally_runs_as_written() -> None:
+    """Every command of docs/running-locally.md, in order, in one shell, as a reader would."""
+    assert not LOCAL.exists(), f"{LOCAL} exists: not touching it"
+    script = "\n".join(all_bash_blocks(RUNNING_LOCALLY))
+    try:
+        result = subprocess.run(
+            ["bash", "-e", "-o", "pipefail", "-c", script],
+            cwd=REPO_ROOT,
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+        # Step 7's inference answers class 0 (setosa); step 8 refuses llama3-405b.
+        assert '"data":[0]' in result.stdout.replace(" ", "")
+        assert "needs 800 GiB on 1 GPU, largest room 80 GiB" in result.stdout
+        assert not LOCAL.exists(), "step 10 removes local/"
+    finally:
+        _stop_what_the_page_started()
+
+
+def _stop_what_the_page_started() -> None:
+    """After a failure part-way: the processes the page started, by their pid files."""
+    if not LOCAL.exists():
+        return
+    for pid_file in LOCAL.glob("*.pid"):
+        with contextlib.suppress(ValueError, ProcessLookupError):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    shutil.rmtree(LOCAL, ignore_errors=True)
