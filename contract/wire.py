@@ -176,6 +176,7 @@ def encode_command(command: Command) -> agent_pb2.SchedulerMessage:
                     device_uuids=command.device_uuids,
                     gpus=command.gpus,
                     secret_name=command.secret_name,
+                    artifact_version=command.artifact_version,
                 )
             )
         case Unload():
@@ -204,6 +205,7 @@ def decode_command(message: agent_pb2.SchedulerMessage) -> Command:
             device_uuids=tuple(load.device_uuids),
             gpus=load.gpus or 1,
             secret_name=load.secret_name,
+            artifact_version=load.artifact_version,
         )
     if which == "unload":
         return Unload(message.unload.model_name, message.unload.version)

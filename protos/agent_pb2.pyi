@@ -302,6 +302,7 @@ class LoadCommand(_message.Message):
     DEVICE_UUIDS_FIELD_NUMBER: _builtins.int
     GPUS_FIELD_NUMBER: _builtins.int
     SECRET_NAME_FIELD_NUMBER: _builtins.int
+    ARTIFACT_VERSION_FIELD_NUMBER: _builtins.int
     model_name: _builtins.str
     version: _builtins.int
     storage_uri: _builtins.str
@@ -312,6 +313,10 @@ class LoadCommand(_message.Message):
     """Devices the model spans when the scheduler named none (default 1)."""
     secret_name: _builtins.str
     """The storage credentials to use (the model's secretName); empty: the environment's."""
+    artifact_version: _builtins.int
+    """Seldon's artifactVersion: the numbered version folder of the artifact to load (0: the
+    artifact's top folder when it has a model-settings.json, else its highest version).
+    """
     @_builtins.property
     def parameters(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Handed to the inference server (e.g. "implementation")."""
@@ -331,10 +336,11 @@ class LoadCommand(_message.Message):
         device_uuids: _abc.Iterable[_builtins.str] | None = ...,
         gpus: _builtins.int = ...,
         secret_name: _builtins.str = ...,
+        artifact_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_uuids", b"device_uuids", "gpu_memory_bytes", b"gpu_memory_bytes", "gpus", b"gpus", "model_name", b"model_name", "parameters", b"parameters", "secret_name", b"secret_name", "storage_uri", b"storage_uri", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_version", b"artifact_version", "device_uuids", b"device_uuids", "gpu_memory_bytes", b"gpu_memory_bytes", "gpus", b"gpus", "model_name", b"model_name", "parameters", b"parameters", "secret_name", b"secret_name", "storage_uri", b"storage_uri", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -78,6 +78,7 @@ class ModelSpec:
             device_uuids=device_uuids,
             gpus=self.gpus,
             secret_name=self.secret_name,
+            artifact_version=self.artifact_version,
         )
 
 

@@ -54,7 +54,7 @@ COMMANDS: list[Command] = [
     Welcome(),
     Load("llama3", 9, "s3://bucket/llama3", {"implementation": "x.Y"}, 20 * GiB, ("GPU-a",), 2),
     Load("iris", 1),
-    Load("iris", 2, "minio://models/iris", secret_name="minio-creds"),
+    Load("iris", 2, "minio://models/iris", secret_name="minio-creds", artifact_version=3),
     Unload("iris", 7),
     DrainComplete(("a", "b")),
     DrainComplete(),
@@ -89,6 +89,7 @@ def test_load_command_carries_each_value_once() -> None:
         "device_uuids",
         "gpus",
         "secret_name",
+        "artifact_version",
     }
 
 
