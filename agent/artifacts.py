@@ -11,11 +11,14 @@ Layout under the repository folder (shared with the inference server):
 An artifact is fetched into the staging area first and renamed into place only when the
 model is about to be loaded, so a failed fetch never disturbs a loaded version.
 
-Schemes: a local path or file:// (copied, never moved), http(s):// (one file). A file named
-*.tar.gz, *.tgz, *.tar or *.zip is extracted after its members were checked (absolute
-names, `..`, any symbolic link, hard links other than to an earlier file, special files, the
-total size), member by member, each resolved path checked to stay inside the folder. Every
-message that shows a URI shows it through `redact` (no user:password, no query string).
+Schemes: a local path or file:// (copied, never moved), http(s):// (one file), and the
+object stores gs:// (gcs://), s3:// and az:// (azureblob://), or the name of the rclone
+remote a spec.secretName defines (`agent.storage`: one object, or every object under a
+prefix). A file named *.tar.gz, *.tgz, *.tar or *.zip is extracted after its members were
+checked (absolute names, `..`, any symbolic link, hard links other than to an earlier file,
+special files, the total size), member by member, each resolved path checked to stay inside
+the folder. Every message that shows a URI shows it through `redact` (no user:password, no
+query string).
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ import json
 import logging
 import os
 import posixpath
-import re
 import shutil
 import stat
 import tarfile
@@ -40,6 +42,8 @@ from urllib.parse import unquote, urlparse, urlsplit, urlunsplit
 
 import aiohttp
 
+from agent.storage import ObjectStores, Progress
+from agent.storage_config import SCHEME_FAMILIES, StorageError, scrub
 from contract.names import check_name
 from contract.quantity import format_bytes
 
@@ -99,8 +103,8 @@ class ModelRepository:
 
     # -- fetching -------------------------------------------------------------------------
 
-    def copy_local(self, source: Path, into: Path) -> None:
-        """Copy a local file or folder (never move it) into `into`."""
+    def copy_local(self, source: Path, into: Path) -> int:
+        """Copy a local file or folder (never move it) into `into`; the bytes copied."""
         if not source.exists():
             raise ArtifactError(f"{source}: no such file or folder")
         try:
@@ -108,13 +112,15 @@ class ModelRepository:
                 size = sum(entry.stat().st_size for entry in source.rglob("*") if entry.is_file())
                 self._check_size(str(source), size)
                 shutil.copytree(source, into, dirs_exist_ok=True)
-                return
-            self._check_size(str(source), source.stat().st_size)
+                return size
+            size = source.stat().st_size
+            self._check_size(str(source), size)
             target = into / source.name
             shutil.copy2(source, target)
         except OSError as exc:  # shutil.Error included
             raise ArtifactError(f"{source}: cannot be copied: {exc}") from exc
         self.unpack_if_archive(target)
+        return size
 
     def _check_size(self, what: str, size: int) -> None:
         if size > self.max_artifact_bytes:
@@ -503,7 +509,19 @@ def _download_name(url: str) -> str:
     return name
 
 
-_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>()\[\]]+")
+def scheme_label(storage_uri: str) -> str:
+    """The metric label of a storageUri's scheme, from a small fixed set: local, http, s3,
+    gs, azure, or remote (the name of a remote that a spec.secretName defines)."""
+    try:
+        scheme = urlsplit(storage_uri.strip()).scheme.lower()
+    except ValueError:
+        return "remote"
+    if scheme in ("", "file") or len(scheme) == 1:
+        return "local"
+    if scheme in ("http", "https"):
+        return "http"
+    family = SCHEME_FAMILIES.get(scheme)
+    return {"s3": "s3", "gcs": "gs", "azure": "azure"}[family] if family else "remote"
 
 
 def redact(url: str) -> str:
@@ -522,22 +540,26 @@ def redact(url: str) -> str:
 def _redact_text(text: str, url: str) -> str:
     """An error text (aiohttp's, for one) with every URL in it redacted, and the secrets of
     `url` removed wherever else they appear."""
-    text = _URL_IN_TEXT.sub(lambda match: redact(match.group(0)), text)
     try:
         parts = urlsplit(url)
     except ValueError:
-        return text
-    secrets = [parts.query, parts.password or "", parts.netloc.rpartition("@")[0]]
-    for secret in secrets:
-        if len(secret) >= 3:
-            text = text.replace(secret, "***")
-    return text
+        return scrub(text)
+    return scrub(text, (parts.query, parts.password or "", parts.netloc.rpartition("@")[0]))
 
 
 async def fetch(
-    repository: ModelRepository, storage_uri: str, into: Path, timeout_s: float
-) -> None:
-    """Fetch `storage_uri` into the staging folder `into`."""
+    repository: ModelRepository,
+    storage_uri: str,
+    into: Path,
+    timeout_s: float,
+    *,
+    secret_name: str = "",
+    stores: ObjectStores | None = None,
+    what: str = "artifact",
+) -> int:
+    """Fetch `storage_uri` into the staging folder `into`, within `timeout_s`; the bytes
+    fetched. `secret_name`: the model's spec.secretName (object stores only); `what`: who
+    fetches, for progress lines (`model iris v3 on mlserver-0`)."""
     uri = storage_uri.strip()
     if not uri:
         raise ArtifactError("the spec has no storageUri")
@@ -548,23 +570,56 @@ async def fetch(
         raise ArtifactError(f"{shown}: not a valid URI") from exc
     if parsed.scheme in ("http", "https"):
         target = into / _download_name(uri)
-        await _download(uri, target, timeout_s, repository.max_artifact_bytes)
+        size = await _download(uri, target, timeout_s, repository.max_artifact_bytes, what)
         await asyncio.to_thread(repository.unpack_if_archive, target)
-        return
+        return size
     if parsed.scheme == "file":
         if parsed.netloc not in ("", "localhost"):
             raise ArtifactError(f"{shown}: file:// URIs must name a local path")
         source = Path(unquote(parsed.path))
     elif parsed.scheme == "":
         source = Path(uri)
+    elif parsed.scheme.lower() in SCHEME_FAMILIES or secret_name:
+        stores = stores or ObjectStores()
+        return await _fetch_object_store(
+            repository, uri, into, timeout_s, secret_name=secret_name, stores=stores, what=what
+        )
     else:
         raise ArtifactError(
-            f"{shown}: scheme {parsed.scheme!r} is not supported (local path, file://, http(s)://)"
+            f"{shown}: scheme {parsed.scheme!r} is not supported (local path, file://, "
+            "http(s)://, gs://, s3://, az://, or the remote name of a spec.secretName)"
         )
-    await asyncio.to_thread(repository.copy_local, source, into)
+    return await asyncio.to_thread(repository.copy_local, source, into)
 
 
-async def _download(url: str, target: Path, timeout_s: float, limit: int) -> None:
+async def _fetch_object_store(
+    repository: ModelRepository,
+    uri: str,
+    into: Path,
+    timeout_s: float,
+    *,
+    secret_name: str,
+    stores: ObjectStores,
+    what: str,
+) -> int:
+    shown = redact(uri)
+    try:
+        async with asyncio.timeout(timeout_s):
+            fetched = await stores.fetch(
+                uri, secret_name, into, limit=repository.max_artifact_bytes, shown=shown, what=what
+            )
+    except TimeoutError:
+        raise ArtifactError(
+            f"{shown}: not fetched within {timeout_s:g}s (fetch_timeout_s)"
+        ) from None
+    except StorageError as exc:
+        raise ArtifactError(str(exc)) from None
+    if fetched.single is not None:
+        await asyncio.to_thread(repository.unpack_if_archive, fetched.single)
+    return fetched.bytes
+
+
+async def _download(url: str, target: Path, timeout_s: float, limit: int, what: str) -> int:
     shown = redact(url)
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     too_big = (
@@ -583,13 +638,14 @@ async def _download(url: str, target: Path, timeout_s: float, limit: int) -> Non
                 raise ArtifactError(
                     f"{shown}: Content-Length {format_bytes(response.content_length)} is " + too_big
                 )
-            written = 0
+            progress = Progress(what, shown, response.content_length or 0, files=1)
             with target.open("wb") as out:
                 async for chunk in response.content.iter_chunked(1 << 20):
-                    written += len(chunk)
-                    if written > limit:
+                    if progress.done + len(chunk) > limit:
                         raise ArtifactError(f"{shown}: the download is " + too_big)
                     out.write(chunk)
+                    progress.add(len(chunk))
+            return progress.done
     except TimeoutError as exc:
         raise ArtifactError(f"{shown}: no complete answer within {timeout_s:g}s") from exc
     except aiohttp.ClientError as exc:

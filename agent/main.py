@@ -36,6 +36,7 @@ from agent.link import Outbox, SchedulerLink
 from agent.metrics import AgentMetrics
 from agent.models import ModelManager
 from agent.settings import AgentSettings
+from agent.storage import ObjectStores
 from contract import __version__
 from contract.aio import start_task, stop_tasks
 
@@ -83,6 +84,9 @@ class Agent:
             max_concurrent_loads=settings.max_concurrent_loads,
             fetch_timeout_s=settings.fetch_timeout_s,
             after_change=self._after_change,
+            stores=ObjectStores(
+                secrets_dir=settings.storage_secrets_dir, concurrency=settings.fetch_concurrency
+            ),
         )
         self.link = SchedulerLink(settings, self.manager, self.gpus, self.metrics, self.outbox)
         self.http = HttpEndpoints(

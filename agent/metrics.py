@@ -45,6 +45,20 @@ class AgentMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=registry,
         )
+        self.fetch_seconds = Histogram(
+            "gpuplace_agent_artifact_fetch_duration_seconds",
+            "Time to fetch a model's artifact (storageUri) into the staging folder, unpacking "
+            "included, by scheme (local, http, s3, gs, azure, remote) and outcome (ok, failed)",
+            ["scheme", "outcome"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.fetched_bytes = Counter(
+            "gpuplace_agent_artifact_fetched_bytes",
+            "Bytes of artifacts fetched (downloaded or copied), by scheme",
+            ["scheme"],
+            registry=registry,
+        )
         labels = ["uuid", "name"]
         self.gpu_total = Gauge(
             "gpuplace_agent_gpu_memory_total_bytes",

@@ -29,6 +29,7 @@ from agent.inference_server import (
     InferenceServerUnavailable,
 )
 from agent.metrics import AgentMetrics
+from agent.storage import ObjectStores
 from contract.names import InvalidName, is_dns1123_label
 from contract.protocol import EventKind, GpuDevice, Load, LoadedModel, ModelEvent, Unload
 from contract.quantity import format_bytes
@@ -139,6 +140,7 @@ class ModelManager:
         max_concurrent_loads: int,
         fetch_timeout_s: float,
         after_change: Callable[[], Awaitable[None]] | None = None,
+        stores: ObjectStores | None = None,
     ) -> None:
         self.replica = replica
         self.repository = repository
@@ -147,6 +149,7 @@ class ModelManager:
         self.metrics = metrics
         self.emit = emit
         self.fetch_timeout_s = fetch_timeout_s
+        self.stores = stores or ObjectStores()
         self.after_change = after_change
         self.loaded: dict[str, LoadedModel] = {}
         self._slots = asyncio.Semaphore(max_concurrent_loads)
@@ -332,9 +335,7 @@ class ModelManager:
                     # No storageUri: a model made of its settings alone (a runtime that
                     # needs no files); describe() insists on an 'implementation'.
                     if request.storage_uri.strip():
-                        await artifacts.fetch(
-                            self.repository, request.storage_uri, staged, self.fetch_timeout_s
-                        )
+                        await self._fetch(request, staged)
                     await asyncio.to_thread(
                         self.repository.describe, staged, name, version, request.parameters
                     )
@@ -353,6 +354,37 @@ class ModelManager:
                     return await self._install_and_load(request, current, staged, plan)
             finally:
                 await asyncio.to_thread(self.repository.discard, staged)
+
+    async def _fetch(self, request: Load, staged: Path) -> None:
+        """Fetch the artifact into `staged`, with its duration and size in the metrics."""
+        name, version = request.model, request.version
+        scheme = artifacts.scheme_label(request.storage_uri)
+        started = time.monotonic()
+        try:
+            size = await artifacts.fetch(
+                self.repository,
+                request.storage_uri,
+                staged,
+                self.fetch_timeout_s,
+                secret_name=request.secret_name,
+                stores=self.stores,
+                what=f"model {name} v{version} on {self.replica}",
+            )
+        except ArtifactError:
+            self.metrics.fetch_seconds.labels(scheme, "failed").observe(time.monotonic() - started)
+            raise
+        elapsed = time.monotonic() - started
+        self.metrics.fetch_seconds.labels(scheme, "ok").observe(elapsed)
+        self.metrics.fetched_bytes.labels(scheme).inc(size)
+        log.info(
+            "model %s v%d on %s: artifact %s fetched: %s in %.1fs",
+            name,
+            version,
+            self.replica,
+            artifacts.redact(request.storage_uri.strip()),
+            format_bytes(size),
+            elapsed,
+        )
 
     def _refused(self, request: Load, refused: Refused) -> ModelEvent:
         log.warning(

@@ -96,7 +96,22 @@ class AgentSettings(BaseSettings):
         30.0, gt=0, description="longest wait for any other inference-server request"
     )
     fetch_timeout_s: float = Field(
-        600.0, gt=0, description="longest wait to download one http(s) artifact"
+        600.0,
+        gt=0,
+        description="longest time to fetch one artifact (an http(s) download, or the listing "
+        "and download of an object-store artifact)",
+    )
+    fetch_concurrency: int = Field(
+        8,
+        ge=1,
+        le=64,
+        description="object-store downloads that run at the same time for one artifact "
+        "(files, and ranges of a large file)",
+    )
+    storage_secrets_dir: Path = Field(
+        Path("/etc/gpuplace/storage-secrets"),
+        description="folder where the storage secrets that models name in spec.secretName are "
+        "mounted: <folder>/<secretName>/<key> holds one rclone remote config",
     )
     max_artifact_bytes: int = Field(
         50 * 2**30,

@@ -19,6 +19,7 @@ from agent.artifacts import (
     Record,
     fetch,
     redact,
+    scheme_label,
 )
 from contract.names import InvalidName
 
@@ -118,11 +119,46 @@ def test_model_names_are_checked_before_any_path(repo: ModelRepository, name: st
 
 
 @pytest.mark.parametrize(
-    "uri", ["s3://bucket/model", "gs://b/m", "ftp://host/m", "file://otherhost/m"]
+    ("uri", "why"),
+    [
+        ("ftp://host/m", "scheme 'ftp' is not supported"),
+        ("file://otherhost/m", "must name a local path"),
+        ("minio://bucket/m", "scheme 'minio' is not supported"),  # a remote, but no secret
+        ("s3://user:pw@bucket/m", "carries no user, password or port"),
+        ("gs://bucket:443/m", "carries no user, password or port"),
+        ("az://container/m?sv=1", "takes no query string"),
+    ],
 )
-async def test_unsupported_uris(repo: ModelRepository, uri: str) -> None:
-    with pytest.raises(ArtifactError):
+async def test_unsupported_uris(repo: ModelRepository, uri: str, why: str) -> None:
+    with pytest.raises(ArtifactError, match=why):
         await fetch(repo, uri, repo.new_staging_folder("m"), timeout_s=5)
+
+
+async def test_a_local_fetch_returns_its_size(tmp_path: Path, repo: ModelRepository) -> None:
+    source = artifact(tmp_path)
+    assert await fetch(repo, str(source), repo.new_staging_folder("m"), timeout_s=5) == 12
+    single = repo.new_staging_folder("m")
+    assert await fetch(repo, str(source / "model.joblib"), single, timeout_s=5) == 7
+
+
+@pytest.mark.parametrize(
+    ("uri", "label"),
+    [
+        ("/models/iris", "local"),
+        ("file:///models/iris", "local"),
+        ("https://host/m.tgz", "http"),
+        ("HTTP://host/m.tgz", "http"),
+        ("s3://b/k", "s3"),
+        ("gs://b/k", "gs"),
+        ("gcs://b/k", "gs"),
+        ("az://c/k", "azure"),
+        ("azureblob://c/k", "azure"),
+        ("minio://b/k", "remote"),
+        ("http://[::1", "remote"),
+    ],
+)
+def test_scheme_labels_are_a_small_fixed_set(uri: str, label: str) -> None:
+    assert scheme_label(uri) == label
 
 
 async def test_missing_local_path(repo: ModelRepository, tmp_path: Path) -> None:
@@ -390,7 +426,10 @@ def test_redact(url: str, shown: str) -> None:
     assert redact(url) == shown
 
 
-async def test_unsupported_scheme_message_is_redacted(repo: ModelRepository) -> None:
+@pytest.mark.parametrize(
+    "uri", ["ftp://key:hunter2@host/m?sig=abc", "s3://key:hunter2@bucket/m?sig=abc"]
+)
+async def test_unsupported_uri_messages_are_redacted(repo: ModelRepository, uri: str) -> None:
     with pytest.raises(ArtifactError) as caught:
-        await fetch(repo, "s3://key:secret@bucket/m?sig=abc", repo.new_staging_folder("m"), 5)
-    assert "secret" not in str(caught.value) and "sig=abc" not in str(caught.value)
+        await fetch(repo, uri, repo.new_staging_folder("m"), 5)
+    assert "hunter2" not in str(caught.value) and "sig=abc" not in str(caught.value)
