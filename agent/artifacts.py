@@ -143,6 +143,36 @@ class ModelRepository:
         path.unlink()
         _lift_single_folder(into)
 
+    def select_version(self, folder: Path, artifact_version: int) -> None:
+        """Keep one numbered version folder of the artifact, as Seldon Core 2 does.
+
+        An artifact with a model-settings.json at its top is used as it is. Otherwise, with
+        an artifactVersion N, its folder `N/` becomes the model folder (none: an error naming
+        the versions there are); without one, the highest-numbered folder that holds a
+        model-settings.json does, if any.
+        """
+        if (folder / MODEL_SETTINGS).exists():
+            return
+        numbered = {
+            int(child.name): child
+            for child in folder.iterdir()
+            if child.name.isdigit() and child.is_dir() and not child.is_symlink()
+        }
+        if artifact_version:
+            chosen = numbered.get(artifact_version)
+            if chosen is None:
+                found = ", ".join(f"{n}/" for n in sorted(numbered)) or "no numbered folder"
+                raise ArtifactError(
+                    f"artifactVersion {artifact_version}: the artifact has no folder "
+                    f"{artifact_version}/ (it has {found})"
+                )
+        else:
+            described = [n for n, child in numbered.items() if (child / MODEL_SETTINGS).exists()]
+            if not described:
+                return
+            chosen = numbered[max(described)]
+        _keep_only(folder, chosen)
+
     def describe(
         self, folder: Path, name: str, version: int, parameters: Mapping[str, str]
     ) -> None:
@@ -485,6 +515,21 @@ def _extract_zip(path: Path, into: Path, limit: int) -> None:
         raise
     except _ARCHIVE_ERRORS as exc:
         raise ArtifactError(f"{path.name}: cannot extract the zip archive: {exc}") from exc
+
+
+def _keep_only(into: Path, inner: Path) -> None:
+    """Make the content of `inner` (a folder in `into`) the whole content of `into`."""
+    holding = into / f".keep-{uuid.uuid4().hex[:8]}"
+    os.rename(inner, holding)
+    for child in into.iterdir():
+        if child != holding:
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    for child in holding.iterdir():
+        os.rename(child, into / child.name)
+    holding.rmdir()
 
 
 def _lift_single_folder(into: Path) -> None:

@@ -336,6 +336,9 @@ class ModelManager:
                     # needs no files); describe() insists on an 'implementation'.
                     if request.storage_uri.strip():
                         await self._fetch(request, staged)
+                        await asyncio.to_thread(
+                            self.repository.select_version, staged, request.artifact_version
+                        )
                     await asyncio.to_thread(
                         self.repository.describe, staged, name, version, request.parameters
                     )

@@ -433,3 +433,56 @@ async def test_unsupported_uri_messages_are_redacted(repo: ModelRepository, uri:
     with pytest.raises(ArtifactError) as caught:
         await fetch(repo, uri, repo.new_staging_folder("m"), 5)
     assert "hunter2" not in str(caught.value) and "sig=abc" not in str(caught.value)
+
+
+def tree(folder: Path) -> list[str]:
+    return sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file())
+
+
+def artifact_with_versions(repo: ModelRepository, *versions: str, top: bool = False) -> Path:
+    folder = repo.new_staging_folder("m")
+    for version in versions:
+        (folder / version).mkdir()
+        (folder / version / "model-settings.json").write_text("{}")
+        (folder / version / "model.joblib").write_text(version)
+    (folder / "README").write_text("about")
+    if top:
+        (folder / "model-settings.json").write_text("{}")
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("versions", "artifact_version", "kept"),
+    [
+        (("1", "2", "10"), 2, "2"),  # the folder artifactVersion names
+        (("1", "2", "10"), 0, "10"),  # none named: the highest version
+    ],
+)
+def test_a_numbered_version_folder_becomes_the_model(
+    repo: ModelRepository, versions: tuple[str, ...], artifact_version: int, kept: str
+) -> None:
+    folder = artifact_with_versions(repo, *versions)
+    repo.select_version(folder, artifact_version)
+    assert tree(folder) == ["model-settings.json", "model.joblib"]
+    assert (folder / "model.joblib").read_text() == kept
+
+
+def test_an_artifact_described_at_its_top_is_used_as_it_is(repo: ModelRepository) -> None:
+    folder = artifact_with_versions(repo, "1", top=True)
+    before = tree(folder)
+    repo.select_version(folder, 1)
+    assert tree(folder) == before
+
+
+def test_an_artifact_without_version_folders_is_used_as_it_is(repo: ModelRepository) -> None:
+    folder = artifact_with_versions(repo)
+    repo.select_version(folder, 0)
+    assert tree(folder) == ["README"]
+
+
+def test_a_missing_artifact_version_names_the_versions_there_are(repo: ModelRepository) -> None:
+    folder = artifact_with_versions(repo, "1", "2")
+    with pytest.raises(
+        ArtifactError, match=r"artifactVersion 3: .* no folder 3/ \(it has 1/, 2/\)"
+    ):
+        repo.select_version(folder, 3)

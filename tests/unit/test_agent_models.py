@@ -337,6 +337,23 @@ async def test_a_model_without_storage_uri_is_its_settings_alone(tmp_path: Path)
     assert "nothing to load" in nothing.message and "implementation" in nothing.message
 
 
+async def test_the_artifact_version_picks_the_version_folder(tmp_path: Path) -> None:
+    """Seldon's layout: numbered folders, each a model; artifactVersion names one."""
+    h = make(tmp_path)
+    versions = tmp_path / "versions"
+    for number in ("1", "2"):
+        (versions / number).mkdir(parents=True)
+        (versions / number / "model-settings.json").write_text('{"implementation": "x.Y"}')
+        (versions / number / "weights").write_text(number)
+    first = await h.manager.load(Load("iris", 1, str(versions), artifact_version=1))
+    assert first.kind is EventKind.LOADED
+    assert (h.repository.root / "iris" / "weights").read_text() == "1"
+    assert not (h.repository.root / "iris" / "2").exists()
+    missing = await h.manager.load(Load("iris", 2, str(versions), artifact_version=7))
+    assert missing.kind is EventKind.LOAD_FAILED
+    assert "artifactVersion 7" in missing.message and "1/, 2/" in missing.message
+
+
 async def test_commands_for_one_model_are_serialised(tmp_path: Path) -> None:
     h = make(tmp_path)
     gate = h.inference.gates["iris"] = asyncio.Event()
