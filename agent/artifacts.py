@@ -143,7 +143,7 @@ class ModelRepository:
         path.unlink()
         _lift_single_folder(into)
 
-    def select_version(self, folder: Path, artifact_version: int) -> None:
+    def select_version(self, folder: Path, artifact_version: int | None) -> None:
         """Keep one numbered version folder of the artifact, as Seldon Core 2 does.
 
         An artifact with a model-settings.json at its top is used as it is. Otherwise, with
@@ -156,9 +156,9 @@ class ModelRepository:
         numbered = {
             int(child.name): child
             for child in folder.iterdir()
-            if child.name.isdigit() and child.is_dir() and not child.is_symlink()
+            if _is_version(child.name) and child.is_dir() and not child.is_symlink()
         }
-        if artifact_version:
+        if artifact_version is not None:
             chosen = numbered.get(artifact_version)
             if chosen is None:
                 found = ", ".join(f"{n}/" for n in sorted(numbered)) or "no numbered folder"
@@ -515,6 +515,11 @@ def _extract_zip(path: Path, into: Path, limit: int) -> None:
         raise
     except _ARCHIVE_ERRORS as exc:
         raise ArtifactError(f"{path.name}: cannot extract the zip archive: {exc}") from exc
+
+
+def _is_version(name: str) -> bool:
+    """A version folder's name: ASCII digits, written as the number is ("7", not "07")."""
+    return name.isascii() and name.isdigit() and str(int(name)) == name
 
 
 def _keep_only(into: Path, inner: Path) -> None:

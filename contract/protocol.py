@@ -125,8 +125,8 @@ class Load:
     gpus: int = 1
     # The storage credentials to use (the model's secretName); "": the environment's.
     secret_name: str = ""
-    # The artifact's numbered version folder to load (Seldon's artifactVersion); 0: none named.
-    artifact_version: int = 0
+    # The artifact's numbered version folder to load (Seldon's artifactVersion); None: unset.
+    artifact_version: int | None = None
 
 
 @dataclass(frozen=True)

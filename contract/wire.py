@@ -205,7 +205,7 @@ def decode_command(message: agent_pb2.SchedulerMessage) -> Command:
             device_uuids=tuple(load.device_uuids),
             gpus=load.gpus or 1,
             secret_name=load.secret_name,
-            artifact_version=load.artifact_version,
+            artifact_version=load.artifact_version if load.HasField("artifact_version") else None,
         )
     if which == "unload":
         return Unload(message.unload.model_name, message.unload.version)

@@ -75,7 +75,7 @@ def spec_to_dict(spec: common_pb2.ModelSpec) -> dict[str, Any]:
         "replicas": spec.replicas if spec.HasField("replicas") else None,
         "minReplicas": spec.min_replicas if spec.HasField("min_replicas") else None,
         "parameters": dict(sorted(spec.parameters.items())),
-        "artifactVersion": spec.artifact_version or None,
+        "artifactVersion": spec.artifact_version if spec.HasField("artifact_version") else None,
         "namespace": spec.namespace or None,
         "secretName": spec.secret_name or None,
     }

@@ -1273,7 +1273,7 @@ def to_model_spec(model: Loaded[ModelResource]) -> common_pb2.ModelSpec:
         gpu_memory=spec.gpu_memory or "",
         gpus=spec.gpus or 0,
         parameters={parameter.name: parameter.value for parameter in spec.parameters},
-        artifact_version=spec.artifact_version or 0,
+        artifact_version=spec.artifact_version,
         namespace=model.namespace or "",
         secret_name=spec.secret_name or "",
     )

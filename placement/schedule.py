@@ -50,7 +50,7 @@ def schedule(
         return Rejection(((request.server, UNKNOWN_SERVER),))
     verdicts = [_judge(request, policy, now, replicas) for _, replicas in sorted(groups.items())]
     wanted = max(request.replicas, 1)
-    least = _least_replicas(request)
+    least = least_replicas(request.replicas, request.min_replicas)
     chosen = _choose(verdicts, wanted, least, replica_key(request, policy))
     if chosen is None:
         return Rejection(tuple((v.server, _shortfall(v, wanted, least)) for v in verdicts))
@@ -62,11 +62,12 @@ def schedule(
     )
 
 
-def _least_replicas(request: Request) -> int:
-    """The fewest replicas a placement of `request` may have: `min_replicas` when it is at
-    least 1 (a partial placement is allowed), else every one of `replicas`."""
-    wanted = max(request.replicas, 1)
-    return min(request.min_replicas, wanted) if request.min_replicas >= 1 else wanted
+def least_replicas(replicas: int, min_replicas: int | None) -> int:
+    """The fewest replicas a placement may have, and the fewest available copies that make
+    a model available, as in Seldon Core 2: `min_replicas` when it is 1 or more (a partial
+    placement of that many is allowed), else every one of `replicas` (unset or 0)."""
+    wanted = max(replicas, 1)
+    return min(min_replicas, wanted) if min_replicas else wanted
 
 
 def _group_by_server(replicas: Iterable[Replica], pinned: str | None) -> dict[str, list[Replica]]:

@@ -314,8 +314,8 @@ class LoadCommand(_message.Message):
     secret_name: _builtins.str
     """The storage credentials to use (the model's secretName); empty: the environment's."""
     artifact_version: _builtins.int
-    """Seldon's artifactVersion: the numbered version folder of the artifact to load (0: the
-    artifact's top folder when it has a model-settings.json, else its highest version).
+    """Seldon's artifactVersion: the numbered version folder of the artifact to load (unset:
+    the artifact's top folder when it has a model-settings.json, else its highest version).
     """
     @_builtins.property
     def parameters(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
@@ -336,13 +336,15 @@ class LoadCommand(_message.Message):
         device_uuids: _abc.Iterable[_builtins.str] | None = ...,
         gpus: _builtins.int = ...,
         secret_name: _builtins.str = ...,
-        artifact_version: _builtins.int = ...,
+        artifact_version: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_artifact_version", b"_artifact_version", "artifact_version", b"artifact_version"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_version", b"artifact_version", "device_uuids", b"device_uuids", "gpu_memory_bytes", b"gpu_memory_bytes", "gpus", b"gpus", "model_name", b"model_name", "parameters", b"parameters", "secret_name", b"secret_name", "storage_uri", b"storage_uri", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_artifact_version", b"_artifact_version", "artifact_version", b"artifact_version", "device_uuids", b"device_uuids", "gpu_memory_bytes", b"gpu_memory_bytes", "gpus", b"gpus", "model_name", b"model_name", "parameters", b"parameters", "secret_name", b"secret_name", "storage_uri", b"storage_uri", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__artifact_version: _TypeAlias = _typing.Literal["artifact_version"]  # noqa: Y015
+    _WhichOneofArgType__artifact_version: _TypeAlias = _typing.Literal["_artifact_version", b"_artifact_version"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__artifact_version) -> _WhichOneofReturnType__artifact_version | None: ...
 
 Global___LoadCommand: _TypeAlias = LoadCommand  # noqa: Y015
 

@@ -117,7 +117,9 @@ class ModelSpec(_message.Message):
     refusal with the reason.
     """
     artifact_version: _builtins.int
-    """Seldon's artifactVersion: part of the artifact's identity (a change is a new version)."""
+    """Seldon's artifactVersion: the artifact's numbered version folder to load (0 is folder
+    0/; unset: the highest); part of the artifact's identity (a change is a new version).
+    """
     namespace: _builtins.str
     """metadata.namespace as written (empty: none); kept and shown, not used for placement."""
     secret_name: _builtins.str
@@ -143,18 +145,22 @@ class ModelSpec(_message.Message):
         replicas: _builtins.int | None = ...,
         min_replicas: _builtins.int | None = ...,
         parameters: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
-        artifact_version: _builtins.int = ...,
+        artifact_version: _builtins.int | None = ...,
         namespace: _builtins.str = ...,
         secret_name: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_min_replicas", b"_min_replicas", "_replicas", b"_replicas", "min_replicas", b"min_replicas", "replicas", b"replicas"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_artifact_version", b"_artifact_version", "_min_replicas", b"_min_replicas", "_replicas", b"_replicas", "artifact_version", b"artifact_version", "min_replicas", b"min_replicas", "replicas", b"replicas"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_min_replicas", b"_min_replicas", "_replicas", b"_replicas", "artifact_version", b"artifact_version", "gpu_memory", b"gpu_memory", "gpus", b"gpus", "memory", b"memory", "min_replicas", b"min_replicas", "name", b"name", "namespace", b"namespace", "parameters", b"parameters", "replicas", b"replicas", "requirements", b"requirements", "secret_name", b"secret_name", "server", b"server", "storage_uri", b"storage_uri"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_artifact_version", b"_artifact_version", "_min_replicas", b"_min_replicas", "_replicas", b"_replicas", "artifact_version", b"artifact_version", "gpu_memory", b"gpu_memory", "gpus", b"gpus", "memory", b"memory", "min_replicas", b"min_replicas", "name", b"name", "namespace", b"namespace", "parameters", b"parameters", "replicas", b"replicas", "requirements", b"requirements", "secret_name", b"secret_name", "server", b"server", "storage_uri", b"storage_uri"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__artifact_version: _TypeAlias = _typing.Literal["artifact_version"]  # noqa: Y015
+    _WhichOneofArgType__artifact_version: _TypeAlias = _typing.Literal["_artifact_version", b"_artifact_version"]  # noqa: Y015
     _WhichOneofReturnType__min_replicas: _TypeAlias = _typing.Literal["min_replicas"]  # noqa: Y015
     _WhichOneofArgType__min_replicas: _TypeAlias = _typing.Literal["_min_replicas", b"_min_replicas"]  # noqa: Y015
     _WhichOneofReturnType__replicas: _TypeAlias = _typing.Literal["replicas"]  # noqa: Y015
     _WhichOneofArgType__replicas: _TypeAlias = _typing.Literal["_replicas", b"_replicas"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__artifact_version) -> _WhichOneofReturnType__artifact_version | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__min_replicas) -> _WhichOneofReturnType__min_replicas | None: ...
     @_typing.overload

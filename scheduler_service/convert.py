@@ -26,7 +26,7 @@ def spec_from_proto(spec: common_pb2.ModelSpec) -> ModelSpec:
         replicas=spec.replicas if spec.HasField("replicas") else None,
         min_replicas=spec.min_replicas if spec.HasField("min_replicas") else None,
         parameters=tuple(spec.parameters.items()),
-        artifact_version=spec.artifact_version,
+        artifact_version=spec.artifact_version if spec.HasField("artifact_version") else None,
         namespace=spec.namespace,
         secret_name=spec.secret_name,
     )

@@ -10,6 +10,7 @@ from contract.errors import InvalidArgument
 from contract.names import SUBDOMAIN_RULE, InvalidName, check_name, is_dns1123_subdomain
 from contract.protocol import Load
 from contract.quantity import QuantityError, parse_bytes
+from placement.schedule import least_replicas
 
 
 class ModelState(StrEnum):
@@ -56,16 +57,14 @@ class ModelSpec:
     parameters: tuple[tuple[str, str], ...] = ()
     memory_bytes: int = 0
     gpu_memory_bytes: int = 0
-    artifact_version: int = 0
+    artifact_version: int | None = None
     namespace: str = ""
     secret_name: str = ""
 
     @property
     def required_replicas(self) -> int:
-        """Fewest available replicas that make the model Available, as in Seldon Core 2:
-        `minReplicas` when it is 1 or more (a partial placement of that many is allowed),
-        else every one of `replicas` (minReplicas unset or 0)."""
-        return min(self.min_replicas, self.replicas) if self.min_replicas else self.replicas
+        """Fewest available copies that make the model Available (placement's rule)."""
+        return least_replicas(self.replicas, self.min_replicas)
 
     def load_command(self, version: int, device_uuids: tuple[str, ...]) -> Load:
         """What an agent needs to load `version` of this model on `device_uuids`."""
@@ -94,7 +93,7 @@ def validate_spec(
     replicas: int | None = None,
     min_replicas: int | None = None,
     parameters: tuple[tuple[str, str], ...] = (),
-    artifact_version: int = 0,
+    artifact_version: int | None = None,
     namespace: str = "",
     secret_name: str = "",
 ) -> ModelSpec:

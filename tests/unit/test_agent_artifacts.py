@@ -455,11 +455,13 @@ def artifact_with_versions(repo: ModelRepository, *versions: str, top: bool = Fa
     ("versions", "artifact_version", "kept"),
     [
         (("1", "2", "10"), 2, "2"),  # the folder artifactVersion names
-        (("1", "2", "10"), 0, "10"),  # none named: the highest version
+        (("0", "3"), 0, "0"),  # 0 is a version like any other
+        (("1", "2", "10"), None, "10"),  # none named: the highest version
+        (("1", "02", "²"), None, "1"),  # only names written as the number count
     ],
 )
 def test_a_numbered_version_folder_becomes_the_model(
-    repo: ModelRepository, versions: tuple[str, ...], artifact_version: int, kept: str
+    repo: ModelRepository, versions: tuple[str, ...], artifact_version: int | None, kept: str
 ) -> None:
     folder = artifact_with_versions(repo, *versions)
     repo.select_version(folder, artifact_version)
@@ -476,7 +478,7 @@ def test_an_artifact_described_at_its_top_is_used_as_it_is(repo: ModelRepository
 
 def test_an_artifact_without_version_folders_is_used_as_it_is(repo: ModelRepository) -> None:
     folder = artifact_with_versions(repo)
-    repo.select_version(folder, 0)
+    repo.select_version(folder, None)
     assert tree(folder) == ["README"]
 
 

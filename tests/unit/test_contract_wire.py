@@ -55,6 +55,7 @@ COMMANDS: list[Command] = [
     Load("llama3", 9, "s3://bucket/llama3", {"implementation": "x.Y"}, 20 * GiB, ("GPU-a",), 2),
     Load("iris", 1),
     Load("iris", 2, "minio://models/iris", secret_name="minio-creds", artifact_version=3),
+    Load("iris", 3, "gs://models/iris", artifact_version=0),  # folder 0/, not "unset"
     Unload("iris", 7),
     DrainComplete(("a", "b")),
     DrainComplete(),
