@@ -55,6 +55,8 @@ STAGING = ".gpuplace-staging"
 _ARCHIVES = (".tar.gz", ".tgz", ".tar", ".zip")
 # The default of the max_artifact_bytes setting.
 DEFAULT_MAX_ARTIFACT_BYTES = 50 * 2**30
+# Where Kubernetes puts secrets in a pod; the agent's storage secrets folder is added too.
+PRIVATE_FOLDERS = (Path("/var/run/secrets"), Path("/run/secrets"))
 # Spec parameters that MLServer reads from model-settings.json `parameters`.
 _MLSERVER_PARAMETERS = ("uri", "format", "content_type")
 
@@ -80,11 +82,19 @@ def model_name(name: str) -> str:
 class ModelRepository:
     """The model repository folder. Blocking: call its methods from a worker thread."""
 
-    def __init__(self, root: Path, max_artifact_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES) -> None:
+    def __init__(
+        self,
+        root: Path,
+        max_artifact_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES,
+        private: tuple[Path, ...] = PRIVATE_FOLDERS,
+    ) -> None:
         self.root = root.resolve()
         self.staging = self.root / STAGING
         # The most an artifact may take: downloaded, copied, or extracted from an archive.
         self.max_artifact_bytes = max_artifact_bytes
+        # Folders a local storageUri may never copy from (or link into): they hold secrets,
+        # and the model repository is readable by the inference server and every model.
+        self.private = tuple(path.resolve() for path in private)
 
     def prepare(self) -> None:
         """Create the folders and clear what an interrupted agent left in the work area."""
@@ -104,11 +114,18 @@ class ModelRepository:
     # -- fetching -------------------------------------------------------------------------
 
     def copy_local(self, source: Path, into: Path) -> int:
-        """Copy a local file or folder (never move it) into `into`; the bytes copied."""
+        """Copy a local file or folder (never move it) into `into`; the bytes copied.
+
+        Refused: a source in a private folder (the storage secrets, the pod's service-account
+        token), and a folder holding a symbolic link that leads out of it.
+        """
         if not source.exists():
             raise ArtifactError(f"{source}: no such file or folder")
+        real = source.resolve()
+        self._check_not_private(source, real)
         try:
             if source.is_dir():
+                _check_links_stay_inside(source, real)
                 size = sum(entry.stat().st_size for entry in source.rglob("*") if entry.is_file())
                 self._check_size(str(source), size)
                 shutil.copytree(source, into, dirs_exist_ok=True)
@@ -121,6 +138,14 @@ class ModelRepository:
             raise ArtifactError(f"{source}: cannot be copied: {exc}") from exc
         self.unpack_if_archive(target)
         return size
+
+    def _check_not_private(self, source: Path, real: Path) -> None:
+        for private in self.private:
+            if real == private or private in real.parents or real in private.parents:
+                raise ArtifactError(
+                    f"{source}: a local storageUri may not read {private} (it holds secrets); "
+                    "refused"
+                )
 
     def _check_size(self, what: str, size: int) -> None:
         if size > self.max_artifact_bytes:
@@ -515,6 +540,20 @@ def _extract_zip(path: Path, into: Path, limit: int) -> None:
         raise
     except _ARCHIVE_ERRORS as exc:
         raise ArtifactError(f"{path.name}: cannot extract the zip archive: {exc}") from exc
+
+
+def _check_links_stay_inside(source: Path, real: Path) -> None:
+    """Every symbolic link in the folder `source` (really `real`) leads inside it."""
+    for parent, folders, files in os.walk(source):
+        for entry in (*folders, *files):
+            path = Path(parent, entry)
+            if path.is_symlink():
+                target = path.resolve()
+                if target != real and real not in target.parents:
+                    shown = path.relative_to(source)
+                    raise ArtifactError(
+                        f"{source}: {shown} is a symbolic link out of the artifact; refused"
+                    )
 
 
 def _is_version(name: str) -> bool:

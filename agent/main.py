@@ -21,7 +21,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from agent.artifacts import ModelRepository
+from agent.artifacts import PRIVATE_FOLDERS, ModelRepository
 from agent.gpu_monitor import GpuMonitor
 from agent.gpus import GpuProbe, NvmlGpuProbe
 from agent.http import HttpEndpoints
@@ -66,7 +66,9 @@ class Agent:
             request_timeout_s=settings.request_timeout_s,
         )
         self.repository = ModelRepository(
-            settings.model_repository, max_artifact_bytes=settings.max_artifact_bytes
+            settings.model_repository,
+            max_artifact_bytes=settings.max_artifact_bytes,
+            private=(*PRIVATE_FOLDERS, settings.storage_secrets_dir),
         )
         self.gpus = GpuMonitor(
             probe or NvmlGpuProbe(settings.gpu_uuids),

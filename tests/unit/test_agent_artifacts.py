@@ -488,3 +488,38 @@ def test_a_missing_artifact_version_names_the_versions_there_are(repo: ModelRepo
         ArtifactError, match=r"artifactVersion 3: .* no folder 3/ \(it has 1/, 2/\)"
     ):
         repo.select_version(folder, 3)
+
+
+def test_a_local_source_may_not_read_a_private_folder(tmp_path: Path) -> None:
+    """The storage secrets mounted into the agent must never become a model's files, which
+    the inference server and every model's code can read."""
+    secrets = tmp_path / "storage-secrets"
+    (secrets / "minio").mkdir(parents=True)
+    (secrets / "minio" / "conf").write_text("secret_access_key: hunter2")
+    repository = ModelRepository(tmp_path / "models", private=(secrets,))
+    repository.prepare()
+    for source in (secrets, secrets / "minio", secrets / "minio" / "conf", tmp_path):
+        staged = repository.new_staging_folder("m")
+        with pytest.raises(ArtifactError, match=r"may not read .* \(it holds secrets\)"):
+            repository.copy_local(source, staged)
+        assert tree(staged) == []
+
+
+def test_a_local_folder_with_a_link_out_of_it_is_refused(tmp_path: Path) -> None:
+    secret = tmp_path / "elsewhere" / "token"
+    secret.parent.mkdir()
+    secret.write_text("hunter2")
+    source = tmp_path / "artifact"
+    (source / "inner").mkdir(parents=True)
+    (source / "model.joblib").write_text("weights")
+    (source / "inner" / "same").symlink_to(source / "model.joblib")  # inside: fine
+    repository = ModelRepository(tmp_path / "models", private=())
+    repository.prepare()
+    staged = repository.new_staging_folder("m")
+    repository.copy_local(source, staged)
+    assert tree(staged) == ["inner/same", "model.joblib"]
+    (source / "inner" / "token").symlink_to(secret)
+    staged = repository.new_staging_folder("m")
+    with pytest.raises(ArtifactError, match=r"inner/token is a symbolic link out of the artifact"):
+        repository.copy_local(source, staged)
+    assert tree(staged) == []
