@@ -84,10 +84,12 @@ class Outbox:
             )
 
     def end(self) -> bool:
-        """Queue the end of the stream: the writer half-closes it after what is queued."""
-        if self._queue is None:
+        """Queue the end of the stream: the writer half-closes it after what is queued.
+        Nothing is sent after it (the outbox detaches)."""
+        queue, self._queue = self._queue, None
+        if queue is None:
             return False
-        self._queue.put_nowait(None)
+        queue.put_nowait(None)
         return True
 
 
@@ -145,17 +147,13 @@ class SchedulerLink:
         else:
             log.info("%s: drain will be requested once connected", self.replica)
 
-    async def close(self, timeout_s: float) -> bool:
-        """End the stream gracefully: send what is queued, half-close, and wait (at most
-        timeout_s) for the scheduler to end it too, so nothing sent is lost to a cancel."""
+    async def close(self) -> None:
+        """End the stream gracefully: send what is queued, half-close, and wait for the
+        scheduler to end it too, so nothing sent is lost to a cancel. (The caller bounds
+        the wait.)"""
         self._closing = True
-        if not self.outbox.end():
-            return True
-        try:
-            await asyncio.wait_for(self._closed.wait(), timeout=timeout_s)
-        except TimeoutError:
-            return False
-        return True
+        if self.outbox.end():
+            await self._closed.wait()
 
     async def run(self) -> None:
         """Keep a stream open until cancelled or closed."""

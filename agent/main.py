@@ -227,8 +227,15 @@ class Agent:
                         ", ".join(sorted(self.manager.loaded)),
                     )
                     await self.manager.cancel_all()
-                if not force.is_set():
-                    await self.link.close(max(0.0, min(flush_s, deadline - loop.time())))
+                closed_by = min(loop.time() + flush_s, deadline)
+                if not force.is_set() and not await _until(
+                    self.link.close(), closed_by, force, loop
+                ):
+                    log.warning(
+                        "%s: the scheduler did not end the stream in time; the last events "
+                        "may be lost (the next hello reports the state)",
+                        replica,
+                    )
         await self.stop()
 
     async def stop(self) -> None:

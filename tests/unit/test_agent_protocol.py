@@ -13,7 +13,7 @@ from agent.gpus import NoGpus
 from agent.link import Outbox, SchedulerLink
 from agent.metrics import AgentMetrics
 from agent.settings import AgentSettings
-from contract.protocol import EventKind, GpuDevice, ModelEvent
+from contract.protocol import DrainRequest, EventKind, GpuDevice, ModelEvent
 from protos import agent_pb2
 
 GiB = 2**30
@@ -74,6 +74,7 @@ async def test_outbox_drops_when_detached_and_queues_when_attached() -> None:
     outbox.attach(queue)
     outbox.event(ModelEvent(EventKind.UNLOADED, "iris", 1))
     assert outbox.end()
+    assert not outbox.send(DrainRequest()), "nothing is sent after the end of the stream"
     assert queue.qsize() == 2
     message = queue.get_nowait()
     assert message is not None and message.event.kind == agent_pb2.ModelEvent.UNLOADED
