@@ -130,7 +130,9 @@ def wait_models(
     while pending and time.monotonic() < deadline:
         watched = next(iter(pending)) if len(pending) == 1 else ""
         try:
-            for status in client.watch(watched, min(deadline, time.monotonic() + RECHECK_S)):
+            # A watch of one model answers NOT_FOUND once it is gone: it may last to the end.
+            until = deadline if watched else min(deadline, time.monotonic() + RECHECK_S)
+            for status in client.watch(watched, until):
                 if status.name in pending:
                     settle(status)
                 if not pending:

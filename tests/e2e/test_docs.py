@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -33,7 +34,23 @@ def test_the_tour_has_a_cluster_block_and_a_command_block() -> None:
     assert "gpuplace model load -f examples/models.yaml --wait" in commands
 
 
+def assert_ports_free(ports: tuple[int, ...], what: str) -> None:
+    """The docs name fixed ports, as a reader uses them: another process on one of them
+    (a demo left running, another test run) would answer in its place."""
+    taken = []
+    for port in ports:
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                taken.append(port)
+    assert not taken, (
+        f"{what} needs 127.0.0.1 ports {taken}, which are in use; stop what holds them"
+    )
+
+
 def test_the_readme_tour_runs_as_written(tmp_path: Path) -> None:
+    assert_ports_free((9004, 9005, 9999), "the README's tour")
     cluster_block, commands = bash_blocks(README, "A tour")
     log_path = tmp_path / "cluster.log"
     with log_path.open("wb") as log:
@@ -86,6 +103,8 @@ def all_bash_blocks(markdown: Path) -> list[str]:
 def test_running_locally_runs_as_written() -> None:
     """Every command of docs/running-locally.md, in order, in one shell, as a reader would."""
     assert not LOCAL.exists(), f"{LOCAL} exists: not touching it"
+    ports = (8080, 8081, 8082, 8090, 8091, 8092, 9004, 9005, 9999, 9006, 9008, 9016, 9018)
+    assert_ports_free(ports, "docs/running-locally.md")
     script = "\n".join(all_bash_blocks(RUNNING_LOCALLY))
     try:
         result = subprocess.run(
