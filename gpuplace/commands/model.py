@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import grpc
 
@@ -37,6 +38,8 @@ from gpuplace.output import (
 )
 from gpuplace.resources import Problem, ResourceError, load_files, to_model_spec
 from protos import common_pb2, scheduler_pb2
+
+Reply = TypeVar("Reply")
 
 # A model the scheduler would not place (a dry run's state after the pass).
 REFUSED_STATES = ("ScheduleFailed", "Failed")
@@ -189,22 +192,17 @@ def load_command(args: argparse.Namespace) -> int:
     specs = [to_model_spec(model) for model in bundle.models]
     if args.dry_run == "client":
         return _checked(specs, args.output)
-    code = EXIT_OK
     sent: dict[str, int] = {}
     with SchedulerClient(scheduler_address(args.scheduler)) as client:
         if args.dry_run == "server":
             return _planned(client, specs, args.output)
-        for spec in specs:
-            try:
-                reply = client.load(spec)
-            except ClientError as exc:
-                code = max(code, report_client_error(exc, f"model {spec.name}"))
-                if exc.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                    return EXIT_SCHEDULER
-                continue
+        replies, code = _ask_each(specs, client.load)
+        for spec, reply in replies:
             sent[spec.name] = reply.version
             change = "requested" if reply.changed else "unchanged"
             print(f"model/{reply.name or spec.name} {change} (version {reply.version})")
+        if code == EXIT_SCHEDULER:
+            return code
         if args.wait and sent:
             results = wait_models(
                 client,
@@ -216,6 +214,23 @@ def load_command(args: argparse.Namespace) -> int:
             )
             code = max(code, report_waited(client, results))
     return code
+
+
+def _ask_each(
+    specs: list[common_pb2.ModelSpec], ask: Callable[[common_pb2.ModelSpec], Reply]
+) -> tuple[list[tuple[common_pb2.ModelSpec, Reply]], int]:
+    """One call per model, its refusal reported at once; the replies and the exit code so
+    far (EXIT_SCHEDULER, and the models after it not asked, when the scheduler is gone)."""
+    replies: list[tuple[common_pb2.ModelSpec, Reply]] = []
+    code = EXIT_OK
+    for spec in specs:
+        try:
+            replies.append((spec, ask(spec)))
+        except ClientError as exc:
+            code = max(code, report_client_error(exc, f"model {spec.name}"))
+            if exc.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                return replies, EXIT_SCHEDULER
+    return replies, code
 
 
 def _checked(specs: list[common_pb2.ModelSpec], output: str) -> int:
@@ -232,19 +247,11 @@ def _checked(specs: list[common_pb2.ModelSpec], output: str) -> int:
 def _planned(client: SchedulerClient, specs: list[common_pb2.ModelSpec], output: str) -> int:
     """--dry-run=server: the scheduler's plan for each model; exit 1 when one would be
     refused (2 invalid, 3 the scheduler could not answer)."""
-    code = EXIT_OK
-    plans: list[tuple[common_pb2.ModelSpec, scheduler_pb2.PlanModelResponse]] = []
-    for spec in specs:
-        try:
-            plan = client.plan(spec)
-        except ClientError as exc:
-            code = max(code, report_client_error(exc, f"model {spec.name}"))
-            if exc.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                return EXIT_SCHEDULER
-            continue
-        plans.append((spec, plan))
-        if plan.state in REFUSED_STATES:
-            code = max(code, EXIT_FAILED)
+    plans, code = _ask_each(specs, client.plan)
+    if code == EXIT_SCHEDULER:
+        return code
+    if any(plan.state in REFUSED_STATES for _, plan in plans):
+        code = max(code, EXIT_FAILED)
     if output != "table":
         data = {"models": [plan_to_dict(spec, plan) for spec, plan in plans]}
         sys.stdout.write(dump(data, output))
