@@ -43,7 +43,7 @@ from urllib.parse import unquote, urlparse, urlsplit, urlunsplit
 import aiohttp
 
 from agent.storage import ObjectStores, Progress
-from agent.storage_config import SCHEME_FAMILIES, StorageError, scrub
+from agent.storage_config import METRIC_LABELS, SCHEME_FAMILIES, StorageError, scrub
 from contract.names import check_name
 from contract.quantity import format_bytes
 
@@ -610,7 +610,7 @@ def scheme_label(storage_uri: str) -> str:
     if scheme in ("http", "https"):
         return "http"
     family = SCHEME_FAMILIES.get(scheme)
-    return {"s3": "s3", "gcs": "gs", "azure": "azure"}[family] if family else "remote"
+    return METRIC_LABELS[family] if family else "remote"
 
 
 def redact(url: str) -> str:

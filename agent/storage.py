@@ -15,29 +15,47 @@ A fetch:
 3. asks what the URI names: one object (fetched as one file, named after the key's last
    part: an archive is then unpacked by the caller) or a prefix (every object under it,
    each key below the prefix becoming a path in the staging folder);
-4. refuses any key that would not be a plain relative path (`..`, `.`, empty components, a
-   backslash, NUL), names that clash (a file and a folder), and a total size over the limit;
+4. lists a prefix page by page (the store's own paging, LIST_PAGE_SIZE objects a request),
+   stopping as soon as the objects listed are over the size limit or more than
+   `max_files`, and refuses any key that would not be a plain relative path (`..`, `.`,
+   empty components, a backslash, NUL) and names that clash (a file and a folder);
 5. downloads the files in ranges of `chunk_bytes`, `concurrency` ranges at a time (many small
-   files in parallel, and one large file in parallel), each written at its offset; every
-   range must be exactly the size the listing gave, so no more than the checked total is
-   ever written;
+   files in parallel, and one large file in parallel), each written at its offset. A
+   range's answer is checked before it is held: a declared length other than the range's
+   is refused before the body is read, and a body is read piece by piece and refused as
+   soon as it is longer (an endpoint that ignores `Range`); so no more than the checked
+   total is ever written, and no more than a range is ever held per request. One
+   ObjectStores (the agent has one) holds at most max(`ranges_in_flight`, `concurrency`)
+   ranges at once, over all its fetches: its memory is bounded by that times
+   `chunk_bytes`; a failed download removes the files it wrote;
 6. logs progress for a large artifact (every 10 % and at least every 5 s).
 
 Library errors become a `StorageError` that says which case it is (not found, access denied,
-endpoint unreachable, ...) without a traceback, a secret or a signed URL.
+endpoint unreachable, credentials that cannot be used, ...) without a traceback, a secret or
+a signed URL.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import re
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterator, Mapping
-from dataclasses import dataclass, replace
+import weakref
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -58,6 +76,19 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CONCURRENCY = 8
 DEFAULT_CHUNK_BYTES = 8 * 2**20
+# Ranges held at once by one ObjectStores, over all its fetches (at least `concurrency`, so
+# that one fetch keeps its parallelism): 32 ranges of 8 MiB, 256 MiB at most for the agent.
+DEFAULT_RANGES_IN_FLIGHT = 32
+# The most objects an artifact may have; the listing stops past it. A module constant:
+# agent/settings.py has no setting for it (ObjectStores.max_files).
+MAX_ARTIFACT_FILES = 100_000
+# Objects asked for per listing request (S3 and Azure answer at most 1000 and 5000 a page,
+# GCS 1000 with gcsfs's defaults): no more than a page is listed past a limit.
+LIST_PAGE_SIZE = 1000
+# How much of a range is asked of the connection at a time.
+_READ_PIECE_BYTES = 1 << 20
+# The most of an error answer's body that is read (for its message).
+_ERROR_BODY_BYTES = 64 * 1024
 # Artifacts at least this large get progress lines while they are fetched.
 DEFAULT_PROGRESS_BYTES = 64 * 2**20
 _PROGRESS_EVERY_S = 5.0
@@ -71,6 +102,9 @@ _S3_CLIENT_CONFIG = {
     "connect_timeout": _CONNECT_TIMEOUT_S,
     "read_timeout": 60,
 }
+# What the agent asks of GCS with a key of its own: reading.
+_GCS_READ_SCOPE = "https://www.googleapis.com/auth/devstorage.read_only"
+_MAX_KEY_FILE_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -124,12 +158,28 @@ class Progress:
 
 @dataclass(frozen=True)
 class ObjectStores:
-    """How the agent fetches from object stores (its settings)."""
+    """How the agent fetches from object stores (its settings). The agent has one: the
+    ranges it holds in memory at once, over all its fetches, are at most
+    max(ranges_in_flight, concurrency)."""
 
     secrets_dir: Path = DEFAULT_SECRETS_DIR
     concurrency: int = DEFAULT_CONCURRENCY
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     progress_bytes: int = DEFAULT_PROGRESS_BYTES
+    ranges_in_flight: int = DEFAULT_RANGES_IN_FLIGHT
+    max_files: int = MAX_ARTIFACT_FILES
+    # One gate per event loop (a semaphore belongs to one loop).
+    _gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = field(
+        default_factory=weakref.WeakKeyDictionary, init=False, repr=False, compare=False
+    )
+
+    def _gate(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        gate = self._gates.get(loop)
+        if gate is None:
+            gate = asyncio.Semaphore(max(1, self.ranges_in_flight, self.concurrency))
+            self._gates[loop] = gate
+        return gate
 
     async def fetch(
         self, uri: str, secret_name: str, into: Path, *, limit: int, shown: str, what: str
@@ -142,10 +192,14 @@ class ObjectStores:
             )
         except StorageError as exc:
             raise StorageError(f"{shown}: {exc}") from None
-        fs, config = await asyncio.to_thread(_filesystem, config)
+        fail = _Failure(shown, target, config)
+        try:
+            fs, config = await asyncio.to_thread(_filesystem, config)
+        except Exception as exc:  # the libraries' constructors: any error, named
+            raise fail.unusable(exc) from None
         fail = _Failure(shown, target, config)
         await _check_endpoint(fs, config, fail)
-        files, single = await _listing(fs, target, fail)
+        files, single = await _listing(fs, target, fail, limit=limit, max_files=self.max_files)
         total = sum(file.size for file in files)
         if total > limit:
             raise StorageError(
@@ -154,7 +208,15 @@ class ObjectStores:
             )
         progress = Progress(what, shown, total, len(files), self.progress_bytes)
         await _download(
-            fs, files, into, progress, fail, concurrency=self.concurrency, chunk=self.chunk_bytes
+            fs,
+            files,
+            into,
+            read_range=RANGE_READERS[config.family],
+            progress=progress,
+            fail=fail,
+            concurrency=self.concurrency,
+            chunk=self.chunk_bytes,
+            gate=self._gate(),
         )
         return Fetched(total, into / files[0].parts[0] if single else None)
 
@@ -163,7 +225,10 @@ class ObjectStores:
 
 # One file system per distinct configuration, for the whole process (as fsspec's own
 # instance cache does): their HTTP clients live on fsspec's I/O loop and are closed by the
-# libraries at exit. The key includes the environment the libraries read.
+# libraries at exit. The key includes the environment the libraries read. An S3 file
+# system that fell back to anonymous access is not kept: the credential chain may have
+# found nothing only this once (a metadata service that timed out), so the next fetch asks
+# it again.
 _FILESYSTEMS: dict[str, Any] = {}
 _FILESYSTEMS_LOCK = threading.Lock()
 _ENVIRONMENT_PREFIXES = ("AWS_", "GOOGLE_", "GCE_", "STORAGE_EMULATOR_HOST", "AZURE_")
@@ -181,7 +246,9 @@ def _filesystem(config: StoreConfig) -> tuple[Any, StoreConfig]:
     with _FILESYSTEMS_LOCK:
         entry = _FILESYSTEMS.get(key)
         if entry is None:
-            entry = _FILESYSTEMS[key] = _BUILDERS[config.family](config)
+            entry = _BUILDERS[config.family](config)
+            if not entry[1]:
+                _FILESYSTEMS[key] = entry
     fs, anonymous = entry
     return fs, replace(config, has_credentials=False) if anonymous else config
 
@@ -213,7 +280,51 @@ def _gcs(config: StoreConfig) -> tuple[Any, bool]:
     logging.getLogger("gcsfs").setLevel(logging.CRITICAL)
     from gcsfs.core import GCSFileSystem
 
-    return GCSFileSystem(skip_instance_cache=True, **config.options), False
+    options = dict(config.options)
+    token = options.get("token")
+    if isinstance(token, str) and token not in _GCSFS_TOKEN_WORDS:
+        token = _key_file(token)  # a secret's service_account_file
+    if isinstance(token, Mapping):
+        options["token"] = _google_credentials(token)
+    return GCSFileSystem(skip_instance_cache=True, **options), False
+
+
+# The token values gcsfs reads as a method, not as a key file's path.
+_GCSFS_TOKEN_WORDS = ("anon", "google_default", "cache", "cloud", "browser")
+
+
+def _key_file(path: str) -> Any:
+    """The JSON content of a key file (a missing one is an error here; gcsfs would take its
+    path for a raw access token)."""
+    with open(path, "rb") as handle:
+        raw = handle.read(_MAX_KEY_FILE_BYTES + 1)
+    if len(raw) > _MAX_KEY_FILE_BYTES:
+        raise ValueError(f"{path} is larger than 1 MiB: not a key file")
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise ValueError(f"{path} is not JSON: not a key file") from None
+
+
+def _google_credentials(info: Mapping[str, Any]) -> Any:
+    """The credentials of a key file's content (a secret's service_account_credentials).
+    Made here rather than by gcsfs, which hides why a service-account key is refused and
+    reports a missing 'refresh_token' instead."""
+    kind = info.get("type")
+    if kind == "service_account":
+        from google.oauth2 import service_account
+
+        key_credentials: Any = service_account.Credentials
+        return key_credentials.from_service_account_info(dict(info), scopes=[_GCS_READ_SCOPE])
+    if kind == "authorized_user":
+        from google.oauth2.credentials import Credentials
+
+        user_credentials: Any = Credentials
+        return user_credentials.from_authorized_user_info(dict(info), scopes=[_GCS_READ_SCOPE])
+    raise ValueError(
+        "its 'type' is neither service_account nor authorized_user (the content of a "
+        "service-account key file is expected)"
+    )
 
 
 def _azure(config: StoreConfig) -> tuple[Any, bool]:
@@ -254,6 +365,19 @@ class _Failure:
         where = f"{self.shown}: {what}: " if what else f"{self.shown}: "
         return StorageError(where + _reason(exc, self.uri, self.config))
 
+    def unusable(self, exc: BaseException) -> StorageError:
+        """A file system that cannot be made: its library is missing, or the library
+        refuses the credentials (a key file without its fields, a key that does not
+        decode, a malformed connection string, ...)."""
+        detail = f"{type(exc).__name__}: {_detail(exc, self.config)}"
+        if isinstance(exc, ImportError):
+            return StorageError(
+                f"{self.shown}: the library for {self.uri.scheme}:// cannot be loaded: {detail}"
+            )
+        return StorageError(
+            f"{self.shown}: the credentials from {self.config.source} cannot be used: {detail}"
+        )
+
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
     seen: set[int] = set()
@@ -280,9 +404,10 @@ def _status(exc: BaseException) -> tuple[int | None, str]:
 
 
 def _detail(exc: BaseException, config: StoreConfig) -> str:
-    text = str(exc).strip().splitlines()
-    line = text[0] if text else type(exc).__name__
-    return scrub(line[:300], config.secrets)
+    """The first line of a library's error text, without secrets, at most 300 characters:
+    scrubbed whole first (a cut through a secret would leave its beginning unmatched)."""
+    lines = scrub(str(exc), config.secrets).strip().splitlines()
+    return lines[0][:300] if lines else type(exc).__name__
 
 
 _DENIED_TYPES = {
@@ -383,7 +508,8 @@ async def _check_endpoint(fs: Any, config: StoreConfig, fail: _Failure) -> None:
 class _File:
     """One object to fetch, and the file it becomes."""
 
-    remote: str
+    bucket: str
+    key: str
     parts: tuple[str, ...]
     size: int
     fd: int = -1
@@ -416,43 +542,131 @@ def _single_name(key: str) -> str:
     return name
 
 
-async def _listing(fs: Any, uri: ObjectUri, fail: _Failure) -> tuple[list[_File], bool]:
+# An object a listing names: its key, its size as the store gives it, and whether it is a
+# folder marker (Azure's hdi_isfolder metadata).
+_Listed = tuple[str, Any, bool]
+
+
+async def _s3_objects(fs: Any, bucket: str, prefix: str) -> AsyncIterator[_Listed]:
+    """Every object whose key starts with `prefix`, a page at a time (ListObjectsV2)."""
+    token = ""
+    while True:
+        request: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": LIST_PAGE_SIZE}
+        if token:
+            request["ContinuationToken"] = token
+        page = await fs._call_s3("list_objects_v2", **request)
+        for entry in page.get("Contents", []):
+            yield str(entry["Key"]), entry.get("Size"), False
+        token = page.get("NextContinuationToken") or ""
+        if not page.get("IsTruncated") or not token:
+            return
+
+
+async def _gcs_objects(fs: Any, bucket: str, prefix: str) -> AsyncIterator[_Listed]:
+    """Every object whose name starts with `prefix`, a page at a time (objects.list)."""
+    token = None
+    while True:
+        page = await fs._call(
+            "GET",
+            "b/{}/o",
+            bucket,
+            json_out=True,
+            prefix=prefix or None,
+            maxResults=LIST_PAGE_SIZE,
+            pageToken=token,
+        )
+        for item in page.get("items", []):
+            size = item.get("size")
+            yield str(item["name"]), int(size) if str(size).isdigit() else None, False
+        token = page.get("nextPageToken")
+        if not token:
+            return
+
+
+_AZURE_FOLDER_MARKS = ("hdi_isfolder", "Hdi_isfolder", "is_directory")
+
+
+async def _azure_objects(fs: Any, container: str, prefix: str) -> AsyncIterator[_Listed]:
+    """Every blob whose name starts with `prefix`, a page at a time (List Blobs)."""
+    async with fs.service_client.get_container_client(container) as client:
+        blobs = client.list_blobs(
+            name_starts_with=prefix or None, include=["metadata"], results_per_page=LIST_PAGE_SIZE
+        )
+        async for blob in blobs:
+            metadata = blob.metadata or {}
+            folder = any(metadata.get(mark) == "true" for mark in _AZURE_FOLDER_MARKS)
+            yield str(blob.name), blob.size, folder
+
+
+_LISTERS: dict[Family, Callable[[Any, str, str], AsyncIterator[_Listed]]] = {
+    "s3": _s3_objects,
+    "gcs": _gcs_objects,
+    "azure": _azure_objects,
+}
+
+
+async def _listing(
+    fs: Any, uri: ObjectUri, fail: _Failure, *, limit: int, max_files: int
+) -> tuple[list[_File], bool]:
     """The files to fetch, and whether the URI named a single object."""
     try:
         info = await _remote(fs._info(uri.path))
     except Exception as exc:
         raise fail(exc) from None
     if info.get("type") == "file":
-        return [_File(uri.path, (_single_name(uri.key),), _size(info, uri.key, fail))], True
+        size = _size(info.get("size"), uri.key, fail)
+        return [_File(uri.bucket, uri.key, (_single_name(uri.key),), size)], True
     try:
-        found = await _remote(fs._find(uri.path, detail=True))
+        files = await _remote(_list_prefix(fs, uri, fail, limit=limit, max_files=max_files))
+    except StorageError:
+        raise
     except Exception as exc:
         raise fail(exc, "listing") from None
-    prefix = uri.path + "/"
-    files: list[_File] = []
-    for name, entry in sorted(found.items()):
-        if entry.get("type") != "file":
-            continue
-        if not name.startswith(prefix):
-            raise StorageError(f"{fail.shown}: the listing returned {name!r}, not below {prefix!r}")
-        key = name[len(prefix) :]
-        size = _size(entry, key, fail)
-        if key.endswith("/") and size == 0:
-            continue  # a folder marker, as consoles create them
-        why = _key_problem(key)
-        if why:
-            raise StorageError(
-                f"{fail.shown}: object key {key!r} has {why}; refused (keys become file names)"
-            )
-        files.append(_File(name, tuple(key.split("/")), size))
     if not files:
         raise StorageError(f"{fail.shown}: the folder holds no object")
     _check_clashes(files, fail.shown)
     return files, False
 
 
-def _size(entry: Mapping[str, Any], key: str, fail: _Failure) -> int:
-    size = entry.get("size")
+async def _list_prefix(
+    fs: Any, uri: ObjectUri, fail: _Failure, *, limit: int, max_files: int
+) -> list[_File]:
+    """The objects under the prefix, listed page by page on fsspec's loop; stops as soon as
+    they are more than `max_files` or than `limit` bytes (only the files are kept)."""
+    prefix = f"{uri.key}/" if uri.key else ""
+    files: list[_File] = []
+    total = 0
+    async for key, listed_size, folder in _LISTERS[fail.config.family](fs, uri.bucket, prefix):
+        if not key.startswith(prefix):
+            raise StorageError(
+                f"{fail.shown}: the listing returned {key!r}, not below {prefix or '/'!r}"
+            )
+        name = key[len(prefix) :]
+        size = _size(listed_size, name, fail)
+        if folder or (name.endswith("/") and size == 0):
+            continue  # a folder marker, as consoles and Azure's hierarchical namespace make
+        why = _key_problem(name)
+        if why:
+            raise StorageError(
+                f"{fail.shown}: object key {name!r} has {why}; refused (keys become file names)"
+            )
+        files.append(_File(uri.bucket, key, tuple(name.split("/")), size))
+        total += size
+        if len(files) > max_files:
+            raise StorageError(
+                f"{fail.shown}: more than {max_files} objects under the prefix (the most an "
+                "artifact may have); refused"
+            )
+        if total > limit:
+            raise StorageError(
+                f"{fail.shown}: the first {len(files)} object(s) listed hold "
+                f"{format_bytes(total)}, more than the {format_bytes(limit)} an artifact may "
+                "have (max_artifact_bytes); refused"
+            )
+    return files
+
+
+def _size(size: Any, key: str, fail: _Failure) -> int:
     if not isinstance(size, int) or size < 0:
         raise StorageError(f"{fail.shown}: the store gives no size for {key!r}")
     return size
@@ -470,10 +684,133 @@ def _check_clashes(files: list[_File], shown: str) -> None:
                 )
 
 
+# -- reading a range ----------------------------------------------------------------------
+
+
+class _WrongLength(Exception):
+    """A store answered a range with another length than asked."""
+
+    def __init__(self, asked: int, received: str) -> None:
+        super().__init__(f"{received} where {asked} bytes were asked")
+        self.asked = asked
+        self.received = received
+
+
+def _check_declared(declared: Any, asked: int) -> None:
+    """Refuse an answer whose declared length (Content-Length, when given) is not the
+    range's, before its body is read."""
+    if declared is not None and int(declared) != asked:
+        raise _WrongLength(asked, f"{int(declared)} bytes")
+
+
+async def _read_capped(read: Callable[[int], Awaitable[bytes]], asked: int) -> bytearray:
+    """Read a body piece by piece; refused as soon as it is longer than `asked`, so that
+    no more than `asked` + a piece is ever held."""
+    data = bytearray()
+    while True:
+        piece = await read(min(_READ_PIECE_BYTES, asked + 1 - len(data)))
+        if not piece:
+            return data
+        data += piece
+        if len(data) > asked:
+            raise _WrongLength(asked, "more than that")
+
+
+async def _s3_range(fs: Any, file: _File, start: int, end: int) -> bytearray:
+    """Bytes [start, end) of an S3 object (GetObject with a Range), retried as s3fs retries
+    its own reads."""
+    from s3fs.core import _error_wrapper
+
+    async def attempt() -> bytearray:
+        response = await fs._call_s3(
+            "get_object", Bucket=file.bucket, Key=file.key, Range=f"bytes={start}-{end - 1}"
+        )
+        body = response["Body"]
+        try:
+            _check_declared(response.get("ContentLength"), end - start)
+            return await _read_capped(body.read, end - start)
+        finally:
+            body.close()
+
+    result: bytearray = await _error_wrapper(attempt, retries=fs.retries)
+    return result
+
+
+async def _gcs_range(fs: Any, file: _File, start: int, end: int) -> bytearray:
+    """Bytes [start, end) of a GCS object (a media download with a Range), retried as gcsfs
+    retries its own requests."""
+    from gcsfs.retry import retry_request, validate_response
+
+    path = f"{file.bucket}/{file.key}"
+
+    async def attempt() -> bytearray:
+        await fs._set_session()
+        async with fs.session.get(
+            url=fs.url(path),
+            params=fs._get_params({}),
+            headers=fs._get_headers({"Range": f"bytes={start}-{end - 1}"}),
+            timeout=fs.requests_timeout,
+        ) as response:
+            if response.status >= 400:
+                error = await response.content.read(_ERROR_BODY_BYTES)
+                validate_response(response.status, error, path)
+            _check_declared(response.content_length, end - start)
+            return await _read_capped(response.content.read, end - start)
+
+    result: bytearray = await retry_request(retries=fs.retries)(attempt)()
+    return result
+
+
+def _azure_check_length(pipeline_response: Any) -> None:
+    """Azure SDK response hook: refuse a successful answer to a ranged download whose
+    Content-Length is not the range's, before the SDK reads its body (it reads a range's
+    body whole)."""
+    response = pipeline_response.http_response
+    if not 200 <= response.status_code < 300:
+        return
+    asked = response.request.headers.get("x-ms-range", "")
+    first, _, last = asked.removeprefix("bytes=").partition("-")
+    if not (first.isdigit() and last.isdigit()):
+        return
+    asked_bytes = int(last) - int(first) + 1
+    length = response.headers.get("Content-Length")
+    try:
+        if length is None:
+            raise _WrongLength(asked_bytes, "a body of no declared length")
+        _check_declared(length, asked_bytes)
+    except _WrongLength:
+        with contextlib.suppress(Exception):
+            response.internal_response.close()
+        raise
+
+
+async def _azure_range(fs: Any, file: _File, start: int, end: int) -> bytes:
+    """Bytes [start, end) of a blob (Get Blob with x-ms-range; the SDK retries)."""
+    async with fs.service_client.get_blob_client(container=file.bucket, blob=file.key) as blob:
+        stream = await blob.download_blob(
+            offset=start,
+            length=end - start,
+            max_concurrency=1,
+            raw_response_hook=_azure_check_length,
+            **getattr(fs, "_timeout_kwargs", {}),
+        )
+        data: bytes = await stream.readall()
+        return data
+
+
+# How each store reads a range; runs on fsspec's loop.
+_RangeReader = Callable[[Any, _File, int, int], Coroutine[Any, Any, bytes | bytearray]]
+RANGE_READERS: dict[Family, _RangeReader] = {
+    "s3": _s3_range,
+    "gcs": _gcs_range,
+    "azure": _azure_range,
+}
+
+
 # -- downloading --------------------------------------------------------------------------
 
 
-def _write_all(fd: int, data: bytes, offset: int) -> None:
+def _write_all(fd: int, data: bytes | bytearray, offset: int) -> None:
     view = memoryview(data)
     while view:
         written = os.pwrite(fd, view, offset)
@@ -481,7 +818,7 @@ def _write_all(fd: int, data: bytes, offset: int) -> None:
         offset += written
 
 
-async def _write(fd: int, data: bytes, offset: int) -> None:
+async def _write(fd: int, data: bytes | bytearray, offset: int) -> None:
     """Write in a worker thread; when cancelled, let the write end first (a thread cannot
     be stopped), so that no write outlives the fetch."""
     write = asyncio.ensure_future(asyncio.to_thread(_write_all, fd, data, offset))
@@ -502,15 +839,31 @@ def _open(root: Path, file: _File) -> int:
     return os.open(folder / file.parts[-1], flags, 0o644)
 
 
+def _remove_written(root: Path, created: list[_File]) -> None:
+    """After a failed download: remove the files it created, and the folders that held
+    only them."""
+    folders: set[Path] = set()
+    for file in created:
+        with contextlib.suppress(OSError):
+            root.joinpath(*file.parts).unlink()
+        for depth in range(1, len(file.parts)):
+            folders.add(root.joinpath(*file.parts[:depth]))
+    for folder in sorted(folders, key=lambda path: len(path.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only when empty
+
+
 async def _download(
     fs: Any,
     files: list[_File],
     into: Path,
+    *,
+    read_range: _RangeReader,
     progress: Progress,
     fail: _Failure,
-    *,
     concurrency: int,
     chunk: int,
+    gate: asyncio.Semaphore,
 ) -> None:
     ranges = [
         (file, start, min(start + chunk, file.size))
@@ -520,6 +873,28 @@ async def _download(
     for file, _start, _end in ranges:
         file.ranges_left += 1
     jobs = iter(ranges)
+    created: list[_File] = []
+
+    async def fetch_range(file: _File, start: int, end: int) -> None:
+        # The gate holds the range from its request until it is written.
+        async with gate:
+            try:
+                data = await _remote(read_range(fs, file, start, end))
+            except _WrongLength as wrong:
+                raise _wrong_length(fail, file, start, wrong) from None
+            except Exception as exc:
+                raise fail(exc, file.name) from None
+            if len(data) != end - start:
+                raise _wrong_length(
+                    fail, file, start, _WrongLength(end - start, f"{len(data)} bytes")
+                )
+            try:
+                await _write(file.fd, data, start)
+            except OSError as exc:
+                raise StorageError(
+                    f"{fail.shown}: {file.name}: cannot be written: {exc.strerror or exc}"
+                ) from None
+        progress.add(end - start)
 
     async def worker() -> None:
         for file, start, end in jobs:
@@ -531,23 +906,9 @@ async def _download(
                     raise StorageError(
                         f"{fail.shown}: {file.name}: cannot be written: {exc.strerror or exc}"
                     ) from None
+                created.append(file)
             if end > start:
-                try:
-                    data = await _remote(fs._cat_file(file.remote, start=start, end=end))
-                except Exception as exc:
-                    raise fail(exc, file.name) from None
-                if len(data) != end - start:
-                    raise StorageError(
-                        f"{fail.shown}: {file.name}: {len(data)} bytes at offset {start} where "
-                        f"{end - start} were listed: the object changed while it was fetched"
-                    )
-                try:
-                    await _write(file.fd, data, start)
-                except OSError as exc:
-                    raise StorageError(
-                        f"{fail.shown}: {file.name}: cannot be written: {exc.strerror or exc}"
-                    ) from None
-                progress.add(len(data))
+                await fetch_range(file, start, end)
             file.ranges_left -= 1
             if file.ranges_left == 0:
                 os.close(file.fd)
@@ -556,11 +917,26 @@ async def _download(
     workers = [asyncio.ensure_future(worker()) for _ in range(max(1, concurrency))]
     try:
         await asyncio.gather(*workers)
-    finally:
-        for task in workers:
-            task.cancel()
-        await asyncio.gather(*workers, return_exceptions=True)
-        for file in files:
-            if file.fd >= 0:
-                os.close(file.fd)
-                file.fd = -1
+    except BaseException:
+        await _stop(workers, files)
+        await asyncio.to_thread(_remove_written, into, created)
+        raise
+    await _stop(workers, files)
+
+
+def _wrong_length(fail: _Failure, file: _File, start: int, wrong: _WrongLength) -> StorageError:
+    return StorageError(
+        f"{fail.shown}: {file.name}: asked for {wrong.asked} bytes at offset {start}, the "
+        f"store sent {wrong.received}: the object changed while it was fetched, or the "
+        "endpoint ignores Range requests; refused"
+    )
+
+
+async def _stop(workers: Sequence[asyncio.Future[None]], files: list[_File]) -> None:
+    for task in workers:
+        task.cancel()
+    await asyncio.gather(*workers, return_exceptions=True)
+    for file in files:
+        if file.fd >= 0:
+            os.close(file.fd)
+            file.fd = -1

@@ -15,19 +15,20 @@ the store, in order:
   (`AWS_*`, `GOOGLE_APPLICATION_CREDENTIALS`, `STORAGE_EMULATOR_HOST`, `AZURE_STORAGE_*`), and
   anonymous access (a public bucket) where that chain holds no credentials.
 
-Nothing here touches the network or imports a storage library; the values of a secret never
-appear in a message (`StoreConfig.secrets` lists them, for `scrub`).
+Nothing here touches the network or imports a storage library; the values of a secret, and
+the credentials of the environment (ENVIRONMENT_SECRET_VARIABLES), never appear in a message
+(`StoreConfig.secrets` lists them and their parts, for `scrub`).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import yaml
 
@@ -35,13 +36,19 @@ from contract.names import is_dns1123_subdomain
 
 Family = Literal["s3", "gcs", "azure"]
 
+# The stores: the storageUri schemes that name each (its standard scheme first) and the
+# label of its fetches in the agent's metrics. The schemes are the contract's
+# (`contract.spec_rules.OBJECT_STORE_SCHEMES`, what the CLI and the scheduler accept); a
+# unit test checks that the two lists agree.
+STORE_SCHEMES: dict[Family, tuple[str, ...]] = {
+    "s3": ("s3",),
+    "gcs": ("gs", "gcs"),
+    "azure": ("az", "azureblob"),
+}
+METRIC_LABELS: dict[Family, str] = {"s3": "s3", "gcs": "gs", "azure": "azure"}
 # storageUri scheme → the store it names.
 SCHEME_FAMILIES: dict[str, Family] = {
-    "s3": "s3",
-    "gs": "gcs",
-    "gcs": "gcs",
-    "az": "azure",
-    "azureblob": "azure",
+    scheme: family for family, schemes in STORE_SCHEMES.items() for scheme in schemes
 }
 # rclone remote type → the store it names (rclone calls GCS "google cloud storage").
 RCLONE_TYPES: dict[str, Family] = {
@@ -72,6 +79,24 @@ AZURE_CREDENTIAL_VARIABLES = (
     "AZURE_CLIENT_ID",
     "AZURE_FEDERATED_TOKEN_FILE",
 )
+# Environment variables whose values are credentials (the libraries read them): their
+# values never appear in a message. A connection string's AccountKey and
+# SharedAccessSignature, and a signature's `sig`, are removed on their own too.
+ENVIRONMENT_SECRET_VARIABLES = (
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+    "AZURE_STORAGE_KEY",
+    "AZURE_STORAGE_ACCOUNT_KEY",
+    "AZURE_STORAGE_SAS_TOKEN",
+    "AZURE_STORAGE_CONNECTION_STRING",
+    "AZURE_STORAGE_CLIENT_SECRET",
+    "AZURE_CLIENT_SECRET",
+    "AZURE_CLIENT_CERTIFICATE_PASSWORD",
+    "AZURE_PASSWORD",
+)
+# Shorter values are not scrubbed: they would blank unrelated words out of messages.
+MIN_SECRET_CHARS = 4
 # rclone parameters that carry credentials in a form the agent cannot use.
 _UNSUPPORTED = {
     "s3": ("shared_credentials_file", "profile", "role_arn"),
@@ -357,7 +382,11 @@ def _azure_remote(parameters: Mapping[str, Any], source: str) -> StoreConfig:
         endpoint = endpoint or EMULATOR_ENDPOINT
     endpoint = _with_scheme(endpoint).rstrip("/") if endpoint else ""
     options: dict[str, Any] = {}
-    secrets = [value for value in (key, connection_string, client_secret) if value]
+    secrets = [
+        *_secret_parts(key),
+        *_secret_parts(connection_string),
+        *_secret_parts(client_secret),
+    ]
     if connection_string:
         options["connection_string"] = connection_string
     elif sas_url:
@@ -370,7 +399,7 @@ def _azure_remote(parameters: Mapping[str, Any], source: str) -> StoreConfig:
             (parts.scheme, parts.netloc, parts.path.rstrip("/").rpartition("/")[0], "", "")
         )
         options["connection_string"] = f"BlobEndpoint={base};SharedAccessSignature={parts.query};"
-        secrets += [sas_url, parts.query]
+        secrets += [sas_url, *_secret_parts(parts.query)]
     elif not account:
         raise StorageError(
             f"{source}: an azureblob remote needs 'account' (with 'key', a service principal, "
@@ -400,7 +429,7 @@ def _azure_remote(parameters: Mapping[str, Any], source: str) -> StoreConfig:
     has_credentials = bool(
         key or connection_string or sas_url or client_secret or _flag(parameters, "env_auth")
     )
-    return StoreConfig("azure", options, source, tuple(secrets), has_credentials=has_credentials)
+    return StoreConfig("azure", options, source, _unique(secrets), has_credentials=has_credentials)
 
 
 # -- the environment ----------------------------------------------------------------------
@@ -418,7 +447,14 @@ def from_environment(family: Family, environ: Mapping[str, str]) -> StoreConfig:
             options["config_kwargs"] = {"s3": {"addressing_style": "path"}}
         # Whether the AWS chain finds credentials is known only when the client is made
         # (storage.py): anonymous then, when it finds none.
-        return StoreConfig("s3", options, source, anonymous_fallback=True, has_credentials=True)
+        return StoreConfig(
+            "s3",
+            options,
+            source,
+            environment_secrets(environ),
+            anonymous_fallback=True,
+            has_credentials=True,
+        )
     if family == "gcs":
         options = {}
         emulator = environ.get("STORAGE_EMULATOR_HOST", "").strip()
@@ -428,7 +464,9 @@ def from_environment(family: Family, environ: Mapping[str, str]) -> StoreConfig:
             if not credentials:
                 # An emulator needs no credentials: do not look for any.
                 options["token"] = "anon"
-        return StoreConfig("gcs", options, source, has_credentials=bool(credentials))
+        return StoreConfig(
+            "gcs", options, source, environment_secrets(environ), has_credentials=bool(credentials)
+        )
     connection_string = environ.get("AZURE_STORAGE_CONNECTION_STRING", "")
     if not connection_string and not environ.get("AZURE_STORAGE_ACCOUNT_NAME"):
         raise StorageError(
@@ -440,16 +478,7 @@ def from_environment(family: Family, environ: Mapping[str, str]) -> StoreConfig:
     has = any(environ.get(name) for name in AZURE_CREDENTIAL_VARIABLES)
     if not has:
         options["anon"] = True
-    secrets = tuple(
-        value
-        for value in (
-            connection_string,
-            environ.get("AZURE_STORAGE_ACCOUNT_KEY", ""),
-            environ.get("AZURE_STORAGE_SAS_TOKEN", ""),
-        )
-        if value
-    )
-    return StoreConfig("azure", options, source, secrets, has_credentials=has)
+    return StoreConfig("azure", options, source, environment_secrets(environ), has_credentials=has)
 
 
 def store_config(
@@ -466,7 +495,9 @@ def store_config(
                 f"must start with {remote.name or _standard_scheme(remote.family)}:// "
                 f"(or the scheme of its type), not {uri.scheme}://"
             )
-        return from_remote(remote)
+        config = from_remote(remote)
+        # env_auth reads the environment's credentials: never show those either.
+        return replace(config, secrets=_unique([*config.secrets, *environment_secrets(environ)]))
     family = SCHEME_FAMILIES.get(uri.scheme)
     if family is None:
         raise StorageError(
@@ -477,10 +508,55 @@ def store_config(
 
 
 def _standard_scheme(family: Family) -> str:
-    return {"s3": "s3", "gcs": "gs", "azure": "az"}[family]
+    return STORE_SCHEMES[family][0]
 
 
 # -- messages -----------------------------------------------------------------------------
+
+
+def environment_secrets(environ: Mapping[str, str]) -> tuple[str, ...]:
+    """The credentials in `environ` (ENVIRONMENT_SECRET_VARIABLES), and their parts that a
+    library may quote on their own."""
+    parts = (
+        part for name in ENVIRONMENT_SECRET_VARIABLES for part in _secret_parts(environ.get(name))
+    )
+    return _unique(part for part in parts if len(part) >= MIN_SECRET_CHARS)
+
+
+def _secret_parts(value: str | None) -> Iterator[str]:
+    """`value`, and the secrets inside it when it is a connection string (its AccountKey
+    and SharedAccessSignature) or a SAS token (its signature)."""
+    value = (value or "").strip()
+    if not value:
+        return
+    yield value
+    for item in value.split(";"):
+        name, _, part = item.partition("=")
+        if name.strip().lower() in ("accountkey", "sharedaccesssignature") and part:
+            yield from _secret_parts(part)
+    if "sig=" in value and ";" not in value:  # a SAS token: sv=...&sig=...
+        query = value.lstrip("?")
+        yield query
+        for item in query.split("&"):
+            name, _, part = item.partition("=")
+            if name == "sig" and part:
+                yield part
+                yield unquote(part)
+
+
+def _unique(values: Iterable[str]) -> tuple[str, ...]:
+    """Each value once, in order."""
+    return tuple(dict.fromkeys(values))
+
+
+def _variants(secret: str) -> Iterator[str]:
+    """The forms in which an error text may quote `secret`: as is, escaped as in a JSON
+    text or a repr, and, for one of several lines (a PEM key), each line."""
+    yield secret
+    yield json.dumps(secret)[1:-1]
+    yield repr(secret)[1:-1]
+    if "\n" in secret:
+        yield from (line.strip() for line in secret.splitlines())
 
 
 def scrub(text: str, secrets: tuple[str, ...] = ()) -> str:
@@ -496,7 +572,8 @@ def scrub(text: str, secrets: tuple[str, ...] = ()) -> str:
         return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
     text = _URL_IN_TEXT.sub(shorten, text)
-    for secret in sorted(secrets, key=len, reverse=True):
-        if len(secret) >= 4:
-            text = text.replace(secret, "***")
+    forms = {form for secret in secrets for form in _variants(secret)}
+    for form in sorted(forms, key=len, reverse=True):
+        if len(form) >= MIN_SECRET_CHARS:
+            text = text.replace(form, "***")
     return text

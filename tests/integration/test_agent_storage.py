@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import os
+import sys
 import tarfile
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
@@ -24,12 +25,15 @@ import grpc.aio
 import pytest
 import yaml
 
+from agent import storage
 from agent.artifacts import ArtifactError, ModelRepository, fetch
 from agent.gpus import NoGpus
 from agent.main import Agent
 from agent.settings import AgentSettings
 from agent.storage import ObjectStores
+from agent.storage_config import from_environment
 from devharness.object_stores import (
+    AZURE_ACCOUNT,
     AZURE_KEY,
     AzureEmulator,
     GcsEmulator,
@@ -39,7 +43,7 @@ from devharness.object_stores import (
 )
 from protos import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 from tests.fakes.fake_v2 import FakeV2Server
-from tests.support.object_stores import isolate_storage_env, running
+from tests.support.object_stores import RangeIgnoringStore, isolate_storage_env, running
 from tests.support.scheduler import SchedulerHandle
 from tests.support.wait import wait_until
 
@@ -251,6 +255,45 @@ async def test_the_size_limit_is_checked_before_anything_is_written(
     assert "max_artifact_bytes" in message and "refused" in message
 
 
+async def test_the_listing_stops_as_soon_as_the_size_limit_is_passed(
+    store: Store, tmp_path: Path, stores: ObjectStores
+) -> None:
+    """The listing is not read whole first: the first object listed (many/big/, 1.5 MB)
+    is already over the limit."""
+    repo = ModelRepository(tmp_path / "small", max_artifact_bytes=1_000_000)
+    repo.prepare()
+    message = await failure(repo, stores, store.uri("many"), store.secret)
+    assert "the first 1 object(s) listed" in message, message
+    assert "max_artifact_bytes" in message and "refused" in message
+
+
+async def test_an_artifact_of_too_many_objects_is_refused(
+    store: Store, repo: ModelRepository, secrets: Path
+) -> None:
+    stores = ObjectStores(secrets_dir=secrets, max_files=10)
+    message = await failure(repo, stores, store.uri("many"), store.secret)
+    assert "more than 10 objects" in message and "refused" in message, message
+
+
+async def test_a_large_listing_is_read_page_by_page_and_stopped(
+    s3: S3Emulator,
+    minio: str,
+    repo: ModelRepository,
+    secrets: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Pages of 4 objects: the listing stops in the third page (objects 9 to 12), never
+    asking for the other 7 pages of the folder's 41 objects (moto logs every request)."""
+    monkeypatch.setattr(storage, "LIST_PAGE_SIZE", 4)
+    stores = ObjectStores(secrets_dir=secrets, max_files=10)
+    before = len(s3.log_text())
+    message = await failure(repo, stores, f"s3://{BUCKET}/many", minio)
+    assert "more than 10 objects" in message
+    requests = s3.log_text()[before:].splitlines()
+    listed = [line for line in requests if "list-type=2" in line and "max-keys=4&" in line]
+    assert len(listed) == 3, listed
+
+
 @pytest.mark.parametrize(
     ("prefix", "why"),
     [
@@ -320,6 +363,25 @@ async def test_s3_credentials_from_the_environment(
     assert await fetched(repo, stores, f"s3://{BUCKET}/iris") == below(IRIS, "iris")
 
 
+def test_an_anonymous_s3_fallback_is_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the AWS chain finds nothing once (a metadata service that timed out), the next
+    fetch looks again instead of reading anonymously until the agent restarts. (No store
+    is contacted; botocore's import opens a socket, hence not a unit test.)"""
+    import botocore.credentials
+    import botocore.session
+
+    found: list[Any] = [None, botocore.credentials.Credentials("AKIAEXAMPLE", WRONG)]
+    monkeypatch.setattr(botocore.session.Session, "get_credentials", lambda _self: found.pop(0))
+    monkeypatch.setattr(storage, "_FILESYSTEMS", {})
+    config = from_environment("s3", {})  # the AWS chain decides
+    first, used = storage._filesystem(config)
+    assert first.anon and not used.has_credentials
+    second, used = storage._filesystem(config)
+    assert not second.anon and used.has_credentials
+    # One with credentials is kept: the chain is not asked again.
+    assert storage._filesystem(config)[0] is second
+
+
 async def test_wrong_azure_key_is_refused_without_showing_it(
     azure: AzureEmulator,
     repo: ModelRepository,
@@ -352,6 +414,173 @@ async def test_a_tampered_azure_signature_is_refused_without_showing_it(
     assert "access denied" in message
     for shown in (message, caplog.text):
         assert signature[1:] not in shown and "sig=" not in shown
+
+
+BROKEN_KEY = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7"
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        (
+            {"type": "service_account", "private_key_id": "k1", "private_key": BROKEN_KEY},
+            "missing fields",
+        ),
+        (
+            {
+                "type": "service_account",
+                "client_email": "agent@project.iam.gserviceaccount.com",
+                "token_uri": "https://oauth2.googleapis.com/token",
+                "private_key_id": "k1",
+                "private_key": f"-----BEGIN PRIVATE KEY-----\n{BROKEN_KEY}\n-----END "
+                "PRIVATE KEY-----\n",
+            },
+            "ValueError",
+        ),
+        ({"client_id": "c", "private_key": BROKEN_KEY}, "'type'"),
+    ],
+)
+async def test_unusable_gcs_credentials_are_a_clear_failure_naming_the_secret(
+    repo: ModelRepository,
+    stores: ObjectStores,
+    secrets: Path,
+    caplog: pytest.LogCaptureFixture,
+    case: tuple[dict[str, str], str],
+) -> None:
+    """A service-account key the library cannot use fails the load with the secret's name
+    and the reason (never a traceback, never the key), before any request."""
+    credentials, why = case
+    caplog.set_level(logging.DEBUG)
+    remote = {
+        "type": "google cloud storage",
+        "name": "gs",
+        "parameters": {"service_account_credentials": json.dumps(credentials)},
+    }
+    write_storage_secret(secrets, "gcs-key", remote)
+    message = await failure(repo, stores, f"gs://{BUCKET}/iris", "gcs-key")
+    prefix = f"gs://{BUCKET}/iris: the credentials from secret 'gcs-key' cannot be used: "
+    assert message.startswith(prefix), message
+    assert why in message, message
+    for shown in (message, caplog.text):
+        assert BROKEN_KEY[:12] not in shown
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [(None, "FileNotFoundError"), (BROKEN_KEY, "not JSON"), ('{"type": "x"}', "'type'")],
+)
+async def test_an_unusable_gcs_key_file_is_a_clear_failure_naming_the_secret(
+    repo: ModelRepository, stores: ObjectStores, secrets: Path, content: str | None, why: str
+) -> None:
+    key_file = secrets.parent / "key.json"
+    if content is not None:
+        key_file.write_text(content)
+    remote = {
+        "type": "google cloud storage",
+        "name": "gs",
+        "parameters": {"service_account_file": str(key_file)},
+    }
+    write_storage_secret(secrets, "gcs-file", remote)
+    message = await failure(repo, stores, f"gs://{BUCKET}/iris", "gcs-file")
+    prefix = f"gs://{BUCKET}/iris: the credentials from secret 'gcs-file' cannot be used: "
+    assert message.startswith(prefix) and why in message, message
+    assert BROKEN_KEY[:12] not in message
+
+
+async def test_a_library_that_cannot_be_loaded_is_a_clear_failure(
+    repo: ModelRepository, stores: ObjectStores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "gcsfs.core", None)
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:9")
+    message = await failure(repo, stores, f"gs://{BUCKET}/iris")
+    assert message.startswith(f"gs://{BUCKET}/iris: the library for gs:// cannot be loaded"), (
+        message
+    )
+
+
+# -- memory -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "case",
+    [(scheme, declared) for scheme in ("s3", "gs", "az") for declared in (True, False)],
+    ids=lambda case: f"{case[0]}-{'content-length' if case[1] else 'chunked'}",
+)
+async def test_an_endpoint_that_ignores_range_never_sends_more_than_a_range(
+    repo: ModelRepository,
+    secrets: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    case: tuple[str, bool],
+) -> None:
+    """Each range is checked before it is held: an answer longer than the range asked
+    (declared, or streamed without a length) is refused after at most a range and a bit,
+    not read whole. (One range at a time: one connection, whose socket buffers alone hold
+    a few MiB of what the endpoint sends.)"""
+    scheme, declared = case
+    stores = ObjectStores(secrets_dir=secrets, concurrency=1, chunk_bytes=256 * 1024)
+    give_up = 256 * 2**20
+    fake = await RangeIgnoringStore(
+        BUCKET, "big.bin", 2**20, declared=declared, give_up_bytes=give_up
+    ).start()
+    secret = ""
+    if scheme == "s3":
+        secret = "ignores-range"
+        remote = {
+            "type": "s3",
+            "name": "s3",
+            "parameters": {
+                "access_key_id": "k",
+                "secret_access_key": WRONG,
+                "endpoint": fake.endpoint,
+            },
+        }
+        write_storage_secret(secrets, secret, remote)
+    elif scheme == "gs":
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", fake.endpoint)
+    else:
+        monkeypatch.setenv(
+            "AZURE_STORAGE_CONNECTION_STRING",
+            f"DefaultEndpointsProtocol=http;AccountName={AZURE_ACCOUNT};AccountKey={AZURE_KEY};"
+            f"BlobEndpoint={fake.endpoint}/{AZURE_ACCOUNT};",
+        )
+    try:
+        message = await failure(repo, stores, f"{scheme}://{BUCKET}/big.bin", secret)
+    finally:
+        await fake.stop()
+    assert "ignores Range" in message, message
+    # A range is 256 KiB here; the sockets' buffers hold a few MiB more. Read whole, the
+    # answer would have been read to the end (give_up).
+    assert fake.sent < 32 * 2**20, fake.sent
+
+
+async def test_ranges_in_flight_are_bounded_across_fetches(
+    store: Store, repo: ModelRepository, secrets: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two fetches of 3 workers each through one ObjectStores never hold more than its
+    4 ranges at once (the agent has one ObjectStores: this bounds its memory)."""
+    stores = ObjectStores(
+        secrets_dir=secrets, concurrency=3, chunk_bytes=64 * 1024, ranges_in_flight=4
+    )
+    family = {"s3": "s3", "gs": "gcs", "az": "azure"}[store.scheme]
+    real = storage.RANGE_READERS[family]
+    counts = {"now": 0, "most": 0}
+
+    async def counted(fs: Any, file: Any, start: int, end: int) -> Any:
+        counts["now"] += 1
+        counts["most"] = max(counts["most"], counts["now"])
+        try:
+            await asyncio.sleep(0.01)
+            return await real(fs, file, start, end)
+        finally:
+            counts["now"] -= 1
+
+    monkeypatch.setitem(storage.RANGE_READERS, family, counted)
+    both = await asyncio.gather(
+        fetched(repo, stores, store.uri("many"), store.secret),
+        fetched(repo, stores, store.uri("many"), store.secret),
+    )
+    assert both == [below(MANY, "many")] * 2
+    assert 2 <= counts["most"] <= 4, counts
 
 
 # -- endpoints ----------------------------------------------------------------------------

@@ -9,11 +9,15 @@ from typing import Any
 
 import pytest
 
+from agent import storage
 from agent.settings import AgentSettings
 from agent.storage import DEFAULT_CONCURRENCY, ObjectStores
 from agent.storage_config import (
     DEFAULT_SECRETS_DIR,
     EMULATOR_KEY,
+    METRIC_LABELS,
+    SCHEME_FAMILIES,
+    STORE_SCHEMES,
     ObjectUri,
     StorageError,
     StoreConfig,
@@ -23,6 +27,7 @@ from agent.storage_config import (
     scrub,
     store_config,
 )
+from contract.spec_rules import OBJECT_STORE_SCHEMES
 
 KEY = "AKIAEXAMPLE"
 SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY"
@@ -52,6 +57,15 @@ def test_the_defaults_are_the_settings_defaults() -> None:
 
 
 # -- URIs ---------------------------------------------------------------------------------
+
+
+def test_the_schemes_are_the_contracts() -> None:
+    """One table of stores: their schemes are exactly those the CLI and the scheduler accept
+    as object stores, each store's first scheme names it back, and each has a metric label."""
+    assert set(SCHEME_FAMILIES) == set(OBJECT_STORE_SCHEMES)
+    for family, schemes in STORE_SCHEMES.items():
+        assert {SCHEME_FAMILIES[scheme] for scheme in schemes} == {family}
+    assert set(METRIC_LABELS) == set(STORE_SCHEMES)
 
 
 @pytest.mark.parametrize(
@@ -367,3 +381,80 @@ def test_scrub_removes_signatures_userinfo_and_secrets() -> None:
     assert scrub(text, (SECRET,)) == (
         "GET https://acct.blob.core.windows.net/c/b failed; key *** refused"
     )
+
+
+def test_scrub_removes_a_multi_line_secret_as_an_error_text_quotes_it() -> None:
+    """A private key (PEM, several lines) shows escaped in a repr or a JSON text, or one
+    line of it at a time."""
+    pem = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\nBKcwggSjAgEAAoIBAQC7\n"
+    for text in (json.dumps({"private_key": pem}), repr(pem), pem.splitlines()[1]):
+        assert "MIIEvQ" not in scrub(f"bad key: {text}", (pem,)), text
+
+
+# -- credentials of the environment are never shown -------------------------------------
+
+ENV_SECRET = "env-secret-value-9876543210"
+CONNECTION = (
+    "DefaultEndpointsProtocol=https;AccountName=acct;"
+    f"AccountKey={ENV_SECRET};EndpointSuffix=core.windows.net"
+)
+SAS_CONNECTION = (
+    "BlobEndpoint=https://acct.blob.core.windows.net;"
+    f"SharedAccessSignature=sv=2024-01-01&sig={ENV_SECRET}"
+)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("AWS_SECRET_ACCESS_KEY", ENV_SECRET),
+        ("AWS_SESSION_TOKEN", ENV_SECRET),
+        ("AZURE_STORAGE_KEY", ENV_SECRET),
+        ("AZURE_STORAGE_ACCOUNT_KEY", ENV_SECRET),
+        ("AZURE_STORAGE_SAS_TOKEN", f"?sv=2024-01-01&sig={ENV_SECRET}"),
+        ("AZURE_STORAGE_CONNECTION_STRING", CONNECTION),
+        ("AZURE_STORAGE_CONNECTION_STRING", SAS_CONNECTION),
+        ("AZURE_STORAGE_CLIENT_SECRET", ENV_SECRET),
+        ("AZURE_CLIENT_SECRET", ENV_SECRET),
+    ],
+)
+@pytest.mark.parametrize("scheme", ["s3", "gs", "az"])
+def test_credentials_in_the_environment_never_show(scheme: str, variable: str, value: str) -> None:
+    """Whatever part of the variable an error text quotes (the whole value, a connection
+    string's AccountKey, a signature) comes out as ***."""
+    environ = {"AZURE_STORAGE_ACCOUNT_NAME": "acct", variable: value}
+    config = store_config(ObjectUri(scheme, "b", "k"), "", Path("/nowhere"), environ)
+    for quoted in (value, ENV_SECRET):
+        assert ENV_SECRET not in scrub(f"refused: {quoted}; try again", config.secrets)
+
+
+def test_short_environment_values_are_not_scrubbed() -> None:
+    """A value of a few characters would blank unrelated words out of every message."""
+    config = from_environment("s3", {"AWS_SECRET_ACCESS_KEY": "abc", "AWS_SESSION_TOKEN": ""})
+    assert config.secrets == ()
+
+
+def test_a_secrets_own_connection_string_and_signature_parts_never_show(tmp_path: Path) -> None:
+    body = remote("azureblob", "az", connection_string=CONNECTION)
+    config = config_for(tmp_path, "az://c/k", body)
+    assert ENV_SECRET not in scrub(f"key {ENV_SECRET} refused", config.secrets)
+    sas = f"https://acct.blob.core.windows.net/c?sv=2024&sig={ENV_SECRET}"
+    config = config_for(tmp_path, "az://c/k", remote("azureblob", "az", sas_url=sas))
+    assert ENV_SECRET not in scrub(f"signature {ENV_SECRET} refused", config.secrets)
+
+
+def test_a_secret_that_env_auth_reads_from_the_environment_never_shows(tmp_path: Path) -> None:
+    write_secret(tmp_path, "chain", remote("s3", "s3", env_auth=True))
+    environ = {"AWS_SECRET_ACCESS_KEY": ENV_SECRET}
+    config = store_config(ObjectUri("s3", "b", "k"), "chain", tmp_path, environ)
+    assert ENV_SECRET in config.secrets
+
+
+def test_a_secret_across_the_cut_of_a_long_library_message_leaks_nothing() -> None:
+    """Library texts are cut at 300 characters: after the secrets are removed, never
+    before (a cut through a secret would leave its beginning unmatched)."""
+    config = from_environment("s3", {"AWS_SECRET_ACCESS_KEY": ENV_SECRET})
+    fail = storage._Failure("s3://b/k", ObjectUri("s3", "b", "k"), config)
+    for padding in range(280, 301):
+        message = str(fail(RuntimeError("x" * padding + ENV_SECRET + " and more")))
+        assert ENV_SECRET[:4] not in message, padding
