@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from agent.gpus import GpuProbe
 from agent.metrics import AgentMetrics
@@ -26,13 +27,30 @@ def moved(before: Sequence[GpuDevice], after: Sequence[GpuDevice], threshold_byt
     )
 
 
+class GpuAssignment(Protocol):
+    """Which of the devices NVML sees are this server's, asked at every refresh."""
+
+    async def uuids(self, visible: Sequence[str]) -> tuple[str, ...] | None:
+        """The UUIDs (GPU or MIG) that are this server's, of `visible` (what NVML sees);
+        None: every device."""
+        ...
+
+
 class GpuMonitor:
     """Reads the probe (in a worker thread), keeps the latest reading, updates the metrics."""
 
-    def __init__(self, probe: GpuProbe, metrics: AgentMetrics, threshold_bytes: int) -> None:
+    def __init__(
+        self,
+        probe: GpuProbe,
+        metrics: AgentMetrics,
+        threshold_bytes: int,
+        assignment: GpuAssignment | None = None,
+    ) -> None:
         self._probe = probe
         self._metrics = metrics
         self._threshold = threshold_bytes
+        self._assignment = assignment
+        self._unseen: frozenset[str] = frozenset()
         self._lock = asyncio.Lock()
         self.latest: list[GpuDevice] = []
         self.reported: list[GpuDevice] | None = None
@@ -40,9 +58,29 @@ class GpuMonitor:
     async def refresh(self) -> list[GpuDevice]:
         async with self._lock:
             devices = await asyncio.to_thread(self._probe.devices)
+            wanted = None
+            if self._assignment is not None:
+                wanted = await self._assignment.uuids([device.uuid for device in devices])
+            if wanted is not None:
+                devices = self._assigned(devices, wanted)
             self.latest = devices
             self._metrics.set_gpus(devices)
             return list(devices)
+
+    def _assigned(self, devices: list[GpuDevice], wanted: tuple[str, ...]) -> list[GpuDevice]:
+        """The devices of `wanted` that NVML sees here, in NVML's order; says once which
+        assigned ones it cannot see (the agent's container lacks them)."""
+        found = {device.uuid for device in devices}
+        unseen = frozenset(uuid for uuid in wanted if uuid not in found)
+        if unseen and unseen != self._unseen:
+            log.warning(
+                "GPU(s) %s are this server's but NVML cannot see them in the agent's "
+                "container (set NVIDIA_VISIBLE_DEVICES=all on the agent); not reported",
+                ", ".join(sorted(unseen)),
+            )
+        self._unseen = unseen
+        chosen = set(wanted)
+        return [device for device in devices if device.uuid in chosen]
 
     def mark_reported(self, devices: Sequence[GpuDevice]) -> None:
         self.reported = list(devices)

@@ -22,7 +22,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from agent.artifacts import PRIVATE_FOLDERS, ModelRepository
-from agent.gpu_monitor import GpuMonitor
+from agent.gpu_monitor import GpuAssignment, GpuMonitor
 from agent.gpus import GpuProbe, NvmlGpuProbe
 from agent.http import HttpEndpoints
 from agent.inference_server import (
@@ -35,6 +35,7 @@ from agent.inference_server import (
 from agent.link import Outbox, SchedulerLink
 from agent.metrics import AgentMetrics
 from agent.models import ModelManager
+from agent.pod_resources import EveryGpu, KubeletGpus
 from agent.settings import AgentSettings
 from agent.storage import ObjectStores
 from contract import __version__
@@ -74,6 +75,7 @@ class Agent:
             probe or NvmlGpuProbe(settings.gpu_uuids),
             self.metrics,
             settings.resource_report_threshold_bytes,
+            assignment=gpu_assignment(settings) if probe is None else None,
         )
         self.outbox = Outbox(settings.replica)
         self.manager = ModelManager(
@@ -247,6 +249,22 @@ class Agent:
         await self.http.stop()
         await self.inference.close()
         await asyncio.to_thread(self.gpus.close)
+
+
+def gpu_assignment(settings: AgentSettings) -> GpuAssignment | None:
+    """How the agent tells its pod's GPUs from the others NVML sees: --gpu-uuids (the probe
+    selects them), else the kubelet's PodResources API, else every device (a warning)."""
+    if settings.gpu_uuids:
+        return None
+    if settings.pod_resources_socket:
+        return KubeletGpus(
+            settings.pod_resources_socket,
+            settings.pod_name,
+            settings.pod_namespace,
+            settings.inference_container,
+            settings.replica,
+        )
+    return EveryGpu(settings.replica)
 
 
 async def run_agent(settings: AgentSettings) -> int:

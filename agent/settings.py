@@ -130,7 +130,24 @@ class AgentSettings(BaseSettings):
     )
     gpu_uuids: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="comma-separated GPU or MIG UUIDs this server may use (empty: every device)",
+        description="comma-separated GPU or MIG UUIDs this server may use (empty: the ones the "
+        "kubelet assigned to the inference container, else every device)",
+    )
+    pod_resources_socket: str = Field(
+        "/var/lib/kubelet/pod-resources/kubelet.sock",
+        description="the kubelet's PodResources socket, asked which GPUs the inference "
+        'container was given ("" disables: every device NVML sees)',
+    )
+    pod_namespace: str = Field(
+        "default",
+        validation_alias="POD_NAMESPACE",
+        description="this pod's namespace (downward API), to find it in the PodResources answer",
+    )
+    inference_container: str = Field(
+        "mlserver",
+        min_length=1,
+        description="the pod's inference server container, whose nvidia.com/gpu devices are "
+        "this server's GPUs",
     )
     max_concurrent_loads: int = Field(2, ge=1, description="loads that may run at the same time")
     drain_timeout_s: float = Field(

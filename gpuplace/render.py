@@ -37,6 +37,7 @@ from typing import Any
 from agent.settings import AgentSettings
 from contract.names import SUBDOMAIN_RULE, is_dns1123_subdomain
 from gpuplace import __version__
+from gpuplace.resources import GPU_RESOURCE as GPU
 from gpuplace.resources import (
     Bundle,
     Loaded,
@@ -63,6 +64,9 @@ SERVER_CONFIG_ANNOTATION = "gpuplace/server-config"
 STORAGE_SECRETS_PATH = "/etc/gpuplace/storage-secrets"
 STORAGE_SECRETS_VARIABLE = "GPUPLACE_AGENT_STORAGE_SECRETS_DIR"
 STORAGE_SECRET_VOLUME = "gpuplace-storage-secret-{index}"
+# The kubelet's PodResources API: the agent asks it which GPUs the inference container has.
+POD_RESOURCES_PATH = "/var/lib/kubelet/pod-resources"
+POD_RESOURCES_VOLUME = "gpuplace-pod-resources"
 
 # Seldon Core 2's agent: the repository name of its image and the command its ServerConfigs
 # start it with; the prefixes of its own settings (environment variables); its drainer port,
@@ -562,6 +566,37 @@ def share_models_dir(
     return folder
 
 
+def _uses_gpus(container: dict[str, Any]) -> bool:
+    resources = container.get("resources") or {}
+    return any(GPU in (resources.get(part) or {}) for part in ("requests", "limits"))
+
+
+def give_agent_the_gpus(
+    pod: dict[str, Any], inference: dict[str, Any], agent: dict[str, Any]
+) -> None:
+    """What the agent needs to measure the inference container's GPUs: the kubelet's
+    PodResources socket (read-only), to learn which they are, and every device visible in
+    its own container (NVIDIA_VISIBLE_DEVICES=all, which the NVIDIA container toolkit
+    honours for containers that request no GPU: its default
+    accept-nvidia-visible-devices-envvar-when-unprivileged). CUDA_DEVICE_ORDER=PCI_BUS_ID in
+    the inference container makes CUDA's device numbers follow NVML's order."""
+    _set_default_env(agent, "NVIDIA_VISIBLE_DEVICES", value="all")
+    _set_default_env(inference, "CUDA_DEVICE_ORDER", value="PCI_BUS_ID")
+    volumes: list[dict[str, Any]] = pod.setdefault("volumes", [])
+    if not any(v.get("name") == POD_RESOURCES_VOLUME for v in volumes):
+        volumes.append(
+            {
+                "name": POD_RESOURCES_VOLUME,
+                "hostPath": {"path": POD_RESOURCES_PATH, "type": "Directory"},
+            }
+        )
+    mounts: list[dict[str, Any]] = agent.setdefault("volumeMounts", [])
+    if not any(m.get("name") == POD_RESOURCES_VOLUME for m in mounts):
+        mounts.append(
+            {"name": POD_RESOURCES_VOLUME, "mountPath": POD_RESOURCES_PATH, "readOnly": True}
+        )
+
+
 def mount_storage_secrets(
     pod: dict[str, Any], agent: dict[str, Any], secrets: Sequence[str]
 ) -> None:
@@ -660,6 +695,12 @@ def add_agent(
                 break
         else:
             env.append({"name": "SELDON_SERVER_CAPABILITIES", "value": value})
+    _set_default_env(
+        agent, "POD_NAMESPACE", valueFrom={"fieldRef": {"fieldPath": "metadata.namespace"}}
+    )
+    _set_default_env(agent, "GPUPLACE_AGENT_INFERENCE_CONTAINER", value=inference["name"])
+    if _uses_gpus(inference):
+        give_agent_the_gpus(pod, inference, agent)
     mount_storage_secrets(pod, agent, settings.storage_secrets)
     for name, value in server.defaults:
         _set_default_env(inference, name, value=value)

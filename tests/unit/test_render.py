@@ -241,9 +241,20 @@ def test_agent_sidecar_and_its_environment_are_injected() -> None:
     )
     ports = {p["name"]: p["port"] for p in rendered.manifests[1]["spec"]["ports"]}
     assert ports["http"] == 9000 and ports["grpc"] == 9500
-    # Agent and inference server share the model repository folder.
+    # Agent and inference server share the model repository folder; the agent of a GPU
+    # server also reads the kubelet's PodResources socket and sees every device, to measure
+    # the inference container's GPUs, whose CUDA numbers follow NVML's (PCI) order.
     mounts = {c: [m["mountPath"] for m in found[c]["volumeMounts"]] for c in found}
-    assert mounts == {"mlserver": ["/mnt/models"], "agent": ["/mnt/models"]}
+    assert mounts == {
+        "mlserver": ["/mnt/models"],
+        "agent": ["/mnt/models", "/var/lib/kubelet/pod-resources"],
+    }
+    assert found["agent"]["volumeMounts"][1]["readOnly"] is True
+    assert variables["NVIDIA_VISIBLE_DEVICES"] == "all"
+    assert variables["POD_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert variables["GPUPLACE_AGENT_INFERENCE_CONTAINER"] == "mlserver"
+    assert env(found["mlserver"])["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+    assert "NVIDIA_VISIBLE_DEVICES" not in env(found["mlserver"])
     # The Server's GPU resources replaced the built-in ServerConfig's.
     assert found["mlserver"]["resources"]["limits"]["nvidia.com/gpu"] == 2
 
@@ -382,3 +393,16 @@ spec:
     assert rendered.warnings == []
     for manifest in rendered.manifests:
         kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
+
+
+def test_a_cpu_server_gets_no_gpu_plumbing() -> None:
+    """No hostPath into the kubelet's folder, no devices for a server that requests none."""
+    bundle = parse_text(
+        "apiVersion: mlops.seldon.io/v1alpha1\nkind: Server\nmetadata: {name: cpu}\n",
+        "cpu.yaml",
+    )
+    rendered = render_bundle(bundle, RenderSettings())
+    pod = rendered.manifests[0]["spec"]["template"]["spec"]
+    assert all("hostPath" not in volume for volume in pod.get("volumes", []))
+    agent = next(c for c in pod["containers"] if c["name"] == "agent")
+    assert "NVIDIA_VISIBLE_DEVICES" not in env(agent)

@@ -241,6 +241,8 @@ def test_seldons_agent_is_replaced_keeping_what_applies() -> None:
         "SELDON_SCHEDULER_PORT": "9005",
         "SELDON_SERVER_HTTP_PORT": "9000",
         "SELDON_SERVER_GRPC_PORT": "8081",
+        "POD_NAMESPACE": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+        "GPUPLACE_AGENT_INFERENCE_CONTAINER": "mlserver",
     }
     # The model folder stays Seldon's; rclone's config mount moved to the agent with it.
     assert agent["volumeMounts"] == [

@@ -1,0 +1,223 @@
+"""Which GPUs are this pod's: a fake kubelet serving the PodResources API (grpc.aio on a unix
+socket in a temp dir, gpuplace's own proto) and the fake NVML library with four devices."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+import pytest
+from prometheus_client import CollectorRegistry
+
+from agent.gpu_monitor import GpuMonitor
+from agent.gpus import NvmlGpuProbe
+from agent.metrics import AgentMetrics
+from agent.pod_resources import Assigned, KubeletGpus, NoKubelet, NotListed, assigned_gpus
+from devharness.fake_nvml import FakeGpu, FakeMig, FakeNvml, GiB
+from protos import podresources_pb2, podresources_pb2_grpc
+
+POD, NAMESPACE, CONTAINER = "mlserver-gpu-0", "seldon-mesh", "mlserver"
+FOUR = [
+    FakeGpu("GPU-0000", 80 * GiB, 80 * GiB),
+    FakeGpu("GPU-1111", 80 * GiB, 70 * GiB),
+    FakeGpu("GPU-2222", 80 * GiB, 60 * GiB),
+    FakeGpu(
+        "GPU-3333",
+        80 * GiB,
+        80 * GiB,
+        mig_mode=1,
+        migs=[
+            FakeMig(0, "MIG-aaaa", 10 * GiB, 9 * GiB),
+            FakeMig(1, "MIG-bbbb", 10 * GiB, 10 * GiB),
+        ],
+    ),
+]
+
+
+class FakeKubelet(podresources_pb2_grpc.PodResourcesListerServicer):
+    """Answers for the pods in `pods`: {(namespace, name): {container: [device ids]}}."""
+
+    def __init__(self) -> None:
+        self.pods: dict[tuple[str, str], dict[str, list[str]]] = {}
+        self.has_get = True
+        self.calls: list[str] = []
+
+    def _resources(self, namespace: str, name: str) -> podresources_pb2.PodResources:
+        containers = [
+            podresources_pb2.ContainerResources(
+                name=container,
+                devices=[
+                    podresources_pb2.ContainerDevices(
+                        resource_name="nvidia.com/gpu", device_ids=ids
+                    ),
+                    podresources_pb2.ContainerDevices(
+                        resource_name="example.com/nic", device_ids=["nic-0"]
+                    ),
+                ],
+            )
+            for container, ids in self.pods[(namespace, name)].items()
+        ]
+        return podresources_pb2.PodResources(name=name, namespace=namespace, containers=containers)
+
+    async def List(self, request: Any, context: Any) -> podresources_pb2.ListPodResourcesResponse:
+        self.calls.append("List")
+        return podresources_pb2.ListPodResourcesResponse(
+            pod_resources=[self._resources(ns, name) for ns, name in self.pods]
+        )
+
+    async def Get(self, request: Any, context: Any) -> podresources_pb2.GetPodResourcesResponse:
+        self.calls.append("Get")
+        if not self.has_get:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Get is not enabled")
+        key = (request.pod_namespace, request.pod_name)
+        if key not in self.pods:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"pod {key} not found")
+        return podresources_pb2.GetPodResourcesResponse(pod_resources=self._resources(*key))
+
+
+@pytest.fixture
+async def kubelet(tmp_path: Path) -> AsyncIterator[tuple[FakeKubelet, str]]:
+    fake = FakeKubelet()
+    server = grpc.aio.server()
+    podresources_pb2_grpc.add_PodResourcesListerServicer_to_server(fake, server)
+    socket_path = str(tmp_path / "kubelet.sock")
+    server.add_insecure_port(f"unix:{socket_path}")
+    await server.start()
+    try:
+        yield fake, socket_path
+    finally:
+        await server.stop(grace=None)
+
+
+@pytest.fixture
+def four(gpus: FakeNvml) -> FakeNvml:
+    gpus.gpus = list(FOUR)
+    gpus.write()
+    return gpus
+
+
+def monitor(socket_path: str, container: str = CONTAINER) -> GpuMonitor:
+    assignment = KubeletGpus(socket_path, POD, NAMESPACE, container, "mlserver-gpu-0")
+    return GpuMonitor(NvmlGpuProbe(), AgentMetrics(CollectorRegistry()), GiB, assignment)
+
+
+async def test_the_agent_reports_exactly_its_inference_containers_gpus(
+    four: FakeNvml, kubelet: tuple[FakeKubelet, str]
+) -> None:
+    fake, socket_path = kubelet
+    fake.pods[(NAMESPACE, POD)] = {"mlserver": ["GPU-1111", "GPU-2222"], "agent": []}
+    fake.pods[(NAMESPACE, "other-0")] = {"mlserver": ["GPU-0000"]}
+    gpus = monitor(socket_path)
+    try:
+        devices = await gpus.refresh()
+    finally:
+        gpus.close()
+    assert [(d.uuid, d.free_bytes) for d in devices] == [
+        ("GPU-1111", 70 * GiB),
+        ("GPU-2222", 60 * GiB),
+    ]
+    assert fake.calls == ["Get"]
+
+
+async def test_mig_uuids_map_to_mig_instances(
+    four: FakeNvml, kubelet: tuple[FakeKubelet, str]
+) -> None:
+    fake, socket_path = kubelet
+    fake.pods[(NAMESPACE, POD)] = {"mlserver": ["MIG-bbbb"]}
+    gpus = monitor(socket_path)
+    try:
+        (device,) = await gpus.refresh()
+    finally:
+        gpus.close()
+    assert (device.uuid, device.parent_uuid, device.total_bytes) == (
+        "MIG-bbbb",
+        "GPU-3333",
+        10 * GiB,
+    )
+
+
+async def test_a_changed_assignment_is_picked_up_and_reported(
+    four: FakeNvml, kubelet: tuple[FakeKubelet, str]
+) -> None:
+    fake, socket_path = kubelet
+    fake.pods[(NAMESPACE, POD)] = {"mlserver": ["GPU-1111"]}
+    gpus = monitor(socket_path)
+    sent: list[list[str]] = []
+    try:
+        gpus.mark_reported(await gpus.refresh())
+        fake.pods[(NAMESPACE, POD)] = {"mlserver": ["GPU-1111", "GPU-0000"]}
+        await gpus.refresh()
+        assert gpus.report_if_moved(lambda devices: sent.append([d.uuid for d in devices]) or True)
+    finally:
+        gpus.close()
+    assert sent == [["GPU-0000", "GPU-1111"]]
+
+
+async def test_a_kubelet_without_get_is_asked_with_list(
+    four: FakeNvml, kubelet: tuple[FakeKubelet, str]
+) -> None:
+    fake, socket_path = kubelet
+    fake.has_get = False
+    fake.pods[(NAMESPACE, POD)] = {"mlserver": ["GPU-2222"]}
+    answer = await assigned_gpus(socket_path, POD, NAMESPACE, CONTAINER)
+    assert answer == Assigned(("GPU-2222",))
+    assert fake.calls == ["Get", "List"]
+
+
+async def test_no_socket_falls_back_to_every_device_with_one_warning(
+    four: FakeNvml, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="agent.pod_resources")
+    gpus = monitor(str(tmp_path / "absent.sock"))
+    try:
+        first = await gpus.refresh()
+        await gpus.refresh()
+    finally:
+        gpus.close()
+    assert [d.uuid for d in first] == ["GPU-0000", "GPU-1111", "GPU-2222", "MIG-aaaa", "MIG-bbbb"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert "no PodResources socket" in warnings[0]
+    assert "other pods' GPUs" in warnings[0]
+
+
+async def test_a_pod_the_kubelet_does_not_list_reports_no_gpu(
+    four: FakeNvml, kubelet: tuple[FakeKubelet, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="agent.pod_resources")
+    _, socket_path = kubelet
+    gpus = monitor(socket_path)
+    try:
+        assert await gpus.refresh() == []
+    finally:
+        gpus.close()
+    assert f"the kubelet lists no pod {NAMESPACE}/{POD}" in caplog.text
+    assert "reporting no GPU (CPU models are still served)" in caplog.text
+
+
+async def test_a_missing_inference_container_is_named(
+    four: FakeNvml, kubelet: tuple[FakeKubelet, str]
+) -> None:
+    fake, socket_path = kubelet
+    fake.pods[(NAMESPACE, POD)] = {"triton": ["GPU-1111"], "agent": []}
+    answer = await assigned_gpus(socket_path, POD, NAMESPACE, CONTAINER)
+    assert isinstance(answer, NotListed)
+    assert "no container 'mlserver'" in answer.reason and "triton, agent" in answer.reason
+
+
+async def test_a_kubelet_that_stops_answering_keeps_the_last_assignment(
+    four: FakeNvml, kubelet: tuple[FakeKubelet, str], tmp_path: Path
+) -> None:
+    fake, socket_path = kubelet
+    fake.pods[(NAMESPACE, POD)] = {"mlserver": ["GPU-2222"]}
+    assignment = KubeletGpus(socket_path, POD, NAMESPACE, CONTAINER, "mlserver-gpu-0")
+    assert await assignment.uuids(["GPU-2222"]) == ("GPU-2222",)
+    assignment.socket_path = str(tmp_path / "gone.sock")
+    assert await assignment.uuids(["GPU-2222"]) == ("GPU-2222",)
+    assert isinstance(
+        await assigned_gpus(assignment.socket_path, POD, NAMESPACE, CONTAINER), NoKubelet
+    )
