@@ -59,6 +59,16 @@ DEFAULT_MAX_ARTIFACT_BYTES = 50 * 2**30
 PRIVATE_FOLDERS = (Path("/var/run/secrets"), Path("/run/secrets"))
 # Spec parameters that MLServer reads from model-settings.json `parameters`.
 _MLSERVER_PARAMETERS = ("uri", "format", "content_type")
+# The key of `parameters.extra` that carries the placement, for every runtime.
+PLACEMENT_KEY = "gpuplace"
+# Runtimes that take the device to load on from `parameters.extra.device` (a torch device
+# such as "cuda:1"): MLServer's HuggingFace runtime. The placement sets it.
+DEVICE_RUNTIMES = frozenset(
+    {
+        "mlserver_huggingface.HuggingFaceRuntime",
+        "mlserver_huggingface.runtime.HuggingFaceRuntime",
+    }
+)
 
 
 class ArtifactError(Exception):
@@ -72,6 +82,26 @@ class Record:
     name: str
     version: int
     footprint_bytes: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """The devices the scheduler placed a model on, as the inference container names them.
+
+    `cuda_ordinals[i]` goes with `device_uuids[i]`: the CUDA ordinal of that GPU in the
+    inference container (`CUDA_DEVICE_ORDER=PCI_BUS_ID`), or, for a MIG instance, its MIG
+    UUID (what `CUDA_VISIBLE_DEVICES` takes; CUDA gives MIG instances no ordinal to rely on).
+    `device`: the torch device a runtime that takes one loads on ("cuda:1"), or "" when no
+    single device fits (the model spans several, or a MIG instance among other devices).
+    """
+
+    device_uuids: tuple[str, ...]
+    cuda_ordinals: tuple[int | str, ...]
+    device: str = ""
+
+    def extra(self) -> dict[str, Any]:
+        """The value of `parameters.extra.gpuplace` in model-settings.json."""
+        return {"device_uuids": list(self.device_uuids), "cuda_ordinals": list(self.cuda_ordinals)}
 
 
 def model_name(name: str) -> str:
@@ -199,9 +229,15 @@ class ModelRepository:
         _keep_only(folder, chosen)
 
     def describe(
-        self, folder: Path, name: str, version: int, parameters: Mapping[str, str]
+        self,
+        folder: Path,
+        name: str,
+        version: int,
+        parameters: Mapping[str, str],
+        placement: Placement | None = None,
     ) -> None:
-        """Make `folder/model-settings.json` name the model and carry its version.
+        """Make `folder/model-settings.json` name the model and carry its version, and the
+        devices it was placed on (`placement`; None: a CPU model, nothing is added).
 
         A model-settings.json below the top level is refused: MLServer searches the whole
         repository for them, so one could load (or replace) a model under any other name.
@@ -248,6 +284,8 @@ class ModelRepository:
             model_parameters = {}
         model_parameters["version"] = str(version)
         settings["parameters"] = model_parameters
+        if placement is not None:
+            _place(settings, model_parameters, placement, name)
         path.write_text(json.dumps(settings, indent=2) + "\n")
 
     # -- installing -----------------------------------------------------------------------
@@ -318,6 +356,35 @@ class ModelRepository:
             for entry in self.root.iterdir()
             if entry.is_dir() and not entry.name.startswith(".") and (entry / RECORD).exists()
         )
+
+
+def _place(
+    settings: dict[str, Any], parameters: dict[str, Any], placement: Placement, name: str
+) -> None:
+    """Write `placement` into `parameters.extra` (other keys kept): `gpuplace` for every
+    runtime, and `device` for a runtime that takes one, replacing whatever the spec or the
+    artifact set there (the scheduler's placement wins: its ledger counts the memory there)."""
+    extra = parameters.get("extra")
+    if extra is None:
+        extra = {}
+    if not isinstance(extra, dict):
+        raise ArtifactError(
+            f"{MODEL_SETTINGS}: parameters.extra is not a JSON object; "
+            "the devices the model was placed on cannot be written into it"
+        )
+    extra[PLACEMENT_KEY] = placement.extra()
+    if placement.device and settings.get("implementation") in DEVICE_RUNTIMES:
+        chosen = extra.get("device")
+        if chosen not in (None, "", placement.device):
+            log.info(
+                "model %s: device %r of its settings replaced by %s, where it was placed (%s)",
+                name,
+                chosen,
+                placement.device,
+                ", ".join(placement.device_uuids),
+            )
+        extra["device"] = placement.device
+    parameters["extra"] = extra
 
 
 def _settings_version(path: Path) -> int | None:

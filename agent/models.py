@@ -15,13 +15,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from contextlib import AsyncExitStack
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from agent import artifacts
-from agent.artifacts import ArtifactError, ModelRepository, Record
+from agent.artifacts import ArtifactError, ModelRepository, Placement, Record
 from agent.gpu_monitor import GpuMonitor
 from agent.inference_server import (
     InferenceServer,
@@ -61,6 +62,45 @@ def footprint(
     return {uuid: taken(uuid) for uuid in now if uuid in before and taken(uuid) > 0}
 
 
+# Memory that appeared off the placed devices counts as the model's only from this much on
+# (below it: a CUDA context, another process's jitter).
+STRAY_MIN_BYTES = 64 * 2**20
+
+
+def cuda_placement(visible: Sequence[GpuDevice], placed: Sequence[str]) -> Placement:
+    """`placed` (UUIDs) as the inference container's CUDA names them.
+
+    The inference container sees this server's devices (`visible`, the agent's reading,
+    already narrowed to the pod's), with `CUDA_DEVICE_ORDER=PCI_BUS_ID`: CUDA ordinal i is
+    the i-th whole GPU in NVML's index order (which is PCI bus order). A MIG instance has no
+    ordinal to rely on: its MIG UUID stands in its place. The single device a runtime taking
+    a `device` loads on: `cuda:<ordinal>` for one whole GPU, `cuda:0` for a MIG instance that
+    is the only device visible (CUDA then enumerates it as device 0), otherwise none.
+    """
+    whole = sorted((d for d in visible if not d.parent_uuid), key=lambda d: d.index)
+    ordinals = {device.uuid: position for position, device in enumerate(whole)}
+    names: list[int | str] = [ordinals.get(uuid, uuid) for uuid in placed]
+    device = ""
+    if len(names) == 1:
+        if isinstance(names[0], int):
+            device = f"cuda:{names[0]}"
+        elif len(visible) == 1 and visible[0].uuid == placed[0]:
+            device = "cuda:0"
+    return Placement(tuple(placed), tuple(names), device)
+
+
+def misplaced(placed: Mapping[str, int], elsewhere: Mapping[str, int]) -> dict[str, int] | None:
+    """Where NVML found a model placed on the devices of `placed` (their measured footprint)
+    when most of its memory appeared on other devices (`elsewhere`: what was taken on each
+    of them): the devices that took memory, with what they took. None: it is where it was
+    placed."""
+    stray = {uuid: size for uuid, size in elsewhere.items() if uuid not in placed and size > 0}
+    total = sum(stray.values())
+    if total < STRAY_MIN_BYTES or total <= sum(placed.values()):
+        return None
+    return {**{uuid: size for uuid, size in placed.items() if size > 0}, **stray}
+
+
 @dataclass(frozen=True)
 class _Plan:
     """How a load goes ahead once the memory check passed."""
@@ -68,6 +108,8 @@ class _Plan:
     # Devices to measure (empty: none, a CPU model) and their free memory now.
     targets: list[str]
     before: dict[str, int]
+    # The devices as read for the check (the server's, in the probe's order).
+    devices: tuple[GpuDevice, ...] = ()
     # Replacing a version: unload it first (its memory is needed) instead of loading the
     # new version next to it (the server then drops the old one: no downtime).
     unload_first: bool = False
@@ -156,6 +198,9 @@ class ModelManager:
         self._tails: dict[str, asyncio.Task[ModelEvent]] = {}
         self._running: set[asyncio.Task[ModelEvent]] = set()
         self._device_locks: dict[str, asyncio.Lock] = {}
+        # How often each device's lock was taken: a device no one took meanwhile had no
+        # load or unload of this agent changing its memory.
+        self._device_uses: Counter[str] = Counter()
 
     # -- scheduling -----------------------------------------------------------------------
 
@@ -339,22 +384,49 @@ class ModelManager:
                         await asyncio.to_thread(
                             self.repository.select_version, staged, request.artifact_version
                         )
-                    await asyncio.to_thread(
-                        self.repository.describe, staged, name, version, request.parameters
-                    )
                 except ArtifactError as exc:
-                    log.warning(
-                        "model %s v%d on %s: artifact: %s", name, version, self.replica, exc
-                    )
-                    return ModelEvent(EventKind.LOAD_FAILED, name, version, f"artifact: {exc}")
+                    return self._artifact_failed(request, exc)
                 async with AsyncExitStack() as stack:
-                    for uuid in self._lock_targets(request):
-                        await stack.enter_async_context(self._device_lock(uuid))
+                    mine = frozenset(self._lock_targets(request))
+                    for uuid in sorted(mine):
+                        await stack.enter_async_context(self._hold(uuid))
+                    # Before the devices are read: what other loads and unloads touch from
+                    # now on is told apart from this load's memory.
+                    quiet = self._quiet(mine)
                     try:
                         plan = await self._check_memory(request, current)
                     except Refused as refused:
                         return self._refused(request, refused)
-                    return await self._install_and_load(request, current, staged, plan)
+                    # Described once the devices are known: the placement goes into the
+                    # model's settings (none for a CPU model).
+                    placement = cuda_placement(plan.devices, plan.targets) if plan.targets else None
+                    try:
+                        await asyncio.to_thread(
+                            self.repository.describe,
+                            staged,
+                            name,
+                            version,
+                            request.parameters,
+                            placement,
+                        )
+                    except ArtifactError as exc:
+                        return self._artifact_failed(request, exc)
+                    if placement is not None:
+                        log.info(
+                            "model %s v%d on %s: placed on %s",
+                            name,
+                            version,
+                            self.replica,
+                            ", ".join(
+                                f"{uuid} (CUDA {cuda})"
+                                for uuid, cuda in zip(
+                                    placement.device_uuids, placement.cuda_ordinals, strict=True
+                                )
+                            ),
+                        )
+                    return await self._install_and_load(
+                        request, current, staged, plan, mine=mine, quiet=quiet
+                    )
             finally:
                 await asyncio.to_thread(self.repository.discard, staged)
 
@@ -389,6 +461,11 @@ class ModelManager:
             elapsed,
         )
 
+    def _artifact_failed(self, request: Load, exc: ArtifactError) -> ModelEvent:
+        name, version = request.model, request.version
+        log.warning("model %s v%d on %s: artifact: %s", name, version, self.replica, exc)
+        return ModelEvent(EventKind.LOAD_FAILED, name, version, f"artifact: {exc}")
+
     def _refused(self, request: Load, refused: Refused) -> ModelEvent:
         log.warning(
             "model %s v%d on %s: refused: %s",
@@ -409,6 +486,29 @@ class ModelManager:
     def _device_lock(self, uuid: str) -> asyncio.Lock:
         return self._device_locks.setdefault(uuid, asyncio.Lock())
 
+    @asynccontextmanager
+    async def _hold(self, uuid: str) -> AsyncIterator[None]:
+        """The device's lock, counted as a use of the device."""
+        async with self._device_lock(uuid):
+            self._device_uses[uuid] += 1
+            yield
+
+    def _quiet(self, held: frozenset[str]) -> dict[str, int]:
+        """The devices no other load or unload holds now (`held`: the caller's), with their
+        use counts (see `_undisturbed`)."""
+        return {
+            uuid: self._device_uses[uuid]
+            for uuid in (device.uuid for device in self.gpus.latest)
+            if uuid in held or not self._device_lock(uuid).locked()
+        }
+
+    def _undisturbed(self, quiet_before: Mapping[str, int], held: frozenset[str]) -> set[str]:
+        """Devices that no other load or unload of this agent took meanwhile: quiet before,
+        still quiet, and never taken since. Only their memory can be charged to this load.
+        (A CPU model's load takes no lock: memory it takes on a GPU is not told apart.)"""
+        now = self._quiet(held)
+        return {uuid for uuid, uses in quiet_before.items() if now.get(uuid) == uses}
+
     async def _check_memory(self, request: Load, current: LoadedModel | None) -> _Plan:
         """Check that the target devices have the model's GPU memory free right now.
 
@@ -417,21 +517,32 @@ class ModelManager:
         """
         devices = await self.gpus.refresh()
         before = {device.uuid: device.free_bytes for device in devices}
+        seen = tuple(devices)
         need = request.gpu_memory_bytes
         if not request.device_uuids and need <= 0:
-            return _Plan([], before)
+            return _Plan([], before, seen)
         reclaim = dict(current.footprint_bytes) if current is not None else {}
         plan = fit_load(request, devices, {}) if need > 0 else None
         if plan is None or isinstance(plan, Refused):
             with_reclaim = fit_load(request, devices, reclaim)
             if isinstance(with_reclaim, Refused):
                 raise with_reclaim
-            return _Plan(with_reclaim, before, unload_first=bool(reclaim) and need > 0)
-        return _Plan(plan, before)
+            return _Plan(with_reclaim, before, seen, unload_first=bool(reclaim) and need > 0)
+        return _Plan(plan, before, seen)
 
     async def _install_and_load(
-        self, request: Load, current: LoadedModel | None, staged: Path, plan: _Plan
+        self,
+        request: Load,
+        current: LoadedModel | None,
+        staged: Path,
+        plan: _Plan,
+        *,
+        mine: frozenset[str],
+        quiet: Mapping[str, int],
     ) -> ModelEvent:
+        """Install the staged folder and load it; measure its footprint on the plan's
+        devices, and on every device that no other load or unload took since `quiet` was
+        noted (`mine`: the devices this load holds), to find a model that went elsewhere."""
         name, version = request.model, request.version
         before = plan.before
         credit: dict[str, int] = {}
@@ -474,6 +585,21 @@ class ModelManager:
             return ModelEvent(EventKind.LOAD_FAILED, name, version, str(exc))
         after = await self.gpus.refresh()
         measured = footprint(before, after, plan.targets, credit)
+        message = ""
+        if plan.targets:
+            elsewhere = footprint(before, after, None, credit)
+            undisturbed = self._undisturbed(quiet, mine)
+            found = misplaced(
+                measured, {uuid: size for uuid, size in elsewhere.items() if uuid in undisturbed}
+            )
+            if found is not None:
+                message = (
+                    f"placed on {', '.join(plan.targets)} but its memory appeared on "
+                    + ", ".join(f"{uuid} ({format_bytes(size)})" for uuid, size in found.items())
+                    + "; reported where it appeared"
+                )
+                log.warning("model %s v%d on %s: %s", name, version, self.replica, message)
+                measured = found
         await asyncio.to_thread(self.repository.discard, aside)
         await asyncio.to_thread(self.repository.write_record, Record(name, version, measured))
         self.loaded[name] = LoadedModel(name, version, measured)
@@ -486,7 +612,7 @@ class ModelManager:
             self.replica,
             ", ".join(f"{uuid}={format_bytes(size)}" for uuid, size in measured.items()) or "none",
         )
-        return ModelEvent(EventKind.LOADED, name, version, footprint_bytes=measured)
+        return ModelEvent(EventKind.LOADED, name, version, message, footprint_bytes=measured)
 
     async def _undo_failed_load(
         self, name: str, current: LoadedModel | None, aside: Path | None, old_kept: bool
@@ -613,7 +739,7 @@ class ModelManager:
             # measuring the same devices meanwhile.
             devices = sorted(current.footprint_bytes) if current is not None else []
             for uuid in devices:
-                await stack.enter_async_context(self._device_lock(uuid))
+                await stack.enter_async_context(self._hold(uuid))
             return await self._unload_locked(name, version)
 
     async def _unload_locked(self, name: str, version: int) -> ModelEvent:

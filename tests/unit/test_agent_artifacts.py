@@ -16,6 +16,7 @@ from agent.artifacts import (
     MODEL_SETTINGS,
     ArtifactError,
     ModelRepository,
+    Placement,
     Record,
     fetch,
     redact,
@@ -24,6 +25,8 @@ from agent.artifacts import (
 from contract.names import InvalidName
 
 SKLEARN = {"implementation": "mlserver_sklearn.SKLearnModel"}
+HUGGINGFACE = {"implementation": "mlserver_huggingface.HuggingFaceRuntime"}
+ON_GPU_B = Placement(("GPU-b",), (1,), "cuda:1")
 
 
 @pytest.fixture
@@ -107,6 +110,98 @@ async def test_no_settings_and_no_implementation_is_refused(
     await fetch(repo, str(artifact(tmp_path)), staged, timeout_s=5)
     with pytest.raises(ArtifactError, match="implementation"):
         repo.describe(staged, "iris", 1, {})
+
+
+def described(
+    repo: ModelRepository,
+    parameters: dict[str, str],
+    placement: Placement | None,
+    settings: dict[str, object] | None = None,
+) -> dict[str, object]:
+    staged = repo.new_staging_folder("llm")
+    if settings is not None:
+        (staged / MODEL_SETTINGS).write_text(json.dumps(settings))
+    repo.describe(staged, "llm", 4, parameters, placement)
+    return settings_of(staged)
+
+
+def test_the_huggingface_runtime_is_told_the_placed_device(repo: ModelRepository) -> None:
+    body = described(repo, {**HUGGINGFACE, "task": "text-generation"}, ON_GPU_B)
+    assert body["parameters"] == {
+        "extra": {
+            "task": "text-generation",
+            "device": "cuda:1",
+            "gpuplace": {"device_uuids": ["GPU-b"], "cuda_ordinals": [1]},
+        },
+        "version": "4",
+    }
+
+
+@pytest.mark.parametrize(
+    ("parameters", "settings"),
+    [
+        ({**HUGGINGFACE, "device": "cuda:0"}, None),  # the spec's choice
+        (  # the artifact's choice
+            {},
+            {
+                "implementation": HUGGINGFACE["implementation"],
+                "parameters": {"extra": {"device": 0}},
+            },
+        ),
+    ],
+)
+def test_the_placement_wins_over_a_device_set_by_hand(
+    repo: ModelRepository, parameters: dict[str, str], settings: dict[str, object] | None
+) -> None:
+    body = described(repo, parameters, ON_GPU_B, settings)
+    parameters_out = body["parameters"]
+    assert isinstance(parameters_out, dict)
+    assert parameters_out["extra"]["device"] == "cuda:1"
+
+
+def test_every_runtime_gets_the_placement_in_extra_beside_its_own_keys(
+    repo: ModelRepository,
+) -> None:
+    settings = {
+        "implementation": "my_runtime.Custom",
+        "parameters": {"uri": "./w", "extra": {"batch": 8, "device": "cuda:3"}},
+    }
+    two = Placement(("GPU-a", "MIG-c"), (0, "MIG-c"))
+    body = described(repo, {}, two, settings)
+    assert body["parameters"] == {
+        "uri": "./w",
+        "extra": {
+            "batch": 8,
+            "device": "cuda:3",  # not a runtime known to take a device: left as it was
+            "gpuplace": {"device_uuids": ["GPU-a", "MIG-c"], "cuda_ordinals": [0, "MIG-c"]},
+        },
+        "version": "4",
+    }
+
+
+def test_a_huggingface_model_on_several_devices_keeps_its_device(
+    repo: ModelRepository,
+) -> None:
+    two = Placement(("GPU-a", "GPU-b"), (0, 1))
+    body = described(repo, {**HUGGINGFACE, "device": "cpu"}, two)
+    parameters = body["parameters"]
+    assert isinstance(parameters, dict)
+    assert parameters["extra"]["device"] == "cpu"
+    assert parameters["extra"]["gpuplace"]["cuda_ordinals"] == [0, 1]
+
+
+def test_a_cpu_model_gets_nothing_new(repo: ModelRepository) -> None:
+    body = described(repo, {**HUGGINGFACE, "task": "fill-mask"}, None)
+    assert body["parameters"] == {"extra": {"task": "fill-mask"}, "version": "4"}
+
+
+def test_an_extra_that_is_not_an_object_is_refused_for_a_placed_model(
+    repo: ModelRepository,
+) -> None:
+    settings = {"implementation": "x.Y", "parameters": {"extra": ["no"]}}
+    assert described(repo, {}, None, settings)["parameters"] == {"extra": ["no"], "version": "4"}
+    with pytest.raises(ArtifactError, match=r"parameters\.extra is not a JSON object"):
+        described(repo, {}, ON_GPU_B, settings)
 
 
 @pytest.mark.parametrize("name", ["../etc", "Iris", "a/b", "", "x" * 64, "."])

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from agent.artifacts import ModelRepository, Record
+from agent.artifacts import ModelRepository, Placement, Record
 from agent.gpu_monitor import GpuMonitor
 from agent.gpus import GpuProbe
 from agent.inference_server import (
@@ -21,12 +22,13 @@ from agent.inference_server import (
     InferenceServerUnavailable,
 )
 from agent.metrics import AgentMetrics
-from agent.models import ModelManager, footprint
+from agent.models import STRAY_MIN_BYTES, ModelManager, cuda_placement, footprint, misplaced
 from contract.protocol import EventKind, GpuDevice, Load, ModelEvent, Unload
 from tests.support.wait import wait_until
 
 GiB = 2**30
 SKLEARN = {"implementation": "mlserver_sklearn.SKLearnModel"}
+HUGGINGFACE = {"implementation": "mlserver_huggingface.HuggingFaceRuntime", "task": "fill-mask"}
 
 
 class FakeProbe:
@@ -49,6 +51,13 @@ class FakeProbe:
 def gpu(uuid: str, free_gib: int, total_gib: int = 80) -> GpuDevice:
     return GpuDevice(
         uuid, "NVIDIA H100", 0, total_gib * GiB, free_gib * GiB, (total_gib - free_gib) * GiB
+    )
+
+
+def indexed(uuid: str, index: int, free_gib: int = 80, parent: str = "") -> GpuDevice:
+    """A device with its NVML index (a MIG instance: `parent` set, the parent's index)."""
+    return GpuDevice(
+        uuid, "NVIDIA H100", index, 80 * GiB, free_gib * GiB, (80 - free_gib) * GiB, parent
     )
 
 
@@ -588,3 +597,112 @@ async def test_memory_taken_during_the_fetch_is_caught(tmp_path: Path) -> None:
     assert event.kind is EventKind.LOAD_FAILED_MEMORY
     assert "5 GiB free now" in event.message
     assert h.inference.calls == []
+
+
+# -- models run where they were placed ---------------------------------------------------
+
+
+def test_cuda_ordinals_follow_nvml_order_not_the_listing() -> None:
+    # --gpu-uuids lists devices in the order given; CUDA (PCI_BUS_ID) counts in NVML's
+    visible = [indexed("GPU-c", 2), indexed("GPU-a", 0), indexed("GPU-b", 1)]
+    assert cuda_placement(visible, ["GPU-c"]) == Placement(("GPU-c",), (2,), "cuda:2")
+    assert cuda_placement(visible, ["GPU-b", "GPU-a"]) == Placement(("GPU-b", "GPU-a"), (1, 0))
+
+
+def test_cuda_ordinals_count_the_pods_devices_from_zero() -> None:
+    # a pod given GPUs 3 and 5 of its node sees them as cuda:0 and cuda:1
+    visible = [indexed("GPU-five", 5), indexed("GPU-three", 3)]
+    assert cuda_placement(visible, ["GPU-five"]).device == "cuda:1"
+    assert cuda_placement(visible, ["GPU-three"]).cuda_ordinals == (0,)
+
+
+def test_a_mig_instance_is_named_by_its_uuid() -> None:
+    alone = [indexed("MIG-1", 0, 20, parent="GPU-p")]
+    assert cuda_placement(alone, ["MIG-1"]) == Placement(("MIG-1",), ("MIG-1",), "cuda:0")
+    several = [
+        indexed("MIG-1", 0, 20, parent="GPU-p"),
+        indexed("MIG-2", 0, 20, parent="GPU-p"),
+        indexed("GPU-q", 1),
+    ]
+    assert cuda_placement(several, ["MIG-2"]) == Placement(("MIG-2",), ("MIG-2",), "")
+    # whole GPUs are counted among whole GPUs only
+    assert cuda_placement(several, ["GPU-q"]) == Placement(("GPU-q",), (0,), "cuda:0")
+
+
+def test_misplaced_only_when_most_memory_appeared_elsewhere() -> None:
+    assert misplaced({"a": 10 * GiB}, {"a": 10 * GiB, "b": GiB}) is None
+    assert misplaced({"a": 0}, {"b": STRAY_MIN_BYTES - 1}) is None
+    assert misplaced({"a": GiB}, {"a": GiB, "b": 12 * GiB}) == {"a": GiB, "b": 12 * GiB}
+    assert misplaced({"a": 0}, {"b": 12 * GiB, "c": 0}) == {"b": 12 * GiB}
+
+
+async def test_the_placed_device_is_written_into_the_model_settings(tmp_path: Path) -> None:
+    h = make(tmp_path, indexed("GPU-b", 1, 70), indexed("GPU-a", 0, 70))
+    h.inference.on_load = lambda name: h.probe.take("GPU-b", 12 * GiB)
+    event = await h.manager.load(Load("llm", 1, "", HUGGINGFACE, 10 * GiB, ("GPU-b",)))
+    assert event == ModelEvent(EventKind.LOADED, "llm", 1, footprint_bytes={"GPU-b": 12 * GiB})
+    settings = json.loads((h.repository.root / "llm" / "model-settings.json").read_text())
+    assert settings["parameters"]["extra"] == {
+        "task": "fill-mask",
+        "device": "cuda:1",
+        "gpuplace": {"device_uuids": ["GPU-b"], "cuda_ordinals": [1]},
+    }
+
+
+async def test_a_device_the_agent_chose_is_written_too(tmp_path: Path) -> None:
+    h = make(tmp_path, indexed("GPU-a", 0, 5), indexed("GPU-b", 1, 30))
+    h.inference.on_load = lambda name: h.probe.take("GPU-b", 20 * GiB)
+    event = await h.manager.load(load(h, gpu_memory_bytes=20 * GiB))
+    assert event.footprint_bytes == {"GPU-b": 20 * GiB}
+    settings = json.loads((h.repository.root / "iris" / "model-settings.json").read_text())
+    assert settings["parameters"]["extra"] == {
+        "gpuplace": {"device_uuids": ["GPU-b"], "cuda_ordinals": [1]}
+    }
+
+
+async def test_a_cpu_model_settings_carry_no_placement(tmp_path: Path) -> None:
+    h = make(tmp_path, indexed("GPU-a", 0))
+    assert (await h.manager.load(load(h))).kind is EventKind.LOADED
+    settings = json.loads((h.repository.root / "iris" / "model-settings.json").read_text())
+    assert "extra" not in settings["parameters"]
+
+
+async def test_a_model_found_on_another_device_is_reported_there(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    h = make(tmp_path, indexed("GPU-a", 0, 40), indexed("GPU-b", 1, 70))
+    # the runtime ignored the placement and loaded on the first GPU
+    h.inference.on_load = lambda name: h.probe.take("GPU-a", 12 * GiB)
+    with caplog.at_level(logging.WARNING, logger="agent.models"):
+        event = await h.manager.load(load(h, gpu_memory_bytes=10 * GiB, device_uuids=("GPU-b",)))
+    assert event.kind is EventKind.LOADED
+    assert event.footprint_bytes == {"GPU-a": 12 * GiB}
+    assert "placed on GPU-b but its memory appeared on GPU-a (12 GiB)" in event.message
+    (warning,) = [r.getMessage() for r in caplog.records if "appeared on" in r.getMessage()]
+    assert warning.startswith("model iris v1 on gpu-server-1: placed on GPU-b")
+    assert h.manager.loaded["iris"].footprint_bytes == {"GPU-a": 12 * GiB}
+    assert h.repository.read_record("iris") == Record("iris", 1, {"GPU-a": 12 * GiB})
+    assert (
+        h.sample("gpuplace_agent_model_footprint_bytes", {"model": "iris", "uuid": "GPU-a"})
+        == 12 * GiB
+    )
+
+
+async def test_another_loads_memory_is_not_taken_for_a_misplacement(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    h = make(tmp_path, indexed("GPU-a", 0), indexed("GPU-b", 1))
+    h.inference.gates = {"one": asyncio.Event(), "two": asyncio.Event()}
+    sizes = {"one": ("GPU-a", 2 * GiB), "two": ("GPU-b", 30 * GiB)}
+    h.inference.on_load = lambda name: h.probe.take(*sizes[name])
+    with caplog.at_level(logging.WARNING, logger="agent.models"):
+        one = h.manager.load(load(h, "one", gpu_memory_bytes=GiB, device_uuids=("GPU-a",)))
+        two = h.manager.load(load(h, "two", gpu_memory_bytes=20 * GiB, device_uuids=("GPU-b",)))
+        await wait_until(lambda: len(h.inference.calls) == 2)
+        h.inference.gates["two"].set()
+        await wait_until(lambda: "two" in h.inference.loaded)
+        h.inference.gates["one"].set()
+        first, second = await asyncio.gather(one, two)
+    assert first.footprint_bytes == {"GPU-a": 2 * GiB}
+    assert second.footprint_bytes == {"GPU-b": 30 * GiB}
+    assert not [r for r in caplog.records if "appeared on" in r.getMessage()]
