@@ -68,19 +68,24 @@ class GpuMonitor:
             return list(devices)
 
     def _assigned(self, devices: list[GpuDevice], wanted: tuple[str, ...]) -> list[GpuDevice]:
-        """The devices of `wanted` that NVML sees here, in NVML's order; says once which
-        assigned ones it cannot see (the agent's container lacks them)."""
+        """The devices of `wanted`: those NVML sees here, in NVML's order, then those it
+        cannot see (the agent's container lacks them) in `wanted` order, with unknown
+        memory (`GpuDevice.unmeasured`: the scheduler puts no GPU model on them); says
+        once which those are."""
         found = {device.uuid for device in devices}
-        unseen = frozenset(uuid for uuid in wanted if uuid not in found)
-        if unseen and unseen != self._unseen:
+        unseen = tuple(dict.fromkeys(uuid for uuid in wanted if uuid not in found))
+        if unseen and frozenset(unseen) != self._unseen:
             log.warning(
                 "GPU(s) %s are this server's but NVML cannot see them in the agent's "
-                "container (set NVIDIA_VISIBLE_DEVICES=all on the agent); not reported",
+                "container (set NVIDIA_VISIBLE_DEVICES=all on the agent); reported with "
+                "unknown memory: no GPU model is placed on them",
                 ", ".join(sorted(unseen)),
             )
-        self._unseen = unseen
+        self._unseen = frozenset(unseen)
         chosen = set(wanted)
-        return [device for device in devices if device.uuid in chosen]
+        return [device for device in devices if device.uuid in chosen] + [
+            GpuDevice.unmeasured(uuid) for uuid in unseen
+        ]
 
     def mark_reported(self, devices: Sequence[GpuDevice]) -> None:
         self.reported = list(devices)

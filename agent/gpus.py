@@ -7,12 +7,16 @@ error other than a missing library is tried again at every reading.
 
 With MIG mode on, a GPU's memory is usable only through its MIG instances, so the instances
 are reported (with `parent_uuid` set and the parent's index) instead of the physical GPU.
+
+`gpu_capabilities()` turns the devices reported into capability strings (the product, its
+memory class, its CUDA compute capability, `mig`), for `--gpu-capabilities`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import threading
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
@@ -57,6 +61,7 @@ class NvmlGpuProbe:
         self._memory_v2: bool | None = None
         self._warned: set[str] = set()
         self._last: list[GpuDevice] = []
+        self._compute: dict[str, str] = {}  # uuid -> "major.minor" ("" unknown), read once
 
     def _warn_once(self, key: str, message: str, *args: object) -> None:
         if key not in self._warned:
@@ -150,23 +155,48 @@ class NvmlGpuProbe:
         return result
 
     def _read(
-        self, handle: Any, index: int, parent_uuid: str = "", memory: bool = True
+        self,
+        handle: Any,
+        index: int,
+        parent_uuid: str = "",
+        memory: bool = True,
+        compute_capability: str = "",
     ) -> GpuDevice:
+        """One device; a MIG instance (`parent_uuid` set) takes its GPU's
+        `compute_capability`, a GPU's own is read (once)."""
         import pynvml
 
         if not parent_uuid:
             with contextlib.suppress(pynvml.NVMLError):
                 index = int(pynvml.nvmlDeviceGetIndex(handle))
         total, free, used = self._memory(handle) if memory else (0, 0, 0)
+        uuid = _text(pynvml.nvmlDeviceGetUUID(handle))
+        if not parent_uuid:
+            compute_capability = self._compute_capability(handle, uuid)
         return GpuDevice(
-            uuid=_text(pynvml.nvmlDeviceGetUUID(handle)),
+            uuid=uuid,
             name=_text(pynvml.nvmlDeviceGetName(handle)),
             index=index,
             total_bytes=total,
             free_bytes=free,
             used_bytes=used,
             parent_uuid=parent_uuid,
+            compute_capability=compute_capability,
         )
+
+    def _compute_capability(self, handle: Any, uuid: str) -> str:
+        """The GPU's CUDA compute capability, "9.0"; "" when NVML cannot tell. Read once
+        per device (it never changes)."""
+        import pynvml
+
+        if uuid not in self._compute:
+            try:
+                major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(handle)
+                self._compute[uuid] = f"{int(major)}.{int(minor)}"
+            except pynvml.NVMLError as exc:
+                log.info("NVML: compute capability of %s unknown (%s)", uuid, exc)
+                self._compute[uuid] = ""
+        return self._compute[uuid]
 
     def _memory(self, handle: Any) -> tuple[int, int, int]:
         import pynvml
@@ -219,7 +249,14 @@ class NvmlGpuProbe:
                 )
                 continue
             try:
-                instances.append(self._read(mig, index=gpu.index, parent_uuid=gpu.uuid))
+                instances.append(
+                    self._read(
+                        mig,
+                        index=gpu.index,
+                        parent_uuid=gpu.uuid,
+                        compute_capability=gpu.compute_capability,
+                    )
+                )
             except pynvml.NVMLError as exc:
                 self._warn_once(
                     f"mig:{gpu.uuid}:{slot}", "NVML: MIG slot %d of %s: %s", slot, gpu.uuid, exc
@@ -243,3 +280,53 @@ class NvmlGpuProbe:
             except pynvml.NVMLError as exc:
                 log.debug("NVML: shutdown: %s", exc)
             self._initialised = False
+
+
+# ------------------------------------------------------------------ capabilities from NVML
+
+GiB = 2**30
+_NOT_ALNUM = re.compile(r"[^a-z0-9]+")
+# A MIG instance's NVML name is its GPU's name, then " MIG <profile>" ("... MIG 1g.5gb").
+_MIG_SUFFIX = re.compile(r"\s+MIG(\s.*)?$")
+_COMPUTE_CAPABILITY = re.compile(r"[0-9]+\.[0-9]+")
+
+
+def slug(text: str) -> str:
+    """Lower case, every run of characters other than a-z and 0-9 turned into one '-', no
+    '-' at either end: "NVIDIA H100 80GB HBM3" -> "nvidia-h100-80gb-hbm3"."""
+    return _NOT_ALNUM.sub("-", text.lower()).strip("-")
+
+
+def product_capability(name: str) -> str | None:
+    """`gpu-<slug of the product name>`; a MIG instance names its GPU's product. None for a
+    device without a name (not measured)."""
+    product = slug(_MIG_SUFFIX.sub("", name))
+    return f"gpu-{product}" if product else None
+
+
+def memory_class(total_bytes: int) -> str | None:
+    """`gpu-mem-<N>gi`: the device's total memory in GiB, rounded to the nearest (half up).
+    An "80GB" H100 (79.6 GiB) is `gpu-mem-80gi`, a MIG 1g.5gb instance (4.75 GiB)
+    `gpu-mem-5gi`. None for a device without memory (not measured)."""
+    if total_bytes <= 0:
+        return None
+    return f"gpu-mem-{(total_bytes + GiB // 2) // GiB}gi"
+
+
+def gpu_capabilities(devices: Iterable[GpuDevice]) -> frozenset[str]:
+    """The capabilities the devices reported give the replica (`--gpu-capabilities`): for
+    each measured device its product, memory class and `cuda-cc-<major>.<minor>` (when
+    NVML gives it), and `mig` when any is a MIG instance. Each is a valid requirement: a
+    lower-case DNS-style label of a-z, 0-9, '-' (and '.' in the compute capability)."""
+    found: set[str] = set()
+    for device in devices:
+        if not device.measured:
+            continue
+        product = product_capability(device.name)
+        memory = memory_class(device.total_bytes)
+        found.update(item for item in (product, memory) if item is not None)
+        if _COMPUTE_CAPABILITY.fullmatch(device.compute_capability):
+            found.add(f"cuda-cc-{device.compute_capability}")
+        if device.parent_uuid:
+            found.add("mig")
+    return frozenset(found)

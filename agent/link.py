@@ -17,6 +17,7 @@ import grpc
 import grpc.aio
 
 from agent.gpu_monitor import GpuMonitor
+from agent.gpus import gpu_capabilities
 from agent.metrics import AgentMetrics
 from agent.models import ModelManager
 from agent.settings import AgentSettings
@@ -202,10 +203,21 @@ class SchedulerLink:
     async def hello(self) -> Hello:
         devices = await self.gpus.refresh()
         self.gpus.mark_reported(devices)
+        capabilities = frozenset(self.settings.capabilities)
+        if self.settings.gpu_capabilities:
+            # Sent in the hello only: devices that change later change them at the next
+            # connection.
+            derived = gpu_capabilities(devices)
+            log.info(
+                "%s: capabilities from NVML: %s",
+                self.replica,
+                ", ".join(sorted(derived)) or "none (no GPU read)",
+            )
+            capabilities |= derived
         return Hello(
             server=self.settings.server,
             index=self.settings.index,
-            capabilities=frozenset(self.settings.capabilities),
+            capabilities=capabilities,
             memory_bytes=self.settings.memory_bytes,
             overcommit_percentage=self.settings.overcommit_percentage,
             devices=tuple(devices),

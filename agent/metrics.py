@@ -106,8 +106,14 @@ class AgentMetrics:
         self._footprint_labels: dict[str, set[str]] = {}
 
     def set_gpus(self, devices: Iterable[GpuDevice]) -> None:
+        """Memory gauges for the measured devices only: a device whose memory the agent
+        cannot read has no memory series (not a 0 that reads as "full"), but is counted."""
         seen: set[tuple[str, str]] = set()
+        count = 0
         for device in devices:
+            count += 1
+            if not device.measured:
+                continue
             key = (device.uuid, device.name)
             seen.add(key)
             self.gpu_total.labels(*key).set(device.total_bytes)
@@ -117,7 +123,7 @@ class AgentMetrics:
             for gauge in (self.gpu_total, self.gpu_free, self.gpu_used):
                 gauge.remove(*key)
         self._gpu_labels = seen
-        self.gpu_devices.set(len(seen))
+        self.gpu_devices.set(count)
 
     def set_footprint(self, model: str, footprint: Mapping[str, int]) -> None:
         self.clear_footprint(model)

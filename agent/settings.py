@@ -133,6 +133,11 @@ class AgentSettings(BaseSettings):
         description="comma-separated GPU or MIG UUIDs this server may use (empty: the ones the "
         "kubelet assigned to the inference container, else every device)",
     )
+    gpu_capabilities: bool = Field(
+        False,
+        description="add capabilities read from NVML to the advertised ones: gpu-<product>, "
+        "gpu-mem-<GiB>gi, cuda-cc-<major>.<minor>, and mig for MIG instances (true/false)",
+    )
     pod_resources_socket: str = Field(
         "/var/lib/kubelet/pod-resources/kubelet.sock",
         description="the kubelet's PodResources socket, asked which GPUs the inference "

@@ -16,7 +16,12 @@ from placement import Gpu
 
 @dataclass(frozen=True)
 class GpuDevice:
-    """One GPU or MIG instance of a replica, as NVML measured it."""
+    """One GPU or MIG instance of a replica, as NVML measured it.
+
+    `measured` False: the device is this replica's (the kubelet assigned it) but NVML in the
+    agent's container cannot see it, so nothing about it is known but its uuid: name "",
+    index 0, memory 0. The placement core never puts a GPU model on such a device.
+    """
 
     uuid: str
     name: str
@@ -25,6 +30,16 @@ class GpuDevice:
     free_bytes: int
     used_bytes: int
     parent_uuid: str = ""  # set for a MIG instance: its physical GPU
+    measured: bool = True
+    # CUDA compute capability "<major>.<minor>" (a MIG instance: its GPU's); "" unknown.
+    compute_capability: str = ""
+
+    @classmethod
+    def unmeasured(cls, uuid: str) -> GpuDevice:
+        """A device known by its uuid only: its memory was not measured."""
+        return cls(
+            uuid=uuid, name="", index=0, total_bytes=0, free_bytes=0, used_bytes=0, measured=False
+        )
 
     def placement_view(self, *, extra_free_bytes: int = 0, reserved_bytes: int = 0) -> Gpu:
         """The device as the placement core sees it: measured free memory, plus what is
@@ -37,6 +52,7 @@ class GpuDevice:
             total_bytes=self.total_bytes,
             free_bytes=min(self.total_bytes, self.free_bytes + extra_free_bytes),
             reserved_bytes=reserved_bytes,
+            measured=self.measured,
         )
 
 

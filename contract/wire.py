@@ -49,6 +49,8 @@ def device_to_proto(device: GpuDevice) -> common_pb2.GpuDevice:
         free_bytes=device.free_bytes,
         used_bytes=device.used_bytes,
         parent_uuid=device.parent_uuid,
+        memory_unknown=not device.measured,
+        compute_capability=device.compute_capability,
     )
 
 
@@ -61,6 +63,8 @@ def device_from_proto(device: common_pb2.GpuDevice) -> GpuDevice:
         free_bytes=device.free_bytes,
         used_bytes=device.used_bytes,
         parent_uuid=device.parent_uuid,
+        measured=not device.memory_unknown,
+        compute_capability=device.compute_capability,
     )
 
 

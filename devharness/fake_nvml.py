@@ -89,6 +89,9 @@ class FakeGpu:
     # -1: MIG not supported, 0: disabled, 1: enabled
     mig_mode: int = -1
     migs: list[FakeMig] = field(default_factory=list)
+    # CUDA compute capability (major, minor) for nvmlDeviceGetCudaComputeCapability (also
+    # served for its MIG instances); None: "Not Supported"
+    compute_capability: tuple[int, int] | None = None
 
 
 @dataclass
@@ -113,6 +116,9 @@ class FakeNvml:
                 f"gpu {gpu.uuid} {gpu.total_bytes} {gpu.free_bytes} {gpu.mig_mode} {gpu.name}"
             )
         for position, gpu in enumerate(self.gpus):
+            if gpu.compute_capability is not None:
+                major, minor = gpu.compute_capability
+                lines.append(f"cc {position} {major} {minor}")
             for mig in gpu.migs:
                 lines.append(
                     f"mig {position} {mig.slot} {mig.uuid} {mig.total_bytes} {mig.free_bytes} "

@@ -6,7 +6,9 @@ model, else a short reason a person reads ("missing capability model-on-gpu").
 A replica that already holds the model (`request.model in replica.models`) gets no
 waiver: the caller's snapshot shows the cluster as if the model were on none of it (its
 memory added back), so every check, the amounts included, applies to it as to any replica.
-The GPU check is the device-fit rule of `placement.fit`, shared with the agent.
+The GPU check is the device-fit rule of `placement.fit`, shared with the agent; a device
+whose memory the agent could not read (`Gpu.measured` False) never takes a GPU model, and
+the reason names it.
 """
 
 from __future__ import annotations
@@ -92,10 +94,26 @@ def gpu_memory(request: Request, replica: Replica, now: float) -> str | None:
     if not isinstance(fit, DeviceShortfall):
         return None
     need = format_bytes(request.gpu_memory_bytes)
+    unmeasured = [gpu.uuid for gpu in replica.gpus if not gpu.measured]
+    if len(unmeasured) == len(replica.gpus):  # no room to show: say only why
+        where = "1 GPU" if count == 1 else f"each of {count} GPUs"
+        return f"needs {need} on {where}, {_not_measured(unmeasured)}"
     shown = ", ".join(format_bytes(room) for room in fit.largest_rooms)
     if count == 1:
-        return f"needs {need} on 1 GPU, largest room {shown}"
-    return f"needs {need} on each of {count} GPUs, largest rooms {shown}"
+        reason = f"needs {need} on 1 GPU, largest room {shown}"
+    else:
+        reason = f"needs {need} on each of {count} GPUs, largest rooms {shown}"
+    return f"{reason}, {_not_measured(unmeasured)}" if unmeasured else reason
+
+
+def _not_measured(uuids: list[str]) -> str:
+    """Why a replica's devices without a reading take no GPU model (no ';': reasons of
+    several replicas are joined with it)."""
+    noun = "GPU" if len(uuids) == 1 else "GPUs"
+    return (
+        f"memory of {noun} {', '.join(sorted(uuids))} not measured (the agent cannot read "
+        "it: set NVIDIA_VISIBLE_DEVICES=all on the agent)"
+    )
 
 
 # In order: the first reason found is the one reported.

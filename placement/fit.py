@@ -5,6 +5,9 @@ devices of a snapshot (room = measured free minus the in-flight ledger), and the
 it over the devices it measured just before a load (room = free now plus the memory of the
 version the load replaces). Each caller words a `DeviceShortfall` for its own readers.
 
+A device that was not measured (`Gpu.measured` False: its agent cannot read it) never fits,
+whatever the need (its room is 0, as a shortfall's largest rooms show it).
+
 Ordering under a policy: binpack = least room first (best fit), spread = most room first;
 ties by device index, then uuid, so a choice never depends on the order devices are listed.
 """
@@ -46,7 +49,7 @@ class DeviceShortfall:
 
     fitting: int  # considered devices with the room
     # The rooms of the considered devices, largest first: `count` of them at most (as many
-    # as were named, when devices are named).
+    # as were named, when devices are named). A device not measured counts as room 0.
     largest_rooms: tuple[int, ...]
 
 
@@ -55,7 +58,8 @@ class NamedShortfall(DeviceShortfall):
     """Why the named devices cannot take the model."""
 
     missing: tuple[str, ...]  # named devices the replica does not have, in named order
-    short: tuple[Gpu, ...]  # named devices it has, without the room, in named order
+    short: tuple[Gpu, ...]  # named devices it has, without the room (or not measured), in
+    # named order
 
 
 def fit_devices(
@@ -87,6 +91,8 @@ def fit_devices(
         largest = 0  # the largest room seen, for a shortfall
         spread = policy is Policy.SPREAD
         for gpu in gpus:
+            if not gpu.measured:
+                continue
             room = gpu.room_bytes
             if room < need_bytes:
                 largest = max(largest, room)
@@ -103,7 +109,7 @@ def fit_devices(
         if best is not None:
             return (best,)
         return DeviceShortfall(0, (largest,) if gpus else ())
-    fitting = [gpu for gpu in gpus if gpu.room_bytes >= need_bytes]
+    fitting = [gpu for gpu in gpus if gpu.measured and gpu.room_bytes >= need_bytes]
     if len(fitting) < count:
         return DeviceShortfall(len(fitting), _largest_rooms(gpus, count))
     if policy is None:
@@ -120,7 +126,7 @@ def _fit_named(
     wanted = tuple(dict.fromkeys(named))
     present = tuple(by_uuid[uuid] for uuid in wanted if uuid in by_uuid)
     missing = tuple(uuid for uuid in wanted if uuid not in by_uuid)
-    short = tuple(gpu for gpu in present if gpu.room_bytes < need_bytes)
+    short = tuple(gpu for gpu in present if not gpu.measured or gpu.room_bytes < need_bytes)
     if not missing and not short:
         return present
     return NamedShortfall(

@@ -26,12 +26,17 @@ class Gpu:
     total_bytes: int
     free_bytes: int  # measured by NVML on the agent
     reserved_bytes: int = 0  # promised to loads still in flight (the ledger)
+    # False: the replica has the device but its agent cannot read it (no memory known);
+    # it has no room and never takes a GPU model.
+    measured: bool = True
 
     @property
     def room_bytes(self) -> int:
-        """Free memory that is really room: measured free minus the in-flight ledger."""
+        """Free memory that is really room: measured free minus the in-flight ledger; 0 for
+        a device not measured."""
         room = self.free_bytes - self.reserved_bytes
-        return room if room > 0 else 0  # not max(): read per device in the hot path
+        # not max(): read per device in the hot path
+        return room if room > 0 and self.measured else 0
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13protos/common.proto\x12\x0bgpuplace.v1\"\x88\x01\n\tGpuDevice\x12\x0c\n\x04uuid\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05index\x18\x03 \x01(\r\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x04\x12\x12\n\nfree_bytes\x18\x05 \x01(\x04\x12\x12\n\nused_bytes\x18\x06 \x01(\x04\x12\x13\n\x0bparent_uuid\x18\x07 \x01(\t\"\xa1\x03\n\tModelSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bstorage_uri\x18\x02 \x01(\t\x12\x14\n\x0crequirements\x18\x03 \x03(\t\x12\x0e\n\x06server\x18\x04 \x01(\t\x12\x0e\n\x06memory\x18\x05 \x01(\t\x12\x12\n\ngpu_memory\x18\x06 \x01(\t\x12\x0c\n\x04gpus\x18\x07 \x01(\r\x12\x15\n\x08replicas\x18\x08 \x01(\rH\x00\x88\x01\x01\x12\x19\n\x0cmin_replicas\x18\t \x01(\rH\x01\x88\x01\x01\x12:\n\nparameters\x18\n \x03(\x0b\x32&.gpuplace.v1.ModelSpec.ParametersEntry\x12\x1d\n\x10\x61rtifact_version\x18\x0b \x01(\rH\x02\x88\x01\x01\x12\x11\n\tnamespace\x18\x0c \x01(\t\x12\x13\n\x0bsecret_name\x18\r \x01(\t\x1a\x31\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0b\n\t_replicasB\x0f\n\r_min_replicasB\x13\n\x11_artifact_version\"\xaa\x01\n\x0bLoadedModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x45\n\x0f\x66ootprint_bytes\x18\x03 \x03(\x0b\x32,.gpuplace.v1.LoadedModel.FootprintBytesEntry\x1a\x35\n\x13\x46ootprintBytesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13protos/common.proto\x12\x0bgpuplace.v1\"\xbc\x01\n\tGpuDevice\x12\x0c\n\x04uuid\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05index\x18\x03 \x01(\r\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x04\x12\x12\n\nfree_bytes\x18\x05 \x01(\x04\x12\x12\n\nused_bytes\x18\x06 \x01(\x04\x12\x13\n\x0bparent_uuid\x18\x07 \x01(\t\x12\x16\n\x0ememory_unknown\x18\x08 \x01(\x08\x12\x1a\n\x12\x63ompute_capability\x18\t \x01(\t\"\xa1\x03\n\tModelSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bstorage_uri\x18\x02 \x01(\t\x12\x14\n\x0crequirements\x18\x03 \x03(\t\x12\x0e\n\x06server\x18\x04 \x01(\t\x12\x0e\n\x06memory\x18\x05 \x01(\t\x12\x12\n\ngpu_memory\x18\x06 \x01(\t\x12\x0c\n\x04gpus\x18\x07 \x01(\r\x12\x15\n\x08replicas\x18\x08 \x01(\rH\x00\x88\x01\x01\x12\x19\n\x0cmin_replicas\x18\t \x01(\rH\x01\x88\x01\x01\x12:\n\nparameters\x18\n \x03(\x0b\x32&.gpuplace.v1.ModelSpec.ParametersEntry\x12\x1d\n\x10\x61rtifact_version\x18\x0b \x01(\rH\x02\x88\x01\x01\x12\x11\n\tnamespace\x18\x0c \x01(\t\x12\x13\n\x0bsecret_name\x18\r \x01(\t\x1a\x31\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0b\n\t_replicasB\x0f\n\r_min_replicasB\x13\n\x11_artifact_version\"\xaa\x01\n\x0bLoadedModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x45\n\x0f\x66ootprint_bytes\x18\x03 \x03(\x0b\x32,.gpuplace.v1.LoadedModel.FootprintBytesEntry\x1a\x35\n\x13\x46ootprintBytesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,13 +36,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LOADEDMODEL_FOOTPRINTBYTESENTRY']._loaded_options = None
   _globals['_LOADEDMODEL_FOOTPRINTBYTESENTRY']._serialized_options = b'8\001'
   _globals['_GPUDEVICE']._serialized_start=37
-  _globals['_GPUDEVICE']._serialized_end=173
-  _globals['_MODELSPEC']._serialized_start=176
-  _globals['_MODELSPEC']._serialized_end=593
-  _globals['_MODELSPEC_PARAMETERSENTRY']._serialized_start=493
-  _globals['_MODELSPEC_PARAMETERSENTRY']._serialized_end=542
-  _globals['_LOADEDMODEL']._serialized_start=596
-  _globals['_LOADEDMODEL']._serialized_end=766
-  _globals['_LOADEDMODEL_FOOTPRINTBYTESENTRY']._serialized_start=713
-  _globals['_LOADEDMODEL_FOOTPRINTBYTESENTRY']._serialized_end=766
+  _globals['_GPUDEVICE']._serialized_end=225
+  _globals['_MODELSPEC']._serialized_start=228
+  _globals['_MODELSPEC']._serialized_end=645
+  _globals['_MODELSPEC_PARAMETERSENTRY']._serialized_start=545
+  _globals['_MODELSPEC_PARAMETERSENTRY']._serialized_end=594
+  _globals['_LOADEDMODEL']._serialized_start=648
+  _globals['_LOADEDMODEL']._serialized_end=818
+  _globals['_LOADEDMODEL_FOOTPRINTBYTESENTRY']._serialized_start=765
+  _globals['_LOADEDMODEL_FOOTPRINTBYTESENTRY']._serialized_end=818
 # @@protoc_insertion_point(module_scope)

@@ -31,6 +31,8 @@ class GpuDevice(_message.Message):
     FREE_BYTES_FIELD_NUMBER: _builtins.int
     USED_BYTES_FIELD_NUMBER: _builtins.int
     PARENT_UUID_FIELD_NUMBER: _builtins.int
+    MEMORY_UNKNOWN_FIELD_NUMBER: _builtins.int
+    COMPUTE_CAPABILITY_FIELD_NUMBER: _builtins.int
     uuid: _builtins.str
     name: _builtins.str
     index: _builtins.int
@@ -39,6 +41,13 @@ class GpuDevice(_message.Message):
     used_bytes: _builtins.int
     parent_uuid: _builtins.str
     """Set for a MIG instance: the uuid of the physical GPU it belongs to."""
+    memory_unknown: _builtins.bool
+    """The device is the replica's but the agent cannot read it (NVML in the agent's container
+    does not see it): only uuid is meaningful; name, index and memory are empty. Never fits
+    a GPU model. False (what an older agent sends) = measured.
+    """
+    compute_capability: _builtins.str
+    """CUDA compute capability "<major>.<minor>" ("9.0"); a MIG instance: its GPU's. "" unknown."""
     def __init__(
         self,
         *,
@@ -49,10 +58,12 @@ class GpuDevice(_message.Message):
         free_bytes: _builtins.int = ...,
         used_bytes: _builtins.int = ...,
         parent_uuid: _builtins.str = ...,
+        memory_unknown: _builtins.bool = ...,
+        compute_capability: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["free_bytes", b"free_bytes", "index", b"index", "name", b"name", "parent_uuid", b"parent_uuid", "total_bytes", b"total_bytes", "used_bytes", b"used_bytes", "uuid", b"uuid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compute_capability", b"compute_capability", "free_bytes", b"free_bytes", "index", b"index", "memory_unknown", b"memory_unknown", "name", b"name", "parent_uuid", b"parent_uuid", "total_bytes", b"total_bytes", "used_bytes", b"used_bytes", "uuid", b"uuid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

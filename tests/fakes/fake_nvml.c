@@ -12,6 +12,9 @@
  *                                 mig: -1 = MIG not supported, 0 = disabled, 1 = enabled
  *   mig <gpu position> <slot> <uuid> <total> <free> <name...>
  *                                 a MIG instance of the gpu at that position (0-based)
+ *   cc <gpu position> <major> <minor>
+ *                                 CUDA compute capability of that gpu (and its MIG
+ *                                 instances); without it: Not Supported
  *
  * Only the entry points the agent uses are served; pynvml reports any other as
  * "Function Not Found". A missing state file makes nvmlInit fail with "Driver Not Loaded".
@@ -69,6 +72,8 @@ typedef struct {
     unsigned long long free;
     int mig_mode;
     mig_t mig[MAX_MIG];
+    int cc_major; /* -1: unknown */
+    int cc_minor;
 } gpu_t;
 
 typedef struct {
@@ -101,7 +106,7 @@ static int load_state(state_t *st) {
     while (fgets(line, sizeof(line), f) != NULL) {
         char uuid[TEXT];
         unsigned long long total, free_bytes;
-        int mig, gpu, slot, used = 0;
+        int mig, gpu, slot, major, minor, used = 0;
         if (line[0] == '#' || line[0] == '\n') continue;
         if (sscanf(line, "init_result %d", &st->init_result) == 1) continue;
         if (sscanf(line, "memory_v2 %d", &st->memory_v2) == 1) continue;
@@ -118,6 +123,14 @@ static int load_state(state_t *st) {
             g->total = total;
             g->free = free_bytes;
             g->mig_mode = mig;
+            g->cc_major = -1;
+            continue;
+        }
+        if (sscanf(line, "cc %d %d %d", &gpu, &major, &minor) == 3) {
+            if (gpu >= 0 && gpu < st->count && major >= 0 && minor >= 0) {
+                st->gpus[gpu].cc_major = major;
+                st->gpus[gpu].cc_minor = minor;
+            }
             continue;
         }
         if (sscanf(line, "mig %d %d %95s %llu %llu %n", &gpu, &slot, uuid, &total, &free_bytes,
@@ -339,5 +352,18 @@ nvmlReturn_t nvmlDeviceGetMigDeviceHandleByIndex(nvmlDevice_t device, unsigned i
     if (!gpu->mig[index].present) return NVML_ERROR_NOT_FOUND;
     unsigned int position = (unsigned int)(gpu - st.gpus);
     *mig_device = (nvmlDevice_t)(uintptr_t)(MIG_BASE + position * 256 + index);
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetCudaComputeCapability(nvmlDevice_t device, int *major, int *minor) {
+    state_t st;
+    gpu_t *gpu;
+    mig_t *mig;
+    nvmlReturn_t ret = resolve(device, &st, &gpu, &mig);
+    if (ret != NVML_SUCCESS) return ret;
+    if (major == NULL || minor == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+    if (gpu->cc_major < 0) return NVML_ERROR_NOT_SUPPORTED;
+    *major = gpu->cc_major; /* a MIG handle: its GPU's */
+    *minor = gpu->cc_minor;
     return NVML_SUCCESS;
 }

@@ -6,14 +6,25 @@ from __future__ import annotations
 import ctypes
 import json
 import logging
+import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
+from prometheus_client import CollectorRegistry
 
-from agent.gpus import NvmlGpuProbe
-from contract.protocol import GpuDevice
+from agent.gpu_monitor import GpuMonitor
+from agent.gpus import NvmlGpuProbe, gpu_capabilities, memory_class, product_capability
+from agent.link import Outbox, SchedulerLink
+from agent.metrics import AgentMetrics
+from agent.models import ModelManager
+from agent.settings import AgentSettings
+from contract.protocol import GpuDevice, Hello
+from contract.spec_rules import requirement_problem
+from contract.wire import decode_agent_message, encode_agent_message
 from devharness import fake_nvml
 from devharness.fake_nvml import FakeGpu, FakeMig, FakeNvml, GiB
 
@@ -208,6 +219,148 @@ def test_another_process_finds_the_fake_through_ld_library_path(
     assert json.loads(result.stdout) == ["GPU-11111111-aaaa", "GPU-22222222-bbbb"]
 
 
+# -- capabilities from NVML (--gpu-capabilities) ----------------------------------------
+
+# What a capability derived from NVML may look like: a lower-case DNS-style label (a dot only
+# in the compute capability), so that it is a valid requirement and a Kubernetes label value.
+CAPABILITY = re.compile(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?")
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("NVIDIA H200", "gpu-nvidia-h200"),
+        ("NVIDIA H100 80GB HBM3", "gpu-nvidia-h100-80gb-hbm3"),
+        ("NVIDIA A100-SXM4-40GB", "gpu-nvidia-a100-sxm4-40gb"),
+        ("Tesla T4", "gpu-tesla-t4"),
+        ("  NVIDIA  RTX 6000 Ada Generation ", "gpu-nvidia-rtx-6000-ada-generation"),
+        ("NVIDIA GeForce RTX 4090 (ES)", "gpu-nvidia-geforce-rtx-4090-es"),
+        # A MIG instance names its GPU's product; `mig` says it is an instance.
+        ("NVIDIA A100-SXM4-40GB MIG 1g.5gb", "gpu-nvidia-a100-sxm4-40gb"),
+        ("NVIDIA H100 80GB HBM3 MIG 3g.40gb", "gpu-nvidia-h100-80gb-hbm3"),
+        ("", None),
+        ("!!!", None),
+    ],
+)
+def test_the_product_naming_rule(name: str, expected: str | None) -> None:
+    assert product_capability(name) == expected
+
+
+@pytest.mark.parametrize(
+    ("total_bytes", "expected"),
+    [
+        (80 * GiB, "gpu-mem-80gi"),
+        (81559 * 2**20, "gpu-mem-80gi"),  # an H100 80GB as NVML reports it (79.6 GiB)
+        (143771 * 2**20, "gpu-mem-140gi"),  # an H200 (140.4 GiB)
+        (4864 * 2**20, "gpu-mem-5gi"),  # a MIG 1g.5gb instance (4.75 GiB)
+        (GiB // 2, "gpu-mem-1gi"),  # half up
+        (GiB // 2 - 1, "gpu-mem-0gi"),
+        (0, None),  # not measured
+    ],
+)
+def test_the_memory_class_rule(total_bytes: int, expected: str | None) -> None:
+    assert memory_class(total_bytes) == expected
+
+
+def test_capabilities_from_the_fake_library(fake: FakeNvml) -> None:
+    fake.gpus = [
+        FakeGpu(
+            "GPU-a100",
+            40 * GiB,
+            40 * GiB,
+            mig_mode=1,
+            migs=[FakeMig(0, "MIG-one", 4864 * 2**20, 4 * GiB)],
+            compute_capability=(8, 0),
+        ),
+        FakeGpu(
+            "GPU-h100", 80 * GiB, 80 * GiB, name="NVIDIA H100 80GB HBM3", compute_capability=(9, 0)
+        ),
+        FakeGpu("GPU-old", 16 * GiB, 16 * GiB, name="Tesla T4"),  # no compute capability
+    ]
+    fake.write()
+    devices = read()
+    assert [(d.uuid, d.compute_capability) for d in devices] == [
+        ("MIG-one", "8.0"),  # its GPU's
+        ("GPU-h100", "9.0"),
+        ("GPU-old", ""),
+    ]
+    found = gpu_capabilities([*devices, GpuDevice.unmeasured("GPU-unread")])
+    assert found == {
+        "gpu-nvidia-a100-sxm4-40gb",
+        "gpu-mem-5gi",
+        "cuda-cc-8.0",
+        "mig",
+        "gpu-nvidia-h100-80gb-hbm3",
+        "gpu-mem-80gi",
+        "cuda-cc-9.0",
+        "gpu-tesla-t4",
+        "gpu-mem-16gi",
+    }
+    for capability in found:
+        assert requirement_problem(capability) is None
+        assert CAPABILITY.fullmatch(capability), capability
+    assert gpu_capabilities([GpuDevice.unmeasured("GPU-unread")]) == frozenset()
+
+
+def test_the_compute_capability_is_read_once(
+    fake: FakeNvml, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pynvml
+
+    calls: list[object] = []
+    real = pynvml.nvmlDeviceGetCudaComputeCapability
+
+    def counted(handle: object) -> object:
+        calls.append(handle)
+        return real(handle)
+
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetCudaComputeCapability", counted)
+    fake.gpus[0].compute_capability = (9, 0)
+    fake.write()
+    probe = NvmlGpuProbe()
+    try:
+        probe.devices()
+        assert [d.compute_capability for d in probe.devices()] == ["9.0", ""]
+    finally:
+        probe.close()
+    assert len(calls) == 2  # one per device, not one per reading
+
+
+async def _hello(settings: AgentSettings) -> Hello:
+    gpus = GpuMonitor(NvmlGpuProbe(), AgentMetrics(CollectorRegistry()), GiB)
+    manager = cast(ModelManager, SimpleNamespace(loaded={}))
+    link = SchedulerLink(settings, manager, gpus, AgentMetrics(CollectorRegistry()), Outbox())
+    try:
+        return await link.hello()
+    finally:
+        gpus.close()
+
+
+async def test_the_hello_advertises_them_when_asked(fake: FakeNvml) -> None:
+    for gpu in fake.gpus:
+        gpu.compute_capability = (9, 0)
+    fake.write()
+    asked = AgentSettings(capabilities=["sklearn", "gpu-mem-80gi"], gpu_capabilities=True)
+    hello = await _hello(asked)
+    assert hello.capabilities == {
+        "sklearn",
+        "gpu-mem-80gi",
+        "gpu-nvidia-h100-80gb-hbm3",
+        "cuda-cc-9.0",
+    }
+    # ... and on the wire, as any capability
+    assert decode_agent_message(encode_agent_message(hello)) == hello
+    plain = await _hello(AgentSettings(capabilities=["sklearn"]))
+    assert plain.capabilities == {"sklearn"}
+
+
+async def test_the_hello_advertises_nothing_without_a_gpu(fake: FakeNvml) -> None:
+    fake.gpus = []
+    fake.write()
+    hello = await _hello(AgentSettings(capabilities=["sklearn"], gpu_capabilities=True))
+    assert hello.capabilities == {"sklearn"}
+
+
 # -- a real GPU ---------------------------------------------------------------------------
 
 
@@ -228,6 +381,10 @@ def test_real_gpus_report_consistent_memory(real_devices: list[GpuDevice]) -> No
         assert device.name
         assert 0 < device.free_bytes <= device.total_bytes
         assert device.used_bytes <= device.total_bytes
+        assert re.fullmatch(r"[0-9]+\.[0-9]+", device.compute_capability)
+    for capability in gpu_capabilities(real_devices):
+        assert requirement_problem(capability) is None
+        assert CAPABILITY.fullmatch(capability), capability
 
 
 def _cuda() -> ctypes.CDLL:

@@ -17,7 +17,9 @@ from agent.gpu_monitor import GpuMonitor
 from agent.gpus import NvmlGpuProbe
 from agent.metrics import AgentMetrics
 from agent.pod_resources import Assigned, KubeletGpus, NoKubelet, NotListed, assigned_gpus
+from contract.protocol import GpuDevice
 from devharness.fake_nvml import FakeGpu, FakeMig, FakeNvml, GiB
+from placement import Replica, Request, first_failure
 from protos import podresources_pb2, podresources_pb2_grpc
 
 POD, NAMESPACE, CONTAINER = "mlserver-gpu-0", "seldon-mesh", "mlserver"
@@ -221,3 +223,41 @@ async def test_a_kubelet_that_stops_answering_keeps_the_last_assignment(
     assert isinstance(
         await assigned_gpus(assignment.socket_path, POD, NAMESPACE, CONTAINER), NoKubelet
     )
+
+
+async def test_an_assigned_gpu_nvml_cannot_see_is_reported_with_unknown_memory(
+    four: FakeNvml, kubelet: tuple[FakeKubelet, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The agent's container lacks a GPU the kubelet gave the inference container
+    (NVIDIA_VISIBLE_DEVICES not `all` on the agent): it is reported, unmeasured, said once;
+    its memory gauges are absent rather than 0."""
+    caplog.set_level(logging.WARNING, logger="agent.gpu_monitor")
+    fake, socket_path = kubelet
+    fake.pods[(NAMESPACE, POD)] = {"mlserver": ["GPU-9999", "GPU-1111"]}
+    metrics = AgentMetrics(CollectorRegistry())
+    assignment = KubeletGpus(socket_path, POD, NAMESPACE, CONTAINER, "mlserver-gpu-0")
+    gpus = GpuMonitor(NvmlGpuProbe(), metrics, GiB, assignment)
+    try:
+        devices = await gpus.refresh()
+        await gpus.refresh()
+    finally:
+        gpus.close()
+    assert [(d.uuid, d.measured, d.free_bytes) for d in devices] == [
+        ("GPU-1111", True, 70 * GiB),
+        ("GPU-9999", False, 0),
+    ]
+    assert devices[1] == GpuDevice.unmeasured("GPU-9999")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert "GPU-9999" in warnings[0] and "unknown memory" in warnings[0]
+    assert "NVIDIA_VISIBLE_DEVICES=all" in warnings[0]
+    sample = metrics.registry.get_sample_value
+    assert sample("gpuplace_agent_gpu_devices") == 2
+    free = "gpuplace_agent_gpu_memory_free_bytes"
+    assert sample(free, {"uuid": "GPU-1111", "name": "NVIDIA A100-SXM4-40GB"}) == 70 * GiB
+    assert sample(free, {"uuid": "GPU-9999", "name": ""}) is None
+    # The scheduler's view of this replica: the unread device takes no GPU model.
+    views = tuple(device.placement_view() for device in devices)
+    replica = Replica("mlserver-gpu", 0, frozenset(), GiB, gpus=views)
+    reason = first_failure(Request("m", 1, gpu_memory_bytes=80 * GiB), replica, 0.0)
+    assert reason is not None and "memory of GPU GPU-9999 not measured" in reason

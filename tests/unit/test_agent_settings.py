@@ -152,3 +152,13 @@ def test_docs_list_every_setting() -> None:
     for field in AgentSettings.model_fields:
         row = f"| `--{field.replace('_', '-')}` | `{_env_name(AgentSettings, field)}` |"
         assert row in docs, f"docs/agent.md lacks the row for {field}"
+
+
+def test_gpu_capabilities_is_off_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert AgentSettings().gpu_capabilities is False
+    monkeypatch.setenv("GPUPLACE_AGENT_GPU_CAPABILITIES", "true")
+    assert AgentSettings().gpu_capabilities is True
+    args = parser().parse_args(["agent", "--gpu-capabilities", "false"])
+    assert settings_from_args(AgentSettings, args).gpu_capabilities is False
+    with pytest.raises(ValidationError):
+        AgentSettings(gpu_capabilities="sometimes")  # type: ignore[arg-type]

@@ -24,6 +24,8 @@ from contract.protocol import (
 from contract.wire import (
     decode_agent_message,
     decode_command,
+    device_from_proto,
+    device_to_proto,
     encode_agent_message,
     encode_command,
 )
@@ -32,6 +34,7 @@ from protos import agent_pb2, common_pb2
 GiB = 2**30
 H100 = GpuDevice("GPU-a", "H100", 0, 80 * GiB, 60 * GiB, 20 * GiB)
 MIG = GpuDevice("MIG-b", "H100 3g.40gb", 1, 40 * GiB, 40 * GiB, 0, parent_uuid="GPU-a")
+H100_CC = GpuDevice("GPU-c", "H100", 2, 80 * GiB, 80 * GiB, 0, compute_capability="9.0")
 
 AGENT_MESSAGES: list[AgentMessage] = [
     Hello(
@@ -47,6 +50,7 @@ AGENT_MESSAGES: list[AgentMessage] = [
     Hello("triton", 0, frozenset(), 0, 0),
     *(ModelEvent(kind, "iris", 4, "why", {"GPU-a": 3 * GiB}) for kind in EventKind),
     ResourceUpdate((H100,)),
+    ResourceUpdate((H100_CC, GpuDevice.unmeasured("GPU-z"))),
     ResourceUpdate(()),
     DrainRequest(),
 ]
@@ -153,3 +157,13 @@ def test_decoding_refuses_broken_agent_messages(wire: agent_pb2.AgentMessage, fi
 def test_decoding_refuses_an_empty_command() -> None:
     with pytest.raises(InvalidArgument, match="message"):
         decode_command(agent_pb2.SchedulerMessage())
+
+
+def test_a_device_from_an_older_agent_is_measured() -> None:
+    """`memory_unknown` unset on the wire (an older agent) reads as measured."""
+    decoded = device_from_proto(common_pb2.GpuDevice(uuid="GPU-a", total_bytes=GiB))
+    assert decoded.measured
+    assert not device_to_proto(H100).memory_unknown
+    unknown = device_to_proto(GpuDevice.unmeasured("GPU-z"))
+    assert unknown.memory_unknown
+    assert device_from_proto(unknown) == GpuDevice.unmeasured("GPU-z")

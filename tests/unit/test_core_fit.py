@@ -39,6 +39,7 @@ def gpu(uuid: str, free_gib: float, index: int = 0, reserved_gib: float = 0) -> 
 
 
 A40, B24, C30 = gpu("a", 40, 0), gpu("b", 24, 1), gpu("c", 30, 2)
+X = Gpu("x", "", 0, 0, 80 * GiB, measured=False)  # free memory set, not measured
 
 CASES = [
     # (devices, need GiB, count, policy, named, expected)
@@ -134,6 +135,22 @@ CASES = [
         NamedShortfall(0, (), missing=("a",), short=()),
         id="named-on-no-devices",
     ),
+    # A device not measured never fits, whatever its free memory says; its room is 0.
+    pytest.param([X], 20, 1, SPREAD, (), DeviceShortfall(0, (0,)), id="unmeasured-one"),
+    pytest.param([X], 0, 1, None, (), DeviceShortfall(0, (0,)), id="unmeasured-no-need"),
+    pytest.param([X, B24], 20, 1, SPREAD, (), (B24,), id="unmeasured-beside-measured"),
+    pytest.param(
+        [X, B24], 20, 2, BINPACK, (), DeviceShortfall(1, (24 * GiB, 0)), id="unmeasured-two"
+    ),
+    pytest.param(
+        [X, A40],
+        20,
+        1,
+        SPREAD,
+        ("x", "a"),
+        NamedShortfall(1, (40 * GiB, 0), missing=(), short=(X,)),
+        id="named-unmeasured",
+    ),
 ]
 
 
@@ -168,6 +185,8 @@ def device_sets(draw: st.DrawFn) -> list[GpuDevice]:
             free_bytes=draw(rooms),
             used_bytes=0,
         )
+        if draw(st.integers(min_value=0, max_value=5))  # 1 in 6: the agent cannot read it
+        else GpuDevice.unmeasured(f"GPU-{uuid}")
         for uuid in uuids
     ]
 
@@ -183,6 +202,7 @@ def as_gpus(devices: Sequence[GpuDevice], reclaim: dict[str, int] | None = None)
             d.index,
             d.total_bytes,
             min(d.total_bytes, d.free_bytes + reclaim.get(d.uuid, 0)),
+            measured=d.measured,
         )
         for d in devices
     ]
@@ -261,3 +281,16 @@ def test_the_agent_accepts_the_devices_the_core_named(
     named = placed.assignments[0].device_uuids
     load = Load("m", 1, gpu_memory_bytes=need, device_uuids=named, gpus=count)
     assert fit_load(load, devices, {}) == list(named)
+
+
+def test_the_agent_refuses_a_device_it_cannot_read() -> None:
+    """The agent's pre-load check is the core's rule: an unmeasured device never fits, even
+    with a replaced version's memory counted back or named by the scheduler."""
+    devices = [GpuDevice.unmeasured("GPU-x")]
+    for load in (
+        Load("m", 1, gpu_memory_bytes=GiB),
+        Load("m", 1, gpu_memory_bytes=GiB, device_uuids=("GPU-x",)),
+    ):
+        refused = fit_load(load, devices, {"GPU-x": 8 * GiB})
+        assert isinstance(refused, Refused)
+        assert refused.kind is EventKind.LOAD_FAILED_MEMORY

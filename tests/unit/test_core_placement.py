@@ -41,6 +41,14 @@ def gpu(uuid: str, room_gib: int, *, index: int | None = None, reserved_gib: int
     )
 
 
+# Free memory set, yet not measured: the reading is not trusted, whatever it says.
+UNMEASURED = Gpu("GPU-x", "", 0, 0, 80 * GiB, measured=False)
+NOT_MEASURED_X = (
+    "memory of GPU GPU-x not measured (the agent cannot read it: set "
+    "NVIDIA_VISIBLE_DEVICES=all on the agent)"
+)
+
+
 def replica(
     server: str,
     index: int = 0,
@@ -257,6 +265,43 @@ CASES = [
         request(gpu_gib=0),
         placed("a", at("a", 0)),
         id="no-gpu-replica-takes-cpu-model",
+    ),
+    # A device the agent cannot read (kubelet-assigned, invisible to NVML in its container).
+    pytest.param(
+        [replica("a", gpus=(UNMEASURED,)), replica("b", gpus=ONE_24)],
+        request(gpu_gib=20),
+        placed(
+            "b",
+            at("b", 0, "u0"),
+            reasons=(("a", f"needs 20 GiB on 1 GPU, {NOT_MEASURED_X}"),),
+        ),
+        id="unmeasured-device-refuses-gpu-model",
+    ),
+    pytest.param(
+        [replica("a", gpus=(gpu("u0", 12), UNMEASURED))],
+        request(gpu_gib=20),
+        rejected(("a", f"needs 20 GiB on 1 GPU, largest room 12 GiB, {NOT_MEASURED_X}")),
+        id="unmeasured-device-named-beside-measured-ones",
+    ),
+    pytest.param(
+        [replica("a", gpus=(gpu("u0", 24), UNMEASURED))],
+        request(gpu_gib=20, gpus=2),
+        rejected(
+            ("a", f"needs 20 GiB on each of 2 GPUs, largest rooms 24 GiB, 0 B, {NOT_MEASURED_X}")
+        ),
+        id="unmeasured-device-never-spanned",
+    ),
+    pytest.param(
+        [replica("a", gpus=(gpu("u0", 24), UNMEASURED))],
+        request(gpu_gib=20),
+        placed("a", at("a", 0, "u0")),
+        id="measured-device-beside-an-unmeasured-one-fits",
+    ),
+    pytest.param(
+        [replica("a", gpus=(UNMEASURED,))],
+        request(gpu_gib=0),
+        placed("a", at("a", 0)),
+        id="unmeasured-device-cpu-model-unaffected",
     ),
     # Replicas: N distinct replicas of ONE server, never split.
     pytest.param(
