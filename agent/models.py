@@ -157,7 +157,10 @@ def fit_load(
             EventKind.LOAD_FAILED_MEMORY,
             f"needs {format_bytes(need)} free on each GPU; "
             + "; ".join(
-                f"{gpu.uuid} has {format_bytes(gpu.room_bytes)} free now" for gpu in fit.short
+                f"{gpu.uuid} has {format_bytes(gpu.room_bytes)} free now"
+                if gpu.measured
+                else f"{gpu.uuid}'s memory is not measured (NVML cannot read it here)"
+                for gpu in fit.short
             ),
         )
     if isinstance(fit, DeviceShortfall):

@@ -294,3 +294,10 @@ def test_the_agent_refuses_a_device_it_cannot_read() -> None:
         refused = fit_load(load, devices, {"GPU-x": 8 * GiB})
         assert isinstance(refused, Refused)
         assert refused.kind is EventKind.LOAD_FAILED_MEMORY
+
+
+def test_the_agent_says_a_named_device_is_not_measured() -> None:
+    load = Load("m", 1, gpu_memory_bytes=GiB, device_uuids=("GPU-x",))
+    refused = fit_load(load, [GpuDevice.unmeasured("GPU-x")], {})
+    assert isinstance(refused, Refused)
+    assert "GPU-x's memory is not measured" in refused.message
