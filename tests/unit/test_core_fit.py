@@ -300,4 +300,4 @@ def test_the_agent_says_a_named_device_is_not_measured() -> None:
     load = Load("m", 1, gpu_memory_bytes=GiB, device_uuids=("GPU-x",))
     refused = fit_load(load, [GpuDevice.unmeasured("GPU-x")], {})
     assert isinstance(refused, Refused)
-    assert "GPU-x's memory is not measured" in refused.message
+    assert "GPU-x's memory is not measured" in str(refused)
