@@ -181,7 +181,8 @@ def every_gpu(replica: str, reason: str) -> str:
 
 
 class EveryGpu:
-    """Every device NVML sees (the PodResources socket disabled), said once."""
+    """Every device NVML sees in this container: the PodResources socket disabled on
+    purpose (a shared DRA claim gives the agent exactly the pod's GPUs), said once."""
 
     def __init__(self, replica: str) -> None:
         self.replica = replica
@@ -190,5 +191,10 @@ class EveryGpu:
     async def uuids(self, visible: Sequence[str]) -> tuple[str, ...] | None:
         if visible and not self._said:
             self._said = True
-            log.warning("%s", every_gpu(self.replica, "--pod-resources-socket is empty"))
+            log.info(
+                "%s: --pod-resources-socket is empty: reporting every GPU NVML sees in this "
+                "container (%d)",
+                self.replica,
+                len(visible),
+            )
         return None

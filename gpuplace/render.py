@@ -571,6 +571,22 @@ def _uses_gpus(container: dict[str, Any]) -> bool:
     return any(GPU in (resources.get(part) or {}) for part in ("requests", "limits"))
 
 
+def _claims(container: dict[str, Any]) -> list[dict[str, Any]]:
+    return list((container.get("resources") or {}).get("claims") or [])
+
+
+def share_claims(inference: dict[str, Any], agent: dict[str, Any]) -> None:
+    """A DRA pod: the agent references the inference container's resource claims, so it
+    sees exactly the pod's GPUs, and needs no kubelet socket to tell them from others."""
+    resources = agent.setdefault("resources", {})
+    claims: list[dict[str, Any]] = resources.setdefault("claims", [])
+    for claim in _claims(inference):
+        if claim not in claims:
+            claims.append(dict(claim))
+    _set_default_env(agent, "GPUPLACE_AGENT_POD_RESOURCES_SOCKET", value="")
+    _set_default_env(inference, "CUDA_DEVICE_ORDER", value="PCI_BUS_ID")
+
+
 def give_agent_the_gpus(
     pod: dict[str, Any], inference: dict[str, Any], agent: dict[str, Any]
 ) -> None:
@@ -699,7 +715,9 @@ def add_agent(
         agent, "POD_NAMESPACE", valueFrom={"fieldRef": {"fieldPath": "metadata.namespace"}}
     )
     _set_default_env(agent, "GPUPLACE_AGENT_INFERENCE_CONTAINER", value=inference["name"])
-    if _uses_gpus(inference):
+    if _claims(inference):
+        share_claims(inference, agent)
+    elif _uses_gpus(inference):
         give_agent_the_gpus(pod, inference, agent)
     mount_storage_secrets(pod, agent, settings.storage_secrets)
     for name, value in server.defaults:

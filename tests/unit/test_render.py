@@ -406,3 +406,25 @@ def test_a_cpu_server_gets_no_gpu_plumbing() -> None:
     assert all("hostPath" not in volume for volume in pod.get("volumes", []))
     agent = next(c for c in pod["containers"] if c["name"] == "agent")
     assert "NVIDIA_VISIBLE_DEVICES" not in env(agent)
+
+
+def test_a_dra_claim_is_shared_with_the_agent() -> None:
+    """With Dynamic Resource Allocation both containers reference one claim: the agent sees
+    exactly the pod's GPUs, so it gets no kubelet socket and no NVIDIA_VISIBLE_DEVICES."""
+    text = (
+        "apiVersion: mlops.seldon.io/v1alpha1\nkind: ServerConfig\nmetadata: {name: dra}\n"
+        "spec:\n  podSpec:\n    resourceClaims:\n"
+        "      - {name: gpu, resourceClaimTemplateName: one}\n"
+        "    containers:\n      - name: mlserver\n        image: seldonio/mlserver:1.7.1\n"
+        "        resources: {claims: [{name: gpu}], requests: {memory: 8Gi}}\n---\n"
+        "apiVersion: mlops.seldon.io/v1alpha1\nkind: Server\nmetadata: {name: s}\n"
+        "spec: {serverConfig: dra}\n"
+    )
+    rendered = render_bundle(parse_text(text, "dra.yaml"), RenderSettings())
+    pod = rendered.manifests[0]["spec"]["template"]["spec"]
+    found = {c["name"]: c for c in pod["containers"]}
+    assert found["agent"]["resources"]["claims"] == [{"name": "gpu"}]
+    assert env(found["agent"])["GPUPLACE_AGENT_POD_RESOURCES_SOCKET"] == ""
+    assert "NVIDIA_VISIBLE_DEVICES" not in env(found["agent"])
+    assert env(found["mlserver"])["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+    assert all("hostPath" not in volume for volume in pod.get("volumes", []))
