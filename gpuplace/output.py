@@ -106,7 +106,48 @@ def model_to_dict(status: scheduler_pb2.ModelStatus) -> dict[str, Any]:
         "serverReasons": [
             {"server": item.server, "reason": item.reason} for item in status.server_reasons
         ],
+        "gpuMemory": gpu_memory_to_dict(status),
     }
+
+
+def gpu_memory_to_dict(status: scheduler_pb2.ModelStatus) -> dict[str, Any]:
+    """Declared vs learned GPU memory: what the spec says, what loads of its artifact
+    measured per GPU product, and what the scheduler places the model with."""
+    return {
+        "declared": status.spec.gpu_memory or None,
+        "source": status.gpu_memory_source or None,
+        "placementBytes": status.placement_gpu_memory_bytes,
+        "learned": [
+            {
+                "product": item.product,
+                "gpuMemoryBytes": item.gpu_memory_bytes,
+                "samples": item.samples,
+                "updatedAt": _time(item.updated_at),
+            }
+            for item in status.learned_footprints
+        ],
+    }
+
+
+def gpu_memory_text(status: scheduler_pb2.ModelStatus) -> str:
+    """One line of declared vs measured GPU memory ("" for a model that neither declares
+    nor was measured): "declared 20Gi, measured 17.3 GiB on NVIDIA H100 (2 loads)"."""
+    measured = ", ".join(
+        f"{format_bytes(item.gpu_memory_bytes)} on {item.product} "
+        f"({item.samples} load{'s' if item.samples != 1 else ''})"
+        for item in status.learned_footprints
+    )
+    if status.spec.gpu_memory:
+        return f"declared {status.spec.gpu_memory}, " + (
+            f"measured {measured}" if measured else "not measured yet"
+        )
+    if status.gpu_memory_source == "learned":
+        placed = format_bytes(status.placement_gpu_memory_bytes)
+        return (
+            f"not declared; measured {measured}; placed with the learned {placed} per device "
+            "(the largest measured plus the scheduler's margin)"
+        )
+    return ""
 
 
 def plan_to_dict(

@@ -383,6 +383,9 @@ class ModelStatus(_message.Message):
     SPEC_FIELD_NUMBER: _builtins.int
     AVAILABLE_REPLICAS_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    PLACEMENT_GPU_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    GPU_MEMORY_SOURCE_FIELD_NUMBER: _builtins.int
+    LEARNED_FOOTPRINTS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.int
     state: _builtins.str
@@ -391,6 +394,12 @@ class ModelStatus(_message.Message):
     available_replicas: _builtins.int
     updated_at: _builtins.float
     """Seconds since the epoch."""
+    placement_gpu_memory_bytes: _builtins.int
+    """GPU memory per device the model is placed with: the declared gpuMemory, else (none
+    declared) the largest learned footprint plus the scheduler's margin; 0: a CPU model.
+    """
+    gpu_memory_source: _builtins.str
+    """Where placement_gpu_memory_bytes comes from: "declared", "learned" or "" (a CPU model)."""
     @_builtins.property
     def server_reasons(self) -> _containers.RepeatedCompositeFieldContainer[Global___ServerReason]:
         """One entry per server considered, when the last placement was refused."""
@@ -399,6 +408,12 @@ class ModelStatus(_message.Message):
     def replicas(self) -> _containers.RepeatedCompositeFieldContainer[Global___CopyStatus]: ...
     @_builtins.property
     def spec(self) -> _common_pb2.ModelSpec: ...
+    @_builtins.property
+    def learned_footprints(self) -> _containers.RepeatedCompositeFieldContainer[Global___LearnedFootprint]:
+        """What loads of the model's artifact (storageUri, artifactVersion) measured, one entry
+        per GPU product.
+        """
+
     def __init__(
         self,
         *,
@@ -411,14 +426,51 @@ class ModelStatus(_message.Message):
         spec: _common_pb2.ModelSpec | None = ...,
         available_replicas: _builtins.int = ...,
         updated_at: _builtins.float = ...,
+        placement_gpu_memory_bytes: _builtins.int = ...,
+        gpu_memory_source: _builtins.str = ...,
+        learned_footprints: _abc.Iterable[Global___LearnedFootprint] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["available_replicas", b"available_replicas", "name", b"name", "reason", b"reason", "replicas", b"replicas", "server_reasons", b"server_reasons", "spec", b"spec", "state", b"state", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available_replicas", b"available_replicas", "gpu_memory_source", b"gpu_memory_source", "learned_footprints", b"learned_footprints", "name", b"name", "placement_gpu_memory_bytes", b"placement_gpu_memory_bytes", "reason", b"reason", "replicas", b"replicas", "server_reasons", b"server_reasons", "spec", b"spec", "state", b"state", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ModelStatus: _TypeAlias = ModelStatus  # noqa: Y015
+
+@_typing.final
+class LearnedFootprint(_message.Message):
+    """The GPU memory loads of one artifact were measured to take per device on one GPU product."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRODUCT_FIELD_NUMBER: _builtins.int
+    GPU_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    SAMPLES_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    product: _builtins.str
+    """The device name the agent reported (NVML), e.g. "NVIDIA H100 80GB HBM3"."""
+    gpu_memory_bytes: _builtins.int
+    """The largest of the last few measurements."""
+    samples: _builtins.int
+    """Loads measured in all."""
+    updated_at: _builtins.float
+    """Seconds since the epoch of the last measurement."""
+    def __init__(
+        self,
+        *,
+        product: _builtins.str = ...,
+        gpu_memory_bytes: _builtins.int = ...,
+        samples: _builtins.int = ...,
+        updated_at: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gpu_memory_bytes", b"gpu_memory_bytes", "product", b"product", "samples", b"samples", "updated_at", b"updated_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LearnedFootprint: _TypeAlias = LearnedFootprint  # noqa: Y015
 
 @_typing.final
 class GpuStatus(_message.Message):

@@ -85,6 +85,17 @@ def status_to_proto(record: ModelRecord) -> scheduler_pb2.ModelStatus:
         spec=spec_to_proto(record.spec),
         available_replicas=record.available_count(),
         updated_at=record.updated_at,
+        placement_gpu_memory_bytes=record.gpu_memory_bytes,
+        gpu_memory_source=record.gpu_memory_source,
+        learned_footprints=[
+            scheduler_pb2.LearnedFootprint(
+                product=f.product,
+                gpu_memory_bytes=f.gpu_bytes,
+                samples=f.samples,
+                updated_at=f.updated_at,
+            )
+            for f in record.learned
+        ],
     )
 
 

@@ -2,7 +2,8 @@
 record's next state and the commands to send out.
 
 Each function takes a record and a Context: a read-only view of the cluster (which replicas
-are connected or draining, the placement snapshot), the settings and `now`. It changes the
+are connected or draining, the placement snapshot), the GPU footprints learned so far, the
+settings and `now`. It changes the
 record it is given and returns an Outcome: the Load/Unload commands, each addressed to a
 replica; whether the record must be saved and published first; and the facts the shell
 counts in its metrics, and the lines to log. Nothing here saves, sends, waits, logs or reads
@@ -20,6 +21,7 @@ from typing import Literal, Protocol
 
 from contract.names import replica_id
 from contract.protocol import DrainComplete, EventKind, Load, LoadedModel, ModelEvent, Unload
+from contract.quantity import format_bytes
 from placement import (
     ELIGIBILITY,
     Assignment,
@@ -34,12 +36,15 @@ from placement import (
 from scheduler_service.model import (
     ACTIVE,
     IN_FLIGHT,
+    Artifact,
     CopyState,
+    Footprint,
     Key,
     ModelCopy,
     ModelRecord,
     ModelSpec,
     ModelState,
+    with_margin,
 )
 from scheduler_service.settings import SchedulerSettings
 
@@ -65,6 +70,10 @@ class ClusterView(Protocol):
         ...
 
 
+def nothing_learned(artifact: Artifact) -> tuple[Footprint, ...]:
+    return ()
+
+
 @dataclass(frozen=True)
 class Context:
     """What a decision reads besides the record: the cluster, the settings, and `now` (on
@@ -75,6 +84,9 @@ class Context:
     now: float
     # A monotonic stopwatch (seconds) that times the core for the metrics; it decides nothing.
     stopwatch: Callable[[], float] = lambda: 0.0
+    # The GPU footprints learned for an artifact, one per GPU product (the shell's
+    # FootprintBook.of; none in a test that does not say).
+    learned: Callable[[Artifact], tuple[Footprint, ...]] = nothing_learned
 
 
 @dataclass(frozen=True)
@@ -463,6 +475,7 @@ def step(record: ModelRecord, ctx: Context) -> Outcome:
     retired once the current version is available, and its state derived."""
     before = _digest(record)
     out = Outcome()
+    _learned(record, ctx)
     _expire(record, ctx, out)
     if record.deleted:
         _terminate(record, ctx, out)
@@ -474,6 +487,29 @@ def step(record: ModelRecord, ctx: Context) -> Outcome:
         record.updated_at = ctx.now
         out.publish = True
     return out
+
+
+def _learned(record: ModelRecord, ctx: Context) -> None:
+    """Take in what was learned for the model's artifact: a spec that declares no gpuMemory
+    is placed with the largest learned figure plus the margin (none learned: a CPU model).
+    A model placed already keeps its place; the figure counts from its next placement."""
+    record.learned = ctx.learned(record.spec.artifact)
+    record.learned_gpu_bytes = (
+        0
+        if record.spec.gpu_memory_bytes
+        else with_margin(record.learned, ctx.settings.learned_margin_percent)
+    )
+
+
+def learned_text(record: ModelRecord) -> str:
+    """How a model that declares no gpuMemory is placed, for the log ("" when declared)."""
+    if record.gpu_memory_source != "learned":
+        return ""
+    top = max(record.learned, key=lambda f: f.gpu_bytes)
+    return (
+        f"GPU memory learned: {format_bytes(record.learned_gpu_bytes)} per device "
+        f"({format_bytes(top.gpu_bytes)} measured on {top.product} + margin)"
+    )
 
 
 def _expire(record: ModelRecord, ctx: Context, out: Outcome) -> None:
@@ -549,7 +585,7 @@ def placement_request(record: ModelRecord) -> Request:
         requirements=frozenset(spec.requirements),
         server=spec.server or None,
         memory_bytes=spec.memory_bytes,
-        gpu_memory_bytes=spec.gpu_memory_bytes,
+        gpu_memory_bytes=record.gpu_memory_bytes,
         gpus=spec.gpus,
         replicas=spec.replicas,
         min_replicas=spec.min_replicas or 0,
@@ -592,13 +628,15 @@ def _rejected(record: ModelRecord, result: Rejection, ctx: Context, out: Outcome
     record.reason = result.message
     record.attempts += 1
     record.next_retry_at = ctx.now + backoff(ctx.settings, record.attempts)
+    learned = learned_text(record)
     out.note(
         "info",
-        "model %s v%d: not placed (retry in %.1fs): %s",
+        "model %s v%d: not placed (retry in %.1fs): %s%s",
         record.name,
         record.version,
         record.next_retry_at - ctx.now,
         result.message,
+        f" ({learned})" if learned else "",
     )
 
 
@@ -645,15 +683,20 @@ def _start_load(record: ModelRecord, assignment: Assignment, ctx: Context, out: 
         deadline=ctx.now + ctx.settings.load_timeout_s,
         replaced_version=replaced,
     )
+    learned = learned_text(record)
     out.note(
         "info",
-        "model %s v%d: loading on %s%s",
+        "model %s v%d: loading on %s%s%s",
         record.name,
         record.version,
         replica_id(*key),
         f" (GPUs {', '.join(assignment.device_uuids)})" if assignment.device_uuids else "",
+        f" ({learned})" if learned else "",
     )
-    out.commands.append((key, record.spec.load_command(record.version, assignment.device_uuids)))
+    command = record.spec.load_command(
+        record.version, assignment.device_uuids, record.gpu_memory_bytes
+    )
+    out.commands.append((key, command))
 
 
 def _retire(record: ModelRecord, ctx: Context, out: Outcome) -> None:
@@ -764,6 +807,8 @@ def _digest(record: ModelRecord) -> tuple[object, ...]:
         record.reason,
         record.server_reasons,
         record.deleted,
+        record.learned,
+        record.learned_gpu_bytes,
         tuple(
             (
                 c.key,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -20,6 +20,9 @@ class ClusterGauges:
     models_by_state: dict[str, int]
     # The connected replicas as the placement core sees them: memory, devices, the ledger.
     replicas: tuple[Replica, ...]
+    # Per model that declares gpuMemory and whose artifact was measured: the largest
+    # learned footprint over the declared amount.
+    gpu_memory_ratios: Mapping[str, float] = field(default_factory=dict)
 
 
 class _StateCollector(Collector):
@@ -77,6 +80,15 @@ class _StateCollector(Collector):
                 families["free"].add_metric(values, gpu.free_bytes)
                 families["reserved"].add_metric(values, gpu.reserved_bytes)
         yield from families.values()
+        ratio = GaugeMetricFamily(
+            "gpuplace_scheduler_model_gpu_memory_ratio",
+            "GPU memory measured (the largest learned footprint per device) over the declared "
+            "gpuMemory, per model that declares one and was measured",
+            labels=["model"],
+        )
+        for model, value in sorted(gauges.gpu_memory_ratios.items()):
+            ratio.add_metric([model], value)
+        yield ratio
 
 
 class SchedulerMetrics:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from contract import spec_rules as rules
@@ -41,6 +42,74 @@ IN_FLIGHT = frozenset({CopyState.LOAD_REQUESTED, CopyState.LOADING})
 ACTIVE = IN_FLIGHT | {CopyState.AVAILABLE}
 
 
+# An artifact's identity: (storageUri, artifactVersion).
+Artifact = tuple[str, int | None]
+# A learned figure is the largest of this many recent measurements.
+RECENT_SAMPLES = 5
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """The GPU memory one artifact was measured to take, per device, on one GPU product (the
+    device name the agent reported, e.g. "NVIDIA H100 80GB HBM3")."""
+
+    storage_uri: str
+    artifact_version: int | None
+    product: str
+    gpu_bytes: int  # the learned figure: the largest of `recent`
+    samples: int  # loads measured in all
+    recent: tuple[int, ...] = ()  # the last RECENT_SAMPLES measurements, oldest first
+    updated_at: float = 0.0
+
+    @property
+    def artifact(self) -> Artifact:
+        return (self.storage_uri, self.artifact_version)
+
+    def measured(self, size: int, now: float) -> Footprint:
+        """This figure after one more load measured `size` bytes per device."""
+        recent = (*self.recent, size)[-RECENT_SAMPLES:]
+        return replace(
+            self, gpu_bytes=max(recent), samples=self.samples + 1, recent=recent, updated_at=now
+        )
+
+
+class FootprintBook:
+    """The learned footprints, by artifact and then GPU product (plain values: the service
+    keeps one, the store saves each figure that changes)."""
+
+    def __init__(self, footprints: Iterable[Footprint] = ()) -> None:
+        self._by_artifact: dict[Artifact, dict[str, Footprint]] = {}
+        for footprint in footprints:
+            self._by_artifact.setdefault(footprint.artifact, {})[footprint.product] = footprint
+
+    def of(self, artifact: Artifact) -> tuple[Footprint, ...]:
+        """What was learned for `artifact`, one per product, by product name."""
+        found = self._by_artifact.get(artifact, {})
+        return tuple(found[product] for product in sorted(found))
+
+    def measured(self, artifact: Artifact, product: str, size: int, now: float) -> Footprint:
+        """The figure for `artifact` on `product` once a load measured `size` bytes per
+        device (not kept yet: see `keep`)."""
+        known = self._by_artifact.get(artifact, {}).get(product)
+        if known is None:
+            known = Footprint(artifact[0], artifact[1], product, 0, 0)
+        return known.measured(size, now)
+
+    def keep(self, footprint: Footprint) -> None:
+        self._by_artifact.setdefault(footprint.artifact, {})[footprint.product] = footprint
+
+    def all(self) -> list[Footprint]:
+        return [f for artifact in sorted(self._by_artifact, key=str) for f in self.of(artifact)]
+
+
+def with_margin(footprints: Iterable[Footprint], margin_percent: int) -> int:
+    """What a model that declares no gpuMemory is placed with, per device: the largest figure
+    learned for its artifact (over every GPU product) plus `margin_percent`, rounded up; 0
+    when nothing was learned."""
+    largest = max((f.gpu_bytes for f in footprints), default=0)
+    return -(-largest * (100 + margin_percent) // 100)
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """A validated model spec; quantities kept as written and resolved to bytes."""
@@ -66,14 +135,25 @@ class ModelSpec:
         """Fewest available copies that make the model Available (placement's rule)."""
         return least_replicas(self.replicas, self.min_replicas)
 
-    def load_command(self, version: int, device_uuids: tuple[str, ...]) -> Load:
-        """What an agent needs to load `version` of this model on `device_uuids`."""
+    @property
+    def artifact(self) -> Artifact:
+        """The artifact's identity: what a learned footprint is kept under."""
+        return (self.storage_uri, self.artifact_version)
+
+    def load_command(
+        self, version: int, device_uuids: tuple[str, ...], gpu_memory_bytes: int | None = None
+    ) -> Load:
+        """What an agent needs to load `version` of this model on `device_uuids`;
+        `gpu_memory_bytes`: what it was placed with per device, when not the declared amount
+        (a learned footprint plus the margin)."""
         return Load(
             model=self.name,
             version=version,
             storage_uri=self.storage_uri,
             parameters=dict(self.parameters),
-            gpu_memory_bytes=self.gpu_memory_bytes,
+            gpu_memory_bytes=self.gpu_memory_bytes
+            if gpu_memory_bytes is None
+            else gpu_memory_bytes,
             device_uuids=device_uuids,
             gpus=self.gpus,
             secret_name=self.secret_name,
@@ -194,10 +274,28 @@ class ModelRecord:
     attempts: int = 0
     next_retry_at: float = 0.0
     load_failures: int = 0
+    # Not saved with the record (the store keeps learned footprints in a table of their own),
+    # set by each pass: the GPU footprints learned for the spec's artifact (one per GPU
+    # product), and, when the spec declares no gpuMemory, what the model is placed with per
+    # device (the largest learned figure plus the margin; 0: nothing learned, a CPU model).
+    learned: tuple[Footprint, ...] = ()
+    learned_gpu_bytes: int = 0
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def gpu_memory_bytes(self) -> int:
+        """GPU memory per device the model is placed with: declared, else learned."""
+        return self.spec.gpu_memory_bytes or self.learned_gpu_bytes
+
+    @property
+    def gpu_memory_source(self) -> str:
+        """Where `gpu_memory_bytes` comes from: "declared", "learned" or "" (a CPU model)."""
+        if self.spec.gpu_memory_bytes:
+            return "declared"
+        return "learned" if self.learned_gpu_bytes else ""
 
     def available_count(self) -> int:
         return sum(

@@ -13,21 +13,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import dataclasses
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
 from contract.errors import NotFound, ResourceExhausted
 from contract.names import replica_id
 from contract.protocol import Command, GpuDevice, Hello, ModelEvent, Welcome
+from contract.quantity import format_bytes
 from placement import Replica
 from scheduler_service import lifecycle
 from scheduler_service.cluster import AgentSession, Cluster
 from scheduler_service.lifecycle import Outcome
 from scheduler_service.metrics import ClusterGauges, SchedulerMetrics, count_states
-from scheduler_service.model import Key, ModelRecord, ModelSpec
+from scheduler_service.model import Footprint, FootprintBook, Key, ModelRecord, ModelSpec
 from scheduler_service.settings import SchedulerSettings
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,14 @@ class StateStore(Protocol):
 
     def last_version(self, name: str) -> int:
         """The highest version the name ever had (0: never seen), deleted models included."""
+        ...
+
+    def save_footprint(self, footprint: Footprint) -> None:
+        """Keep one learned GPU footprint (per artifact and GPU product), replacing it."""
+        ...
+
+    def footprints(self) -> list[Footprint]:
+        """Every learned GPU footprint, as last saved."""
         ...
 
     def close(self) -> None: ...
@@ -97,6 +107,7 @@ class SchedulerService:
         self._cluster = Cluster()
         self._watchers: set[Watcher] = set()
         self._models: dict[str, ModelRecord] = {m.name: m for m in store.load()}
+        self._footprints = FootprintBook(store.footprints())
         started = self._clock.now()
         for record in self._models.values():
             lifecycle.restored(record, started)
@@ -251,7 +262,48 @@ class SchedulerService:
             self._settle(None, lifecycle.on_event(None, session.key, event, ctx))
             return
         outcome = self._decide(record, lambda r: lifecycle.on_event(r, session.key, event, ctx))
+        if event.version == record.version:
+            self._learn(record, session, outcome.footprint)
         session.charge(outcome.footprint)
+
+    def footprints(self) -> list[Footprint]:
+        """Every GPU footprint learned so far."""
+        return self._footprints.all()
+
+    def _learn(
+        self, record: ModelRecord, session: AgentSession, measured: Mapping[str, int]
+    ) -> None:
+        """A load of the model's current version ended and measured `measured` (bytes per
+        device): keep it per (artifact, GPU product) — the largest per device when it spans
+        several of one product. The models of that artifact take the new figure at their
+        next pass. A footprint that cannot be saved is logged and dropped: it only informs."""
+        by_product: dict[str, int] = {}
+        for uuid, size in measured.items():
+            device = session.gpus.get(uuid)
+            if device is not None and size > 0:
+                by_product[device.name] = max(by_product.get(device.name, 0), size)
+        if not by_product:
+            return
+        artifact, now = record.spec.artifact, self._clock.now()
+        for product, size in sorted(by_product.items()):
+            footprint = self._footprints.measured(artifact, product, size, now)
+            try:
+                self._store.save_footprint(footprint)
+            except Exception:
+                log.exception("model %s: its measured GPU footprint was not saved", record.name)
+                return
+            self._footprints.keep(footprint)
+            log.info(
+                "model %s: measured %s per device on %s (learned %s from %d loads)",
+                record.name,
+                format_bytes(size),
+                product,
+                format_bytes(footprint.gpu_bytes),
+                footprint.samples,
+            )
+        for other in self._models.values():
+            if other.spec.artifact == artifact:
+                self._mark(other.name)
 
     def on_resource_update(self, session: AgentSession, devices: Iterable[GpuDevice]) -> None:
         if session.measured(devices):
@@ -352,7 +404,7 @@ class SchedulerService:
             if record is None:
                 self._cluster.usage.forget(name)
             else:
-                self._cluster.usage.account(record)
+                self._cluster.usage.account(_as_placed(record))
 
     def _reconcile_guarded(self, record: ModelRecord, now: float) -> None:
         """One model's pass; if it fails (e.g. the state file cannot be written), none of
@@ -363,7 +415,7 @@ class SchedulerService:
         except Exception:
             # Back to what was saved: nothing unsaved may be acted on, now or later.
             self._models[record.name] = before
-            self._cluster.usage.account(before)
+            self._cluster.usage.account(_as_placed(before))
             retry_s = lifecycle.backoff(self._settings, max(before.attempts, 1))
             self._timers[record.name] = now + retry_s
             log.exception("model %s: reconcile failed; trying again in %.1fs", record.name, retry_s)
@@ -380,7 +432,7 @@ class SchedulerService:
             self._publish(record)
         else:
             self._timers[record.name] = lifecycle.next_due(record, self._settings)
-            self._cluster.usage.account(record)
+            self._cluster.usage.account(_as_placed(record))
             if outcome.publish:
                 self._store.save(record)
                 self._publish(record)
@@ -411,6 +463,7 @@ class SchedulerService:
             self._settings,
             self._clock.now() if now is None else now,
             stopwatch=time.perf_counter,
+            learned=self._footprints.of,
         )
 
     def _next_timer(self) -> float:
@@ -453,7 +506,22 @@ class SchedulerService:
         return ClusterGauges(
             models_by_state=count_states(r.state.value for r in self._models.values()),
             replicas=tuple(view for _, view in self.replica_views() if view is not None),
+            gpu_memory_ratios={
+                r.name: max(f.gpu_bytes for f in r.learned) / r.spec.gpu_memory_bytes
+                for r in self._models.values()
+                if r.spec.gpu_memory_bytes and r.learned
+            },
         )
+
+
+def _as_placed(record: ModelRecord) -> ModelRecord:
+    """The record as the usage table counts it: a model placed with a learned GPU figure
+    (its spec declares none) reserves that figure on its devices while a load is in flight,
+    as a declared one does (the table reads the spec's amount)."""
+    if record.spec.gpu_memory_bytes or not record.learned_gpu_bytes:
+        return record
+    spec = dataclasses.replace(record.spec, gpu_memory_bytes=record.learned_gpu_bytes)
+    return dataclasses.replace(record, spec=spec)
 
 
 # The lifecycle's lines keep its logger's name: filter and find them as before.

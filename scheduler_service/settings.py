@@ -52,3 +52,10 @@ class SchedulerSettings(BaseSettings):
         1024, ge=1, description="updates queued for one watcher before it is dropped as slow"
     )
     max_models: int = Field(10000, ge=1, description="most models the scheduler accepts")
+    learned_margin_percent: int = Field(
+        10,
+        ge=0,
+        le=1000,
+        description="a model that declares no gpuMemory is placed, once a load of its artifact "
+        "was measured, with the largest measured footprint plus this many percent",
+    )

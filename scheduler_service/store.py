@@ -3,6 +3,10 @@
 Every change to a model is written, in one transaction, before it is acknowledged or acted
 on. WAL with synchronous=NORMAL survives a killed process (kill -9): a committed
 transaction is in the log the moment commit returns.
+
+The learned GPU footprints (per artifact and GPU product) live in a table of their own,
+added in place to a state file written before it existed: the schema version stays 1, and
+an older scheduler opening a newer file ignores the table.
 """
 
 from __future__ import annotations
@@ -14,7 +18,14 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
-from scheduler_service.model import CopyState, ModelCopy, ModelRecord, ModelSpec, ModelState
+from scheduler_service.model import (
+    CopyState,
+    Footprint,
+    ModelCopy,
+    ModelRecord,
+    ModelSpec,
+    ModelState,
+)
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -40,6 +51,16 @@ CREATE TABLE IF NOT EXISTS replicas (
     footprint TEXT NOT NULL,
     retire INTEGER NOT NULL,
     PRIMARY KEY (model, server, idx)
+);
+CREATE TABLE IF NOT EXISTS footprints (
+    storage_uri TEXT NOT NULL,
+    artifact_version TEXT NOT NULL,  -- '' when the spec gives none
+    product TEXT NOT NULL,
+    gpu_bytes INTEGER NOT NULL,
+    samples INTEGER NOT NULL,
+    recent TEXT NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (storage_uri, artifact_version, product)
 );
 """
 
@@ -124,6 +145,40 @@ class Store:
             "SELECT value FROM meta WHERE key=?", (f"version:{name}",)
         ).fetchone()
         return int(row[0]) if row else 0
+
+    def save_footprint(self, footprint: Footprint) -> None:
+        """Keep one learned footprint, replacing the one of its artifact and product."""
+        version = footprint.artifact_version
+        with self._transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO footprints VALUES (?,?,?,?,?,?,?)",
+                (
+                    footprint.storage_uri,
+                    "" if version is None else str(version),
+                    footprint.product,
+                    footprint.gpu_bytes,
+                    footprint.samples,
+                    json.dumps(footprint.recent),
+                    footprint.updated_at,
+                ),
+            )
+
+    def footprints(self) -> list[Footprint]:
+        """Every learned footprint, as last saved."""
+        return [
+            Footprint(
+                storage_uri=uri,
+                artifact_version=int(version) if version else None,
+                product=product,
+                gpu_bytes=gpu_bytes,
+                samples=samples,
+                recent=tuple(json.loads(recent)),
+                updated_at=updated_at,
+            )
+            for uri, version, product, gpu_bytes, samples, recent, updated_at in self._db.execute(
+                "SELECT * FROM footprints ORDER BY storage_uri, artifact_version, product"
+            )
+        ]
 
     def delete(self, name: str) -> None:
         with self._transaction():

@@ -24,6 +24,7 @@ from gpuplace.output import (
     SETTLED_STATES,
     device_labels,
     dump,
+    gpu_memory_text,
     model_to_dict,
     repeats_server_reasons,
 )
@@ -132,6 +133,9 @@ def model_text(status: scheduler_pb2.ModelStatus, labels: dict[str, str]) -> str
     if spec.min_replicas:
         wants.append(f"at least {spec.min_replicas} (minReplicas)")
     lines.append(f"  asks for: {'; '.join(wants)}")
+    gpu_memory = gpu_memory_text(status)
+    if gpu_memory:
+        lines.append(f"  GPU memory: {gpu_memory}")
     if status.replicas:
         lines.append("  placement:")
         for replica in status.replicas:

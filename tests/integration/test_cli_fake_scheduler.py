@@ -576,7 +576,14 @@ def test_model_status_json_is_stable(
         "spec",
         "replicas",
         "serverReasons",
+        "gpuMemory",
     ]
+    assert llama["gpuMemory"] == {
+        "declared": None,
+        "source": None,
+        "placementBytes": 0,
+        "learned": [],
+    }
     assert llama["updatedAt"] == "2023-11-14T22:13:20.500000Z"
     assert list(llama["spec"]) == [
         "storageUri",
@@ -690,6 +697,71 @@ def test_explain_model_lists_per_server_reasons(
     assert "    cpu-a: missing capability sklearn" in out
     assert main(["explain", "model", "llama3", "--scheduler", fake.address]) == 0
     assert "gpu-a-1: Available on gpu1 (GPU-bbbbbbbb)" in capsys.readouterr().out
+
+
+def learned_fake(fake: FakeScheduler) -> None:
+    """`declared` asks 20Gi and two loads measured 17.3 GiB; `undeclared` (same artifact)
+    asks nothing and is placed with the learned figure plus a 10 % margin."""
+    measured = scheduler_pb2.LearnedFootprint(
+        product="NVIDIA H100", gpu_memory_bytes=int(17.3 * GiB), samples=2, updated_at=1.7e9
+    )
+    declared = status("declared", "Available", replicas=[replica("gpu-a", 0, "Available", UUID_A)])
+    declared.spec.gpu_memory = "20Gi"
+    declared.placement_gpu_memory_bytes = 20 * GiB
+    declared.gpu_memory_source = "declared"
+    declared.learned_footprints.append(measured)
+    undeclared = status("undeclared", "Available", replicas=[replica("gpu-a", 1, "Available")])
+    undeclared.placement_gpu_memory_bytes = int(17.3 * GiB * 1.1)
+    undeclared.gpu_memory_source = "learned"
+    undeclared.learned_footprints.append(measured)
+    fake.models.update(declared=declared, undeclared=undeclared)
+    fake.models["cpu"] = status("cpu", "Available")
+
+
+def test_explain_model_shows_declared_vs_measured_gpu_memory(
+    fake: FakeScheduler, capsys: pytest.CaptureFixture[str]
+) -> None:
+    learned_fake(fake)
+    assert main(["explain", "model", "declared", "--scheduler", fake.address]) == 0
+    assert (
+        "  GPU memory: declared 20Gi, measured 17.3 GiB on NVIDIA H100 (2 loads)\n"
+        in capsys.readouterr().out
+    )
+    assert main(["explain", "model", "undeclared", "--scheduler", fake.address]) == 0
+    assert (
+        "  GPU memory: not declared; measured 17.3 GiB on NVIDIA H100 (2 loads); placed with "
+        "the learned 19.0 GiB per device (the largest measured plus the scheduler's margin)\n"
+        in capsys.readouterr().out
+    )
+    assert main(["explain", "model", "cpu", "--scheduler", fake.address]) == 0
+    assert "GPU memory" not in capsys.readouterr().out
+
+
+def test_model_status_json_shows_declared_vs_learned_gpu_memory(
+    fake: FakeScheduler, capsys: pytest.CaptureFixture[str]
+) -> None:
+    learned_fake(fake)
+    assert main(["model", "status", "undeclared", "-o", "json", "--scheduler", fake.address]) == 0
+    assert json.loads(capsys.readouterr().out)["gpuMemory"] == {
+        "declared": None,
+        "source": "learned",
+        "placementBytes": int(17.3 * GiB * 1.1),
+        "learned": [
+            {
+                "product": "NVIDIA H100",
+                "gpuMemoryBytes": int(17.3 * GiB),
+                "samples": 2,
+                "updatedAt": "2023-11-14T22:13:20Z",
+            }
+        ],
+    }
+    assert main(["model", "status", "declared", "-o", "yaml", "--scheduler", fake.address]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)["gpuMemory"]
+    assert (shown["declared"], shown["source"], shown["placementBytes"]) == (
+        "20Gi",
+        "declared",
+        20 * GiB,
+    )
 
 
 # ----------------------------------------------------------------------------------------

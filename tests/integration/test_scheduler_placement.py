@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 from protos import common_pb2, scheduler_pb2, scheduler_pb2_grpc
-from tests.support.scheduler import SchedulerHandle
+from tests.support.scheduler import SchedulerHandle, running_scheduler
 from tests.support.sim_agent import GiB, SimAgent, SimGpu
 from tests.support.wait import wait_until
 
@@ -451,3 +451,79 @@ async def test_a_dry_run_answers_where_the_model_would_go_and_changes_nothing(
     assert (
         await load(client, "iris", replicas=2, storage_uri="/models/v2", **sklearn)
     ).version == 2
+
+
+async def test_a_measured_footprint_is_learned_and_places_a_model_that_declares_no_gpu_memory(
+    tmp_path: Path,
+) -> None:
+    """Through the real scheduler: the first load of an artifact (declared 20Gi) measures
+    17 GiB on an H100; a model of the same artifact that declares nothing then goes to a GPU
+    with 17 GiB + 20 %, is measured in its turn, the ratio metric shows 17/20, and a
+    restart keeps the figures."""
+    uri = "gs://models/llama"
+    footprints = {"declared": {"GPU-1": 17 * GiB}, "undeclared": {"GPU-1": 16 * GiB}}
+    h100 = [
+        SimGpu("GPU-1", 40 * GiB, 40 * GiB, name="NVIDIA H100", index=0),
+        SimGpu("GPU-2", 40 * GiB, 40 * GiB, name="NVIDIA H100", index=1),
+    ]
+    async with running_scheduler(tmp_path, learned_margin_percent=20) as scheduler:
+        sims = [
+            await SimAgent(scheduler.agent_address, "cpu").connect(),
+            await SimAgent(
+                scheduler.agent_address, "gpu", gpus=h100, footprints=footprints
+            ).connect(),
+        ]
+        try:
+            await wait_connected(scheduler, 2)
+            async with grpc.aio.insecure_channel(scheduler.client_address) as channel:
+                client = Stub(channel)
+                await load(client, "declared", storage_uri=uri, gpu_memory="20Gi")
+
+                async def measured(name: str, samples: int) -> scheduler_pb2.ModelStatus | None:
+                    current = await status(client, name)
+                    learned = current.learned_footprints
+                    return current if learned and learned[0].samples == samples else None
+
+                declared = await wait_until(lambda: measured("declared", 1), what="a footprint")
+                assert [(f.product, f.gpu_memory_bytes) for f in declared.learned_footprints] == [
+                    ("NVIDIA H100", 17 * GiB)
+                ]
+                assert (declared.gpu_memory_source, declared.placement_gpu_memory_bytes) == (
+                    "declared",
+                    20 * GiB,
+                )
+                gauge = "gpuplace_scheduler_model_gpu_memory_ratio"
+                registry = scheduler.service._metrics.registry
+                assert registry.get_sample_value(gauge, {"model": "declared"}) == 17 / 20
+
+                await load(client, "undeclared", storage_uri=uri)
+                undeclared = await wait_state(client, "undeclared", "Available")
+                want = -(-17 * GiB * 120 // 100)
+                assert (undeclared.gpu_memory_source, undeclared.placement_gpu_memory_bytes) == (
+                    "learned",
+                    want,
+                )
+                (sent,) = sims[1].loads[1:]
+                assert (sent.model, sent.gpu_memory_bytes, sent.device_uuids) == (
+                    "undeclared",
+                    want,
+                    ("GPU-1",),  # binpack: the device with the least room that fits
+                )
+                assert where(undeclared) == {"gpu-0"}  # a GPU model now, not on `cpu`
+                await wait_until(lambda: measured("undeclared", 2), what="a second footprint")
+                assert registry.get_sample_value(gauge, {"model": "undeclared"}) is None
+        finally:
+            for sim in sims:
+                await sim.disconnect()
+    async with running_scheduler(tmp_path) as again:
+        async with grpc.aio.insecure_channel(again.client_address) as channel:
+            restored = await wait_until(
+                lambda: measured_after_restart(Stub(channel)), what="the figures restored"
+            )
+    assert [(f.gpu_memory_bytes, f.samples) for f in restored.learned_footprints] == [(17 * GiB, 2)]
+    assert restored.gpu_memory_source == "learned"
+
+
+async def measured_after_restart(client: Stub) -> scheduler_pb2.ModelStatus | None:
+    current = await status(client, "undeclared")
+    return current if current.learned_footprints else None

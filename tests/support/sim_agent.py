@@ -66,6 +66,8 @@ class SimAgent:
     fail: dict[str, str] = field(default_factory=dict)
     fail_memory: set[str] = field(default_factory=set)
     silent: set[str] = field(default_factory=set)
+    # The GPU memory a load of a model reports having taken, per device uuid (default none).
+    footprints: dict[str, dict[str, int]] = field(default_factory=dict)
     # State and what was seen.
     loaded: dict[str, int] = field(default_factory=dict)
     loads: list[Load] = field(default_factory=list)
@@ -166,7 +168,10 @@ class SimAgent:
             self.event(EventKind.LOAD_FAILED, name, version, self.fail[name])
         else:
             self.loaded[name] = version
-            self.event(EventKind.LOADED, name, version)
+            footprint = self.footprints.get(name, {})
+            self._outgoing.put_nowait(
+                ModelEvent(EventKind.LOADED, name, version, footprint_bytes=footprint)
+            )
 
     def _unload(self, command: Unload) -> None:
         self.unloads.append(command)

@@ -20,11 +20,14 @@ from scheduler_service import lifecycle
 from scheduler_service.lifecycle import Context, Outcome
 from scheduler_service.model import (
     CopyState,
+    Footprint,
+    FootprintBook,
     Key,
     ModelCopy,
     ModelRecord,
     ModelState,
     validate_spec,
+    with_margin,
 )
 from scheduler_service.settings import SchedulerSettings
 
@@ -1026,3 +1029,101 @@ def test_every_row_of_the_state_table_is_tested() -> None:
     tested = {name.split("-")[0] for name in ids}
     assert len(documented) > 40
     assert tested == documented
+
+
+# ------------------------------------------------------------------ learned footprints
+
+URI = "gs://models/llama"
+
+
+def learned(*figures: tuple[str, int], uri: str = URI) -> Callable[[Any], tuple[Footprint, ...]]:
+    """A FootprintBook.of over plain values: `figures` (product, bytes) for artifact `uri`."""
+    known = tuple(Footprint(uri, None, product, size, 2) for product, size in figures)
+    return lambda artifact: known if artifact == (uri, None) else ()
+
+
+def gpu_cluster(free_gib: int = 80, *, margin: int = 10) -> Context:
+    """A0 without GPUs, B0 with one H100 (`free_gib` free); nothing learned yet."""
+    gpu = replace(H100, free_bytes=free_gib * GiB)
+    cluster = Cluster((replica(A0), replica(B0, gpus=(gpu,))))
+    settings = SETTINGS.model_copy(update={"learned_margin_percent": margin})
+    return Context(cluster, settings, NOW, learned=learned())
+
+
+def test_no_gpu_memory_declared_and_nothing_learned_is_a_cpu_model() -> None:
+    record = model(state=ModelState.PENDING, storage_uri=URI)
+    outcome = lifecycle.step(record, gpu_cluster())
+    assert sent(outcome) == [("a-0", "Load", 1)]
+    ((_, load),) = outcome.commands
+    assert isinstance(load, Load) and load.gpu_memory_bytes == 0 and load.device_uuids == ()
+    assert record.gpu_memory_source == "" and record.learned == ()
+
+
+def test_no_gpu_memory_declared_is_placed_on_a_gpu_with_the_learned_figure_plus_the_margin() -> (
+    None
+):
+    context = replace(gpu_cluster(), learned=learned(("H100", 10 * GiB), ("A100", 12 * GiB)))
+    record = model(state=ModelState.PENDING, storage_uri=URI)
+    outcome = lifecycle.step(record, context)
+    # The largest figure over every product, plus 10 %: a GPU model now, so not on A0.
+    assert sent(outcome) == [("b-0", "Load", 1)]
+    ((_, load),) = outcome.commands
+    assert isinstance(load, Load)
+    assert load.gpu_memory_bytes == record.gpu_memory_bytes == -(-12 * GiB * 110 // 100)
+    assert load.device_uuids == ("GPU-1",)
+    assert record.gpu_memory_source == "learned"
+    assert [f.product for f in record.learned] == ["H100", "A100"]
+    assert any("GPU memory learned" in n.message % n.args for n in outcome.notes)
+    assert outcome.publish
+
+
+def test_a_learned_figure_that_fits_nowhere_refuses_the_model_with_the_gpu_reason() -> None:
+    context = replace(gpu_cluster(free_gib=10, margin=25), learned=learned(("H100", 10 * GiB)))
+    record = model(state=ModelState.PENDING, storage_uri=URI)
+    outcome = lifecycle.step(record, context)
+    assert outcome.commands == [] and record.state == ModelState.SCHEDULE_FAILED
+    assert "b: needs 12.5 GiB on 1 GPU, largest room 10 GiB" in record.reason
+    assert "a: no GPUs" in record.reason
+    assert any("GPU memory learned" in n.message % n.args for n in outcome.notes)
+
+
+def test_a_declared_gpu_memory_wins_over_what_was_learned() -> None:
+    context = replace(gpu_cluster(), learned=learned(("H100", 30 * GiB)))
+    record = model(state=ModelState.PENDING, storage_uri=URI, gpu_memory="20Gi")
+    outcome = lifecycle.step(record, context)
+    ((_, load),) = outcome.commands
+    assert isinstance(load, Load) and load.gpu_memory_bytes == 20 * GiB
+    assert record.gpu_memory_source == "declared" and record.learned_gpu_bytes == 0
+    assert record.learned[0].gpu_bytes == 30 * GiB  # shown, not used
+
+
+def test_another_artifact_version_learns_apart() -> None:
+    context = replace(gpu_cluster(), learned=learned(("H100", 10 * GiB)))
+    record = model(state=ModelState.PENDING, storage_uri=URI, artifact_version=2)
+    lifecycle.step(record, context)
+    assert record.learned == () and record.gpu_memory_source == ""
+
+
+def test_a_placed_model_keeps_its_place_when_a_figure_is_learned() -> None:
+    """The figure counts from the next placement: an available CPU copy is not moved."""
+    context = replace(gpu_cluster(), learned=learned(("H100", 10 * GiB)))
+    record = model(copy(A0, AVAILABLE), state=ModelState.AVAILABLE, storage_uri=URI)
+    outcome = lifecycle.step(record, context)
+    assert outcome.commands == [] and copies_of(record) == {"a-0": "Available"}
+    assert record.gpu_memory_source == "learned" and outcome.publish  # shown at once
+
+
+def test_footprint_book_keeps_the_largest_of_the_recent_loads() -> None:
+    book = FootprintBook()
+    artifact = (URI, None)
+    for size in (10, 30, 12, 11, 13, 14):
+        book.keep(book.measured(artifact, "H100", size * GiB, NOW))
+    # 30 GiB was the second of six: it left the window of the last five.
+    (figure,) = book.of(artifact)
+    assert figure.samples == 6 and figure.recent == tuple(s * GiB for s in (30, 12, 11, 13, 14))
+    assert figure.gpu_bytes == 30 * GiB
+    book.keep(book.measured(artifact, "H100", 9 * GiB, NOW))
+    assert book.of(artifact)[0].gpu_bytes == 14 * GiB
+    assert book.of((URI, 1)) == ()
+    assert with_margin(book.of(artifact), 10) == -(-14 * GiB * 110 // 100)
+    assert with_margin((), 10) == 0

@@ -22,15 +22,17 @@ from contract.protocol import (
     Command,
     DrainComplete,
     EventKind,
+    GpuDevice,
     Hello,
     Load,
     LoadedModel,
     ModelEvent,
     Unload,
 )
+from scheduler_service import convert
 from scheduler_service.cluster import AgentSession, UsageTable
 from scheduler_service.metrics import SchedulerMetrics
-from scheduler_service.model import CopyState, ModelRecord, ModelState, validate_spec
+from scheduler_service.model import CopyState, Footprint, ModelRecord, ModelState, validate_spec
 from scheduler_service.service import SchedulerService, StateStore
 from scheduler_service.settings import SchedulerSettings
 from scheduler_service.store import Store
@@ -65,6 +67,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self.saved: dict[str, ModelRecord] = {}
         self.versions: dict[str, int] = {}
+        self.learned: dict[tuple[object, str], Footprint] = {}
 
     def save(self, record: ModelRecord) -> None:
         self.saved[record.name] = deepcopy(record)
@@ -78,6 +81,12 @@ class MemoryStore:
 
     def last_version(self, name: str) -> int:
         return self.versions.get(name, 0)
+
+    def save_footprint(self, footprint: Footprint) -> None:
+        self.learned[(footprint.artifact, footprint.product)] = footprint
+
+    def footprints(self) -> list[Footprint]:
+        return list(self.learned.values())
 
     def close(self) -> None:
         self.saved.clear()
@@ -102,6 +111,7 @@ class Harness:
         index: int = 0,
         capabilities: tuple[str, ...] = ("sklearn",),
         loaded: tuple[LoadedModel, ...] = (),
+        devices: tuple[GpuDevice, ...] = (),
     ) -> Agent:
         agent = Agent(session=None)  # type: ignore[arg-type]
 
@@ -109,7 +119,9 @@ class Harness:
             agent.sent.append(command)
             return True
 
-        hello = Hello(server, index, frozenset(capabilities), 16 * GiB, 0, loaded=loaded)
+        hello = Hello(
+            server, index, frozenset(capabilities), 16 * GiB, 0, devices=devices, loaded=loaded
+        )
         agent.session = self.service.connect(hello, send, lambda reason: None)
         self.service.reconcile()
         return agent
@@ -681,3 +693,103 @@ def _recount(
     for record in service.models():
         table.account(record)
     return _normal(table)
+
+
+# ------------------------------------------------------------------ learned footprints
+
+URI = "gs://models/llama"
+
+
+def h100(uuid: str, index: int = 0) -> GpuDevice:
+    return GpuDevice(uuid, "NVIDIA H100", index, 80 * GiB, 80 * GiB, 0)
+
+
+def loaded(h: Harness, agent: Agent, name: str, version: int, footprint: dict[str, int]) -> None:
+    event = ModelEvent(EventKind.LOADED, name, version, footprint_bytes=footprint)
+    h.service.on_event(agent.session, event)
+    h.service.reconcile()
+
+
+def ratio(h: Harness, model: str) -> float | None:
+    return h.service._metrics.registry.get_sample_value(
+        "gpuplace_scheduler_model_gpu_memory_ratio", {"model": model}
+    )
+
+
+def test_a_measured_load_is_learned_and_places_a_model_that_declares_no_gpu_memory(
+    h: Harness,
+) -> None:
+    h.connect("a")  # no GPUs: where a CPU model goes first (ties by name)
+    gpu = h.connect("g", devices=(h100("GPU-1"), h100("GPU-2", 1)))
+    h.load("declared", storage_uri=URI, gpu_memory="20Gi")
+    assert [c.device_uuids for c in gpu.sent if isinstance(c, Load)] == [("GPU-1",)]
+    loaded(h, gpu, "declared", 1, {"GPU-1": 17 * GiB})
+
+    (learned,) = h.store.footprints()
+    assert (learned.artifact, learned.product, learned.gpu_bytes, learned.samples) == (
+        (URI, None),
+        "NVIDIA H100",
+        17 * GiB,
+        1,
+    )
+    assert ratio(h, "declared") == pytest.approx(17 / 20)
+    status = convert.status_to_proto(h.service.model("declared"))
+    assert (status.gpu_memory_source, status.placement_gpu_memory_bytes) == ("declared", 20 * GiB)
+    assert [(f.product, f.gpu_memory_bytes, f.samples) for f in status.learned_footprints] == [
+        ("NVIDIA H100", 17 * GiB, 1)
+    ]
+
+    # Same artifact, no gpuMemory: a GPU model of the learned figure plus 10 %.
+    h.load("undeclared", storage_uri=URI)
+    want = -(-17 * GiB * 110 // 100)
+    (load,) = [c for c in gpu.sent if isinstance(c, Load) and c.model == "undeclared"]
+    assert (load.gpu_memory_bytes, load.device_uuids) == (want, ("GPU-1",))  # binpack
+    record = h.service.model("undeclared")
+    assert (record.gpu_memory_source, record.gpu_memory_bytes) == ("learned", want)
+    # The ledger promises the learned figure while the load is in flight.
+    (views,) = [v for s, v in h.service.replica_views() if s.key == ("g", 0)]
+    assert views is not None and {g.uuid: g.reserved_bytes for g in views.gpus}["GPU-1"] == want
+    assert ratio(h, "undeclared") is None  # nothing declared to compare with
+    status = convert.status_to_proto(record)
+    assert (status.gpu_memory_source, status.placement_gpu_memory_bytes) == ("learned", want)
+
+    # Its own load is measured too: the figure follows what loads really take.
+    loaded(h, gpu, "undeclared", 1, {"GPU-1": 18 * GiB})
+    assert [(f.gpu_bytes, f.samples) for f in h.store.footprints()] == [(18 * GiB, 2)]
+    assert ratio(h, "declared") == pytest.approx(18 / 20)  # the models of the artifact follow
+
+    h.start()  # a restart keeps what was learned
+    h.service.reconcile()
+    record = h.service.model("undeclared")
+    assert (record.gpu_memory_source, record.learned[0].samples) == ("learned", 2)
+    assert ratio(h, "declared") == pytest.approx(18 / 20)
+
+
+def test_a_span_learns_its_largest_device_and_a_cpu_load_learns_nothing(h: Harness) -> None:
+    gpu = h.connect("g", devices=(h100("GPU-1"), h100("GPU-2", 1)))
+    h.load("span", storage_uri=URI, gpu_memory="10Gi", gpus=2)
+    loaded(h, gpu, "span", 1, {"GPU-1": 9 * GiB, "GPU-2": 11 * GiB, "GPU-gone": 50 * GiB})
+    assert [(f.product, f.gpu_bytes) for f in h.store.footprints()] == [("NVIDIA H100", 11 * GiB)]
+    h.load("cpu", storage_uri="gs://models/iris")
+    loaded(h, gpu, "cpu", 1, {})
+    assert h.service.model("cpu").state == ModelState.AVAILABLE
+    assert len(h.store.footprints()) == 1
+    assert h.service.model("cpu").gpu_memory_source == ""
+
+
+class BrokenFootprints(MemoryStore):
+    def save_footprint(self, footprint: Footprint) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+
+def test_a_footprint_that_cannot_be_saved_is_dropped_and_the_load_counts(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    h = Harness(tmp_path, BrokenFootprints())
+    gpu = h.connect("g", devices=(h100("GPU-1"),))
+    h.load("declared", storage_uri=URI, gpu_memory="20Gi")
+    with caplog.at_level(logging.ERROR):
+        loaded(h, gpu, "declared", 1, {"GPU-1": 17 * GiB})
+    assert h.state("declared") == (ModelState.AVAILABLE, {"g-0": "Available"})
+    assert h.service.footprints() == [] and h.service.model("declared").learned == ()
+    assert "its measured GPU footprint was not saved" in caplog.text

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
 from scheduler_service.model import (
     CopyState,
+    Footprint,
     ModelCopy,
     ModelRecord,
     ModelState,
     validate_spec,
 )
 from scheduler_service.store import Store, StoreError
+
+GiB = 2**30
 
 
 def record() -> ModelRecord:
@@ -81,3 +85,55 @@ def test_a_state_file_that_cannot_be_used_is_a_clear_error(tmp_path: Path, make:
         path.write_bytes(b"this is not SQLite" * 100)
     with pytest.raises(StoreError, match=r"cannot use the state file .*--db"):
         Store(path)
+
+
+def test_learned_footprints_come_back_and_replace_by_artifact_and_product(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    first = Footprint("gs://m/llama", None, "NVIDIA H100", 17 * GiB, 1, (17 * GiB,), 5.0)
+    other = Footprint("gs://m/llama", 2, "NVIDIA H100", 18 * GiB, 1, (18 * GiB,), 6.0)
+    a100 = Footprint("gs://m/llama", None, "NVIDIA A100", 16 * GiB, 1, (16 * GiB,), 7.0)
+    for footprint in (first, other, a100):
+        store.save_footprint(footprint)
+    again = first.measured(19 * GiB, 8.0)
+    store.save_footprint(again)
+    store.close()
+    reopened = Store(tmp_path / "s.db")
+    assert reopened.footprints() == [a100, again, other]
+    assert again.samples == 2 and again.gpu_bytes == 19 * GiB
+    assert reopened.load() == []
+
+
+# The state file as schema 1 was first written, before learned footprints had a table.
+_OLD_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE models (
+    name TEXT PRIMARY KEY, version INTEGER NOT NULL, spec TEXT NOT NULL, state TEXT NOT NULL,
+    reason TEXT NOT NULL, server_reasons TEXT NOT NULL, deleted INTEGER NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE replicas (
+    model TEXT NOT NULL REFERENCES models(name) ON DELETE CASCADE,
+    server TEXT NOT NULL, idx INTEGER NOT NULL, version INTEGER NOT NULL, state TEXT NOT NULL,
+    reason TEXT NOT NULL, devices TEXT NOT NULL, footprint TEXT NOT NULL,
+    retire INTEGER NOT NULL, PRIMARY KEY (model, server, idx)
+);
+INSERT INTO meta VALUES ('schema', '1');
+"""
+
+
+def test_a_state_file_from_before_learned_footprints_opens_and_learns(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with closing(sqlite3.connect(path)) as db:
+        db.executescript(_OLD_SCHEMA)
+    store = Store(path)
+    store.save(record())
+    store.close()
+    with closing(sqlite3.connect(path)) as db:
+        db.execute("DROP TABLE footprints")  # as an old scheduler left it, with a model
+        db.commit()
+    store = Store(path)
+    assert [m.name for m in store.load()] == ["llama3"]
+    assert store.footprints() == []
+    learned = Footprint("gs://m/llama", None, "NVIDIA H100", GiB, 1, (GiB,), 1.0)
+    store.save_footprint(learned)
+    assert store.footprints() == [learned]
