@@ -57,6 +57,10 @@ _ARCHIVES = (".tar.gz", ".tgz", ".tar", ".zip")
 DEFAULT_MAX_ARTIFACT_BYTES = 50 * 2**30
 # Where Kubernetes puts secrets in a pod; the agent's storage secrets folder is added too.
 PRIVATE_FOLDERS = (Path("/var/run/secrets"), Path("/run/secrets"))
+# What a local storageUri never reads: the kernel's views, devices, the system's settings.
+SYSTEM_FOLDERS = tuple(
+    Path(p) for p in ("/proc", "/sys", "/dev", "/etc", "/run", "/var/run", "/boot")
+)
 # Spec parameters that MLServer reads from model-settings.json `parameters`.
 _MLSERVER_PARAMETERS = ("uri", "format", "content_type")
 # The key of `parameters.extra` that carries the placement, for every runtime.
@@ -117,6 +121,7 @@ class ModelRepository:
         root: Path,
         max_artifact_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES,
         private: tuple[Path, ...] = PRIVATE_FOLDERS,
+        local_roots: tuple[Path, ...] | None = None,
     ) -> None:
         self.root = root.resolve()
         self.staging = self.root / STAGING
@@ -124,7 +129,13 @@ class ModelRepository:
         self.max_artifact_bytes = max_artifact_bytes
         # Folders a local storageUri may never copy from (or link into): they hold secrets,
         # and the model repository is readable by the inference server and every model.
-        self.private = tuple(path.resolve() for path in private)
+        # The repository itself is one: a model must not copy another's files.
+        self.private = (*(path.resolve() for path in private), self.root)
+        # Where a local storageUri may read: None: anywhere but the private and system
+        # folders (a developer's machine); a tuple: only below these (a pod: its volumes).
+        self.local_roots = (
+            None if local_roots is None else tuple(path.resolve() for path in local_roots)
+        )
 
     def prepare(self) -> None:
         """Create the folders and clear what an interrupted agent left in the work area."""
@@ -146,35 +157,50 @@ class ModelRepository:
     def copy_local(self, source: Path, into: Path) -> int:
         """Copy a local file or folder (never move it) into `into`; the bytes copied.
 
-        Refused: a source in a private folder (the storage secrets, the pod's service-account
-        token), and a folder holding a symbolic link that leads out of it.
+        Refused: a source outside the local roots (when set), in or above a private folder
+        (the storage secrets, the pod's service-account token, the model repository) or a
+        system folder (/proc, /sys, /dev, /etc, ...); anything but regular files, folders
+        and links that stay inside the folder. The bytes are counted while they are copied
+        (a file may grow, or lie about its size), and links are copied as links.
         """
         if not source.exists():
             raise ArtifactError(f"{source}: no such file or folder")
         real = source.resolve()
-        self._check_not_private(source, real)
+        self._check_readable(source, real)
+        budget = _Budget(str(source), self.max_artifact_bytes)
         try:
-            if source.is_dir():
+            if real.is_dir():
                 _check_links_stay_inside(source, real)
-                size = sum(entry.stat().st_size for entry in source.rglob("*") if entry.is_file())
-                self._check_size(str(source), size)
-                shutil.copytree(source, into, dirs_exist_ok=True)
-                return size
-            size = source.stat().st_size
-            self._check_size(str(source), size)
+                _copy_tree(real, into, budget)
+                return budget.used
+            if not real.is_file():
+                raise ArtifactError(f"{source}: not a regular file or folder; refused")
             target = into / source.name
-            shutil.copy2(source, target)
-        except OSError as exc:  # shutil.Error included
-            raise ArtifactError(f"{source}: cannot be copied: {exc}") from exc
+            _copy_file(real, target, budget)
+        except OSError as exc:
+            raise ArtifactError(f"{source}: cannot be copied: {exc.strerror or exc}") from exc
         self.unpack_if_archive(target)
-        return size
+        return budget.used
 
-    def _check_not_private(self, source: Path, real: Path) -> None:
+    def _check_readable(self, source: Path, real: Path) -> None:
+        if self.local_roots is not None and not any(
+            real == root or root in real.parents for root in self.local_roots
+        ):
+            allowed = ", ".join(map(str, self.local_roots)) or "none (local_artifact_roots)"
+            raise ArtifactError(
+                f"{source}: a local storageUri must be below a local artifact root "
+                f"({allowed}); refused"
+            )
         for private in self.private:
             if real == private or private in real.parents or real in private.parents:
                 raise ArtifactError(
-                    f"{source}: a local storageUri may not read {private} (it holds secrets); "
-                    "refused"
+                    f"{source}: a local storageUri may not read {private} (it holds secrets "
+                    "or other models); refused"
+                )
+        for system in SYSTEM_FOLDERS:
+            if real == system or system in real.parents or real in system.parents:
+                raise ArtifactError(
+                    f"{source}: a local storageUri may not read the system folder {system}; refused"
                 )
 
     def _check_size(self, what: str, size: int) -> None:
@@ -607,6 +633,50 @@ def _extract_zip(path: Path, into: Path, limit: int) -> None:
         raise
     except _ARCHIVE_ERRORS as exc:
         raise ArtifactError(f"{path.name}: cannot extract the zip archive: {exc}") from exc
+
+
+@dataclass
+class _Budget:
+    """Bytes an artifact may still take, counted as they are written."""
+
+    what: str
+    limit: int
+    used: int = 0
+
+    def spend(self, count: int) -> None:
+        self.used += count
+        if self.used > self.limit:
+            raise ArtifactError(
+                f"{self.what}: more than the {format_bytes(self.limit)} an artifact may have "
+                "(max_artifact_bytes); refused"
+            )
+
+
+def _copy_file(source: Path, target: Path, budget: _Budget) -> None:
+    with source.open("rb") as reader, target.open("xb") as writer:
+        while chunk := reader.read(1 << 20):
+            budget.spend(len(chunk))
+            writer.write(chunk)
+    shutil.copystat(source, target)
+
+
+def _copy_tree(source: Path, into: Path, budget: _Budget) -> None:
+    """Folders, regular files and (inside-pointing) links, never following a link."""
+    for parent, folders, files in os.walk(source):
+        here = Path(parent)
+        there = into / here.relative_to(source)
+        there.mkdir(parents=True, exist_ok=True)
+        for name in (*folders, *files):
+            path = here / name
+            if path.is_symlink():
+                os.symlink(os.readlink(path), there / name)
+            elif name in files:
+                if not path.is_file():
+                    raise ArtifactError(
+                        f"{source}: {path.relative_to(source)} is not a regular file; refused"
+                    )
+                _copy_file(path, there / name, budget)
+        folders[:] = [name for name in folders if not (here / name).is_symlink()]
 
 
 def _check_links_stay_inside(source: Path, real: Path) -> None:

@@ -70,6 +70,11 @@ class Agent:
             settings.model_repository,
             max_artifact_bytes=settings.max_artifact_bytes,
             private=(*PRIVATE_FOLDERS, settings.storage_secrets_dir),
+            local_roots=(
+                None
+                if settings.local_artifact_roots is None
+                else tuple(settings.local_artifact_roots)
+            ),
         )
         self.gpus = GpuMonitor(
             probe or NvmlGpuProbe(settings.gpu_uuids),

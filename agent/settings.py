@@ -108,6 +108,12 @@ class AgentSettings(BaseSettings):
         description="object-store downloads that run at the same time for one artifact "
         "(files, and ranges of a large file)",
     )
+    local_artifact_roots: Annotated[list[Path] | None, NoDecode] = Field(
+        None,
+        description="comma-separated folders a local storageUri may read (a pod's model "
+        'volumes; "" = none); unset: anywhere but the system folders, the storage secrets '
+        "and the model repository",
+    )
     storage_secrets_dir: Path = Field(
         Path("/etc/gpuplace/storage-secrets"),
         description="folder where the storage secrets that models name in spec.secretName are "
@@ -176,7 +182,7 @@ class AgentSettings(BaseSettings):
         9006, ge=0, le=65535, description="HTTP port for /metrics (0: any free)"
     )
 
-    @field_validator("capabilities", "gpu_uuids", mode="before")
+    @field_validator("capabilities", "gpu_uuids", "local_artifact_roots", mode="before")
     @classmethod
     def _split(cls, value: Any) -> Any:
         return _comma_list(value)

@@ -566,6 +566,24 @@ def share_models_dir(
     return folder
 
 
+def model_volume_paths(
+    resolved: ResolvedServer, pod: dict[str, Any], agent: dict[str, Any], models_dir: str
+) -> list[str]:
+    """Where a local storageUri may read in the pod: the agent's mounts of persistent
+    volumes (a PVC, a volumeClaimTemplate), as Seldon's k8s-pvc sample uses; never the
+    model repository, a Secret or a ConfigMap."""
+    claims = {
+        volume["name"] for volume in pod.get("volumes") or [] if "persistentVolumeClaim" in volume
+    } | {item["name"] for item in resolved.config.raw["spec"].get("volumeClaimTemplates") or []}
+    return [
+        mount["mountPath"]
+        for mount in agent.get("volumeMounts") or []
+        if mount.get("name") in claims
+        and not models_dir.startswith(str(mount.get("mountPath", "")).rstrip("/") + "/")
+        and mount.get("mountPath") != models_dir
+    ]
+
+
 def _uses_gpus(container: dict[str, Any]) -> bool:
     resources = container.get("resources") or {}
     return any(GPU in (resources.get(part) or {}) for part in ("requests", "limits"))
@@ -720,6 +738,11 @@ def add_agent(
     elif _uses_gpus(inference):
         give_agent_the_gpus(pod, inference, agent)
     mount_storage_secrets(pod, agent, settings.storage_secrets)
+    _set_default_env(
+        agent,
+        "GPUPLACE_AGENT_LOCAL_ARTIFACT_ROOTS",
+        value=",".join(model_volume_paths(resolved, pod, agent, models_dir)),
+    )
     for name, value in server.defaults:
         _set_default_env(inference, name, value=value)
     check_images(resolved, pod)

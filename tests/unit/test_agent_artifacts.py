@@ -595,7 +595,7 @@ def test_a_local_source_may_not_read_a_private_folder(tmp_path: Path) -> None:
     repository.prepare()
     for source in (secrets, secrets / "minio", secrets / "minio" / "conf", tmp_path):
         staged = repository.new_staging_folder("m")
-        with pytest.raises(ArtifactError, match=r"may not read .* \(it holds secrets\)"):
+        with pytest.raises(ArtifactError, match=r"may not read .* \(it holds secrets"):
             repository.copy_local(source, staged)
         assert tree(staged) == []
 
@@ -618,3 +618,75 @@ def test_a_local_folder_with_a_link_out_of_it_is_refused(tmp_path: Path) -> None
     with pytest.raises(ArtifactError, match=r"inner/token is a symbolic link out of the artifact"):
         repository.copy_local(source, staged)
     assert tree(staged) == []
+
+
+@pytest.mark.parametrize("source", ["/proc/self/environ", "/proc", "/dev/zero", "/etc/passwd", "/"])
+def test_a_local_source_may_not_read_system_folders(tmp_path: Path, source: str) -> None:
+    repository = ModelRepository(tmp_path / "models", private=())
+    repository.prepare()
+    staged = repository.new_staging_folder("m")
+    with pytest.raises(ArtifactError, match="may not read"):
+        repository.copy_local(Path(source), staged)
+    assert tree(staged) == []
+
+
+def test_a_local_source_may_not_copy_the_model_repository(repo: ModelRepository) -> None:
+    other = repo.root / "other"
+    other.mkdir()
+    (other / "model.joblib").write_text("another model's weights")
+    staged = repo.new_staging_folder("m")
+    with pytest.raises(ArtifactError, match=r"may not read .* other models"):
+        repo.copy_local(other, staged)
+
+
+def test_local_roots_limit_where_a_local_source_may_read(tmp_path: Path) -> None:
+    volume, elsewhere = tmp_path / "volume", tmp_path / "elsewhere"
+    for folder in (volume / "iris", elsewhere):
+        folder.mkdir(parents=True)
+        (folder / "model.joblib").write_text("weights")
+    repository = ModelRepository(tmp_path / "models", private=(), local_roots=(volume,))
+    repository.prepare()
+    assert repository.copy_local(volume / "iris", repository.new_staging_folder("m")) == 7
+    with pytest.raises(ArtifactError, match="must be below a local artifact root"):
+        repository.copy_local(elsewhere, repository.new_staging_folder("m"))
+    nothing = ModelRepository(tmp_path / "models", private=(), local_roots=())
+    with pytest.raises(ArtifactError, match=r"none \(local_artifact_roots\)"):
+        nothing.copy_local(volume / "iris", repository.new_staging_folder("m"))
+
+
+def test_a_link_loop_is_copied_as_a_link_never_followed(tmp_path: Path) -> None:
+    """Two links to '.' once made the copy grow without end."""
+    source = tmp_path / "artifact"
+    source.mkdir()
+    (source / "model.joblib").write_text("w")
+    (source / "x").symlink_to(".")
+    (source / "y").symlink_to(".")
+    repository = ModelRepository(tmp_path / "models", private=())
+    repository.prepare()
+    staged = repository.new_staging_folder("m")
+    assert repository.copy_local(source, staged) == 1
+    assert sorted(p.name for p in staged.iterdir()) == ["model.joblib", "x", "y"]
+    assert (staged / "x").is_symlink()
+
+
+def test_the_size_limit_counts_the_bytes_copied(tmp_path: Path) -> None:
+    source = tmp_path / "artifact"
+    source.mkdir()
+    (source / "a").write_bytes(b"x" * 700)
+    (source / "b").write_bytes(b"x" * 700)
+    repository = ModelRepository(tmp_path / "models", max_artifact_bytes=1000, private=())
+    repository.prepare()
+    with pytest.raises(ArtifactError, match="max_artifact_bytes"):
+        repository.copy_local(source, repository.new_staging_folder("m"))
+
+
+def test_a_fifo_is_not_an_artifact(tmp_path: Path) -> None:
+    source = tmp_path / "artifact"
+    source.mkdir()
+    os.mkfifo(source / "pipe")
+    repository = ModelRepository(tmp_path / "models", private=())
+    repository.prepare()
+    with pytest.raises(ArtifactError, match="not a regular file"):
+        repository.copy_local(source, repository.new_staging_folder("m"))
+    with pytest.raises(ArtifactError, match="not a regular file"):
+        repository.copy_local(source / "pipe", repository.new_staging_folder("m"))

@@ -155,6 +155,8 @@ def test_seldons_pvc_sample_mounts_its_models_claim_into_the_agent() -> None:
     rendered = render_bundle(bundle, SETTINGS)
     agent = by_name(pod_of(rendered)["containers"])["agent"]
     assert {"name": "models-pvc", "mountPath": "/var/models"} in agent["volumeMounts"]
+    # ... and only there may a local storageUri (/var/models/iris) read.
+    assert env(agent)["GPUPLACE_AGENT_LOCAL_ARTIFACT_ROOTS"] == "/var/models"
     assert "models-pvc" in by_name(pod_of(rendered)["volumes"])
     assert any(
         "rclone' removed" in m and "/var/models moved to the agent" in m for m in messages(rendered)
@@ -243,6 +245,7 @@ def test_seldons_agent_is_replaced_keeping_what_applies() -> None:
         "SELDON_SERVER_GRPC_PORT": "8081",
         "POD_NAMESPACE": {"fieldRef": {"fieldPath": "metadata.namespace"}},
         "GPUPLACE_AGENT_INFERENCE_CONTAINER": "mlserver",
+        "GPUPLACE_AGENT_LOCAL_ARTIFACT_ROOTS": "",  # no persistent volume: no local artifact
     }
     # The model folder stays Seldon's; rclone's config mount moved to the agent with it.
     assert agent["volumeMounts"] == [
