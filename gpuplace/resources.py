@@ -38,7 +38,7 @@ from pydantic_core import PydanticCustomError
 
 from contract import spec_rules as rules
 from contract.names import LABEL_RULE, SUBDOMAIN_RULE, is_dns1123_label, is_dns1123_subdomain
-from contract.quantity import QuantityError, parse_bytes, parse_quantity
+from contract.quantity import QuantityError, format_bytes, parse_bytes, parse_quantity
 from protos import common_pb2
 
 SELDON_GROUP = "mlops.seldon.io"
@@ -786,27 +786,62 @@ class Bundle:
 # YAML with line numbers
 
 
+# A document's nodes once its aliases are expanded: a few "billion laughs" aliases would
+# otherwise take the CLI's memory and time without bound.
+MAX_NODES = 100_000
+# A resource file's size (kubectl's own limit for one object is about 1.5 MiB).
+MAX_FILE_BYTES = 16 * 2**20
+
+
+class _Unsafe(Exception):
+    """A document that cannot be read safely: too many nodes, or an alias to itself."""
+
+    def __init__(self, message: str, line: int) -> None:
+        super().__init__(message)
+        self.line = line
+
+
 def _walk(
     node: yaml.Node,
     path: tuple[str | int, ...],
     lines: dict[tuple[str | int, ...], int],
     duplicates: list[tuple[tuple[str | int, ...], int]],
+    *,
+    seen_nodes: list[int] | None = None,
+    open_nodes: frozenset[int] = frozenset(),
 ) -> None:
-    lines.setdefault(path, node.start_mark.line + 1)
+    """Record each field's line and each duplicated key; raise _Unsafe for a document that
+    expands past MAX_NODES or holds an alias to itself (before anything is built from it)."""
+    counter = [0] if seen_nodes is None else seen_nodes
+    counter[0] += 1
+    line = node.start_mark.line + 1
+    if counter[0] > MAX_NODES:
+        raise _Unsafe(
+            f"the document expands to more than {MAX_NODES:,} YAML nodes (through aliases); "
+            "refused",
+            line,
+        )
+    if id(node) in open_nodes:
+        raise _Unsafe("an alias refers to a node that contains it (a cycle); refused", line)
+    lines.setdefault(path, line)
+    inside = open_nodes | {id(node)}
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
         for key_node, value_node in node.value:
             if not isinstance(key_node, yaml.ScalarNode) or key_node.value == "<<":
+                _walk(value_node, path, {}, [], seen_nodes=counter, open_nodes=inside)
                 continue
             key = key_node.value
             if key in seen:
                 duplicates.append(((*path, key), key_node.start_mark.line + 1))
             seen.add(key)
             lines[(*path, key)] = key_node.start_mark.line + 1
-            _walk(value_node, (*path, key), lines, duplicates)
+            _walk(
+                value_node, (*path, key), lines, duplicates, seen_nodes=counter, open_nodes=inside
+            )
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
-            _walk(item, (*path, index), lines, duplicates)
+            _walk(item, (*path, index), lines, duplicates, seen_nodes=counter, open_nodes=inside)
 
 
 @dataclass(frozen=True)
@@ -825,10 +860,14 @@ def _documents(text: str, file: str, problems: list[Problem]) -> Iterator[_Docum
             node = loader.get_node()
             if node is None:  # pragma: no cover - check_node said there is one
                 continue
-            data = loader.construct_document(node)
             lines: dict[tuple[str | int, ...], int] = {}
             duplicates: list[tuple[tuple[str | int, ...], int]] = []
-            _walk(node, (), lines, duplicates)
+            try:
+                _walk(node, (), lines, duplicates)
+            except _Unsafe as exc:
+                problems.append(Problem(file, str(exc), index, line=exc.line))
+                return
+            data = loader.construct_document(node)
             for path, line in duplicates:
                 problems.append(
                     Problem(
@@ -840,6 +879,10 @@ def _documents(text: str, file: str, problems: list[Problem]) -> Iterator[_Docum
                     )
                 )
             yield _Document(index, data, lines)
+    except RecursionError:
+        problems.append(
+            Problem(file, "the YAML is nested too deeply to be read; refused", max(index, 1))
+        )
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         reason = getattr(exc, "problem", None) or str(exc)
@@ -1228,8 +1271,27 @@ def load_files(paths: Sequence[str | Path], *, stdin_text: str | None = None) ->
         if name == "-":
             text = stdin_text if stdin_text is not None else ""
             name = STDIN
+            if len(text) > MAX_FILE_BYTES:
+                problems.append(
+                    Problem(
+                        name,
+                        f"more than the {format_bytes(MAX_FILE_BYTES)} a resource "
+                        "file may have; split it",
+                    )
+                )
+                continue
         else:
             try:
+                size = Path(path).stat().st_size
+                if size > MAX_FILE_BYTES:
+                    problems.append(
+                        Problem(
+                            name,
+                            f"{format_bytes(size)} is more than the {format_bytes(MAX_FILE_BYTES)} "
+                            "a resource file may have; split it",
+                        )
+                    )
+                    continue
                 text = Path(path).read_text(encoding="utf-8")
             except OSError as exc:
                 problems.append(Problem(name, f"cannot read the file: {exc.strerror or exc}"))

@@ -784,3 +784,62 @@ def test_remote_scheme_needs_a_secret_name() -> None:
     assert parse_text(
         MODEL_HEAD + "  storageUri: minio://models/iris\n  secretName: minio\n", "m.yaml"
     ).models
+
+
+BOMB = (
+    "apiVersion: mlops.seldon.io/v1alpha1\nkind: Model\n"
+    "metadata:\n  name: bomb\n  labels:\n"
+    "    a: &a [x, x, x, x, x, x, x, x, x]\n"
+    + "".join(
+        f"    {chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]\n"
+        for i in range(8)
+    )
+    + "spec: {storageUri: /m}\n"
+)
+
+
+def test_an_alias_bomb_is_refused_before_it_expands() -> None:
+    """Nine levels of nine aliases would be 387 million nodes (gigabytes, minutes)."""
+    with pytest.raises(ResourceError) as caught:
+        parse_text(BOMB, "bomb.yaml")
+    assert "expands to more than 100,000 YAML nodes" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "apiVersion: mlops.seldon.io/v1alpha1\nkind: Model\nmetadata: {name: m}\n"
+        "spec: &s {storageUri: /m, self: *s}\n",
+        "a: &l {x: *l}\n",
+    ],
+    ids=["spec", "plain"],
+)
+def test_an_alias_to_itself_is_refused_not_a_traceback(text: str) -> None:
+    with pytest.raises(ResourceError) as caught:
+        parse_text(text, "loop.yaml")
+    assert "an alias refers to a node that contains it" in str(caught.value)
+
+
+def test_yaml_nested_too_deeply_is_refused_not_a_traceback() -> None:
+    with pytest.raises(ResourceError) as caught:
+        parse_text("[" * 5000 + "]" * 5000, "deep.yaml")
+    assert "nested too deeply" in str(caught.value)
+
+
+def test_a_huge_file_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "huge.yaml"
+    with path.open("wb") as out:
+        out.truncate(17 * 2**20)
+    with pytest.raises(ResourceError) as caught:
+        load_files([path])
+    assert "more than the 16 MiB a resource file may have" in str(caught.value)
+
+
+def test_a_merge_key_and_an_alias_still_work() -> None:
+    text = (
+        "apiVersion: mlops.seldon.io/v1alpha1\nkind: Model\n"
+        "metadata: {name: m, labels: &l {team: a}, annotations: *l}\n"
+        "spec: {storageUri: /m, requirements: [sklearn]}\n"
+    )
+    (model,) = parse_text(text, "m.yaml").models
+    assert model.raw["metadata"]["annotations"] == {"team": "a"}
