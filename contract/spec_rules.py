@@ -29,8 +29,11 @@ def uri_scheme(uri: str) -> str:
 def storage_uri_problem(uri: str, secret_name: str = "") -> str | None:
     """Why `uri` cannot be fetched, or None. An empty URI is not checked here (a spec
     without storageUri is allowed; the YAML layer refuses `storageUri: ""`)."""
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in uri):
+        return "contains a control character (a newline, a NUL, ...); refused"
     try:
         parts = urlsplit(uri)
+        port = parts.port
     except ValueError as exc:
         return f"not a valid URI: {exc}"
     scheme = parts.scheme.lower()
@@ -39,8 +42,18 @@ def storage_uri_problem(uri: str, secret_name: str = "") -> str | None:
     if scheme in STORAGE_SCHEMES:
         if scheme in OBJECT_STORE_SCHEMES and not parts.netloc:
             return f"{scheme}:// needs a bucket (or container): {scheme}://<bucket>/<path>"
+        if scheme in OBJECT_STORE_SCHEMES and (parts.username is not None or port is not None):
+            return (
+                f"a {scheme}:// URI carries no user, password or port (they would be stored "
+                "and shown in clear): name the credentials with secretName"
+            )
         return None
     if secret_name and _REMOTE.match(scheme) and parts.netloc:
+        if parts.username is not None or port is not None:
+            return (
+                f"a {scheme}:// URI carries no user, password or port: the remote's "
+                "credentials are in secretName's config"
+            )
         return None  # the remote named in secretName's config; the agent resolves it
     allowed = ", ".join(f"{s}://" for s in STORAGE_SCHEMES if s)
     extra = "" if secret_name else " (or the remote name of a secretName's config)"

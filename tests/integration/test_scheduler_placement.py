@@ -325,6 +325,11 @@ async def test_drain_moves_models_first_then_completes(
         ({"name": "ok", "memory": "lots"}, "model.memory", "not a quantity"),
         ({"name": "ok", "gpu_memory": "-1Gi"}, "model.gpuMemory", "negative"),
         ({"name": "ok", "storage_uri": "ftp://host/x"}, "model.storageUri", "not supported"),
+        (
+            {"name": "ok", "storage_uri": "s3://key:secret@bucket/x"},
+            "model.storageUri",
+            "carries no user, password or port",
+        ),
         ({"name": "ok", "namespace": "Team_A"}, "model.namespace", "DNS-1123"),
         ({"name": "ok", "server": "../etc"}, "model.server", "DNS-1123"),
         ({"name": "ok", "gpus": 2}, "model.gpus", "needs gpuMemory"),

@@ -843,3 +843,19 @@ def test_a_merge_key_and_an_alias_still_work() -> None:
     )
     (model,) = parse_text(text, "m.yaml").models
     assert model.raw["metadata"]["annotations"] == {"team": "a"}
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("s3://AKIA:SECRET@models/iris", "carries no user, password or port"),
+        ("gs://bucket:8080/iris", "carries no user, password or port"),
+        ('"/models/ir\\u0000is"', "contains a control character"),
+    ],
+)
+def test_a_storage_uri_that_would_store_a_secret_or_a_control_character_is_refused(
+    uri: str, message: str
+) -> None:
+    with pytest.raises(ResourceError) as caught:
+        parse_text(MODEL_HEAD + f"  storageUri: {uri}\n", "m.yaml")
+    assert message in str(caught.value)
