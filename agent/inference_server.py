@@ -135,7 +135,7 @@ class MLServerClient:
             "/v2/repository/index", self._request_timeout, body={}, resend=True
         )
         if status != 200:
-            raise InferenceServerError(f"repository index: HTTP {status}: {_error_text(text)}")
+            raise InferenceServerError(f"repository index: HTTP {status}: {error_text(text)}")
         try:
             items = json.loads(text)
         except ValueError as exc:
@@ -156,7 +156,7 @@ class MLServerClient:
     async def load(self, name: str) -> None:
         status, text = await self._post(f"/v2/repository/models/{name}/load", self._load_timeout)
         if status != 200:
-            raise InferenceServerError(f"load {name}: HTTP {status}: {_error_text(text)}")
+            raise InferenceServerError(f"load {name}: HTTP {status}: {error_text(text)}")
 
     async def unload(self, name: str) -> None:
         status, text = await self._post(
@@ -166,7 +166,7 @@ class MLServerClient:
             log.debug("model %s: not held by the inference server (404): counted as unloaded", name)
             return
         if status != 200:
-            raise InferenceServerError(f"unload {name}: HTTP {status}: {_error_text(text)}")
+            raise InferenceServerError(f"unload {name}: HTTP {status}: {error_text(text)}")
 
     async def close(self) -> None:
         if self._session is not None:
@@ -174,15 +174,19 @@ class MLServerClient:
             self._session = None
 
 
-def _error_text(text: str) -> str:
-    """MLServer answers errors as {"error": "..."}; fall back to the raw body."""
+def error_text(text: str) -> str:
+    """What an MLServer error says, in at most 500 characters: its {"error": "..."} or
+    the body; of a Python traceback, its last line (the exception), not its first frames."""
     try:
         body = json.loads(text)
     except ValueError:
-        return text.strip()[:500]
-    if isinstance(body, dict) and "error" in body:
-        return str(body["error"])[:500]
-    return text.strip()[:500]
+        body = None
+    message = str(body["error"]) if isinstance(body, dict) and "error" in body else text
+    message = message.strip()
+    if "Traceback (most recent call last)" in message:
+        lines = [line.strip() for line in message.splitlines() if line.strip()]
+        message = lines[-1]
+    return message[:500]
 
 
 async def wait_until_ready(

@@ -21,6 +21,7 @@ from agent.inference_server import (
     InferenceServerError,
     InferenceServerUnavailable,
     MLServerClient,
+    error_text,
     normalise_state,
     serves_folder,
 )
@@ -67,6 +68,17 @@ async def test_serves_folder_cannot_tell_when_the_index_fails(tmp_path: Path) ->
     finally:
         await mlserver.close()
     assert listing(tmp_path) == []
+
+
+def test_an_error_keeps_the_exception_of_a_traceback() -> None:
+    trace = (
+        "Traceback (most recent call last):\n"
+        + '  File "/venv/starlette/middleware/errors.py", line 164, in __call__\n' * 20
+        + "ModuleNotFoundError: No module named 'mlserver_sklearn'\n"
+    )
+    assert error_text(trace) == "ModuleNotFoundError: No module named 'mlserver_sklearn'"
+    assert error_text(json.dumps({"error": "model not found"})) == "model not found"
+    assert error_text("x" * 900) == "x" * 500
 
 
 @pytest.mark.parametrize(
