@@ -6,8 +6,9 @@ GPU memory takes the lock of each device it targets (every device when it names 
 an unload takes the locks of the devices its model's footprint is on, so that the free
 memory a load checks and the footprint it measures are not disturbed by another load or an
 unload on the same device. A load that asks for no GPU memory and names no device (a CPU
-model) takes no lock and reports no footprint: its memory is not the scheduler's to place,
-and the resource update sent after every load shows the devices as they are.
+model, or one that does not say) takes no lock; GPU memory it took anyway, on devices no
+other load or unload touched meanwhile, is reported as its footprint (from 64 MiB on), so
+the scheduler charges and learns it.
 """
 
 from __future__ import annotations
@@ -603,6 +604,25 @@ class ModelManager:
                 )
                 log.warning("model %s v%d on %s: %s", name, version, self.replica, message)
                 measured = found
+        elif before:
+            # A model that declares no GPU memory: what it took on devices no other load or
+            # unload touched meanwhile is its footprint all the same, so the scheduler
+            # charges it and learns it (Seldon places such models as 0 bytes).
+            undisturbed = self._undisturbed(quiet, mine)
+            taken = {
+                uuid: size
+                for uuid, size in footprint(before, after, None, credit).items()
+                if uuid in undisturbed
+            }
+            if sum(taken.values()) >= STRAY_MIN_BYTES:
+                measured = taken
+                log.info(
+                    "model %s v%d on %s: declares no GPU memory but took %s",
+                    name,
+                    version,
+                    self.replica,
+                    ", ".join(f"{uuid} {format_bytes(size)}" for uuid, size in taken.items()),
+                )
         await asyncio.to_thread(self.repository.discard, aside)
         await asyncio.to_thread(self.repository.write_record, Record(name, version, measured))
         self.loaded[name] = LoadedModel(name, version, measured)

@@ -217,6 +217,21 @@ async def test_cpu_model_reports_no_footprint(tmp_path: Path) -> None:
     assert event.footprint_bytes == {}
 
 
+async def test_a_model_that_declares_no_gpu_memory_but_takes_some_reports_it(
+    tmp_path: Path,
+) -> None:
+    """Seldon's Models declare no GPU memory: what one takes anyway is its footprint, so
+    the scheduler charges it and learns it. A few MiB (a CUDA context) are not."""
+    h = make(tmp_path, gpu("GPU-a", 5), gpu("GPU-b", 30))
+    h.inference.on_load = lambda name: h.probe.take("GPU-b", 3 * GiB)
+    event = await h.manager.load(load(h))
+    assert event.kind is EventKind.LOADED
+    assert event.footprint_bytes == {"GPU-b": 3 * GiB}
+    h.inference.on_load = lambda name: h.probe.take("GPU-a", 16 * 2**20)
+    small = await h.manager.load(load(h, "tiny"))
+    assert small.footprint_bytes == {}
+
+
 @pytest.mark.parametrize("cpu_first", [True, False])
 async def test_a_gpu_load_next_to_a_cpu_load_is_not_charged_to_it(
     tmp_path: Path, cpu_first: bool
