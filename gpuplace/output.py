@@ -175,9 +175,10 @@ def gpu_to_dict(gpu: scheduler_pb2.GpuStatus) -> dict[str, Any]:
         "name": device.name,
         "index": device.index,
         "parentUuid": device.parent_uuid or None,
-        "totalBytes": device.total_bytes,
-        "usedBytes": device.used_bytes,
-        "freeBytes": device.free_bytes,
+        "measured": not device.memory_unknown,
+        "totalBytes": None if device.memory_unknown else device.total_bytes,
+        "usedBytes": None if device.memory_unknown else device.used_bytes,
+        "freeBytes": None if device.memory_unknown else device.free_bytes,
         "reservedBytes": gpu.reserved_bytes,
     }
 
@@ -377,6 +378,8 @@ def _host_memory(replica: scheduler_pb2.ReplicaStatus) -> str:
 def _gpu(gpu: scheduler_pb2.GpuStatus) -> list[str]:
     device = gpu.device
     reserved = f" ({format_bytes(gpu.reserved_bytes)} reserved)" if gpu.reserved_bytes else ""
+    if device.memory_unknown:
+        return [f"{device.uuid} (memory not measured)", "unknown", "unknown"]
     return [
         f"gpu{device.index} {device.name} ({_short_uuid(device.uuid)})",
         f"{format_bytes(device.used_bytes)} / {format_bytes(device.total_bytes)}",

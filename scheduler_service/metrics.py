@@ -76,8 +76,9 @@ class _StateCollector(Collector):
         for replica in gauges.replicas:
             for gpu in replica.gpus:
                 values = [replica.server, str(replica.index), gpu.uuid, gpu.name]
-                families["total"].add_metric(values, gpu.total_bytes)
-                families["free"].add_metric(values, gpu.free_bytes)
+                if gpu.measured:  # an unmeasured device's memory is unknown, not 0
+                    families["total"].add_metric(values, gpu.total_bytes)
+                    families["free"].add_metric(values, gpu.free_bytes)
                 families["reserved"].add_metric(values, gpu.reserved_bytes)
         yield from families.values()
         ratio = GaugeMetricFamily(

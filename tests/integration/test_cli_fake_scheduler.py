@@ -677,12 +677,30 @@ def test_server_status_json(fake: FakeScheduler, capsys: pytest.CaptureFixture[s
         "name": "NVIDIA A100",
         "index": 1,
         "parentUuid": None,
+        "measured": True,
         "totalBytes": 40 * GiB,
         "usedBytes": 28 * GiB,
         "freeBytes": 12 * GiB,
         "reservedBytes": 2 * GiB,
     }
     assert main(["server", "status", "nope", "--scheduler", fake.address]) == 1
+
+
+def test_a_gpu_whose_memory_is_not_measured_shows_as_unknown(
+    fake: FakeScheduler, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Not 0 bytes free: the agent could not read it (NVIDIA_VISIBLE_DEVICES)."""
+    loaded_fake(fake)
+    (server,) = [s for s in fake.servers if s.name == "gpu-a"]
+    server.replicas[0].gpus.append(
+        scheduler_pb2.GpuStatus(device=common_pb2.GpuDevice(uuid="GPU-dark", memory_unknown=True))
+    )
+    assert main(["server", "status", "gpu-a", "-o", "json", "--scheduler", fake.address]) == 0
+    dark = json.loads(capsys.readouterr().out)["replicas"][0]["gpus"][-1]
+    assert (dark["measured"], dark["freeBytes"], dark["totalBytes"]) == (False, None, None)
+    assert main(["server", "status", "gpu-a", "--scheduler", fake.address]) == 0
+    row = capsys.readouterr().out.splitlines()[-1].split()
+    assert row == ["GPU-dark", "(memory", "not", "measured)", "unknown", "unknown"]
 
 
 def test_explain_model_lists_per_server_reasons(
