@@ -17,11 +17,10 @@ from dataclasses import dataclass
 import grpc
 import grpc.aio
 
+from contract.spec_rules import is_gpu_resource
 from protos import podresources_pb2, podresources_pb2_grpc
 
 log = logging.getLogger(__name__)
-
-GPU_RESOURCE = "nvidia.com/gpu"
 
 
 @dataclass(frozen=True)
@@ -39,20 +38,33 @@ class NotListed:
 
 
 @dataclass(frozen=True)
+class NoAnswer:
+    """A PodResources socket is there, but the kubelet did not answer (an error, a time-out)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class NoKubelet:
     """No answer from the kubelet (no socket, not reachable, an error)."""
 
     reason: str
 
 
-Answer = Assigned | NotListed | NoKubelet
+Answer = Assigned | NotListed | NoAnswer | NoKubelet
+
+
+def device_uuid(device_id: str) -> str:
+    """The GPU or MIG UUID of a device-plugin ID (time-slicing adds "::<replica>")."""
+    return device_id.split("::", 1)[0]
 
 
 async def assigned_gpus(
-    socket_path: str, pod: str, namespace: str, container: str, timeout_s: float = 5.0
+    socket_path: str, pod: str, namespace: str, container: str, timeout_s: float = 2.0
 ) -> Answer:
-    """Ask the kubelet at `socket_path` for the nvidia.com/gpu devices of `container` in
-    pod `namespace/pod`."""
+    """Ask the kubelet at `socket_path` for the GPUs of `container` in pod `namespace/pod`.
+
+    No socket: NoKubelet. A socket that does not answer: NoAnswer."""
     if not await asyncio.to_thread(os.path.exists, socket_path):
         return NoKubelet(f"no PodResources socket at {socket_path}")
     async with grpc.aio.insecure_channel(f"unix://{socket_path}") as channel:
@@ -60,9 +72,9 @@ async def assigned_gpus(
         try:
             pod_resources = await _get(stub, pod, namespace, timeout_s)
         except grpc.aio.AioRpcError as exc:
-            return NoKubelet(
-                f"the kubelet's PodResources API at {socket_path}: {exc.code().name} "
-                f"{exc.details() or ''}".rstrip()
+            return NoAnswer(
+                f"the kubelet's PodResources API at {socket_path} did not answer: "
+                f"{exc.code().name} {exc.details() or ''}".rstrip()
             )
     if pod_resources is None:
         return NotListed(f"the kubelet lists no pod {namespace}/{pod}")
@@ -70,10 +82,12 @@ async def assigned_gpus(
         if candidate.name == container:
             return Assigned(
                 tuple(
-                    device_id
-                    for devices in candidate.devices
-                    if devices.resource_name == GPU_RESOURCE
-                    for device_id in devices.device_ids
+                    dict.fromkeys(
+                        device_uuid(device_id)
+                        for devices in candidate.devices
+                        if is_gpu_resource(devices.resource_name)
+                        for device_id in devices.device_ids
+                    )
                 )
             )
     present = ", ".join(c.name for c in pod_resources.containers) or "none"
@@ -89,19 +103,21 @@ async def _get(
     namespace: str,
     timeout_s: float,
 ) -> podresources_pb2.PodResources | None:
-    """This pod's resources: `Get`, else (a kubelet without it) this pod's entry of `List`."""
+    """This pod's resources: `Get`, else this pod's entry of `List`. A kubelet answers a
+    `Get` it has disabled (the feature gate, off by default before Kubernetes 1.34) and a
+    pod it does not know with the same code, UNKNOWN: every answer but an unreachable
+    kubelet is asked again with `List`, which every kubelet since 1.28 serves."""
     try:
         reply = await stub.Get(
             podresources_pb2.GetPodResourcesRequest(pod_name=pod, pod_namespace=namespace),
             timeout=timeout_s,
         )
     except grpc.aio.AioRpcError as exc:
-        if exc.code() == grpc.StatusCode.NOT_FOUND:
-            return None
-        if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
+        if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             raise
     else:
-        return reply.pod_resources if reply.HasField("pod_resources") else None
+        if reply.HasField("pod_resources"):
+            return reply.pod_resources
     listed = await stub.List(podresources_pb2.ListPodResourcesRequest(), timeout=timeout_s)
     for candidate in listed.pod_resources:
         if candidate.name == pod and candidate.namespace == namespace:
@@ -112,10 +128,11 @@ async def _get(
 class KubeletGpus:
     """The inference container's GPUs, asked of the kubelet at every GPU refresh.
 
-    `uuids()`: the assigned UUIDs; () when the kubelet does not list this pod or container
-    (no GPU is reported, CPU models are still served); None (every device NVML sees) when
-    no kubelet answers and none ever did, said once with the risk it carries. A kubelet that
-    stops answering keeps the last assignment: a pod's devices do not change while it runs.
+    `uuids()`: the assigned UUIDs; () when the kubelet does not list this pod or container,
+    or does not answer (no GPU is reported, CPU models are still served); None (every
+    device NVML sees) when there is no socket at all, said once with the risk it carries.
+    Once the kubelet has answered, a kubelet that stops answering keeps the last
+    assignment: a pod's devices do not change while it runs.
     """
 
     def __init__(
@@ -154,6 +171,24 @@ class KubeletGpus:
                 self._say(
                     logging.WARNING,
                     "%s: %s: reporting no GPU (CPU models are still served)",
+                    self.replica,
+                    reason,
+                )
+                return ()
+            case NoAnswer(reason=reason):
+                if self._last is not None:
+                    self._say(
+                        logging.WARNING,
+                        "%s: %s; keeping the GPUs the kubelet assigned before: %s",
+                        self.replica,
+                        reason,
+                        ", ".join(self._last) or "none",
+                    )
+                    return self._last
+                # Not every device: with NVIDIA_VISIBLE_DEVICES=all that is other pods' too.
+                self._say(
+                    logging.WARNING,
+                    "%s: %s: reporting no GPU until it answers (CPU models are still served)",
                     self.replica,
                     reason,
                 )

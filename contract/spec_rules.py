@@ -82,3 +82,9 @@ def gpus_problem(gpus: int, gpu_memory_set: bool) -> str | None:
     if gpus and not gpu_memory_set:
         return "needs gpuMemory: the GPU memory the model needs on each device"
     return None
+
+
+def is_gpu_resource(name: str) -> bool:
+    """A Kubernetes resource of NVIDIA's device plugin that gives a container GPUs: whole
+    GPUs, time-sliced shares (`renameByDefault`) and MIG profiles (the "mixed" strategy)."""
+    return name in ("nvidia.com/gpu", "nvidia.com/gpu.shared") or name.startswith("nvidia.com/mig-")

@@ -36,8 +36,8 @@ from typing import Any
 
 from agent.settings import AgentSettings
 from contract.names import SUBDOMAIN_RULE, is_dns1123_subdomain
+from contract.spec_rules import is_gpu_resource
 from gpuplace import __version__
-from gpuplace.resources import GPU_RESOURCE as GPU
 from gpuplace.resources import (
     Bundle,
     Loaded,
@@ -586,7 +586,11 @@ def model_volume_paths(
 
 def _uses_gpus(container: dict[str, Any]) -> bool:
     resources = container.get("resources") or {}
-    return any(GPU in (resources.get(part) or {}) for part in ("requests", "limits"))
+    return any(
+        is_gpu_resource(str(name))
+        for part in ("requests", "limits")
+        for name in resources.get(part) or {}
+    )
 
 
 def _claims(container: dict[str, Any]) -> list[dict[str, Any]]:

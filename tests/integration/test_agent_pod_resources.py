@@ -16,7 +16,14 @@ from prometheus_client import CollectorRegistry
 from agent.gpu_monitor import GpuMonitor
 from agent.gpus import NvmlGpuProbe
 from agent.metrics import AgentMetrics
-from agent.pod_resources import Assigned, KubeletGpus, NoKubelet, NotListed, assigned_gpus
+from agent.pod_resources import (
+    Assigned,
+    KubeletGpus,
+    NoAnswer,
+    NoKubelet,
+    NotListed,
+    assigned_gpus,
+)
 from contract.protocol import GpuDevice
 from devharness.fake_nvml import FakeGpu, FakeMig, FakeNvml, GiB
 from placement import Replica, Request, first_failure
@@ -73,11 +80,16 @@ class FakeKubelet(podresources_pb2_grpc.PodResourcesListerServicer):
 
     async def Get(self, request: Any, context: Any) -> podresources_pb2.GetPodResourcesResponse:
         self.calls.append("Get")
+        # As the kubelet answers: a plain error (code UNKNOWN) for a disabled Get (its
+        # feature gate is off by default before Kubernetes 1.34) and for a pod it does not know.
         if not self.has_get:
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Get is not enabled")
+            await context.abort(grpc.StatusCode.UNKNOWN, "PodResources API Get method disabled")
         key = (request.pod_namespace, request.pod_name)
         if key not in self.pods:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"pod {key} not found")
+            await context.abort(
+                grpc.StatusCode.UNKNOWN,
+                f"pod {request.pod_name} not found in {request.pod_namespace}",
+            )
         return podresources_pb2.GetPodResourcesResponse(pod_resources=self._resources(*key))
 
 
@@ -261,3 +273,49 @@ async def test_an_assigned_gpu_nvml_cannot_see_is_reported_with_unknown_memory(
     replica = Replica("mlserver-gpu", 0, frozenset(), GiB, gpus=views)
     reason = first_failure(Request("m", 1, gpu_memory_bytes=80 * GiB), replica, 0.0)
     assert reason is not None and "memory of GPU GPU-9999 not measured" in reason
+
+
+async def test_a_socket_that_does_not_answer_reports_no_gpu(
+    four: FakeNvml, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not every device: render gives the agent NVIDIA_VISIBLE_DEVICES=all, so every device
+    NVML sees would include other pods' GPUs."""
+    caplog.set_level(logging.WARNING, logger="agent.pod_resources")
+    dead = tmp_path / "dead.sock"
+    dead.write_text("not a socket")
+    assert isinstance(await assigned_gpus(str(dead), POD, NAMESPACE, CONTAINER), NoAnswer)
+    gpus = monitor(str(dead))
+    try:
+        assert await gpus.refresh() == []
+    finally:
+        gpus.close()
+    assert "reporting no GPU until it answers" in caplog.text
+
+
+async def test_time_sliced_and_mig_resources_count_as_gpus(
+    four: FakeNvml, kubelet: tuple[FakeKubelet, str]
+) -> None:
+    """The device plugin's other names for GPUs: a time-sliced share ("::<n>" after the
+    UUID, several shares of one GPU) and a MIG profile under the mixed strategy."""
+    fake, socket_path = kubelet
+    fake.pods[(NAMESPACE, POD)] = {"mlserver": []}
+    resources = fake._resources  # the fixture's containers, with other resource names
+
+    def with_other_names(namespace: str, name: str) -> podresources_pb2.PodResources:
+        pod = resources(namespace, name)
+        pod.containers[0].devices.extend(
+            [
+                podresources_pb2.ContainerDevices(
+                    resource_name="nvidia.com/gpu.shared",
+                    device_ids=["GPU-1111::0", "GPU-1111::3"],
+                ),
+                podresources_pb2.ContainerDevices(
+                    resource_name="nvidia.com/mig-1g.10gb", device_ids=["MIG-aaaa"]
+                ),
+            ]
+        )
+        return pod
+
+    fake._resources = with_other_names  # type: ignore[method-assign]
+    answer = await assigned_gpus(socket_path, POD, NAMESPACE, CONTAINER)
+    assert answer == Assigned(("GPU-1111", "MIG-aaaa"))

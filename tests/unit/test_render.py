@@ -428,3 +428,17 @@ def test_a_dra_claim_is_shared_with_the_agent() -> None:
     assert "NVIDIA_VISIBLE_DEVICES" not in env(found["agent"])
     assert env(found["mlserver"])["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
     assert all("hostPath" not in volume for volume in pod.get("volumes", []))
+
+
+@pytest.mark.parametrize("resource", ["nvidia.com/mig-1g.10gb", "nvidia.com/gpu.shared"])
+def test_mig_and_time_sliced_servers_get_the_gpu_plumbing_too(resource: str) -> None:
+    text = (
+        "apiVersion: mlops.seldon.io/v1alpha1\nkind: Server\nmetadata: {name: s}\nspec:\n"
+        "  podSpec:\n    containers:\n      - name: mlserver\n"
+        f"        resources: {{limits: {{{resource}: 1}}, requests: {{{resource}: 1}}}}\n"
+    )
+    rendered = render_bundle(parse_text(text, "s.yaml"), RenderSettings())
+    pod = rendered.manifests[0]["spec"]["template"]["spec"]
+    agent = next(c for c in pod["containers"] if c["name"] == "agent")
+    assert env(agent)["NVIDIA_VISIBLE_DEVICES"] == "all"
+    assert any(v.get("hostPath") for v in pod["volumes"])
