@@ -51,16 +51,20 @@ class GpuMonitor:
         self._threshold = threshold_bytes
         self._assignment = assignment
         self._unseen: frozenset[str] = frozenset()
+        self._visible: list[str] = []
         self._lock = asyncio.Lock()
         self.latest: list[GpuDevice] = []
         self.reported: list[GpuDevice] | None = None
 
     async def refresh(self) -> list[GpuDevice]:
+        # Asked outside the lock (the kubelet may be slow, and readings for loads wait on
+        # the lock), of what NVML saw at the last reading.
+        wanted = None
+        if self._assignment is not None:
+            wanted = await self._assignment.uuids(self._visible)
         async with self._lock:
             devices = await asyncio.to_thread(self._probe.devices)
-            wanted = None
-            if self._assignment is not None:
-                wanted = await self._assignment.uuids([device.uuid for device in devices])
+            self._visible = [device.uuid for device in devices]
             if wanted is not None:
                 devices = self._assigned(devices, wanted)
             self.latest = devices

@@ -78,6 +78,10 @@ def cuda_placement(visible: Sequence[GpuDevice], placed: Sequence[str]) -> Place
     a `device` loads on: `cuda:<ordinal>` for one whole GPU, `cuda:0` for a MIG instance that
     is the only device visible (CUDA then enumerates it as device 0), otherwise none.
     """
+    if not all(device.measured for device in visible):
+        # A device NVML cannot read has no index to order by: no ordinal is sure then; the
+        # UUIDs stand for themselves.
+        return Placement(tuple(placed), tuple(placed), "")
     whole = sorted((d for d in visible if not d.parent_uuid), key=lambda d: d.index)
     ordinals = {device.uuid: position for position, device in enumerate(whole)}
     names: list[int | str] = [ordinals.get(uuid, uuid) for uuid in placed]
@@ -205,6 +209,10 @@ class ModelManager:
         # How often each device's lock was taken: a device no one took meanwhile had no
         # load or unload of this agent changing its memory.
         self._device_uses: Counter[str] = Counter()
+        # Loads that take no device lock (no GPU memory declared): how many run now, and how
+        # many ever started; one that ran alone may be charged the GPU memory it took.
+        self._lock_free_running = 0
+        self._lock_free_started = 0
 
     # -- scheduling -----------------------------------------------------------------------
 
@@ -428,9 +436,27 @@ class ModelManager:
                                 )
                             ),
                         )
-                    return await self._install_and_load(
-                        request, current, staged, plan, mine=mine, quiet=quiet
-                    )
+                    if mine:
+                        return await self._install_and_load(
+                            request, current, staged, plan, mine=mine, quiet=quiet
+                        )
+                    self._lock_free_running += 1
+                    self._lock_free_started += 1
+                    started = self._lock_free_started
+                    try:
+                        return await self._install_and_load(
+                            request,
+                            current,
+                            staged,
+                            plan,
+                            mine=mine,
+                            quiet=quiet,
+                            alone=lambda: (
+                                self._lock_free_started == started and self._lock_free_running == 1
+                            ),
+                        )
+                    finally:
+                        self._lock_free_running -= 1
             finally:
                 await asyncio.to_thread(self.repository.discard, staged)
 
@@ -543,6 +569,7 @@ class ModelManager:
         *,
         mine: frozenset[str],
         quiet: Mapping[str, int],
+        alone: Callable[[], bool] = lambda: True,
     ) -> ModelEvent:
         """Install the staged folder and load it; measure its footprint on the plan's
         devices, and on every device that no other load or unload took since `quiet` was
@@ -604,10 +631,11 @@ class ModelManager:
                 )
                 log.warning("model %s v%d on %s: %s", name, version, self.replica, message)
                 measured = found
-        elif before:
-            # A model that declares no GPU memory: what it took on devices no other load or
-            # unload touched meanwhile is its footprint all the same, so the scheduler
-            # charges it and learns it (Seldon places such models as 0 bytes).
+        elif before and alone():
+            # A model that declares no GPU memory, loaded while no other such load ran: what
+            # it took on devices no other load or unload touched meanwhile is its footprint
+            # all the same, so the scheduler charges it and learns it (Seldon places such
+            # models as 0 bytes).
             undisturbed = self._undisturbed(quiet, mine)
             taken = {
                 uuid: size

@@ -232,6 +232,23 @@ async def test_a_model_that_declares_no_gpu_memory_but_takes_some_reports_it(
     assert small.footprint_bytes == {}
 
 
+async def test_two_undeclared_loads_at_once_are_charged_nothing(tmp_path: Path) -> None:
+    """Neither can tell its memory from the other's: a sklearn model loading next to an
+    LLM that declares nothing must not learn the LLM's 20 GiB."""
+    h = make(tmp_path, gpu("GPU-0", 80))
+    gates = {"llm": asyncio.Event(), "small": asyncio.Event()}
+    h.inference.gates = dict(gates)
+    h.inference.on_load = lambda name: h.probe.take("GPU-0", 20 * GiB) if name == "llm" else None
+    llm, small = h.manager.load(load(h, "llm")), h.manager.load(load(h, "small"))
+    await wait_until(lambda: len(h.inference.calls) == 2)
+    gates["llm"].set()
+    await wait_until(lambda: "llm" in h.inference.loaded)
+    gates["small"].set()
+    events = {event.model: event for event in await asyncio.gather(llm, small)}
+    assert events["llm"].kind is events["small"].kind is EventKind.LOADED
+    assert events["llm"].footprint_bytes == events["small"].footprint_bytes == {}
+
+
 @pytest.mark.parametrize("cpu_first", [True, False])
 async def test_a_gpu_load_next_to_a_cpu_load_is_not_charged_to_it(
     tmp_path: Path, cpu_first: bool
@@ -629,6 +646,12 @@ def test_cuda_ordinals_count_the_pods_devices_from_zero() -> None:
     visible = [indexed("GPU-five", 5), indexed("GPU-three", 3)]
     assert cuda_placement(visible, ["GPU-five"]).device == "cuda:1"
     assert cuda_placement(visible, ["GPU-three"]).cuda_ordinals == (0,)
+
+
+def test_no_ordinal_is_guessed_next_to_a_device_nvml_cannot_read() -> None:
+    """An unmeasured device has no NVML index: counting it would shift every ordinal."""
+    visible = [indexed("GPU-a", 2), GpuDevice.unmeasured("GPU-b")]
+    assert cuda_placement(visible, ["GPU-a"]) == Placement(("GPU-a",), ("GPU-a",), "")
 
 
 def test_a_mig_instance_is_named_by_its_uuid() -> None:
