@@ -175,16 +175,16 @@ class KubeletGpus:
                     reason,
                 )
                 return ()
+            case NoAnswer(reason=reason) | NoKubelet(reason=reason) if self._last is not None:
+                self._say(
+                    logging.WARNING,
+                    "%s: %s; keeping the GPUs the kubelet assigned before: %s",
+                    self.replica,
+                    reason,
+                    ", ".join(self._last) or "none",
+                )
+                return self._last
             case NoAnswer(reason=reason):
-                if self._last is not None:
-                    self._say(
-                        logging.WARNING,
-                        "%s: %s; keeping the GPUs the kubelet assigned before: %s",
-                        self.replica,
-                        reason,
-                        ", ".join(self._last) or "none",
-                    )
-                    return self._last
                 # Not every device: with NVIDIA_VISIBLE_DEVICES=all that is other pods' too.
                 self._say(
                     logging.WARNING,
@@ -194,15 +194,6 @@ class KubeletGpus:
                 )
                 return ()
             case NoKubelet(reason=reason):
-                if self._last is not None:
-                    self._say(
-                        logging.WARNING,
-                        "%s: %s; keeping the GPUs the kubelet assigned before: %s",
-                        self.replica,
-                        reason,
-                        ", ".join(self._last) or "none",
-                    )
-                    return self._last
                 if visible:
                     self._say(logging.WARNING, "%s", every_gpu(self.replica, reason))
                 return None
