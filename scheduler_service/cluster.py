@@ -240,5 +240,6 @@ def _share(record: ModelRecord, copy: ModelCopy) -> _Share:
     """Host memory always; GPU memory promised to a load still in flight (the ledger)."""
     reserved: tuple[tuple[str, int], ...] = ()
     if copy.state in IN_FLIGHT:
-        reserved = tuple((uuid, record.spec.gpu_memory_bytes) for uuid in copy.device_uuids)
+        # What the model was placed with: its declared gpuMemory, or its learned figure.
+        reserved = tuple((uuid, record.gpu_memory_bytes) for uuid in copy.device_uuids)
     return _Share(record.spec.memory_bytes, reserved)

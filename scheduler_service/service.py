@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import dataclasses
 import functools
 import logging
 import time
@@ -404,7 +403,7 @@ class SchedulerService:
             if record is None:
                 self._cluster.usage.forget(name)
             else:
-                self._cluster.usage.account(_as_placed(record))
+                self._cluster.usage.account(record)
 
     def _reconcile_guarded(self, record: ModelRecord, now: float) -> None:
         """One model's pass; if it fails (e.g. the state file cannot be written), none of
@@ -415,7 +414,7 @@ class SchedulerService:
         except Exception:
             # Back to what was saved: nothing unsaved may be acted on, now or later.
             self._models[record.name] = before
-            self._cluster.usage.account(_as_placed(before))
+            self._cluster.usage.account(before)
             retry_s = lifecycle.backoff(self._settings, max(before.attempts, 1))
             self._timers[record.name] = now + retry_s
             log.exception("model %s: reconcile failed; trying again in %.1fs", record.name, retry_s)
@@ -432,7 +431,7 @@ class SchedulerService:
             self._publish(record)
         else:
             self._timers[record.name] = lifecycle.next_due(record, self._settings)
-            self._cluster.usage.account(_as_placed(record))
+            self._cluster.usage.account(record)
             if outcome.publish:
                 self._store.save(record)
                 self._publish(record)
@@ -512,16 +511,6 @@ class SchedulerService:
                 if r.spec.gpu_memory_bytes and r.learned
             },
         )
-
-
-def _as_placed(record: ModelRecord) -> ModelRecord:
-    """The record as the usage table counts it: a model placed with a learned GPU figure
-    (its spec declares none) reserves that figure on its devices while a load is in flight,
-    as a declared one does (the table reads the spec's amount)."""
-    if record.spec.gpu_memory_bytes or not record.learned_gpu_bytes:
-        return record
-    spec = dataclasses.replace(record.spec, gpu_memory_bytes=record.learned_gpu_bytes)
-    return dataclasses.replace(record, spec=spec)
 
 
 # The lifecycle's lines keep its logger's name: filter and find them as before.
