@@ -443,6 +443,8 @@ class ModelManager:
                     self._lock_free_running += 1
                     self._lock_free_started += 1
                     started = self._lock_free_started
+                    # Alone: none ran when it started, none started since.
+                    alone_at_start = self._lock_free_running == 1
                     try:
                         return await self._install_and_load(
                             request,
@@ -451,9 +453,7 @@ class ModelManager:
                             plan,
                             mine=mine,
                             quiet=quiet,
-                            alone=lambda: (
-                                self._lock_free_started == started and self._lock_free_running == 1
-                            ),
+                            alone=lambda: alone_at_start and self._lock_free_started == started,
                         )
                     finally:
                         self._lock_free_running -= 1

@@ -232,18 +232,28 @@ async def test_a_model_that_declares_no_gpu_memory_but_takes_some_reports_it(
     assert small.footprint_bytes == {}
 
 
-async def test_two_undeclared_loads_at_once_are_charged_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("first", ["llm", "small"])
+@pytest.mark.parametrize("ends_first", ["llm", "small"])
+async def test_two_undeclared_loads_at_once_are_charged_nothing(
+    tmp_path: Path, first: str, ends_first: str
+) -> None:
     """Neither can tell its memory from the other's: a sklearn model loading next to an
-    LLM that declares nothing must not learn the LLM's 20 GiB."""
+    LLM that declares nothing must not learn the LLM's 20 GiB, whichever starts or ends
+    first."""
     h = make(tmp_path, gpu("GPU-0", 80))
     gates = {"llm": asyncio.Event(), "small": asyncio.Event()}
     h.inference.gates = dict(gates)
     h.inference.on_load = lambda name: h.probe.take("GPU-0", 20 * GiB) if name == "llm" else None
-    llm, small = h.manager.load(load(h, "llm")), h.manager.load(load(h, "small"))
+    second = "small" if first == "llm" else "llm"
+    tasks = {first: asyncio.ensure_future(h.manager.load(load(h, first)))}
+    await wait_until(lambda: len(h.inference.calls) == 1)
+    tasks[second] = asyncio.ensure_future(h.manager.load(load(h, second)))
     await wait_until(lambda: len(h.inference.calls) == 2)
-    gates["llm"].set()
-    await wait_until(lambda: "llm" in h.inference.loaded)
-    gates["small"].set()
+    ends_last = "small" if ends_first == "llm" else "llm"
+    gates[ends_first].set()
+    await wait_until(lambda: ends_first in h.inference.loaded)
+    gates[ends_last].set()
+    llm, small = tasks["llm"], tasks["small"]
     events = {event.model: event for event in await asyncio.gather(llm, small)}
     assert events["llm"].kind is events["small"].kind is EventKind.LOADED
     assert events["llm"].footprint_bytes == events["small"].footprint_bytes == {}
