@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +73,37 @@ class InferenceServer(Protocol):
         """Unload `name`; an unknown model counts as unloaded."""
         ...
 
+    async def resident_bytes(self) -> int | None:
+        """The host memory the server's processes hold now; None when it cannot be read."""
+        ...
+
     async def close(self) -> None: ...
 
 
-class MLServerClient:
-    """MLServer's REST API: /v2/health/ready, /v2/repository/index, .../load, .../unload."""
+# How long an idle connection to the inference server is kept for the next request: under
+# uvicorn's default keep-alive of 5 s, so the server never closes one the agent reuses.
+KEEPALIVE_S = 2.0
+# The most of MLServer's /metrics page read (it grows with the models it serves).
+METRICS_LIMIT_BYTES = 8 * 2**20
+RESIDENT_MEMORY = "process_resident_memory_bytes"
 
-    def __init__(self, base_url: str, *, load_timeout_s: float, request_timeout_s: float) -> None:
+
+class MLServerClient:
+    """MLServer's REST API: /v2/health/ready, /v2/repository/index, .../load, .../unload; and
+    its Prometheus page (`metrics_url`, "" for none) for the memory its process holds."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        load_timeout_s: float,
+        request_timeout_s: float,
+        metrics_url: str = "",
+    ) -> None:
         self._base = base_url.rstrip("/")
+        self._metrics_url = metrics_url
+        # Said once: why host memory is not measured.
+        self._memory_unreadable = False
         self._load_timeout = aiohttp.ClientTimeout(total=load_timeout_s)
         self._request_timeout = aiohttp.ClientTimeout(total=request_timeout_s)
         self._session: aiohttp.ClientSession | None = None
@@ -90,7 +114,11 @@ class MLServerClient:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession()
+            # A pooled connection is dropped before MLServer's uvicorn closes it (5 s idle):
+            # one closed just as a load is sent on it fails the load ("Server disconnected"),
+            # and a load is never sent twice.
+            connector = aiohttp.TCPConnector(keepalive_timeout=KEEPALIVE_S)
+            self._session = aiohttp.ClientSession(connector=connector)
         return self._session
 
     async def _send(self, url: str, limit: aiohttp.ClientTimeout, body: Any) -> tuple[int, str]:
@@ -167,6 +195,49 @@ class MLServerClient:
             return
         if status != 200:
             raise InferenceServerError(f"unload {name}: HTTP {status}: {error_text(text)}")
+
+    async def resident_bytes(self) -> int | None:
+        """MLServer's `process_resident_memory_bytes` (prometheus_client's process collector,
+        summed when it lists several). None, said once, when the page cannot be read or has no
+        such series: MLServer with parallel workers exports no process metrics."""
+        if not self._metrics_url:
+            return None
+        why = ""
+        try:
+            async with self._client().get(
+                self._metrics_url, timeout=self._request_timeout
+            ) as response:
+                text = (await response.content.read(METRICS_LIMIT_BYTES)).decode(errors="replace")
+                if response.status != 200:
+                    why = f"HTTP {response.status}"
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            why = str(exc) or type(exc).__name__
+        if not why:
+            try:
+                found = [
+                    sample.value
+                    for family in text_string_to_metric_families(text)
+                    if family.name == RESIDENT_MEMORY
+                    for sample in family.samples
+                ]
+            except ValueError as exc:
+                found, why = [], f"not Prometheus text ({exc})"
+            if found:
+                self._memory_unreadable = False
+                return int(sum(found))
+            why = why or (
+                f"no {RESIDENT_MEMORY} series (MLServer with parallel workers "
+                "exports none: MLSERVER_PARALLEL_WORKERS=0 makes it measurable)"
+            )
+        if not self._memory_unreadable:
+            self._memory_unreadable = True
+            log.warning(
+                "the inference server's host memory is not measured (%s: %s); models that "
+                "declare no memory are placed without a learned figure",
+                self._metrics_url,
+                why,
+            )
+        return None
 
     async def close(self) -> None:
         if self._session is not None:

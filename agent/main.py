@@ -65,6 +65,7 @@ class Agent:
             settings.inference_url,
             load_timeout_s=settings.load_timeout_s,
             request_timeout_s=settings.request_timeout_s,
+            metrics_url=settings.inference_metrics_url,
         )
         self.repository = ModelRepository(
             settings.model_repository,

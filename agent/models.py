@@ -17,8 +17,16 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +46,27 @@ from contract.quantity import format_bytes
 from placement import DeviceShortfall, NamedShortfall, Policy, fit_devices
 
 log = logging.getLogger(__name__)
+
+
+class Overlaps:
+    """Tells whether one run of an operation overlapped any other run tracked here."""
+
+    def __init__(self) -> None:
+        self._running = 0
+        self._started = 0
+
+    @contextmanager
+    def track(self) -> Iterator[Callable[[], bool]]:
+        """Track one run; the callable answers, at any point, whether it ran alone so far:
+        none ran when it started, none started since."""
+        self._running += 1
+        self._started += 1
+        started = self._started
+        alone_at_start = self._running == 1
+        try:
+            yield lambda: alone_at_start and self._started == started
+        finally:
+            self._running -= 1
 
 
 def footprint(
@@ -209,10 +238,12 @@ class ModelManager:
         # How often each device's lock was taken: a device no one took meanwhile had no
         # load or unload of this agent changing its memory.
         self._device_uses: Counter[str] = Counter()
-        # Loads that take no device lock (no GPU memory declared): how many run now, and how
-        # many ever started; one that ran alone may be charged the GPU memory it took.
-        self._lock_free_running = 0
-        self._lock_free_started = 0
+        # Loads that take no device lock (no GPU memory declared): one that ran alone may be
+        # charged the GPU memory it took.
+        self._lock_free = Overlaps()
+        # Every load and unload of the inference server: one that ran alone measured the
+        # host memory its model took.
+        self._server_calls = Overlaps()
 
     # -- scheduling -----------------------------------------------------------------------
 
@@ -440,23 +471,10 @@ class ModelManager:
                         return await self._install_and_load(
                             request, current, staged, plan, mine=mine, quiet=quiet
                         )
-                    self._lock_free_running += 1
-                    self._lock_free_started += 1
-                    started = self._lock_free_started
-                    # Alone: none ran when it started, none started since.
-                    alone_at_start = self._lock_free_running == 1
-                    try:
+                    with self._lock_free.track() as alone:
                         return await self._install_and_load(
-                            request,
-                            current,
-                            staged,
-                            plan,
-                            mine=mine,
-                            quiet=quiet,
-                            alone=lambda: alone_at_start and self._lock_free_started == started,
+                            request, current, staged, plan, mine=mine, quiet=quiet, alone=alone
                         )
-                    finally:
-                        self._lock_free_running -= 1
             finally:
                 await asyncio.to_thread(self.repository.discard, staged)
 
@@ -579,7 +597,8 @@ class ModelManager:
         credit: dict[str, int] = {}
         if current is not None and plan.unload_first:
             try:
-                await self.inference.unload(name)
+                with self._server_calls.track():
+                    await self.inference.unload(name)
             except InferenceServerError as exc:
                 message = f"cannot unload version {current.version} to make room: {exc}"
                 log.warning("model %s v%d on %s: %s", name, version, self.replica, message)
@@ -598,7 +617,7 @@ class ModelManager:
             credit = dict(current.footprint_bytes)
         aside = await asyncio.to_thread(self.repository.install, name, staged)
         try:
-            await self.inference.load(name)
+            host_bytes = await self._measured_load(name, replacing=current is not None)
         except InferenceServerError as exc:
             log.warning(
                 "model %s v%d on %s: the inference server failed to load it: %s",
@@ -657,13 +676,35 @@ class ModelManager:
         self.metrics.set_footprint(name, measured)
         self.metrics.loaded_models.set(len(self.loaded))
         log.info(
-            "model %s v%d on %s: loaded, footprint %s",
+            "model %s v%d on %s: loaded, footprint %s, host memory %s",
             name,
             version,
             self.replica,
             ", ".join(f"{uuid}={format_bytes(size)}" for uuid, size in measured.items()) or "none",
+            "not measured" if host_bytes is None else format_bytes(host_bytes),
         )
-        return ModelEvent(EventKind.LOADED, name, version, message, footprint_bytes=measured)
+        return ModelEvent(
+            EventKind.LOADED,
+            name,
+            version,
+            message,
+            footprint_bytes=measured,
+            host_bytes=host_bytes,
+        )
+
+    async def _measured_load(self, name: str, *, replacing: bool) -> int | None:
+        """Load `name`; the host memory the inference server took meanwhile, when this load
+        ran alone with it (no other load or unload at any moment) and replaced no version (the
+        old one is dropped in the middle); None otherwise or when it cannot be read."""
+        with self._server_calls.track() as alone:
+            before = None if replacing else await self.inference.resident_bytes()
+            await self.inference.load(name)
+            if before is None:
+                return None
+            after = await self.inference.resident_bytes()
+            if after is None or not alone():
+                return None
+            return max(0, after - before)
 
     async def _undo_failed_load(
         self, name: str, current: LoadedModel | None, aside: Path | None, old_kept: bool
@@ -677,7 +718,8 @@ class ModelManager:
         """
         if not old_kept:
             try:
-                await self.inference.unload(name)
+                with self._server_calls.track():
+                    await self.inference.unload(name)
             except InferenceServerError as exc:
                 log.warning("model %s on %s: cleanup unload failed: %s", name, self.replica, exc)
         await asyncio.to_thread(self.repository.roll_back, name, aside)
@@ -695,7 +737,8 @@ class ModelManager:
                 )
                 return
             if not held:
-                await self.inference.load(name)
+                with self._server_calls.track():
+                    await self.inference.load(name)
             log.info(
                 "model %s on %s: version %d kept after the failed replacement",
                 name,
@@ -796,7 +839,8 @@ class ModelManager:
     async def _unload_locked(self, name: str, version: int) -> ModelEvent:
         message = ""
         try:
-            await self.inference.unload(name)
+            with self._server_calls.track():
+                await self.inference.unload(name)
         except InferenceServerUnavailable as exc:
             message = f"inference server unreachable ({exc}); counted as unloaded"
             log.warning("model %s v%d on %s: %s", name, version, self.replica, message)

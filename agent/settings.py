@@ -84,6 +84,14 @@ class AgentSettings(BaseSettings):
         validation_alias="SELDON_SERVER_GRPC_PORT",
         description="inference server gRPC port (logged at start; the agent itself uses REST)",
     )
+    inference_metrics_port: int = Field(
+        8082,
+        ge=0,
+        le=65535,
+        description="inference server's Prometheus port (MLServer's MLSERVER_METRICS_PORT), "
+        "read before and after each load to measure the host memory a model takes "
+        "(0: not read, host memory is not learned)",
+    )
     model_repository: Path = Field(
         Path("/mnt/agent/models"),
         description="model repository folder shared with the inference server; "
@@ -230,3 +238,10 @@ class AgentSettings(BaseSettings):
     @property
     def inference_url(self) -> str:
         return f"http://{self.inference_host}:{self.inference_http_port}"
+
+    @property
+    def inference_metrics_url(self) -> str:
+        """MLServer's Prometheus page; "" when `inference_metrics_port` is 0."""
+        if not self.inference_metrics_port:
+            return ""
+        return f"http://{self.inference_host}:{self.inference_metrics_port}/metrics"

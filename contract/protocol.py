@@ -101,6 +101,8 @@ class ModelEvent:
     message: str = ""
     # For LOADED: memory measured per device uuid.
     footprint_bytes: Mapping[str, int] = field(default_factory=dict)
+    # For LOADED: the host memory the inference server took for it; None: not measured.
+    host_bytes: int | None = None
 
 
 @dataclass(frozen=True)

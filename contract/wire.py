@@ -109,6 +109,7 @@ def encode_agent_message(message: AgentMessage) -> agent_pb2.AgentMessage:
                     version=message.version,
                     message=message.message,
                     footprint_bytes=dict(message.footprint_bytes),
+                    host_memory_bytes=message.host_bytes,
                 )
             )
         case ResourceUpdate():
@@ -137,6 +138,7 @@ def decode_agent_message(message: agent_pb2.AgentMessage) -> AgentMessage:
             version=event.version,
             message=event.message,
             footprint_bytes=dict(event.footprint_bytes),
+            host_bytes=event.host_memory_bytes if event.HasField("host_memory_bytes") else None,
         )
     if which == "resources":
         return ResourceUpdate(_devices_from_proto(list(message.resources.devices), "devices"))

@@ -554,6 +554,7 @@ class LocalCluster:
             "inference-host": "127.0.0.1",
             "inference-http-port": str(replica.mlserver.http_port),
             "inference-grpc-port": str(replica.mlserver.grpc_port),
+            "inference-metrics-port": str(replica.mlserver.metrics_port),
             "model-repository": str(replica.repository),
             "http-host": "127.0.0.1",
             "readiness-port": "0",

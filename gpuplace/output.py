@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -107,47 +108,102 @@ def model_to_dict(status: scheduler_pb2.ModelStatus) -> dict[str, Any]:
             {"server": item.server, "reason": item.reason} for item in status.server_reasons
         ],
         "gpuMemory": gpu_memory_to_dict(status),
+        "memory": memory_to_dict(status),
+    }
+
+
+@dataclass(frozen=True)
+class _Figure:
+    """One figure a model is placed with, as a status shows it: GPU memory per device or
+    host memory; declared in the spec or learned from loads of its artifact."""
+
+    declared: str
+    source: str
+    placement_bytes: int
+    # (product, bytes, loads measured, updated at) per GPU product that measured it
+    learned: tuple[tuple[str, int, int, float], ...]
+    per: str  # what the placed amount is per: " per device" or ""
+
+
+def _gpu_figure(status: scheduler_pb2.ModelStatus) -> _Figure:
+    return _Figure(
+        status.spec.gpu_memory,
+        status.gpu_memory_source,
+        status.placement_gpu_memory_bytes,
+        tuple(
+            (i.product, i.gpu_memory_bytes, i.samples, i.updated_at)
+            for i in status.learned_footprints
+            if i.samples
+        ),
+        " per device",
+    )
+
+
+def _host_figure(status: scheduler_pb2.ModelStatus) -> _Figure:
+    return _Figure(
+        status.spec.memory,
+        status.memory_source,
+        status.placement_memory_bytes,
+        tuple(
+            (i.product, i.memory_bytes, i.memory_samples, i.updated_at)
+            for i in status.learned_footprints
+            if i.memory_samples
+        ),
+        "",
+    )
+
+
+def _figure_to_dict(figure: _Figure, key: str) -> dict[str, Any]:
+    return {
+        "declared": figure.declared or None,
+        "source": figure.source or None,
+        "placementBytes": figure.placement_bytes,
+        "learned": [
+            {"product": product, key: size, "samples": samples, "updatedAt": _time(updated)}
+            for product, size, samples, updated in figure.learned
+        ],
     }
 
 
 def gpu_memory_to_dict(status: scheduler_pb2.ModelStatus) -> dict[str, Any]:
     """Declared vs learned GPU memory: what the spec says, what loads of its artifact
-    measured per GPU product, and what the scheduler places the model with."""
-    return {
-        "declared": status.spec.gpu_memory or None,
-        "source": status.gpu_memory_source or None,
-        "placementBytes": status.placement_gpu_memory_bytes,
-        "learned": [
-            {
-                "product": item.product,
-                "gpuMemoryBytes": item.gpu_memory_bytes,
-                "samples": item.samples,
-                "updatedAt": _time(item.updated_at),
-            }
-            for item in status.learned_footprints
-        ],
-    }
+    measured per GPU product, and what the scheduler places the model with per device."""
+    return _figure_to_dict(_gpu_figure(status), "gpuMemoryBytes")
+
+
+def memory_to_dict(status: scheduler_pb2.ModelStatus) -> dict[str, Any]:
+    """The same for host memory (the inference server's resident memory a load added)."""
+    return _figure_to_dict(_host_figure(status), "memoryBytes")
+
+
+def _figure_text(figure: _Figure) -> str:
+    measured = ", ".join(
+        f"{format_bytes(size)}{f' on {product}' if product else ''} "
+        f"({samples} load{'s' if samples != 1 else ''})"
+        for product, size, samples, _ in figure.learned
+    )
+    if figure.declared:
+        return f"declared {figure.declared}, " + (
+            f"measured {measured}" if measured else "not measured yet"
+        )
+    if figure.source == "learned":
+        placed = format_bytes(figure.placement_bytes)
+        return (
+            f"not declared; measured {measured}; placed with the learned {placed}{figure.per} "
+            "(the largest measured plus the scheduler's margin)"
+        )
+    return ""
 
 
 def gpu_memory_text(status: scheduler_pb2.ModelStatus) -> str:
     """One line of declared vs measured GPU memory ("" for a model that neither declares
     nor was measured): "declared 20Gi, measured 17.3 GiB on NVIDIA H100 (2 loads)"."""
-    measured = ", ".join(
-        f"{format_bytes(item.gpu_memory_bytes)} on {item.product} "
-        f"({item.samples} load{'s' if item.samples != 1 else ''})"
-        for item in status.learned_footprints
-    )
-    if status.spec.gpu_memory:
-        return f"declared {status.spec.gpu_memory}, " + (
-            f"measured {measured}" if measured else "not measured yet"
-        )
-    if status.gpu_memory_source == "learned":
-        placed = format_bytes(status.placement_gpu_memory_bytes)
-        return (
-            f"not declared; measured {measured}; placed with the learned {placed} per device "
-            "(the largest measured plus the scheduler's margin)"
-        )
-    return ""
+    return _figure_text(_gpu_figure(status))
+
+
+def memory_text(status: scheduler_pb2.ModelStatus) -> str:
+    """The same for host memory: "declared 2Gi, measured 310.2 MiB (1 load)"."""
+    return _figure_text(_host_figure(status))
 
 
 def plan_to_dict(

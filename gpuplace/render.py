@@ -105,6 +105,10 @@ class InferenceServer:
     default_grpc_port: int
     # Set on the inference container when absent.
     defaults: tuple[tuple[str, str], ...] = ()
+    # The Prometheus port whose page has the server's process memory ("": none, so the
+    # agent measures no host memory).
+    metrics_port: str = ""
+    default_metrics_port: int = 0
 
 
 MLSERVER = InferenceServer(
@@ -114,6 +118,8 @@ MLSERVER = InferenceServer(
     8080,
     8081,
     (("MLSERVER_LOAD_MODELS_AT_STARTUP", "false"),),
+    "MLSERVER_METRICS_PORT",
+    8082,
 )
 # Seldon Core 2's Triton ServerConfig passes these to tritonserver on its command line.
 TRITON = InferenceServer("SERVER_HTTP_PORT", "SERVER_GRPC_PORT", "SERVER_MODELS_DIR", 8000, 8001)
@@ -721,6 +727,13 @@ def add_agent(
         agent,
         "SELDON_SERVER_GRPC_PORT",
         value=_port(inference, server.grpc_port, server.default_grpc_port),
+    )
+    _set_default_env(
+        agent,
+        "GPUPLACE_AGENT_INFERENCE_METRICS_PORT",
+        value=_port(inference, server.metrics_port, server.default_metrics_port)
+        if server.metrics_port
+        else "0",
     )
     capabilities = capabilities_for(resolved, agent)
     if capabilities is not None:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from protos import common_pb2 as protos_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12protos/agent.proto\x12\x11gpuplace.agent.v1\x1a\x13protos/common.proto\"\xde\x01\n\x0c\x41gentMessage\x12)\n\x05hello\x18\x01 \x01(\x0b\x32\x18.gpuplace.agent.v1.HelloH\x00\x12.\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x1d.gpuplace.agent.v1.ModelEventH\x00\x12\x36\n\tresources\x18\x03 \x01(\x0b\x32!.gpuplace.agent.v1.ResourceUpdateH\x00\x12\x30\n\x05\x64rain\x18\x04 \x01(\x0b\x32\x1f.gpuplace.agent.v1.DrainRequestH\x00\x42\t\n\x07message\"\xef\x01\n\x05Hello\x12\x13\n\x0bserver_name\x18\x01 \x01(\t\x12\x15\n\rreplica_index\x18\x02 \x01(\r\x12\x14\n\x0c\x63\x61pabilities\x18\x03 \x03(\t\x12\x14\n\x0cmemory_bytes\x18\x04 \x01(\x04\x12\x1d\n\x15overcommit_percentage\x18\x05 \x01(\r\x12\'\n\x07\x64\x65vices\x18\x06 \x03(\x0b\x32\x16.gpuplace.v1.GpuDevice\x12/\n\rloaded_models\x18\x07 \x03(\x0b\x32\x18.gpuplace.v1.LoadedModel\x12\x15\n\ragent_version\x18\x08 \x01(\t\"\xeb\x02\n\nModelEvent\x12\x30\n\x04kind\x18\x01 \x01(\x0e\x32\".gpuplace.agent.v1.ModelEvent.Kind\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12\x0f\n\x07message\x18\x04 \x01(\t\x12J\n\x0f\x66ootprint_bytes\x18\x05 \x03(\x0b\x32\x31.gpuplace.agent.v1.ModelEvent.FootprintBytesEntry\x1a\x35\n\x13\x46ootprintBytesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"r\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\n\n\x06LOADED\x10\x01\x12\x0f\n\x0bLOAD_FAILED\x10\x02\x12\x16\n\x12LOAD_FAILED_MEMORY\x10\x03\x12\x0c\n\x08UNLOADED\x10\x04\x12\x11\n\rUNLOAD_FAILED\x10\x05\"9\n\x0eResourceUpdate\x12\'\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x16.gpuplace.v1.GpuDevice\"\x0e\n\x0c\x44rainRequest\"\xec\x01\n\x10SchedulerMessage\x12-\n\x07welcome\x18\x01 \x01(\x0b\x32\x1a.gpuplace.agent.v1.WelcomeH\x00\x12.\n\x04load\x18\x02 \x01(\x0b\x32\x1e.gpuplace.agent.v1.LoadCommandH\x00\x12\x32\n\x06unload\x18\x03 \x01(\x0b\x32 .gpuplace.agent.v1.UnloadCommandH\x00\x12:\n\x0e\x64rain_complete\x18\x04 \x01(\x0b\x32 .gpuplace.agent.v1.DrainCompleteH\x00\x42\t\n\x07message\"\t\n\x07Welcome\"\xd1\x02\n\x0bLoadCommand\x12\x12\n\nmodel_name\x18\x06 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x13\n\x0bstorage_uri\x18\x07 \x01(\t\x12\x42\n\nparameters\x18\x08 \x03(\x0b\x32..gpuplace.agent.v1.LoadCommand.ParametersEntry\x12\x18\n\x10gpu_memory_bytes\x18\x04 \x01(\x04\x12\x14\n\x0c\x64\x65vice_uuids\x18\x05 \x03(\t\x12\x0c\n\x04gpus\x18\t \x01(\r\x12\x13\n\x0bsecret_name\x18\n \x01(\t\x12\x1d\n\x10\x61rtifact_version\x18\x0b \x01(\rH\x00\x88\x01\x01\x1a\x31\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x13\n\x11_artifact_versionJ\x04\x08\x01\x10\x02J\x04\x08\x03\x10\x04\"4\n\rUnloadCommand\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\"(\n\rDrainComplete\x12\x17\n\x0fstranded_models\x18\x01 \x03(\t2c\n\x0c\x41gentService\x12S\n\x07\x43onnect\x12\x1f.gpuplace.agent.v1.AgentMessage\x1a#.gpuplace.agent.v1.SchedulerMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12protos/agent.proto\x12\x11gpuplace.agent.v1\x1a\x13protos/common.proto\"\xde\x01\n\x0c\x41gentMessage\x12)\n\x05hello\x18\x01 \x01(\x0b\x32\x18.gpuplace.agent.v1.HelloH\x00\x12.\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x1d.gpuplace.agent.v1.ModelEventH\x00\x12\x36\n\tresources\x18\x03 \x01(\x0b\x32!.gpuplace.agent.v1.ResourceUpdateH\x00\x12\x30\n\x05\x64rain\x18\x04 \x01(\x0b\x32\x1f.gpuplace.agent.v1.DrainRequestH\x00\x42\t\n\x07message\"\xef\x01\n\x05Hello\x12\x13\n\x0bserver_name\x18\x01 \x01(\t\x12\x15\n\rreplica_index\x18\x02 \x01(\r\x12\x14\n\x0c\x63\x61pabilities\x18\x03 \x03(\t\x12\x14\n\x0cmemory_bytes\x18\x04 \x01(\x04\x12\x1d\n\x15overcommit_percentage\x18\x05 \x01(\r\x12\'\n\x07\x64\x65vices\x18\x06 \x03(\x0b\x32\x16.gpuplace.v1.GpuDevice\x12/\n\rloaded_models\x18\x07 \x03(\x0b\x32\x18.gpuplace.v1.LoadedModel\x12\x15\n\ragent_version\x18\x08 \x01(\t\"\xa1\x03\n\nModelEvent\x12\x30\n\x04kind\x18\x01 \x01(\x0e\x32\".gpuplace.agent.v1.ModelEvent.Kind\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12\x0f\n\x07message\x18\x04 \x01(\t\x12J\n\x0f\x66ootprint_bytes\x18\x05 \x03(\x0b\x32\x31.gpuplace.agent.v1.ModelEvent.FootprintBytesEntry\x12\x1e\n\x11host_memory_bytes\x18\x06 \x01(\x04H\x00\x88\x01\x01\x1a\x35\n\x13\x46ootprintBytesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"r\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\n\n\x06LOADED\x10\x01\x12\x0f\n\x0bLOAD_FAILED\x10\x02\x12\x16\n\x12LOAD_FAILED_MEMORY\x10\x03\x12\x0c\n\x08UNLOADED\x10\x04\x12\x11\n\rUNLOAD_FAILED\x10\x05\x42\x14\n\x12_host_memory_bytes\"9\n\x0eResourceUpdate\x12\'\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x16.gpuplace.v1.GpuDevice\"\x0e\n\x0c\x44rainRequest\"\xec\x01\n\x10SchedulerMessage\x12-\n\x07welcome\x18\x01 \x01(\x0b\x32\x1a.gpuplace.agent.v1.WelcomeH\x00\x12.\n\x04load\x18\x02 \x01(\x0b\x32\x1e.gpuplace.agent.v1.LoadCommandH\x00\x12\x32\n\x06unload\x18\x03 \x01(\x0b\x32 .gpuplace.agent.v1.UnloadCommandH\x00\x12:\n\x0e\x64rain_complete\x18\x04 \x01(\x0b\x32 .gpuplace.agent.v1.DrainCompleteH\x00\x42\t\n\x07message\"\t\n\x07Welcome\"\xd1\x02\n\x0bLoadCommand\x12\x12\n\nmodel_name\x18\x06 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x13\n\x0bstorage_uri\x18\x07 \x01(\t\x12\x42\n\nparameters\x18\x08 \x03(\x0b\x32..gpuplace.agent.v1.LoadCommand.ParametersEntry\x12\x18\n\x10gpu_memory_bytes\x18\x04 \x01(\x04\x12\x14\n\x0c\x64\x65vice_uuids\x18\x05 \x03(\t\x12\x0c\n\x04gpus\x18\t \x01(\r\x12\x13\n\x0bsecret_name\x18\n \x01(\t\x12\x1d\n\x10\x61rtifact_version\x18\x0b \x01(\rH\x00\x88\x01\x01\x1a\x31\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x13\n\x11_artifact_versionJ\x04\x08\x01\x10\x02J\x04\x08\x03\x10\x04\"4\n\rUnloadCommand\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\"(\n\rDrainComplete\x12\x17\n\x0fstranded_models\x18\x01 \x03(\t2c\n\x0c\x41gentService\x12S\n\x07\x43onnect\x12\x1f.gpuplace.agent.v1.AgentMessage\x1a#.gpuplace.agent.v1.SchedulerMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,27 +41,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HELLO']._serialized_start=288
   _globals['_HELLO']._serialized_end=527
   _globals['_MODELEVENT']._serialized_start=530
-  _globals['_MODELEVENT']._serialized_end=893
-  _globals['_MODELEVENT_FOOTPRINTBYTESENTRY']._serialized_start=724
-  _globals['_MODELEVENT_FOOTPRINTBYTESENTRY']._serialized_end=777
-  _globals['_MODELEVENT_KIND']._serialized_start=779
-  _globals['_MODELEVENT_KIND']._serialized_end=893
-  _globals['_RESOURCEUPDATE']._serialized_start=895
-  _globals['_RESOURCEUPDATE']._serialized_end=952
-  _globals['_DRAINREQUEST']._serialized_start=954
-  _globals['_DRAINREQUEST']._serialized_end=968
-  _globals['_SCHEDULERMESSAGE']._serialized_start=971
-  _globals['_SCHEDULERMESSAGE']._serialized_end=1207
-  _globals['_WELCOME']._serialized_start=1209
-  _globals['_WELCOME']._serialized_end=1218
-  _globals['_LOADCOMMAND']._serialized_start=1221
-  _globals['_LOADCOMMAND']._serialized_end=1558
-  _globals['_LOADCOMMAND_PARAMETERSENTRY']._serialized_start=1476
-  _globals['_LOADCOMMAND_PARAMETERSENTRY']._serialized_end=1525
-  _globals['_UNLOADCOMMAND']._serialized_start=1560
-  _globals['_UNLOADCOMMAND']._serialized_end=1612
-  _globals['_DRAINCOMPLETE']._serialized_start=1614
-  _globals['_DRAINCOMPLETE']._serialized_end=1654
-  _globals['_AGENTSERVICE']._serialized_start=1656
-  _globals['_AGENTSERVICE']._serialized_end=1755
+  _globals['_MODELEVENT']._serialized_end=947
+  _globals['_MODELEVENT_FOOTPRINTBYTESENTRY']._serialized_start=756
+  _globals['_MODELEVENT_FOOTPRINTBYTESENTRY']._serialized_end=809
+  _globals['_MODELEVENT_KIND']._serialized_start=811
+  _globals['_MODELEVENT_KIND']._serialized_end=925
+  _globals['_RESOURCEUPDATE']._serialized_start=949
+  _globals['_RESOURCEUPDATE']._serialized_end=1006
+  _globals['_DRAINREQUEST']._serialized_start=1008
+  _globals['_DRAINREQUEST']._serialized_end=1022
+  _globals['_SCHEDULERMESSAGE']._serialized_start=1025
+  _globals['_SCHEDULERMESSAGE']._serialized_end=1261
+  _globals['_WELCOME']._serialized_start=1263
+  _globals['_WELCOME']._serialized_end=1272
+  _globals['_LOADCOMMAND']._serialized_start=1275
+  _globals['_LOADCOMMAND']._serialized_end=1612
+  _globals['_LOADCOMMAND_PARAMETERSENTRY']._serialized_start=1530
+  _globals['_LOADCOMMAND_PARAMETERSENTRY']._serialized_end=1579
+  _globals['_UNLOADCOMMAND']._serialized_start=1614
+  _globals['_UNLOADCOMMAND']._serialized_end=1666
+  _globals['_DRAINCOMPLETE']._serialized_start=1668
+  _globals['_DRAINCOMPLETE']._serialized_end=1708
+  _globals['_AGENTSERVICE']._serialized_start=1710
+  _globals['_AGENTSERVICE']._serialized_end=1809
 # @@protoc_insertion_point(module_scope)

@@ -153,10 +153,15 @@ class ModelEvent(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     FOOTPRINT_BYTES_FIELD_NUMBER: _builtins.int
+    HOST_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
     kind: Global___ModelEvent.Kind.ValueType
     model_name: _builtins.str
     version: _builtins.int
     message: _builtins.str
+    host_memory_bytes: _builtins.int
+    """For LOADED: the host memory the inference server took for it (its resident memory
+    after minus before); unset when not measured.
+    """
     @_builtins.property
     def footprint_bytes(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """For LOADED: memory measured per device uuid (free before minus free after)."""
@@ -169,12 +174,15 @@ class ModelEvent(_message.Message):
         version: _builtins.int = ...,
         message: _builtins.str = ...,
         footprint_bytes: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        host_memory_bytes: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_host_memory_bytes", b"_host_memory_bytes", "host_memory_bytes", b"host_memory_bytes"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["footprint_bytes", b"footprint_bytes", "kind", b"kind", "message", b"message", "model_name", b"model_name", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_host_memory_bytes", b"_host_memory_bytes", "footprint_bytes", b"footprint_bytes", "host_memory_bytes", b"host_memory_bytes", "kind", b"kind", "message", b"message", "model_name", b"model_name", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__host_memory_bytes: _TypeAlias = _typing.Literal["host_memory_bytes"]  # noqa: Y015
+    _WhichOneofArgType__host_memory_bytes: _TypeAlias = _typing.Literal["_host_memory_bytes", b"_host_memory_bytes"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__host_memory_bytes) -> _WhichOneofReturnType__host_memory_bytes | None: ...
 
 Global___ModelEvent: _TypeAlias = ModelEvent  # noqa: Y015
 

@@ -386,6 +386,8 @@ class ModelStatus(_message.Message):
     PLACEMENT_GPU_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
     GPU_MEMORY_SOURCE_FIELD_NUMBER: _builtins.int
     LEARNED_FOOTPRINTS_FIELD_NUMBER: _builtins.int
+    PLACEMENT_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    MEMORY_SOURCE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.int
     state: _builtins.str
@@ -400,6 +402,12 @@ class ModelStatus(_message.Message):
     """
     gpu_memory_source: _builtins.str
     """Where placement_gpu_memory_bytes comes from: "declared", "learned" or "" (a CPU model)."""
+    placement_memory_bytes: _builtins.int
+    """Host memory the model is placed with: the declared memory, else (none declared) the
+    largest learned figure plus the scheduler's margin; 0: neither.
+    """
+    memory_source: _builtins.str
+    """Where placement_memory_bytes comes from: "declared", "learned" or "" (neither)."""
     @_builtins.property
     def server_reasons(self) -> _containers.RepeatedCompositeFieldContainer[Global___ServerReason]:
         """One entry per server considered, when the last placement was refused."""
@@ -429,10 +437,12 @@ class ModelStatus(_message.Message):
         placement_gpu_memory_bytes: _builtins.int = ...,
         gpu_memory_source: _builtins.str = ...,
         learned_footprints: _abc.Iterable[Global___LearnedFootprint] | None = ...,
+        placement_memory_bytes: _builtins.int = ...,
+        memory_source: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["available_replicas", b"available_replicas", "gpu_memory_source", b"gpu_memory_source", "learned_footprints", b"learned_footprints", "name", b"name", "placement_gpu_memory_bytes", b"placement_gpu_memory_bytes", "reason", b"reason", "replicas", b"replicas", "server_reasons", b"server_reasons", "spec", b"spec", "state", b"state", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available_replicas", b"available_replicas", "gpu_memory_source", b"gpu_memory_source", "learned_footprints", b"learned_footprints", "memory_source", b"memory_source", "name", b"name", "placement_gpu_memory_bytes", b"placement_gpu_memory_bytes", "placement_memory_bytes", b"placement_memory_bytes", "reason", b"reason", "replicas", b"replicas", "server_reasons", b"server_reasons", "spec", b"spec", "state", b"state", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -440,7 +450,7 @@ Global___ModelStatus: _TypeAlias = ModelStatus  # noqa: Y015
 
 @_typing.final
 class LearnedFootprint(_message.Message):
-    """The GPU memory loads of one artifact were measured to take per device on one GPU product."""
+    """What loads of one artifact were measured to take on one GPU product."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -448,14 +458,22 @@ class LearnedFootprint(_message.Message):
     GPU_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
     SAMPLES_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    MEMORY_SAMPLES_FIELD_NUMBER: _builtins.int
     product: _builtins.str
-    """The device name the agent reported (NVML), e.g. "NVIDIA H100 80GB HBM3"."""
+    """The device name the agent reported (NVML), e.g. "NVIDIA H100 80GB HBM3"; "" for loads
+    that took no GPU memory.
+    """
     gpu_memory_bytes: _builtins.int
-    """The largest of the last few measurements."""
+    """GPU memory per device: the largest of the last few measurements."""
     samples: _builtins.int
-    """Loads measured in all."""
+    """Loads whose GPU memory was measured, in all."""
     updated_at: _builtins.float
     """Seconds since the epoch of the last measurement."""
+    memory_bytes: _builtins.int
+    """The inference server's host memory: the largest of the last few measurements."""
+    memory_samples: _builtins.int
+    """Loads whose host memory was measured, in all."""
     def __init__(
         self,
         *,
@@ -463,10 +481,12 @@ class LearnedFootprint(_message.Message):
         gpu_memory_bytes: _builtins.int = ...,
         samples: _builtins.int = ...,
         updated_at: _builtins.float = ...,
+        memory_bytes: _builtins.int = ...,
+        memory_samples: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["gpu_memory_bytes", b"gpu_memory_bytes", "product", b"product", "samples", b"samples", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gpu_memory_bytes", b"gpu_memory_bytes", "memory_bytes", b"memory_bytes", "memory_samples", b"memory_samples", "product", b"product", "samples", b"samples", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -242,4 +242,4 @@ def _share(record: ModelRecord, copy: ModelCopy) -> _Share:
     if copy.state in IN_FLIGHT:
         # What the model was placed with: its declared gpuMemory, or its learned figure.
         reserved = tuple((uuid, record.gpu_memory_bytes) for uuid in copy.device_uuids)
-    return _Share(record.spec.memory_bytes, reserved)
+    return _Share(record.memory_bytes, reserved)

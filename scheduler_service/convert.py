@@ -90,12 +90,16 @@ def status_to_proto(record: ModelRecord) -> scheduler_pb2.ModelStatus:
         learned_footprints=[
             scheduler_pb2.LearnedFootprint(
                 product=f.product,
-                gpu_memory_bytes=f.gpu_bytes,
-                samples=f.samples,
+                gpu_memory_bytes=f.gpu.size,
+                samples=f.gpu.samples,
                 updated_at=f.updated_at,
+                memory_bytes=f.host.size,
+                memory_samples=f.host.samples,
             )
             for f in record.learned
         ],
+        placement_memory_bytes=record.memory_bytes,
+        memory_source=record.memory_source,
     )
 
 

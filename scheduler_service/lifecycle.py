@@ -133,6 +133,8 @@ class Outcome:
     # A load ended on the replica the event came from: the memory it measured per device,
     # counted as used there until the agent measures again.
     footprint: Mapping[str, int] = field(default_factory=dict)
+    # ... and the host memory it measured (None: not measured).
+    host_bytes: int | None = None
     # Facts for the metrics.
     load_failures: list[str] = field(default_factory=list)  # the kind of each failed load
     load_s: float | None = None  # from load requested to loaded
@@ -386,6 +388,7 @@ def _loaded(copy: ModelCopy, event: ModelEvent, ctx: Context, out: Outcome) -> N
     copy.replaced_version = 0
     copy.footprint_bytes = dict(event.footprint_bytes)
     out.footprint = dict(event.footprint_bytes)
+    out.host_bytes = event.host_bytes
 
 
 def _unexpected_load(
@@ -490,26 +493,36 @@ def step(record: ModelRecord, ctx: Context) -> Outcome:
 
 
 def _learned(record: ModelRecord, ctx: Context) -> None:
-    """Take in what was learned for the model's artifact: a spec that declares no gpuMemory
-    is placed with the largest learned figure plus the margin (none learned: a CPU model).
-    A model placed already keeps its place; the figure counts from its next placement."""
-    record.learned = ctx.learned(record.spec.artifact)
+    """Take in what was learned for the model's artifact: a figure the spec does not declare
+    (gpuMemory, memory) is placed with the largest learned one plus the margin (no GPU memory
+    learned: a CPU model). A model placed already keeps its place; the figures count from its
+    next placement."""
+    record.learned = learned = ctx.learned(record.spec.artifact)
+    margin = ctx.settings.learned_margin_percent
     record.learned_gpu_bytes = (
-        0
-        if record.spec.gpu_memory_bytes
-        else with_margin(record.learned, ctx.settings.learned_margin_percent)
+        0 if record.spec.gpu_memory_bytes else with_margin((f.gpu.size for f in learned), margin)
+    )
+    record.learned_memory_bytes = (
+        0 if record.spec.memory_bytes else with_margin((f.host.size for f in learned), margin)
     )
 
 
 def learned_text(record: ModelRecord) -> str:
-    """How a model that declares no gpuMemory is placed, for the log ("" when declared)."""
-    if record.gpu_memory_source != "learned":
-        return ""
-    top = max(record.learned, key=lambda f: f.gpu_bytes)
-    return (
-        f"GPU memory learned: {format_bytes(record.learned_gpu_bytes)} per device "
-        f"({format_bytes(top.gpu_bytes)} measured on {top.product} + margin)"
-    )
+    """How a model is placed with what was learned, for the log ("" when it declares all)."""
+    parts = []
+    if record.gpu_memory_source == "learned":
+        top = max(record.learned, key=lambda f: f.gpu.size)
+        parts.append(
+            f"GPU memory learned: {format_bytes(record.learned_gpu_bytes)} per device "
+            f"({format_bytes(top.gpu.size)} measured on {top.product} + margin)"
+        )
+    if record.memory_source == "learned":
+        top = max(record.learned, key=lambda f: f.host.size)
+        parts.append(
+            f"memory learned: {format_bytes(record.learned_memory_bytes)} "
+            f"({format_bytes(top.host.size)} measured + margin)"
+        )
+    return "; ".join(parts)
 
 
 def _expire(record: ModelRecord, ctx: Context, out: Outcome) -> None:
@@ -584,7 +597,7 @@ def placement_request(record: ModelRecord) -> Request:
         version=record.version,
         requirements=frozenset(spec.requirements),
         server=spec.server or None,
-        memory_bytes=spec.memory_bytes,
+        memory_bytes=record.memory_bytes,
         gpu_memory_bytes=record.gpu_memory_bytes,
         gpus=spec.gpus,
         replicas=spec.replicas,
@@ -809,6 +822,7 @@ def _digest(record: ModelRecord) -> tuple[object, ...]:
         record.deleted,
         record.learned,
         record.learned_gpu_bytes,
+        record.learned_memory_bytes,
         tuple(
             (
                 c.key,

@@ -23,6 +23,8 @@ class ClusterGauges:
     # Per model that declares gpuMemory and whose artifact was measured: the largest
     # learned footprint over the declared amount.
     gpu_memory_ratios: Mapping[str, float] = field(default_factory=dict)
+    # The same for host memory, per model that declares memory.
+    memory_ratios: Mapping[str, float] = field(default_factory=dict)
 
 
 class _StateCollector(Collector):
@@ -90,6 +92,15 @@ class _StateCollector(Collector):
         for model, value in sorted(gauges.gpu_memory_ratios.items()):
             ratio.add_metric([model], value)
         yield ratio
+        host_ratio = GaugeMetricFamily(
+            "gpuplace_scheduler_model_memory_ratio",
+            "host memory measured (the largest learned figure) over the declared memory, per "
+            "model that declares memory and was measured",
+            labels=["model"],
+        )
+        for model, value in sorted(gauges.memory_ratios.items()):
+            host_ratio.add_metric([model], value)
+        yield host_ratio
 
 
 class SchedulerMetrics:

@@ -14,6 +14,10 @@ from contract.quantity import QuantityError, parse_bytes
 from placement.schedule import least_replicas
 
 
+def _source(declared: int, learned: int) -> str:
+    return "declared" if declared else "learned" if learned else ""
+
+
 class ModelState(StrEnum):
     PENDING = "Pending"
     SCHEDULE_FAILED = "ScheduleFailed"
@@ -49,28 +53,35 @@ RECENT_SAMPLES = 5
 
 
 @dataclass(frozen=True)
+class Learned:
+    """One learned figure: the largest of the last RECENT_SAMPLES measurements."""
+
+    size: int = 0
+    samples: int = 0  # loads measured in all
+    recent: tuple[int, ...] = ()  # the last RECENT_SAMPLES measurements, oldest first
+
+    def measured(self, size: int) -> Learned:
+        """This figure after one more load measured `size` bytes."""
+        recent = (*self.recent, size)[-RECENT_SAMPLES:]
+        return Learned(max(recent), self.samples + 1, recent)
+
+
+@dataclass(frozen=True)
 class Footprint:
-    """The GPU memory one artifact was measured to take, per device, on one GPU product (the
-    device name the agent reported, e.g. "NVIDIA H100 80GB HBM3")."""
+    """What one artifact was measured to take on one GPU product (the device name the agent
+    reported, e.g. "NVIDIA H100 80GB HBM3"; "" where it took no GPU memory): GPU memory per
+    device, and the host memory of the inference server."""
 
     storage_uri: str
     artifact_version: int | None
     product: str
-    gpu_bytes: int  # the learned figure: the largest of `recent`
-    samples: int  # loads measured in all
-    recent: tuple[int, ...] = ()  # the last RECENT_SAMPLES measurements, oldest first
+    gpu: Learned = Learned()
+    host: Learned = Learned()
     updated_at: float = 0.0
 
     @property
     def artifact(self) -> Artifact:
         return (self.storage_uri, self.artifact_version)
-
-    def measured(self, size: int, now: float) -> Footprint:
-        """This figure after one more load measured `size` bytes per device."""
-        recent = (*self.recent, size)[-RECENT_SAMPLES:]
-        return replace(
-            self, gpu_bytes=max(recent), samples=self.samples + 1, recent=recent, updated_at=now
-        )
 
 
 class FootprintBook:
@@ -87,13 +98,27 @@ class FootprintBook:
         found = self._by_artifact.get(artifact, {})
         return tuple(found[product] for product in sorted(found))
 
-    def measured(self, artifact: Artifact, product: str, size: int, now: float) -> Footprint:
-        """The figure for `artifact` on `product` once a load measured `size` bytes per
-        device (not kept yet: see `keep`)."""
+    def measured(
+        self,
+        artifact: Artifact,
+        product: str,
+        now: float,
+        *,
+        gpu: int | None = None,
+        host: int | None = None,
+    ) -> Footprint:
+        """The figures for `artifact` on `product` once a load measured `gpu` bytes per
+        device and `host` bytes of host memory (None: not measured); not kept yet: see
+        `keep`."""
         known = self._by_artifact.get(artifact, {}).get(product)
         if known is None:
-            known = Footprint(artifact[0], artifact[1], product, 0, 0)
-        return known.measured(size, now)
+            known = Footprint(artifact[0], artifact[1], product)
+        return replace(
+            known,
+            gpu=known.gpu if gpu is None else known.gpu.measured(gpu),
+            host=known.host if host is None else known.host.measured(host),
+            updated_at=now,
+        )
 
     def keep(self, footprint: Footprint) -> None:
         self._by_artifact.setdefault(footprint.artifact, {})[footprint.product] = footprint
@@ -102,11 +127,11 @@ class FootprintBook:
         return [f for artifact in sorted(self._by_artifact, key=str) for f in self.of(artifact)]
 
 
-def with_margin(footprints: Iterable[Footprint], margin_percent: int) -> int:
-    """What a model that declares no gpuMemory is placed with, per device: the largest figure
-    learned for its artifact (over every GPU product) plus `margin_percent`, rounded up; 0
-    when nothing was learned."""
-    largest = max((f.gpu_bytes for f in footprints), default=0)
+def with_margin(sizes: Iterable[int], margin_percent: int) -> int:
+    """What a model that declares no figure is placed with: the largest learned for its
+    artifact (over every GPU product) plus `margin_percent`, rounded up; 0 when nothing was
+    learned."""
+    largest = max(sizes, default=0)
     return -(-largest * (100 + margin_percent) // 100)
 
 
@@ -275,11 +300,13 @@ class ModelRecord:
     next_retry_at: float = 0.0
     load_failures: int = 0
     # Not saved with the record (the store keeps learned footprints in a table of their own),
-    # set by each pass: the GPU footprints learned for the spec's artifact (one per GPU
-    # product), and, when the spec declares no gpuMemory, what the model is placed with per
-    # device (the largest learned figure plus the margin; 0: nothing learned, a CPU model).
+    # set by each pass: the footprints learned for the spec's artifact (one per GPU product),
+    # and, for a figure the spec does not declare, what the model is placed with (the largest
+    # learned figure plus the margin; 0: nothing learned): GPU memory per device (0: a CPU
+    # model) and host memory.
     learned: tuple[Footprint, ...] = ()
     learned_gpu_bytes: int = 0
+    learned_memory_bytes: int = 0
 
     @property
     def name(self) -> str:
@@ -293,9 +320,17 @@ class ModelRecord:
     @property
     def gpu_memory_source(self) -> str:
         """Where `gpu_memory_bytes` comes from: "declared", "learned" or "" (a CPU model)."""
-        if self.spec.gpu_memory_bytes:
-            return "declared"
-        return "learned" if self.learned_gpu_bytes else ""
+        return _source(self.spec.gpu_memory_bytes, self.learned_gpu_bytes)
+
+    @property
+    def memory_bytes(self) -> int:
+        """Host memory the model is placed with: declared, else learned (else 0)."""
+        return self.spec.memory_bytes or self.learned_memory_bytes
+
+    @property
+    def memory_source(self) -> str:
+        """Where `memory_bytes` comes from: "declared", "learned" or "" (neither)."""
+        return _source(self.spec.memory_bytes, self.learned_memory_bytes)
 
     def available_count(self) -> int:
         return sum(

@@ -262,43 +262,64 @@ class SchedulerService:
             return
         outcome = self._decide(record, lambda r: lifecycle.on_event(r, session.key, event, ctx))
         if event.version == record.version:
-            self._learn(record, session, outcome.footprint)
+            self._learn(record, session, outcome.footprint, outcome.host_bytes)
         session.charge(outcome.footprint)
 
     def footprints(self) -> list[Footprint]:
-        """Every GPU footprint learned so far."""
+        """Every footprint learned so far."""
         return self._footprints.all()
 
     def _learn(
-        self, record: ModelRecord, session: AgentSession, measured: Mapping[str, int]
+        self,
+        record: ModelRecord,
+        session: AgentSession,
+        measured: Mapping[str, int],
+        host_bytes: int | None,
     ) -> None:
         """A load of the model's current version ended and measured `measured` (bytes per
-        device): keep it per (artifact, GPU product) — the largest per device when it spans
-        several of one product. The models of that artifact take the new figure at their
-        next pass. A footprint that cannot be saved is logged and dropped: it only informs."""
+        device) and `host_bytes` (None: not measured): keep them per (artifact, GPU product)
+        — the largest per device when it spans several of one product; host memory goes with
+        the first product, or with "" for a load that took no GPU memory. The models of that
+        artifact take the new figures at their next pass. A footprint that cannot be saved is
+        logged and dropped: it only informs."""
         by_product: dict[str, int] = {}
         for uuid, size in measured.items():
             device = session.gpus.get(uuid)
             if device is not None and size > 0:
                 by_product[device.name] = max(by_product.get(device.name, 0), size)
-        if not by_product:
+        learned: dict[str, tuple[int | None, int | None]] = {
+            product: (size, None) for product, size in by_product.items()
+        }
+        if host_bytes is not None:
+            product = min(by_product, default="")
+            learned[product] = (by_product.get(product), host_bytes)
+        if not learned:
             return
         artifact, now = record.spec.artifact, self._clock.now()
-        for product, size in sorted(by_product.items()):
-            footprint = self._footprints.measured(artifact, product, size, now)
+        for product, (gpu, host) in sorted(learned.items()):
+            footprint = self._footprints.measured(artifact, product, now, gpu=gpu, host=host)
             try:
                 self._store.save_footprint(footprint)
             except Exception:
-                log.exception("model %s: its measured GPU footprint was not saved", record.name)
+                log.exception("model %s: its measured footprint was not saved", record.name)
                 return
             self._footprints.keep(footprint)
+            what = []
+            if gpu is not None:
+                what.append(
+                    f"{format_bytes(gpu)} per device (learned {format_bytes(footprint.gpu.size)}"
+                    f" from {footprint.gpu.samples} loads)"
+                )
+            if host is not None:
+                what.append(
+                    f"{format_bytes(host)} of host memory (learned "
+                    f"{format_bytes(footprint.host.size)} from {footprint.host.samples} loads)"
+                )
             log.info(
-                "model %s: measured %s per device on %s (learned %s from %d loads)",
+                "model %s: measured %s on %s",
                 record.name,
-                format_bytes(size),
-                product,
-                format_bytes(footprint.gpu_bytes),
-                footprint.samples,
+                ", ".join(what),
+                product or "a replica, no GPU memory taken",
             )
         for other in self._models.values():
             if other.spec.artifact == artifact:
@@ -506,9 +527,14 @@ class SchedulerService:
             models_by_state=count_states(r.state.value for r in self._models.values()),
             replicas=tuple(view for _, view in self.replica_views() if view is not None),
             gpu_memory_ratios={
-                r.name: max(f.gpu_bytes for f in r.learned) / r.spec.gpu_memory_bytes
+                r.name: max(f.gpu.size for f in r.learned) / r.spec.gpu_memory_bytes
                 for r in self._models.values()
-                if r.spec.gpu_memory_bytes and r.learned
+                if r.spec.gpu_memory_bytes and any(f.gpu.samples for f in r.learned)
+            },
+            memory_ratios={
+                r.name: max(f.host.size for f in r.learned) / r.spec.memory_bytes
+                for r in self._models.values()
+                if r.spec.memory_bytes and any(f.host.samples for f in r.learned)
             },
         )
 

@@ -56,6 +56,6 @@ class SchedulerSettings(BaseSettings):
         10,
         ge=0,
         le=1000,
-        description="a model that declares no gpuMemory is placed, once a load of its artifact "
-        "was measured, with the largest measured footprint plus this many percent",
+        description="a model that declares no gpuMemory or no memory is placed, once a load of "
+        "its artifact was measured, with the largest measured figure plus this many percent",
     )

@@ -4,16 +4,17 @@ Every change to a model is written, in one transaction, before it is acknowledge
 on. WAL with synchronous=NORMAL survives a killed process (kill -9): a committed
 transaction is in the log the moment commit returns.
 
-The learned GPU footprints (per artifact and GPU product) live in a table of their own,
-added in place to a state file written before it existed: the schema version stays 1, and
-an older scheduler opening a newer file ignores the table.
+The learned footprints (per artifact and GPU product: GPU memory per device, host memory)
+live in a table of their own. A state file of an older schema version is migrated in place
+at open (`_MIGRATIONS`, one transaction per step); a newer one is refused, as is a downgrade:
+schema 2 (host memory learned) cannot be read by a scheduler that reads 1.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -21,13 +22,14 @@ from pathlib import Path
 from scheduler_service.model import (
     CopyState,
     Footprint,
+    Learned,
     ModelCopy,
     ModelRecord,
     ModelSpec,
     ModelState,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS models (
@@ -60,9 +62,30 @@ CREATE TABLE IF NOT EXISTS footprints (
     samples INTEGER NOT NULL,
     recent TEXT NOT NULL,
     updated_at REAL NOT NULL,
+    host_bytes INTEGER NOT NULL DEFAULT 0,
+    host_samples INTEGER NOT NULL DEFAULT 0,
+    host_recent TEXT NOT NULL DEFAULT '[]',
     PRIMARY KEY (storage_uri, artifact_version, product)
 );
 """
+_HOST_COLUMNS = (
+    ("host_bytes", "INTEGER NOT NULL DEFAULT 0"),
+    ("host_samples", "INTEGER NOT NULL DEFAULT 0"),
+    ("host_recent", "TEXT NOT NULL DEFAULT '[]'"),
+)
+
+
+def _add_host_columns(db: sqlite3.Connection) -> None:
+    """1 -> 2: learned host memory next to the GPU figures (a schema-1 file may predate the
+    footprints table, which _SCHEMA has just created whole)."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(footprints)")}
+    for column, declaration in _HOST_COLUMNS:
+        if column not in have:
+            db.execute(f"ALTER TABLE footprints ADD COLUMN {column} {declaration}")
+
+
+# What turns a state file of each older schema version into the next one.
+_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _add_host_columns}
 
 
 class StoreError(RuntimeError):
@@ -87,10 +110,17 @@ class Store:
         row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
         if row is None:
             self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-        elif int(row[0]) != SCHEMA_VERSION:
+            return
+        found = int(row[0])
+        if not min(_MIGRATIONS) <= found <= SCHEMA_VERSION:
             raise StoreError(
                 f"{path}: schema version {row[0]}, this scheduler reads {SCHEMA_VERSION}"
+                + (" (written by a newer scheduler)" if found > SCHEMA_VERSION else "")
             )
+        for version in range(found, SCHEMA_VERSION):
+            with self._transaction():
+                _MIGRATIONS[version](self._db)
+                self._db.execute("UPDATE meta SET value=? WHERE key='schema'", (str(version + 1),))
 
     def close(self) -> None:
         self._db.close()
@@ -149,17 +179,23 @@ class Store:
     def save_footprint(self, footprint: Footprint) -> None:
         """Keep one learned footprint, replacing the one of its artifact and product."""
         version = footprint.artifact_version
+        gpu, host = footprint.gpu, footprint.host
         with self._transaction():
             self._db.execute(
-                "INSERT OR REPLACE INTO footprints VALUES (?,?,?,?,?,?,?)",
+                "INSERT OR REPLACE INTO footprints (storage_uri, artifact_version, product, "
+                "gpu_bytes, samples, recent, updated_at, host_bytes, host_samples, host_recent) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?)",
                 (
                     footprint.storage_uri,
                     "" if version is None else str(version),
                     footprint.product,
-                    footprint.gpu_bytes,
-                    footprint.samples,
-                    json.dumps(footprint.recent),
+                    gpu.size,
+                    gpu.samples,
+                    json.dumps(gpu.recent),
                     footprint.updated_at,
+                    host.size,
+                    host.samples,
+                    json.dumps(host.recent),
                 ),
             )
 
@@ -170,13 +206,25 @@ class Store:
                 storage_uri=uri,
                 artifact_version=int(version) if version else None,
                 product=product,
-                gpu_bytes=gpu_bytes,
-                samples=samples,
-                recent=tuple(json.loads(recent)),
+                gpu=Learned(gpu_bytes, samples, tuple(json.loads(recent))),
+                host=Learned(host_bytes, host_samples, tuple(json.loads(host_recent))),
                 updated_at=updated_at,
             )
-            for uri, version, product, gpu_bytes, samples, recent, updated_at in self._db.execute(
-                "SELECT * FROM footprints ORDER BY storage_uri, artifact_version, product"
+            for (
+                uri,
+                version,
+                product,
+                gpu_bytes,
+                samples,
+                recent,
+                updated_at,
+                host_bytes,
+                host_samples,
+                host_recent,
+            ) in self._db.execute(
+                "SELECT storage_uri, artifact_version, product, gpu_bytes, samples, recent, "
+                "updated_at, host_bytes, host_samples, host_recent FROM footprints "
+                "ORDER BY storage_uri, artifact_version, product"
             )
         ]
 

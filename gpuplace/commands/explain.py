@@ -25,6 +25,7 @@ from gpuplace.output import (
     device_labels,
     dump,
     gpu_memory_text,
+    memory_text,
     model_to_dict,
     repeats_server_reasons,
 )
@@ -133,9 +134,9 @@ def model_text(status: scheduler_pb2.ModelStatus, labels: dict[str, str]) -> str
     if spec.min_replicas:
         wants.append(f"at least {spec.min_replicas} (minReplicas)")
     lines.append(f"  asks for: {'; '.join(wants)}")
-    gpu_memory = gpu_memory_text(status)
-    if gpu_memory:
-        lines.append(f"  GPU memory: {gpu_memory}")
+    for label, text in (("GPU memory", gpu_memory_text(status)), ("memory", memory_text(status))):
+        if text:
+            lines.append(f"  {label}: {text}")
     if status.replicas:
         lines.append("  placement:")
         for replica in status.replicas:

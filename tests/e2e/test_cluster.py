@@ -40,6 +40,7 @@ from tests.e2e.conftest import IrisArtifacts
 
 pytestmark = pytest.mark.e2e
 
+MiB = 2**20
 GPU_SERVER = "mlserver-llm-local-gpu"
 GPU_ROOMY = "GPU-11111111-aaaa"  # 80 GiB free of 80
 GPU_TIGHT = "GPU-22222222-bbbb"  # 50 GiB free of 80: the best fit for a 20 GiB model
@@ -378,6 +379,60 @@ def test_unload_removes_the_model_from_mlserver_and_the_repository(
         assert not (replica.repository / "unload-me").exists(), replica.name
     for name, where in others.items():  # the other models are untouched
         assert_served(cluster, name, where)
+
+
+BALLAST_MIB = 96
+BALLAST_RUNTIME = f"""
+from mlserver import MLModel
+
+
+class Ballast(MLModel):
+    \"\"\"Holds {BALLAST_MIB} MiB while loaded, every byte written, as a model's weights do.\"\"\"
+
+    async def load(self) -> bool:
+        self._ballast = b"\\x01" * ({BALLAST_MIB} * 2**20)
+        return True
+"""
+
+
+def test_host_memory_is_learned_from_mlserver_and_places_a_model_that_declares_none(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """MLServer's resident memory grows by what a model holds: the agent measures it around
+    the load, the scheduler learns it for the artifact and places the next model of that
+    artifact that declares no memory with it (plus the margin)."""
+    artifact = tmp_path / "ballast"
+    artifact.mkdir()
+    (artifact / "ballast.py").write_text(BALLAST_RUNTIME)
+    (artifact / "model-settings.json").write_text(
+        '{"name": "ballast", "implementation": "ballast.Ballast"}'
+    )
+    load(cluster, tmp_path, model("ballast-declared", artifact, memory="500Mi"))
+    declared = status(cluster, "ballast-declared")
+    assert declared["state"] == "Available", declared
+    (learned,) = declared["memory"]["learned"]
+    # The ballast, plus what importing the runtime and registering the model cost (MiB).
+    assert BALLAST_MIB * MiB <= learned["memoryBytes"] <= (BALLAST_MIB + 32) * MiB, learned
+    assert (learned["product"], learned["samples"]) == ("", 1)
+    assert declared["memory"]["source"] == "declared"
+    ratio = scheduler_counter(
+        cluster, "gpuplace_scheduler_model_memory_ratio", model="ballast-declared"
+    )
+    assert ratio == pytest.approx(learned["memoryBytes"] / (500 * MiB))
+
+    load(cluster, tmp_path, model("ballast-learned", artifact))
+    placed = status(cluster, "ballast-learned")
+    assert placed["state"] == "Available", placed
+    assert placed["memory"]["source"] == "learned"
+    # Its own load was measured too: two samples now, and the figure is the larger one.
+    (now,) = placed["memory"]["learned"]
+    assert now["samples"] == 2 and now["memoryBytes"] >= learned["memoryBytes"]
+    assert placed["memory"]["placementBytes"] == -(-now["memoryBytes"] * 110 // 100)
+    explained = cluster.gpuplace("explain", "model", "ballast-learned")
+    assert "  memory: not declared; measured " in explained.stdout, explained.stdout
+    # They answer no inference: gone before the scenarios that check every model's.
+    gone = cluster.gpuplace("model", "unload", "ballast-declared", "ballast-learned", "--wait")
+    assert gone.returncode == 0, gone.stderr
 
 
 def test_scheduler_sigkill_and_restart_keeps_every_model_without_a_second_load(

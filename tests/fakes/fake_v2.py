@@ -7,7 +7,8 @@ does), with its `parameters.version` and READY/UNAVAILABLE; load finds the model
 
 A test can make a load fail (`fail[name] = "message"`), last long (`delay_s[name]`), wait
 for the test (`hold[name] = asyncio.Event()`), or run a hook while loading (`on_load`, e.g.
-to take GPU memory in the fake NVML). `calls` records every request in order.
+to take GPU memory in the fake NVML). `calls` records every request in order. `/metrics`
+reports the resident memory a test sets (`resident`), which loads grow by `takes[name]`.
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ class FakeV2Server:
         self.ready = True
         self.calls: list[tuple[str, str]] = []
         self.loads_started = 0
+        # What /metrics reports as process_resident_memory_bytes (None: no such series, as
+        # MLServer with parallel workers), and what a load of each model adds to it.
+        self.resident: int | None = None
+        self.takes: dict[str, int] = {}
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -101,6 +106,8 @@ class FakeV2Server:
         if name in self.fail:
             return web.json_response({"error": self.fail[name]}, status=400)
         await self._run_hook(self.on_load, name)
+        if self.resident is not None and name not in self.loaded:
+            self.resident += self.takes.get(name, 0)
         self.loaded[name] = self._version(name)
         return web.json_response({})
 
@@ -110,11 +117,22 @@ class FakeV2Server:
         if name not in self.loaded:
             return web.json_response({"error": f"Model {name} not found"}, status=404)
         del self.loaded[name]
+        if self.resident is not None:
+            self.resident -= self.takes.get(name, 0)
         await self._run_hook(self.on_unload, name)
         return web.json_response({})
 
     async def _ready(self, request: web.Request) -> web.Response:
         return web.Response(status=200 if self.ready else 503)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        lines = ["# TYPE model_infer_request_success counter", "model_infer_request_success 0"]
+        if self.resident is not None:
+            lines += [
+                "# TYPE process_resident_memory_bytes gauge",
+                f"process_resident_memory_bytes {self.resident:.6e}",
+            ]
+        return web.Response(text="\n".join(lines) + "\n")
 
     async def start(self) -> FakeV2Server:
         app = web.Application()
@@ -122,6 +140,7 @@ class FakeV2Server:
         app.router.add_post("/v2/repository/models/{name}/load", self._load)
         app.router.add_post("/v2/repository/models/{name}/unload", self._unload)
         app.router.add_get("/v2/health/ready", self._ready)
+        app.router.add_get("/metrics", self._metrics)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)

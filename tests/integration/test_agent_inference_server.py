@@ -151,6 +151,34 @@ async def test_not_ready_and_unreachable(v2: FakeV2Server) -> None:
         await dead.close()
 
 
+async def test_resident_memory_is_read_from_the_metrics_page(
+    v2: FakeV2Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    mlserver = MLServerClient(
+        v2.url, load_timeout_s=5, request_timeout_s=5, metrics_url=f"{v2.url}/metrics"
+    )
+    unmeasured = client(v2.url)  # no metrics_url: never asks
+    try:
+        with caplog.at_level(logging.WARNING, logger="agent.inference_server"):
+            # No process series (MLServer with parallel workers): None, said once.
+            assert await mlserver.resident_bytes() is None
+            assert await mlserver.resident_bytes() is None
+            v2.resident = 1_234_567_000
+            assert await mlserver.resident_bytes() == 1_234_567_000
+            await v2.stop()  # unreachable: None, said again
+            assert await mlserver.resident_bytes() is None
+            assert await unmeasured.resident_bytes() is None
+    finally:
+        await mlserver.close()
+        await unmeasured.close()
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 2, said
+    assert "no process_resident_memory_bytes series" in said[0]
+    assert "MLSERVER_PARALLEL_WORKERS=0" in said[0] and f"{v2.url}/metrics" in said[0]
+    assert "host memory is not measured" in said[1]
+    assert ("index", "") not in v2.calls  # reading memory asks nothing else
+
+
 async def test_grpc_style_states_from_the_index() -> None:
     async def index(request: web.Request) -> web.Response:
         body = await request.json()

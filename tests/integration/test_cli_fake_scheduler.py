@@ -24,6 +24,7 @@ from protos import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 
 SEED = Path(__file__).resolve().parents[1] / "fixtures" / "seed"
 GiB = 2**30
+MiB = 2**20
 UUID_A = "GPU-aaaaaaaa-1111-2222-3333-444444444444"
 UUID_B = "GPU-bbbbbbbb-1111-2222-3333-444444444444"
 
@@ -577,13 +578,18 @@ def test_model_status_json_is_stable(
         "replicas",
         "serverReasons",
         "gpuMemory",
+        "memory",
     ]
-    assert llama["gpuMemory"] == {
-        "declared": None,
-        "source": None,
-        "placementBytes": 0,
-        "learned": [],
-    }
+    assert (
+        llama["gpuMemory"]
+        == llama["memory"]
+        == {
+            "declared": None,
+            "source": None,
+            "placementBytes": 0,
+            "learned": [],
+        }
+    )
     assert llama["updatedAt"] == "2023-11-14T22:13:20.500000Z"
     assert list(llama["spec"]) == [
         "storageUri",
@@ -721,7 +727,12 @@ def learned_fake(fake: FakeScheduler) -> None:
     """`declared` asks 20Gi and two loads measured 17.3 GiB; `undeclared` (same artifact)
     asks nothing and is placed with the learned figure plus a 10 % margin."""
     measured = scheduler_pb2.LearnedFootprint(
-        product="NVIDIA H100", gpu_memory_bytes=int(17.3 * GiB), samples=2, updated_at=1.7e9
+        product="NVIDIA H100",
+        gpu_memory_bytes=int(17.3 * GiB),
+        samples=2,
+        updated_at=1.7e9,
+        memory_bytes=300 * MiB,
+        memory_samples=1,
     )
     declared = status("declared", "Available", replicas=[replica("gpu-a", 0, "Available", UUID_A)])
     declared.spec.gpu_memory = "20Gi"
@@ -731,6 +742,8 @@ def learned_fake(fake: FakeScheduler) -> None:
     undeclared = status("undeclared", "Available", replicas=[replica("gpu-a", 1, "Available")])
     undeclared.placement_gpu_memory_bytes = int(17.3 * GiB * 1.1)
     undeclared.gpu_memory_source = "learned"
+    undeclared.placement_memory_bytes = 330 * MiB
+    undeclared.memory_source = "learned"
     undeclared.learned_footprints.append(measured)
     fake.models.update(declared=declared, undeclared=undeclared)
     fake.models["cpu"] = status("cpu", "Available")
@@ -746,10 +759,12 @@ def test_explain_model_shows_declared_vs_measured_gpu_memory(
         in capsys.readouterr().out
     )
     assert main(["explain", "model", "undeclared", "--scheduler", fake.address]) == 0
+    out = capsys.readouterr().out
     assert (
         "  GPU memory: not declared; measured 17.3 GiB on NVIDIA H100 (2 loads); placed with "
         "the learned 19.0 GiB per device (the largest measured plus the scheduler's margin)\n"
-        in capsys.readouterr().out
+        "  memory: not declared; measured 300 MiB on NVIDIA H100 (1 load); placed with the "
+        "learned 330 MiB (the largest measured plus the scheduler's margin)\n" in out
     )
     assert main(["explain", "model", "cpu", "--scheduler", fake.address]) == 0
     assert "GPU memory" not in capsys.readouterr().out
@@ -760,7 +775,8 @@ def test_model_status_json_shows_declared_vs_learned_gpu_memory(
 ) -> None:
     learned_fake(fake)
     assert main(["model", "status", "undeclared", "-o", "json", "--scheduler", fake.address]) == 0
-    assert json.loads(capsys.readouterr().out)["gpuMemory"] == {
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["gpuMemory"] == {
         "declared": None,
         "source": "learned",
         "placementBytes": int(17.3 * GiB * 1.1),
@@ -769,6 +785,19 @@ def test_model_status_json_shows_declared_vs_learned_gpu_memory(
                 "product": "NVIDIA H100",
                 "gpuMemoryBytes": int(17.3 * GiB),
                 "samples": 2,
+                "updatedAt": "2023-11-14T22:13:20Z",
+            }
+        ],
+    }
+    assert shown["memory"] == {
+        "declared": None,
+        "source": "learned",
+        "placementBytes": 330 * MiB,
+        "learned": [
+            {
+                "product": "NVIDIA H100",
+                "memoryBytes": 300 * MiB,
+                "samples": 1,
                 "updatedAt": "2023-11-14T22:13:20Z",
             }
         ],

@@ -27,6 +27,7 @@ from contract.protocol import EventKind, GpuDevice, Load, ModelEvent, Unload
 from tests.support.wait import wait_until
 
 GiB = 2**30
+MiB = 2**20
 SKLEARN = {"implementation": "mlserver_sklearn.SKLearnModel"}
 HUGGINGFACE = {"implementation": "mlserver_huggingface.HuggingFaceRuntime", "task": "fill-mask"}
 
@@ -75,6 +76,9 @@ class FakeInference:
         self.on_unload: Callable[[str], None] | None = None
         self.active = 0
         self.most_active = 0
+        # The server's resident host memory (None: not measurable) and what each load adds.
+        self.resident: int | None = None
+        self.takes: dict[str, int] = {}
 
     async def ready(self) -> bool:
         return True
@@ -94,6 +98,8 @@ class FakeInference:
             settings = json.loads((self.repository / name / "model-settings.json").read_text())
             if self.on_load:
                 self.on_load(name)
+            if self.resident is not None:
+                self.resident += self.takes.get(name, 0)
             replaced = self.loaded.get(name)
             self.loaded[name] = settings["parameters"]["version"]
             if replaced is not None and self.on_unload:
@@ -106,8 +112,14 @@ class FakeInference:
         self.calls.append(("unload", name))
         if self.unload_error is not None:
             raise self.unload_error
-        if self.loaded.pop(name, None) is not None and self.on_unload:
-            self.on_unload(name)
+        if self.loaded.pop(name, None) is not None:
+            if self.resident is not None:
+                self.resident -= self.takes.get(name, 0)
+            if self.on_unload:
+                self.on_unload(name)
+
+    async def resident_bytes(self) -> int | None:
+        return self.resident
 
     async def close(self) -> None:
         return None
@@ -257,6 +269,47 @@ async def test_two_undeclared_loads_at_once_are_charged_nothing(
     events = {event.model: event for event in await asyncio.gather(llm, small)}
     assert events["llm"].kind is events["small"].kind is EventKind.LOADED
     assert events["llm"].footprint_bytes == events["small"].footprint_bytes == {}
+
+
+async def test_a_load_alone_reports_the_host_memory_the_server_took(tmp_path: Path) -> None:
+    h = make(tmp_path, gpu("GPU-0", 80))
+    h.inference.resident = 700 * MiB
+    h.inference.takes = {"iris": 300 * MiB, "tiny": 0}
+    event = await h.manager.load(load(h))
+    assert (event.kind, event.host_bytes) == (EventKind.LOADED, 300 * MiB)
+    assert (await h.manager.load(load(h, "tiny"))).host_bytes == 0
+    # Freed memory (the allocator gave some back) is never a negative footprint.
+    h.inference.takes["small"] = -5 * MiB
+    assert (await h.manager.load(load(h, "small"))).host_bytes == 0
+    # A new version loads next to the old one, which is dropped meanwhile: not measured.
+    assert (await h.manager.load(load(h, version=2))).host_bytes is None
+    # A server whose memory cannot be read (MLServer with parallel workers): not measured.
+    h.inference.resident = None
+    assert (await h.manager.load(load(h, "other"))).host_bytes is None
+
+
+@pytest.mark.parametrize("other", ["load", "unload"])
+async def test_host_memory_is_not_measured_while_another_load_or_unload_runs(
+    tmp_path: Path, other: str
+) -> None:
+    """The server's resident memory is one number: a load that overlapped another load or
+    an unload, at any moment, cannot tell its own part."""
+    h = make(tmp_path, gpu("GPU-0", 80))
+    h.inference.resident = GiB
+    h.inference.takes = {"iris": 300 * MiB, "other": 2 * GiB}
+    if other == "unload":
+        assert (await h.manager.load(load(h, "other"))).host_bytes == 2 * GiB
+    gate = asyncio.Event()
+    h.inference.gates = {"iris": gate}
+    measured = h.manager.load(load(h))
+    await wait_until(lambda: ("load", "iris") in h.inference.calls)
+    if other == "load":
+        overlapping = await h.manager.load(load(h, "other"))
+        assert overlapping.host_bytes is None  # started while iris was loading
+    else:
+        assert (await h.manager.unload(Unload("other", 1))).kind is EventKind.UNLOADED
+    gate.set()
+    assert (await measured).host_bytes is None
 
 
 @pytest.mark.parametrize("cpu_first", [True, False])

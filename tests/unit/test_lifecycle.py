@@ -23,6 +23,7 @@ from scheduler_service.model import (
     Footprint,
     FootprintBook,
     Key,
+    Learned,
     ModelCopy,
     ModelRecord,
     ModelState,
@@ -32,6 +33,7 @@ from scheduler_service.model import (
 from scheduler_service.settings import SchedulerSettings
 
 GiB = 2**30
+MiB = 2**20
 NOW = 1000.0
 # Validated without reading the environment: the rows depend on these values only.
 SETTINGS = SchedulerSettings.model_validate(
@@ -1038,7 +1040,7 @@ URI = "gs://models/llama"
 
 def learned(*figures: tuple[str, int], uri: str = URI) -> Callable[[Any], tuple[Footprint, ...]]:
     """A FootprintBook.of over plain values: `figures` (product, bytes) for artifact `uri`."""
-    known = tuple(Footprint(uri, None, product, size, 2) for product, size in figures)
+    known = tuple(Footprint(uri, None, product, gpu=Learned(size, 2)) for product, size in figures)
     return lambda artifact: known if artifact == (uri, None) else ()
 
 
@@ -1094,7 +1096,7 @@ def test_a_declared_gpu_memory_wins_over_what_was_learned() -> None:
     ((_, load),) = outcome.commands
     assert isinstance(load, Load) and load.gpu_memory_bytes == 20 * GiB
     assert record.gpu_memory_source == "declared" and record.learned_gpu_bytes == 0
-    assert record.learned[0].gpu_bytes == 30 * GiB  # shown, not used
+    assert record.learned[0].gpu.size == 30 * GiB  # shown, not used
 
 
 def test_another_artifact_version_learns_apart() -> None:
@@ -1117,13 +1119,56 @@ def test_footprint_book_keeps_the_largest_of_the_recent_loads() -> None:
     book = FootprintBook()
     artifact = (URI, None)
     for size in (10, 30, 12, 11, 13, 14):
-        book.keep(book.measured(artifact, "H100", size * GiB, NOW))
+        book.keep(book.measured(artifact, "H100", NOW, gpu=size * GiB))
     # 30 GiB was the second of six: it left the window of the last five.
     (figure,) = book.of(artifact)
-    assert figure.samples == 6 and figure.recent == tuple(s * GiB for s in (30, 12, 11, 13, 14))
-    assert figure.gpu_bytes == 30 * GiB
-    book.keep(book.measured(artifact, "H100", 9 * GiB, NOW))
-    assert book.of(artifact)[0].gpu_bytes == 14 * GiB
+    assert figure.gpu.samples == 6
+    assert figure.gpu.recent == tuple(s * GiB for s in (30, 12, 11, 13, 14))
+    assert figure.gpu.size == 30 * GiB
+    book.keep(book.measured(artifact, "H100", NOW, gpu=9 * GiB))
+    assert book.of(artifact)[0].gpu.size == 14 * GiB
     assert book.of((URI, 1)) == ()
-    assert with_margin(book.of(artifact), 10) == -(-14 * GiB * 110 // 100)
+    assert with_margin((f.gpu.size for f in book.of(artifact)), 10) == -(-14 * GiB * 110 // 100)
     assert with_margin((), 10) == 0
+    # Host memory is learned next to it, from the loads that measured it.
+    book.keep(book.measured(artifact, "H100", NOW + 1, host=300 * MiB))
+    (figure,) = book.of(artifact)
+    assert figure.host == Learned(300 * MiB, 1, (300 * MiB,))
+    assert figure.gpu.size == 14 * GiB and figure.updated_at == NOW + 1
+
+
+def host_learned(size: int, uri: str = URI) -> Callable[[Any], tuple[Footprint, ...]]:
+    """A FootprintBook.of with one host-memory figure (loads that took no GPU memory)."""
+    known = (Footprint(uri, None, "", host=Learned(size, 1, (size,))),)
+    return lambda artifact: known if artifact == (uri, None) else ()
+
+
+def test_no_memory_declared_is_placed_with_the_learned_host_figure_plus_the_margin() -> None:
+    context = replace(gpu_cluster(), learned=host_learned(4 * GiB))
+    record = model(state=ModelState.PENDING, storage_uri=URI)
+    outcome = lifecycle.step(record, context)
+    assert sent(outcome) == [("a-0", "Load", 1)]
+    assert record.memory_source == "learned" and record.gpu_memory_source == ""
+    assert record.memory_bytes == -(-4 * GiB * 110 // 100)
+    assert lifecycle.learned_text(record) == "memory learned: 4.4 GiB (4 GiB measured + margin)"
+
+
+def test_a_learned_host_figure_that_fits_nowhere_refuses_the_model_with_the_memory_reason() -> None:
+    context = replace(gpu_cluster(), learned=host_learned(15 * GiB))  # 16.5 GiB > 16 GiB
+    record = model(state=ModelState.PENDING, storage_uri=URI)
+    outcome = lifecycle.step(record, context)
+    assert outcome.commands == [] and record.state == ModelState.SCHEDULE_FAILED
+    assert all("memory" in reason for _, reason in record.server_reasons)
+
+
+def test_a_declared_memory_wins_over_the_learned_host_figure() -> None:
+    context = replace(gpu_cluster(), learned=host_learned(15 * GiB))
+    record = model(state=ModelState.PENDING, storage_uri=URI, memory="1Gi")
+    outcome = lifecycle.step(record, context)
+    assert sent(outcome) == [("a-0", "Load", 1)]
+    assert (record.memory_source, record.memory_bytes, record.learned_memory_bytes) == (
+        "declared",
+        GiB,
+        0,
+    )
+    assert lifecycle.learned_text(record) == ""

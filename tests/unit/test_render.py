@@ -253,6 +253,7 @@ def test_agent_sidecar_and_its_environment_are_injected() -> None:
     assert variables["NVIDIA_VISIBLE_DEVICES"] == "all"
     assert variables["POD_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     assert variables["GPUPLACE_AGENT_INFERENCE_CONTAINER"] == "mlserver"
+    assert variables["GPUPLACE_AGENT_INFERENCE_METRICS_PORT"] == "8082"  # MLServer's default
     assert env(found["mlserver"])["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
     assert "NVIDIA_VISIBLE_DEVICES" not in env(found["mlserver"])
     # The Server's GPU resources replaced the built-in ServerConfig's.

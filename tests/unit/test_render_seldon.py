@@ -243,6 +243,7 @@ def test_seldons_agent_is_replaced_keeping_what_applies() -> None:
         "SELDON_SCHEDULER_PORT": "9005",
         "SELDON_SERVER_HTTP_PORT": "9000",
         "SELDON_SERVER_GRPC_PORT": "8081",
+        "GPUPLACE_AGENT_INFERENCE_METRICS_PORT": "8082",  # MLServer's default: host memory
         "POD_NAMESPACE": {"fieldRef": {"fieldPath": "metadata.namespace"}},
         "GPUPLACE_AGENT_INFERENCE_CONTAINER": "mlserver",
         "GPUPLACE_AGENT_LOCAL_ARTIFACT_ROOTS": "",  # no persistent volume: no local artifact
@@ -316,6 +317,8 @@ def test_the_inference_container_is_found_by_name_not_by_position() -> None:
     agent = env(found["agent"])
     assert agent["MEMORY_REQUEST"]["resourceFieldRef"]["containerName"] == "triton"
     assert (agent["SELDON_SERVER_HTTP_PORT"], agent["SELDON_SERVER_GRPC_PORT"]) == ("7000", "8001")
+    # Triton's metrics have no process memory: the agent does not read them.
+    assert agent["GPUPLACE_AGENT_INFERENCE_METRICS_PORT"] == "0"
     assert env(found["triton"])["SERVER_MODELS_DIR"] == "/mnt/models"
     assert "MLSERVER_LOAD_MODELS_AT_STARTUP" not in env(found["triton"])
     assert "volumeMounts" not in found["logger"]
@@ -508,3 +511,14 @@ def test_a_storage_secret_must_be_a_secret_name() -> None:
     with pytest.raises(ValueError, match="'S3_creds' is not a Secret name") as caught:
         RenderSettings(storage_secrets=("ok", "S3_creds"))
     assert SUBDOMAIN_RULE in str(caught.value)
+
+
+def test_the_agent_reads_mlservers_metrics_port_for_host_memory() -> None:
+    containers = (
+        "      - name: mlserver\n"
+        "        image: seldonio/mlserver:1.7.1\n"
+        "        env: [{name: MLSERVER_METRICS_PORT, value: '9100'}]\n"
+        "        resources: {requests: {memory: 1Gi}}\n"
+    )
+    found = by_name(pod_of(render(config_with(containers), server(config="c")))["containers"])
+    assert env(found["agent"])["GPUPLACE_AGENT_INFERENCE_METRICS_PORT"] == "9100"

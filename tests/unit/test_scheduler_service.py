@@ -704,15 +704,25 @@ def h100(uuid: str, index: int = 0) -> GpuDevice:
     return GpuDevice(uuid, "NVIDIA H100", index, 80 * GiB, 80 * GiB, 0)
 
 
-def loaded(h: Harness, agent: Agent, name: str, version: int, footprint: dict[str, int]) -> None:
-    event = ModelEvent(EventKind.LOADED, name, version, footprint_bytes=footprint)
+def loaded(
+    h: Harness,
+    agent: Agent,
+    name: str,
+    version: int,
+    footprint: dict[str, int],
+    *,
+    host_bytes: int | None = None,
+) -> None:
+    event = ModelEvent(
+        EventKind.LOADED, name, version, footprint_bytes=footprint, host_bytes=host_bytes
+    )
     h.service.on_event(agent.session, event)
     h.service.reconcile()
 
 
-def ratio(h: Harness, model: str) -> float | None:
+def ratio(h: Harness, model: str, figure: str = "gpu_memory") -> float | None:
     return h.service._metrics.registry.get_sample_value(
-        "gpuplace_scheduler_model_gpu_memory_ratio", {"model": model}
+        f"gpuplace_scheduler_model_{figure}_ratio", {"model": model}
     )
 
 
@@ -726,7 +736,7 @@ def test_a_measured_load_is_learned_and_places_a_model_that_declares_no_gpu_memo
     loaded(h, gpu, "declared", 1, {"GPU-1": 17 * GiB})
 
     (learned,) = h.store.footprints()
-    assert (learned.artifact, learned.product, learned.gpu_bytes, learned.samples) == (
+    assert (learned.artifact, learned.product, learned.gpu.size, learned.gpu.samples) == (
         (URI, None),
         "NVIDIA H100",
         17 * GiB,
@@ -755,13 +765,13 @@ def test_a_measured_load_is_learned_and_places_a_model_that_declares_no_gpu_memo
 
     # Its own load is measured too: the figure follows what loads really take.
     loaded(h, gpu, "undeclared", 1, {"GPU-1": 18 * GiB})
-    assert [(f.gpu_bytes, f.samples) for f in h.store.footprints()] == [(18 * GiB, 2)]
+    assert [(f.gpu.size, f.gpu.samples) for f in h.store.footprints()] == [(18 * GiB, 2)]
     assert ratio(h, "declared") == pytest.approx(18 / 20)  # the models of the artifact follow
 
     h.start()  # a restart keeps what was learned
     h.service.reconcile()
     record = h.service.model("undeclared")
-    assert (record.gpu_memory_source, record.learned[0].samples) == ("learned", 2)
+    assert (record.gpu_memory_source, record.learned[0].gpu.samples) == ("learned", 2)
     assert ratio(h, "declared") == pytest.approx(18 / 20)
 
 
@@ -769,12 +779,48 @@ def test_a_span_learns_its_largest_device_and_a_cpu_load_learns_nothing(h: Harne
     gpu = h.connect("g", devices=(h100("GPU-1"), h100("GPU-2", 1)))
     h.load("span", storage_uri=URI, gpu_memory="10Gi", gpus=2)
     loaded(h, gpu, "span", 1, {"GPU-1": 9 * GiB, "GPU-2": 11 * GiB, "GPU-gone": 50 * GiB})
-    assert [(f.product, f.gpu_bytes) for f in h.store.footprints()] == [("NVIDIA H100", 11 * GiB)]
+    assert [(f.product, f.gpu.size) for f in h.store.footprints()] == [("NVIDIA H100", 11 * GiB)]
     h.load("cpu", storage_uri="gs://models/iris")
     loaded(h, gpu, "cpu", 1, {})
     assert h.service.model("cpu").state == ModelState.AVAILABLE
     assert len(h.store.footprints()) == 1
     assert h.service.model("cpu").gpu_memory_source == ""
+
+
+def test_host_memory_a_load_measured_is_learned_and_places_a_model_that_declares_none(
+    h: Harness,
+) -> None:
+    cpu = h.connect("a")
+    gpu = h.connect("g", devices=(h100("GPU-1"),))
+    h.load("declared", storage_uri=URI, memory="2Gi")
+    loaded(h, cpu, "declared", 1, {}, host_bytes=3 * GiB)  # a CPU load: no GPU product
+    (learned,) = h.store.footprints()
+    assert (learned.product, learned.host.size, learned.gpu.samples) == ("", 3 * GiB, 0)
+    assert ratio(h, "declared", "memory") == pytest.approx(3 / 2)
+    assert ratio(h, "declared") is None  # no GPU memory declared or measured
+
+    # Same artifact, no memory declared: placed (and charged) with 3 GiB plus 10 %.
+    h.load("undeclared", storage_uri=URI)
+    record = h.service.model("undeclared")
+    want = -(-3 * GiB * 110 // 100)
+    assert (record.memory_source, record.memory_bytes) == ("learned", want)
+    assert record.gpu_memory_source == ""  # nothing learned on a GPU: still a CPU model
+    used = {s.key: v.used_memory_bytes for s, v in h.service.replica_views() if v is not None}
+    assert used == {("a", 0): 2 * GiB, ("g", 0): want}  # charged the learned figure
+    status = convert.status_to_proto(record)
+    assert (status.memory_source, status.placement_memory_bytes) == ("learned", want)
+    assert [(f.product, f.memory_bytes, f.memory_samples) for f in status.learned_footprints] == [
+        ("", 3 * GiB, 1)
+    ]
+
+    # A GPU load measures both: host memory goes with its GPU product.
+    h.load("gpu", storage_uri="gs://models/llm", gpu_memory="10Gi")
+    loaded(h, gpu, "gpu", 1, {"GPU-1": 9 * GiB}, host_bytes=GiB)
+    (llm,) = [f for f in h.store.footprints() if f.storage_uri == "gs://models/llm"]
+    assert (llm.product, llm.gpu.size, llm.host.size) == ("NVIDIA H100", 9 * GiB, GiB)
+    # A load that could not measure host memory (None) learns nothing of it.
+    loaded(h, cpu, "undeclared", 1, {}, host_bytes=None)
+    assert [f.host.samples for f in h.store.footprints() if f.storage_uri == URI] == [1]
 
 
 class BrokenFootprints(MemoryStore):
@@ -792,4 +838,4 @@ def test_a_footprint_that_cannot_be_saved_is_dropped_and_the_load_counts(
         loaded(h, gpu, "declared", 1, {"GPU-1": 17 * GiB})
     assert h.state("declared") == (ModelState.AVAILABLE, {"g-0": "Available"})
     assert h.service.footprints() == [] and h.service.model("declared").learned == ()
-    assert "its measured GPU footprint was not saved" in caplog.text
+    assert "its measured footprint was not saved" in caplog.text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from contextlib import closing
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from scheduler_service.model import (
     CopyState,
     Footprint,
+    Learned,
     ModelCopy,
     ModelRecord,
     ModelState,
@@ -19,6 +21,7 @@ from scheduler_service.model import (
 from scheduler_service.store import Store, StoreError
 
 GiB = 2**30
+MiB = 2**20
 
 
 def record() -> ModelRecord:
@@ -89,17 +92,19 @@ def test_a_state_file_that_cannot_be_used_is_a_clear_error(tmp_path: Path, make:
 
 def test_learned_footprints_come_back_and_replace_by_artifact_and_product(tmp_path: Path) -> None:
     store = Store(tmp_path / "s.db")
-    first = Footprint("gs://m/llama", None, "NVIDIA H100", 17 * GiB, 1, (17 * GiB,), 5.0)
-    other = Footprint("gs://m/llama", 2, "NVIDIA H100", 18 * GiB, 1, (18 * GiB,), 6.0)
-    a100 = Footprint("gs://m/llama", None, "NVIDIA A100", 16 * GiB, 1, (16 * GiB,), 7.0)
+    first = Footprint("gs://m/llama", None, "NVIDIA H100", Learned(17 * GiB, 1, (17 * GiB,)))
+    other = Footprint("gs://m/llama", 2, "NVIDIA H100", Learned(18 * GiB, 1, (18 * GiB,)))
+    a100 = Footprint("gs://m/llama", None, "NVIDIA A100", Learned(16 * GiB, 1, (16 * GiB,)))
     for footprint in (first, other, a100):
         store.save_footprint(footprint)
-    again = first.measured(19 * GiB, 8.0)
+    again = replace(
+        first, gpu=first.gpu.measured(19 * GiB), host=Learned(300 * MiB, 1, (300 * MiB,))
+    )
     store.save_footprint(again)
     store.close()
     reopened = Store(tmp_path / "s.db")
     assert reopened.footprints() == [a100, again, other]
-    assert again.samples == 2 and again.gpu_bytes == 19 * GiB
+    assert again.gpu == Learned(19 * GiB, 2, (17 * GiB, 19 * GiB))
     assert reopened.load() == []
 
 
@@ -134,6 +139,47 @@ def test_a_state_file_from_before_learned_footprints_opens_and_learns(tmp_path: 
     store = Store(path)
     assert [m.name for m in store.load()] == ["llama3"]
     assert store.footprints() == []
-    learned = Footprint("gs://m/llama", None, "NVIDIA H100", GiB, 1, (GiB,), 1.0)
+    learned = Footprint(
+        "gs://m/llama", None, "NVIDIA H100", Learned(GiB, 1, (GiB,)), updated_at=1.0
+    )
     store.save_footprint(learned)
     assert store.footprints() == [learned]
+
+
+# Schema 1 as the first learning scheduler wrote it: GPU figures only.
+_SCHEMA_1_FOOTPRINTS = """
+CREATE TABLE footprints (
+    storage_uri TEXT NOT NULL, artifact_version TEXT NOT NULL, product TEXT NOT NULL,
+    gpu_bytes INTEGER NOT NULL, samples INTEGER NOT NULL, recent TEXT NOT NULL,
+    updated_at REAL NOT NULL, PRIMARY KEY (storage_uri, artifact_version, product)
+);
+INSERT INTO footprints VALUES ('gs://m/llama', '3', 'NVIDIA H100', 1073741824, 2,
+    '[1000000000, 1073741824]', 5.0);
+"""
+
+
+def test_a_schema_1_file_is_migrated_keeping_its_gpu_figures(tmp_path: Path) -> None:
+    path = tmp_path / "v1.db"
+    with closing(sqlite3.connect(path)) as db:
+        db.executescript(_OLD_SCHEMA + _SCHEMA_1_FOOTPRINTS)
+    store = Store(path)
+    kept = Footprint(
+        "gs://m/llama", 3, "NVIDIA H100", Learned(GiB, 2, (10**9, GiB)), updated_at=5.0
+    )
+    assert store.footprints() == [kept]
+    learned = replace(kept, host=Learned(MiB, 1, (MiB,)))
+    store.save_footprint(learned)
+    store.close()
+    with closing(sqlite3.connect(path)) as db:
+        assert db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("2",)
+    assert Store(path).footprints() == [learned]
+
+
+def test_a_file_of_a_newer_scheduler_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "new.db"
+    Store(path).close()
+    with closing(sqlite3.connect(path)) as db:
+        db.execute("UPDATE meta SET value='3' WHERE key='schema'")
+        db.commit()
+    with pytest.raises(StoreError, match=r"schema version 3, this scheduler reads 2 \(written"):
+        Store(path)
