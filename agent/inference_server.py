@@ -202,14 +202,22 @@ class MLServerClient:
         such series: MLServer with parallel workers exports no process metrics."""
         if not self._metrics_url:
             return None
-        why = ""
+        why, text = "", ""
         try:
             async with self._client().get(
                 self._metrics_url, timeout=self._request_timeout
             ) as response:
-                text = (await response.content.read(METRICS_LIMIT_BYTES)).decode(errors="replace")
+                body = bytearray()
+                while len(body) <= METRICS_LIMIT_BYTES:
+                    chunk = await response.content.read(METRICS_LIMIT_BYTES + 1 - len(body))
+                    if not chunk:
+                        break
+                    body += chunk
                 if response.status != 200:
                     why = f"HTTP {response.status}"
+                elif len(body) > METRICS_LIMIT_BYTES:
+                    why = f"the page is larger than {METRICS_LIMIT_BYTES // 2**20} MiB"
+                text = body.decode(errors="replace")
         except (TimeoutError, aiohttp.ClientError) as exc:
             why = str(exc) or type(exc).__name__
         if not why:
@@ -222,11 +230,14 @@ class MLServerClient:
                 ]
             except ValueError as exc:
                 found, why = [], f"not Prometheus text ({exc})"
-            if found:
+            total = sum(found)
+            if found and all(value >= 0 for value in found) and 0 <= total < 2**63:
                 self._memory_unreadable = False
-                return int(sum(found))
+                return int(total)
             why = why or (
-                f"no {RESIDENT_MEMORY} series (MLServer with parallel workers "
+                f"{RESIDENT_MEMORY} is not a size: {found}"
+                if found
+                else f"no {RESIDENT_MEMORY} series (MLServer with parallel workers "
                 "exports none: MLSERVER_PARALLEL_WORKERS=0 makes it measurable)"
             )
         if not self._memory_unreadable:

@@ -244,6 +244,9 @@ class ModelManager:
         # Every load and unload of the inference server: one that ran alone measured the
         # host memory its model took.
         self._server_calls = Overlaps()
+        # Models the server may be loading still (a timed-out load whose cleanup failed):
+        # while any is, host memory is not measured.
+        self._unsettled: set[str] = set()
 
     # -- scheduling -----------------------------------------------------------------------
 
@@ -697,14 +700,30 @@ class ModelManager:
         ran alone with it (no other load or unload at any moment) and replaced no version (the
         old one is dropped in the middle); None otherwise or when it cannot be read."""
         with self._server_calls.track() as alone:
-            before = None if replacing else await self.inference.resident_bytes()
+            measure = not replacing and not self._unsettled
+            before = await self._resident(name) if measure else None
             await self.inference.load(name)
+            self._unsettled.discard(name)
             if before is None:
                 return None
-            after = await self.inference.resident_bytes()
-            if after is None or not alone():
+            after = await self._resident(name)
+            # Less than before: memory freed meanwhile was reused, the figure means nothing.
+            if after is None or after < before or not alone():
                 return None
-            return max(0, after - before)
+            return after - before
+
+    async def _resident(self, name: str) -> int | None:
+        """The inference server's resident memory now; None when it cannot be read (the
+        figure only informs: no reading ever fails a load)."""
+        try:
+            return await self.inference.resident_bytes()
+        except Exception:
+            log.exception(
+                "model %s on %s: the inference server's memory could not be read",
+                name,
+                self.replica,
+            )
+            return None
 
     async def _undo_failed_load(
         self, name: str, current: LoadedModel | None, aside: Path | None, old_kept: bool
@@ -720,7 +739,11 @@ class ModelManager:
             try:
                 with self._server_calls.track():
                     await self.inference.unload(name)
+                self._unsettled.discard(name)
             except InferenceServerError as exc:
+                # A load that timed out may still end inside the server: until this model
+                # is unloaded or loaded again, no load's host memory is told apart from it.
+                self._unsettled.add(name)
                 log.warning("model %s on %s: cleanup unload failed: %s", name, self.replica, exc)
         await asyncio.to_thread(self.repository.roll_back, name, aside)
         if current is None:
@@ -841,6 +864,7 @@ class ModelManager:
         try:
             with self._server_calls.track():
                 await self.inference.unload(name)
+            self._unsettled.discard(name)
         except InferenceServerUnavailable as exc:
             message = f"inference server unreachable ({exc}); counted as unloaded"
             log.warning("model %s v%d on %s: %s", name, version, self.replica, message)

@@ -2,7 +2,7 @@
 record's next state and the commands to send out.
 
 Each function takes a record and a Context: a read-only view of the cluster (which replicas
-are connected or draining, the placement snapshot), the GPU footprints learned so far, the
+are connected or draining, the placement snapshot), the footprints learned so far, the
 settings and `now`. It changes the
 record it is given and returns an Outcome: the Load/Unload commands, each addressed to a
 replica; whether the record must be saved and published first; and the facts the shell
@@ -84,7 +84,7 @@ class Context:
     now: float
     # A monotonic stopwatch (seconds) that times the core for the metrics; it decides nothing.
     stopwatch: Callable[[], float] = lambda: 0.0
-    # The GPU footprints learned for an artifact, one per GPU product (the shell's
+    # The footprints learned for an artifact, one per GPU product (the shell's
     # FootprintBook.of; none in a test that does not say).
     learned: Callable[[Artifact], tuple[Footprint, ...]] = nothing_learned
 
@@ -495,8 +495,9 @@ def step(record: ModelRecord, ctx: Context) -> Outcome:
 def _learned(record: ModelRecord, ctx: Context) -> None:
     """Take in what was learned for the model's artifact: a figure the spec does not declare
     (gpuMemory, memory) is placed with the largest learned one plus the margin (no GPU memory
-    learned: a CPU model). A model placed already keeps its place; the figures count from its
-    next placement."""
+    learned: a CPU model). A model placed already keeps its place: a GPU figure counts from
+    its next placement; a host figure is what its replicas are charged from now on (host
+    memory is not measured per replica afterwards)."""
     record.learned = learned = ctx.learned(record.spec.artifact)
     margin = ctx.settings.learned_margin_percent
     record.learned_gpu_bytes = (

@@ -62,11 +62,11 @@ class StateStore(Protocol):
         ...
 
     def save_footprint(self, footprint: Footprint) -> None:
-        """Keep one learned GPU footprint (per artifact and GPU product), replacing it."""
+        """Keep one learned footprint (per artifact and GPU product), replacing it."""
         ...
 
     def footprints(self) -> list[Footprint]:
-        """Every learned GPU footprint, as last saved."""
+        """Every learned footprint, as last saved."""
         ...
 
     def close(self) -> None: ...
@@ -141,7 +141,8 @@ class SchedulerService:
             return lifecycle.Plan(copy.deepcopy(found), changed=False)
         self._sync_usage()
         view = self._cluster.without(spec.name)
-        result = lifecycle.plan(found.record, lifecycle.Context(view, self._settings, now))
+        context = lifecycle.Context(view, self._settings, now, learned=self._footprints.of)
+        result = lifecycle.plan(found.record, context)
         log.debug(
             "model %s: dry run of version %d: %s, loads on %s",
             spec.name,

@@ -118,9 +118,17 @@ class Store:
                 + (" (written by a newer scheduler)" if found > SCHEMA_VERSION else "")
             )
         for version in range(found, SCHEMA_VERSION):
-            with self._transaction():
-                _MIGRATIONS[version](self._db)
-                self._db.execute("UPDATE meta SET value=? WHERE key='schema'", (str(version + 1),))
+            try:
+                with self._transaction():
+                    _MIGRATIONS[version](self._db)
+                    self._db.execute(
+                        "UPDATE meta SET value=? WHERE key='schema'", (str(version + 1),)
+                    )
+            except sqlite3.Error as exc:
+                raise StoreError(
+                    f"{path}: cannot migrate the state file from schema {version} to "
+                    f"{version + 1} ({exc}); nothing was changed"
+                ) from None
 
     def close(self) -> None:
         self._db.close()

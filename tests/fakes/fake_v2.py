@@ -41,8 +41,10 @@ class FakeV2Server:
         self.loads_started = 0
         # What /metrics reports as process_resident_memory_bytes (None: no such series, as
         # MLServer with parallel workers), and what a load of each model adds to it.
-        self.resident: int | None = None
+        self.resident: float | None = None
         self.takes: dict[str, int] = {}
+        # Bytes of other series before it (a busy server's page is large).
+        self.metrics_padding = 0
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -127,6 +129,7 @@ class FakeV2Server:
 
     async def _metrics(self, request: web.Request) -> web.Response:
         lines = ["# TYPE model_infer_request_success counter", "model_infer_request_success 0"]
+        lines += [f"# padding {'x' * 90}"] * (self.metrics_padding // 100)
         if self.resident is not None:
             lines += [
                 "# TYPE process_resident_memory_bytes gauge",

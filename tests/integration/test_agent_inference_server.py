@@ -7,6 +7,7 @@ import gzip
 import io
 import json
 import logging
+import math
 import socket
 import tarfile
 from collections.abc import AsyncIterator
@@ -177,6 +178,31 @@ async def test_resident_memory_is_read_from_the_metrics_page(
     assert "MLSERVER_PARALLEL_WORKERS=0" in said[0] and f"{v2.url}/metrics" in said[0]
     assert "host memory is not measured" in said[1]
     assert ("index", "") not in v2.calls  # reading memory asks nothing else
+
+
+async def test_a_large_metrics_page_is_read_whole_and_a_bad_value_is_no_size(
+    v2: FakeV2Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    mlserver = MLServerClient(
+        v2.url, load_timeout_s=5, request_timeout_s=5, metrics_url=f"{v2.url}/metrics"
+    )
+    try:
+        # A page that arrives in many pieces, the series at its end.
+        v2.metrics_padding, v2.resident = 3 * 2**20, 5_000_000
+        assert await mlserver.resident_bytes() == 5_000_000
+        with caplog.at_level(logging.WARNING, logger="agent.inference_server"):
+            for bad in (math.nan, math.inf, -1.0):
+                v2.resident = bad
+                assert await mlserver.resident_bytes() is None
+            v2.resident = 5_000_000
+            assert await mlserver.resident_bytes() == 5_000_000  # the next problem is said
+            v2.metrics_padding = 9 * 2**20
+            assert await mlserver.resident_bytes() is None  # past the 8 MiB bound
+    finally:
+        await mlserver.close()
+    said = [r.getMessage() for r in caplog.records]
+    assert "process_resident_memory_bytes is not a size: [nan]" in said[0], said
+    assert "the page is larger than 8 MiB" in said[1], said
 
 
 async def test_grpc_style_states_from_the_index() -> None:

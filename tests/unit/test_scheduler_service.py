@@ -819,7 +819,9 @@ def test_host_memory_a_load_measured_is_learned_and_places_a_model_that_declares
     (llm,) = [f for f in h.store.footprints() if f.storage_uri == "gs://models/llm"]
     assert (llm.product, llm.gpu.size, llm.host.size) == ("NVIDIA H100", 9 * GiB, GiB)
     # A load that could not measure host memory (None) learns nothing of it.
-    loaded(h, cpu, "undeclared", 1, {}, host_bytes=None)
+    assert set(h.service.model("undeclared").copies) == {("g", 0)}
+    loaded(h, gpu, "undeclared", 1, {}, host_bytes=None)
+    assert h.service.model("undeclared").state == ModelState.AVAILABLE
     assert [f.host.samples for f in h.store.footprints() if f.storage_uri == URI] == [1]
 
 

@@ -134,7 +134,12 @@ def test_a_state_file_from_before_learned_footprints_opens_and_learns(tmp_path: 
     store.save(record())
     store.close()
     with closing(sqlite3.connect(path)) as db:
-        db.execute("DROP TABLE footprints")  # as an old scheduler left it, with a model
+        assert db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("2",)
+        columns = {row[1] for row in db.execute("PRAGMA table_info(footprints)")}
+        assert {"gpu_bytes", "host_bytes", "host_samples", "host_recent"} <= columns
+        # As an old scheduler left it, with a model: schema 1, no footprints table.
+        db.execute("DROP TABLE footprints")
+        db.execute("UPDATE meta SET value='1' WHERE key='schema'")
         db.commit()
     store = Store(path)
     assert [m.name for m in store.load()] == ["llama3"]
@@ -183,3 +188,14 @@ def test_a_file_of_a_newer_scheduler_is_refused(tmp_path: Path) -> None:
         db.commit()
     with pytest.raises(StoreError, match=r"schema version 3, this scheduler reads 2 \(written"):
         Store(path)
+
+
+def test_a_migration_that_fails_is_one_line_and_changes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "odd.db"
+    with closing(sqlite3.connect(path)) as db:
+        # Something named footprints that no column can be added to.
+        db.executescript(_OLD_SCHEMA + "CREATE VIEW footprints AS SELECT 1 AS storage_uri;")
+    with pytest.raises(StoreError, match=r"cannot migrate the state file from schema 1 to 2"):
+        Store(path)
+    with closing(sqlite3.connect(path)) as db:
+        assert db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("1",)
