@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 log = logging.getLogger(__name__)
 
 READY = "READY"
+LOADING = "LOADING"
 
 
 class InferenceServerError(Exception):

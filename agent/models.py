@@ -34,6 +34,7 @@ from agent import artifacts
 from agent.artifacts import ArtifactError, ModelRepository, Placement, Record
 from agent.gpu_monitor import GpuMonitor
 from agent.inference_server import (
+    LOADING,
     InferenceServer,
     InferenceServerError,
     InferenceServerUnavailable,
@@ -245,7 +246,7 @@ class ModelManager:
         # host memory its model took.
         self._server_calls = Overlaps()
         # Models the server may be loading still (a timed-out load whose cleanup failed):
-        # while any is, host memory is not measured.
+        # while its index shows any LOADING, host memory is not measured.
         self._unsettled: set[str] = set()
 
     # -- scheduling -----------------------------------------------------------------------
@@ -700,7 +701,7 @@ class ModelManager:
         ran alone with it (no other load or unload at any moment) and replaced no version (the
         old one is dropped in the middle); None otherwise or when it cannot be read."""
         with self._server_calls.track() as alone:
-            measure = not replacing and not self._unsettled
+            measure = not replacing and await self._settled()
             before = await self._resident(name) if measure else None
             await self.inference.load(name)
             self._unsettled.discard(name)
@@ -711,6 +712,18 @@ class ModelManager:
             if after is None or after < before or not alone():
                 return None
             return after - before
+
+    async def _settled(self) -> bool:
+        """No load given up on (timed out, cleanup failed) may still run inside the server:
+        one its index no longer shows LOADING moves no memory any more (it is in or out)."""
+        if not self._unsettled:
+            return True
+        try:
+            entries = await self.inference.index()
+        except InferenceServerError:
+            return False
+        self._unsettled &= {entry.name for entry in entries if entry.state == LOADING}
+        return not self._unsettled
 
     async def _resident(self, name: str) -> int | None:
         """The inference server's resident memory now; None when it cannot be read (the
