@@ -48,17 +48,24 @@ def schedule(
     groups = _group_by_server(snapshot.replicas, request.server)
     if request.server is not None and not groups:
         return Rejection(((request.server, UNKNOWN_SERVER),))
-    verdicts = [_judge(request, policy, now, replicas) for _, replicas in sorted(groups.items())]
+    verdicts = [judge(request, policy, now, replicas) for _, replicas in sorted(groups.items())]
     wanted = max(request.replicas, 1)
     least = least_replicas(request.replicas, request.min_replicas)
-    chosen = _choose(verdicts, wanted, least, replica_key(request, policy))
+    chosen = choose(verdicts, wanted, least, replica_key(request, policy))
     if chosen is None:
         return Rejection(tuple((v.server, _shortfall(v, wanted, least)) for v in verdicts))
+    return to_placement(chosen, wanted, _placement_reasons(verdicts, chosen, wanted, least))
+
+
+def to_placement(
+    chosen: ServerVerdict, wanted: int, reasons: tuple[tuple[str, str], ...]
+) -> Placement:
+    """The best `wanted` fitting replicas of the chosen server, by index."""
     picked = sorted(chosen.fitting[:wanted], key=lambda option: option.replica.index)
     return Placement(
         server=chosen.server,
         assignments=tuple(_assignment(option) for option in picked),
-        reasons=_placement_reasons(verdicts, chosen, wanted, least),
+        reasons=reasons,
     )
 
 
@@ -78,7 +85,7 @@ def _group_by_server(replicas: Iterable[Replica], pinned: str | None) -> dict[st
     return groups
 
 
-def _judge(
+def judge(
     request: Request, policy: Policy, now: float, replicas: Sequence[Replica]
 ) -> ServerVerdict:
     """Filter one server's replicas (all of one server) and rank the ones that fit."""
@@ -94,7 +101,7 @@ def _judge(
     return ServerVerdict(replicas[0].server, ranked, tuple(failures))
 
 
-def _choose(
+def choose(
     verdicts: Sequence[ServerVerdict],
     wanted: int,
     least: int,

@@ -9,7 +9,17 @@ from copy import deepcopy
 from dataclasses import dataclass, field, replace
 
 from contract.protocol import Command, GpuDevice, Hello
-from placement import Replica, Snapshot
+from placement import (
+    ClusterIndex,
+    Placement,
+    Policy,
+    Rejection,
+    Replica,
+    Request,
+    Snapshot,
+    place,
+    schedule,
+)
 from scheduler_service.model import ACTIVE, IN_FLIGHT, CopyState, Key, ModelCopy, ModelRecord
 
 
@@ -27,6 +37,9 @@ class AgentSession:
     draining: bool = False
     drain_deadline: float = 0.0
     drained: bool = False
+    # Told whenever what the placement core sees of this replica changes (the cluster's
+    # index refreshes the replica before its next placement).
+    on_change: Callable[[], None] = lambda: None
 
     @property
     def key(self) -> Key:
@@ -36,12 +49,14 @@ class AgentSession:
         """The stream ended; the replica's copies wait out the grace period from `now`."""
         self.connected = False
         self.disconnected_at = now
+        self.on_change()
 
     def start_drain(self, deadline: float) -> bool:
         """The agent asked to drain (SIGTERM); False when it is draining already."""
         if self.draining:
             return False
         self.draining, self.drain_deadline = True, deadline
+        self.on_change()
         return True
 
     def finish_drain(self) -> None:
@@ -52,6 +67,7 @@ class AgentSession:
         """The agent measured its devices again; returns whether free memory grew."""
         before = sum(gpu.free_bytes for gpu in self.gpus.values())
         self.gpus = {gpu.uuid: gpu for gpu in devices}
+        self.on_change()
         return sum(gpu.free_bytes for gpu in self.gpus.values()) > before
 
     def charge(self, footprint: Mapping[str, int]) -> None:
@@ -64,6 +80,7 @@ class AgentSession:
                     free_bytes=max(0, gpu.free_bytes - size),
                     used_bytes=gpu.used_bytes + size,
                 )
+                self.on_change()
 
 
 @dataclass
@@ -91,6 +108,8 @@ class UsageTable:
     def __init__(self) -> None:
         self.by_key: dict[Key, Usage] = {}
         self._shares: dict[str, dict[Key, _Share]] = {}
+        # Replicas whose usage changed since the cluster's index last read them.
+        self.changed: set[Key] = set()
 
     def get(self, key: Key) -> Usage:
         return self.by_key.get(key) or Usage()
@@ -108,6 +127,7 @@ class UsageTable:
             self._apply(name, key, share, -1)
 
     def _apply(self, name: str, key: Key, share: _Share, sign: int) -> None:
+        self.changed.add(key)
         entry = self.by_key.setdefault(key, Usage())
         entry.memory_bytes += sign * share.memory_bytes
         for uuid, size in share.reserved_bytes:
@@ -119,11 +139,19 @@ class UsageTable:
 
 
 class Cluster:
-    """The agents' sessions by replica and the usage table; a `lifecycle.ClusterView`."""
+    """The agents' sessions by replica and the usage table; a `lifecycle.ClusterView`.
 
-    def __init__(self) -> None:
+    The placement core reads the connected replicas through a `ClusterIndex`, refreshed
+    before each placement for the replicas whose session or usage changed since (each
+    session and the usage table say so), so that a placement costs the replicas that
+    changed, not all of them."""
+
+    def __init__(self, *, indexed: bool = True) -> None:
         self.sessions: dict[Key, AgentSession] = {}
         self.usage = UsageTable()
+        # None: a view made on the side (a dry run), whose placements judge every replica.
+        self._index = ClusterIndex() if indexed else None
+        self._stale: set[Key] = set()
 
     def join(
         self,
@@ -139,6 +167,9 @@ class Cluster:
             previous.leave(now)
             previous.close("replaced by a new connection from the same replica")
         self.sessions[session.key] = session
+        key = session.key
+        session.on_change = lambda: self._stale.add(key)
+        self._stale.add(key)
         return session
 
     def connected(self, key: Key) -> bool:
@@ -165,24 +196,56 @@ class Cluster:
 
     def snapshot(self, record: ModelRecord) -> Snapshot:
         """The connected replicas as if `record` were on none of them (the caller has taken
-        its usage out; the memory its copies measured is added back)."""
-        own = {c.key: c for c in record.copies.values() if c.state in ACTIVE}
-        replicas = []
-        for key in sorted(self.sessions):
-            session = self.sessions[key]
-            if not session.connected:
-                continue
-            held = own.get(key)
-            replica = _view(session, self.usage.get(key), held.footprint_bytes if held else None)
-            if held is not None:
-                replica = replace(replica, models=replica.models | {record.name})
-            replicas.append(replica)
-        return Snapshot(tuple(replicas))
+        its usage out; the memory its copies measured is added back): what `schedule()`
+        judges whole, for a dry run or to word the reasons of a placement."""
+        own = self._own(record)
+        return Snapshot(
+            tuple(
+                own.get(key) or _view(session, self.usage.get(key))
+                for key, session in sorted(self.sessions.items())
+                if session.connected
+            )
+        )
+
+    def place(
+        self, record: ModelRecord, request: Request, policy: Policy, now: float
+    ) -> Placement | Rejection:
+        """`schedule(self.snapshot(record), ...)`'s answer, through the index (a placement
+        without its reasons: `snapshot` words them for whoever asks)."""
+        if self._index is None:
+            return schedule(self.snapshot(record), request, policy, now)
+        index = self._index
+        for key in self._stale | self.usage.changed:
+            session = self.sessions.get(key)
+            if session is None or not session.connected:
+                index.remove(key)
+            else:
+                index.put(_view(session, self.usage.get(key)))
+        self._stale.clear()
+        self.usage.changed.clear()
+        own = self._own(record)
+        for replica in own.values():
+            index.put(replica)
+        try:
+            return place(index, request, policy, now)
+        finally:
+            self._stale.update(own)  # their own views again at the next refresh
+
+    def _own(self, record: ModelRecord) -> dict[Key, Replica]:
+        """The connected replicas `record` holds, seen as holding it, with the memory its
+        copies measured added back."""
+        found = {}
+        for copy in record.copies.values():
+            session = self.sessions.get(copy.key)
+            if copy.state in ACTIVE and session is not None and session.connected:
+                replica = _view(session, self.usage.get(copy.key), copy.footprint_bytes)
+                found[copy.key] = replace(replica, models=replica.models | {record.name})
+        return found
 
     def without(self, name: str) -> Cluster:
         """A view for a decision made on the side (a dry run), only read: these sessions,
         and the usage as if model `name` held nothing. The live accounts stay as they are."""
-        view = Cluster()
+        view = Cluster(indexed=False)
         view.sessions = self.sessions
         view.usage = deepcopy(self.usage)
         view.usage.forget(name)
@@ -193,6 +256,7 @@ class Cluster:
         for key, session in list(self.sessions.items()):
             if not session.connected and now - session.disconnected_at >= grace_s:
                 del self.sessions[key]
+                self._stale.add(key)
 
     def wake_times(self, grace_s: float) -> list[float]:
         """When a drain times out or a gone replica is to be forgotten."""

@@ -26,12 +26,11 @@ from placement import (
     ELIGIBILITY,
     Assignment,
     Placement,
+    Policy,
     Rejection,
     Replica,
     Request,
-    Snapshot,
     first_failure,
-    schedule,
 )
 from scheduler_service.model import (
     ACTIVE,
@@ -63,10 +62,13 @@ class ClusterView(Protocol):
         """The placement core's view of a connected replica (None: not connected)."""
         ...
 
-    def snapshot(self, record: ModelRecord) -> Snapshot:
-        """The connected replicas as if `record` were on none of them: the caller has taken
-        the record's own usage out of the cluster's accounts before the decision (the shell
-        does so around `step`), and the memory its copies measured is added back."""
+    def place(
+        self, record: ModelRecord, request: Request, policy: Policy, now: float
+    ) -> Placement | Rejection:
+        """The placement core's answer for `request` over the connected replicas as if
+        `record` were on none of them: the caller has taken the record's own usage out of the
+        cluster's accounts before the decision (the shell does so around `step`), and the
+        memory its copies measured is added back. A placement may come without reasons."""
         ...
 
 
@@ -621,9 +623,8 @@ def _place(record: ModelRecord, ctx: Context, out: Outcome) -> None:
     if len(staying) == wanted or ctx.now < record.next_retry_at:
         return
     request = placement_request(record)
-    snapshot = ctx.cluster.snapshot(record)
     started = ctx.stopwatch()
-    result = schedule(snapshot, request, ctx.settings.policy, ctx.now)
+    result = ctx.cluster.place(record, request, ctx.settings.policy, ctx.now)
     seconds = ctx.stopwatch() - started
     retry = bool(record.attempts) or any(
         c.state == CopyState.LOAD_FAILED and c.version == record.version

@@ -23,7 +23,7 @@ from contract.errors import NotFound, ResourceExhausted
 from contract.names import replica_id
 from contract.protocol import Command, GpuDevice, Hello, ModelEvent, Welcome
 from contract.quantity import format_bytes
-from placement import Replica
+from placement import Replica, schedule
 from scheduler_service import lifecycle
 from scheduler_service.cluster import AgentSession, Cluster
 from scheduler_service.lifecycle import Outcome
@@ -185,6 +185,22 @@ class SchedulerService:
         if record is None:
             raise NotFound(f"model {name!r} not found")
         return record
+
+    def explained(self, name: str) -> ModelRecord:
+        """The model as `model` gives it; for a placed model whose placement came without
+        reasons (the core words them only for refusals), a copy with them worded now: why
+        each other server was not chosen, over the cluster as if the model were on none of
+        it. What GetModelStatus (and so `explain model`) shows."""
+        record = self.model(name)
+        if record.server_reasons or not lifecycle.current_copies(record):
+            return record
+        self._sync_usage()
+        view = self._cluster.without(name)
+        request = lifecycle.placement_request(record)
+        result = schedule(view.snapshot(record), request, self._settings.policy, self._clock.now())
+        shown = copy.copy(record)
+        shown.server_reasons = result.reasons
+        return shown
 
     def models(self) -> list[ModelRecord]:
         return [self._models[name] for name in sorted(self._models)]

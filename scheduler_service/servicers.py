@@ -90,7 +90,7 @@ class ClientServicer(scheduler_pb2_grpc.SchedulerServicer):
     async def GetModelStatus(
         self, request: scheduler_pb2.GetModelStatusRequest, context: Any
     ) -> scheduler_pb2.ModelStatus:
-        return convert.status_to_proto(self._service.model(request.name))
+        return convert.status_to_proto(self._service.explained(request.name))
 
     @_unary
     async def ListModels(

@@ -39,6 +39,7 @@ PURE_STDLIB = frozenset(
         "decimal",
         "enum",
         "functools",
+        "heapq",
         "itertools",
         "math",
         "operator",
@@ -46,6 +47,8 @@ PURE_STDLIB = frozenset(
         "typing",
     }
 )
+# Pure third-party data structures the core may use (sorted orders kept in memory).
+PURE_THIRD_PARTY = frozenset({"sortedcontainers"})
 # First-party modules the core may use; their own imports are checked too.
 FIRST_PARTY_ALLOWED = ("placement",)
 
@@ -101,7 +104,7 @@ def parents(module: str) -> set[str]:
 def allowed(module: str) -> bool:
     if first_party(module):
         return any(module == ok or module.startswith(f"{ok}.") for ok in FIRST_PARTY_ALLOWED)
-    return top(module) in PURE_STDLIB
+    return top(module) in PURE_STDLIB | PURE_THIRD_PARTY
 
 
 def transitive_imports(start: list[Path]) -> dict[str, set[str]]:

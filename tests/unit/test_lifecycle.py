@@ -15,7 +15,16 @@ import pytest
 
 from contract.names import replica_id
 from contract.protocol import DrainComplete, EventKind, Load, LoadedModel, ModelEvent
-from placement import Gpu, Replica, Snapshot
+from placement import (
+    ClusterIndex,
+    Gpu,
+    Placement,
+    Policy,
+    Rejection,
+    Replica,
+    Request,
+    place,
+)
 from scheduler_service import lifecycle
 from scheduler_service.lifecycle import Context, Outcome
 from scheduler_service.model import (
@@ -70,10 +79,13 @@ class Cluster:
     def replica(self, key: Key) -> Replica | None:
         return next((r for r in self.replicas if r.key == key), None)
 
-    def snapshot(self, record: ModelRecord) -> Snapshot:
-        return Snapshot(
-            tuple(replace(r, draining=r.key in self.draining_keys) for r in self.replicas)
+    def place(
+        self, record: ModelRecord, request: Request, policy: Policy, now: float
+    ) -> Placement | Rejection:
+        index = ClusterIndex(
+            replace(r, draining=r.key in self.draining_keys) for r in self.replicas
         )
+        return place(index, request, policy, now)
 
 
 def replica(key: Key, *capabilities: str, gpus: tuple[Gpu, ...] = ()) -> Replica:

@@ -8,7 +8,7 @@ import json
 import logging
 import sqlite3
 from copy import deepcopy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,8 @@ from contract.protocol import (
     ModelEvent,
     Unload,
 )
-from scheduler_service import convert
+from placement import Placement, Policy, schedule
+from scheduler_service import convert, lifecycle
 from scheduler_service.cluster import AgentSession, UsageTable
 from scheduler_service.metrics import SchedulerMetrics
 from scheduler_service.model import CopyState, Footprint, ModelRecord, ModelState, validate_spec
@@ -629,7 +630,8 @@ _OPS = st.lists(
         st.tuples(
             st.sampled_from(["loaded", "failed", "unloaded"]), st.integers(0, 2), st.integers(0, 2)
         ),
-        st.tuples(st.sampled_from(["disconnect", "reconnect"]), st.integers(0, 2)),
+        st.tuples(st.sampled_from(["disconnect", "reconnect", "drain"]), st.integers(0, 2)),
+        st.tuples(st.just("resources"), st.integers(0, 2), st.integers(0, 80)),
         st.tuples(st.just("tick"), st.floats(0, 60)),
         st.tuples(st.just("plan"), st.integers(0, 2), st.integers(1, 3)),
     ),
@@ -643,7 +645,7 @@ def test_the_usage_table_always_equals_a_full_recount(ops: list[tuple[Any, ...]]
     """Kept model by model for speed, it must never drift from counting everything again."""
     # The usage table does not depend on the store: one in memory will do (and is quick).
     h = Harness(Path("unused"), MemoryStore(), disconnect_grace_s=30, load_timeout_s=40)
-    agents = [h.connect("s", index, capabilities=("sklearn", "gpu")) for index in range(3)]
+    agents = [gpu_agent(h, index) for index in range(3)]
     for op in ops:
         kind = op[0]
         if kind == "load":
@@ -669,7 +671,13 @@ def test_the_usage_table_always_equals_a_full_recount(ops: list[tuple[Any, ...]]
         elif kind == "disconnect":
             h.service.disconnect(agents[op[1]].session)
         elif kind == "reconnect" and not agents[op[1]].session.connected:
-            agents[op[1]] = h.connect("s", op[1], capabilities=("sklearn", "gpu"))
+            agents[op[1]] = gpu_agent(h, op[1])
+        elif kind == "drain" and agents[op[1]].session.connected:
+            h.service.on_drain(agents[op[1]].session)
+        elif kind == "resources" and agents[op[1]].session.connected:
+            free = op[2] * GiB
+            device = GpuDevice(f"GPU-{op[1]}", "NVIDIA H100", 0, 80 * GiB, free, 80 * GiB - free)
+            h.service.on_resource_update(agents[op[1]].session, [device])
         elif kind == "plan":
             # A dry run between any two changes leaves the records and the accounts alone.
             h.service.replica_views()
@@ -682,8 +690,43 @@ def test_the_usage_table_always_equals_a_full_recount(ops: list[tuple[Any, ...]]
         # What placements read between passes (after the changes are synced) and after.
         h.service.replica_views()
         assert _normal(h.service._cluster.usage) == _recount(h.service)
+        _index_agrees(h)
         h.service.reconcile()
         assert _normal(h.service._cluster.usage) == _recount(h.service)
+        _index_agrees(h)
+
+
+def gpu_agent(h: Harness, index: int) -> Agent:
+    return h.connect("s", index, capabilities=("sklearn", "gpu"), devices=(h100(f"GPU-{index}"),))
+
+
+PROBES = (
+    validate_spec("probe", memory="1Gi"),
+    validate_spec("probe", memory="1Gi", replicas=2),
+    validate_spec("probe", gpu_memory="30Gi"),
+)
+
+
+def _index_agrees(h: Harness) -> None:
+    """The cluster's index, refreshed replica by replica as sessions and usage change,
+    places as the reference does over views built afresh: for a new model, and for each
+    model there is (its own usage taken out, as around its pass)."""
+    cluster, now = h.service._cluster, h.clock.time
+    records = [ModelRecord(spec=spec, version=1) for spec in PROBES] + h.service.models()
+    for record in records:
+        cluster.usage.forget(record.name)
+        try:
+            request = lifecycle.placement_request(record)
+            for policy in Policy:
+                expected = schedule(cluster.snapshot(record), request, policy, now)
+                found = cluster.place(record, request, policy, now)
+                if isinstance(found, Placement) and not found.reasons:
+                    assert isinstance(expected, Placement)
+                    expected = replace(expected, reasons=())
+                assert found == expected
+        finally:
+            if record.name != "probe":
+                cluster.usage.account(record)
 
 
 def _recount(

@@ -1,0 +1,201 @@
+"""`ClusterIndex` and `place()`: `schedule()`'s answers without judging every server.
+
+`schedule()` judges every replica of every server and words a reason for each one it turns
+down: its cost grows with the cluster, and a placement needs only the winner. The index keeps
+the replicas in the orders the ranking uses, updated one replica at a time (`put`, `remove`),
+so `place()` reads replicas best first and stops at the first server that takes the model:
+
+* replicas are grouped by capability set; a request reads only the groups whose set covers
+  its requirements;
+* in each group, replicas by free host memory (most first: the CPU ranking, and past the
+  first that lacks the memory none has it), and devices by room (least first for binpack,
+  most first for spread: a replica's first device in that order is the one the model goes
+  on, and past the first device without the room none has it);
+* the replicas that hold each model (they rank first on their server).
+
+The answer is `schedule()`'s on the same replicas, server and devices included (a property
+test compares them on random clusters). A placement's `reasons` are left empty: words are
+for refusals and for whoever asks (`schedule()` gives them). Requests the orders do not
+cover — pinned to a server (one server: judged whole), spanning several devices, or that no
+server takes whole (a partial placement is ranked over every server) — are judged by
+`schedule()`, with its reasons.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Iterator
+
+from sortedcontainers import SortedList
+
+from placement.filters import first_failure, gpus_needed
+from placement.schedule import ServerVerdict, choose, judge, least_replicas, schedule, to_placement
+from placement.sorters import candidate, replica_key
+from placement.types import Placement, Policy, Rejection, Replica, Request, Snapshot
+
+Key = tuple[str, int]
+# (-free host memory, server, index): most free memory first, then the name.
+_MemoryEntry = tuple[int, str, int]
+# (room or -room, -free host memory, server, index, device index, uuid)
+_DeviceEntry = tuple[int, int, str, int, int, str]
+
+
+class _Group:
+    """The replicas of one capability set, in the orders the ranking reads."""
+
+    def __init__(self) -> None:
+        self.by_memory: SortedList[_MemoryEntry] = SortedList()
+        self.by_room: SortedList[_DeviceEntry] = SortedList()  # least room first
+        self.by_room_desc: SortedList[_DeviceEntry] = SortedList()  # most room first
+
+    def add(self, replica: Replica, sign: int) -> None:
+        """Add (`sign` 1) or take out (`sign` -1) one replica's entries."""
+        change = self.by_memory.add if sign > 0 else self.by_memory.remove
+        memory = -replica.available_memory_bytes
+        change((memory, replica.server, replica.index))
+        for gpu in replica.gpus:
+            room = gpu.room_bytes
+            tail = (memory, replica.server, replica.index, gpu.index, gpu.uuid)
+            if sign > 0:
+                self.by_room.add((room, *tail))
+                self.by_room_desc.add((-room, *tail))
+            else:
+                self.by_room.remove((room, *tail))
+                self.by_room_desc.remove((-room, *tail))
+
+    def __bool__(self) -> bool:
+        return bool(self.by_memory)
+
+
+class ClusterIndex:
+    """The connected replicas, indexed for `place()`; updated replica by replica. Pure:
+    plain values in, no I/O."""
+
+    def __init__(self, replicas: Iterable[Replica] = ()) -> None:
+        self._replicas: dict[Key, Replica] = {}
+        self._servers: dict[str, dict[int, Replica]] = {}
+        self._groups: dict[frozenset[str], _Group] = {}
+        self._holders: dict[str, set[Key]] = {}
+        for replica in replicas:
+            self.put(replica)
+
+    def __len__(self) -> int:
+        return len(self._replicas)
+
+    def get(self, key: Key) -> Replica | None:
+        return self._replicas.get(key)
+
+    def put(self, replica: Replica) -> None:
+        """Add `replica`, or replace the one of its key."""
+        if self._replicas.get(replica.key) == replica:
+            return
+        self.remove(replica.key)
+        self._replicas[replica.key] = replica
+        self._servers.setdefault(replica.server, {})[replica.index] = replica
+        self._groups.setdefault(replica.capabilities, _Group()).add(replica, 1)
+        for model in replica.models:
+            self._holders.setdefault(model, set()).add(replica.key)
+
+    def remove(self, key: Key) -> None:
+        replica = self._replicas.pop(key, None)
+        if replica is None:
+            return
+        server = self._servers[replica.server]
+        del server[replica.index]
+        if not server:
+            del self._servers[replica.server]
+        group = self._groups[replica.capabilities]
+        group.add(replica, -1)
+        if not group:
+            del self._groups[replica.capabilities]
+        for model in replica.models:
+            holders = self._holders[model]
+            holders.discard(key)
+            if not holders:
+                del self._holders[model]
+
+    def snapshot(self) -> Snapshot:
+        """Every replica, by key: what `schedule()` reads."""
+        return Snapshot(tuple(self._replicas[key] for key in sorted(self._replicas)))
+
+    def server(self, name: str) -> list[Replica]:
+        """The replicas of server `name`, by index."""
+        found = self._servers.get(name, {})
+        return [found[index] for index in sorted(found)]
+
+    def holders(self, model: str) -> list[Key]:
+        """The replicas that hold `model` (any version), by key."""
+        return sorted(self._holders.get(model, ()))
+
+    def ranked(self, request: Request, policy: Policy) -> Iterator[Replica]:
+        """Replicas whose capabilities cover the request's requirements, in `replica_key`
+        order for a replica that does not hold the model, as far as the order can tell they
+        may fit: CPU requests down to the last replica with the host memory, single-device
+        GPU requests down to the last device with the room. Every filter still applies."""
+        groups = [group for caps, group in self._groups.items() if request.requirements <= caps]
+        if gpus_needed(request) == 0:
+            need = request.memory_bytes
+            for memory, server, index in heapq.merge(*(g.by_memory for g in groups)):
+                if -memory < need:
+                    return
+                yield self._servers[server][index]
+            return
+        need = request.gpu_memory_bytes
+        seen: set[Key] = set()
+        if policy is Policy.BINPACK:
+            start = (need,)
+            lists = (g.by_room.irange(minimum=start) for g in groups)
+            entries: Iterator[_DeviceEntry] = heapq.merge(*lists)
+        else:
+            entries = heapq.merge(*(g.by_room_desc for g in groups))
+        for room, _, server, index, _, _ in entries:
+            if abs(room) < need:  # spread: past the last device with the room
+                return
+            if (server, index) not in seen:
+                seen.add((server, index))
+                yield self._servers[server][index]
+
+
+def place(
+    index: ClusterIndex, request: Request, policy: Policy, now: float
+) -> Placement | Rejection:
+    """`schedule(index.snapshot(), request, policy, now)`'s answer, found by reading the
+    index best first; a placement comes without reasons (see the module's docstring)."""
+    if request.server is not None:
+        return schedule(Snapshot(tuple(index.server(request.server))), request, policy, now)
+    if gpus_needed(request) > 1:
+        return schedule(index.snapshot(), request, policy, now)
+    wanted = max(request.replicas, 1)
+    least = least_replicas(request.replicas, request.min_replicas)
+    key = replica_key(request, policy)
+    verdicts: dict[str, ServerVerdict] = {}
+
+    def judged(server: str) -> ServerVerdict:
+        verdict = verdicts.get(server)
+        if verdict is None:
+            verdict = verdicts[server] = judge(request, policy, now, index.server(server))
+        return verdict
+
+    # A server whose chosen replicas hold the model ranks before every other.
+    holding = [
+        verdict
+        for verdict in map(judged, sorted({server for server, _ in index.holders(request.model)}))
+        if len(verdict.fitting) >= wanted and verdict.fitting[0].held
+    ]
+    if holding:
+        chosen = choose(holding, wanted, least, key)
+        assert chosen is not None  # every one of them has `wanted` fitting replicas
+        return to_placement(chosen, wanted, ())
+    # Otherwise the first server, in the order of its best fitting replica, with `wanted`.
+    for replica in index.ranked(request, policy):
+        if first_failure(request, replica, now) is not None:
+            continue
+        if wanted == 1:
+            return to_placement(
+                ServerVerdict(replica.server, (candidate(request, replica, policy),), ()), 1, ()
+            )
+        verdict = judged(replica.server)
+        if len(verdict.fitting) >= wanted:
+            return to_placement(verdict, wanted, ())
+    # No server takes every replica: a partial placement or a refusal, over every server.
+    return schedule(index.snapshot(), request, policy, now)
