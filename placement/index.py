@@ -25,19 +25,21 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 from sortedcontainers import SortedList
 
-from placement.filters import first_failure, gpus_needed
+from placement.filters import draining, excluded, first_failure, gpus_needed, host_memory
 from placement.schedule import ServerVerdict, choose, judge, least_replicas, schedule, to_placement
-from placement.sorters import candidate, replica_key
-from placement.types import Placement, Policy, Rejection, Replica, Request, Snapshot
+from placement.sorters import Candidate, replica_key
+from placement.types import Gpu, Placement, Policy, Rejection, Replica, Request, Snapshot
 
 Key = tuple[str, int]
 # (-free host memory, server, index): most free memory first, then the name.
 _MemoryEntry = tuple[int, str, int]
 # (room or -room, -free host memory, server, index, device index, uuid)
 _DeviceEntry = tuple[int, int, str, int, int, str]
+_Entry = TypeVar("_Entry", _MemoryEntry, _DeviceEntry)
 
 
 class _Group:
@@ -127,33 +129,44 @@ class ClusterIndex:
         """The replicas that hold `model` (any version), by key."""
         return sorted(self._holders.get(model, ()))
 
-    def ranked(self, request: Request, policy: Policy) -> Iterator[Replica]:
-        """Replicas whose capabilities cover the request's requirements, in `replica_key`
-        order for a replica that does not hold the model, as far as the order can tell they
-        may fit: CPU requests down to the last replica with the host memory, single-device
-        GPU requests down to the last device with the room. Every filter still applies."""
+    def ranked(self, request: Request, policy: Policy) -> Iterator[tuple[Replica, tuple[Gpu, ...]]]:
+        """Replicas whose capabilities cover the request's requirements, with the devices the
+        model would go on there, in `replica_key` order for a replica that does not hold the
+        model, as far as the order can tell they fit: CPU requests down to the last replica
+        with the host memory, single-device GPU requests down to the last device with the
+        room (the devices are then a fit). Draining, exclusions and host memory are left to
+        the caller."""
         groups = [group for caps, group in self._groups.items() if request.requirements <= caps]
         if gpus_needed(request) == 0:
             need = request.memory_bytes
-            for memory, server, index in heapq.merge(*(g.by_memory for g in groups)):
+            for memory, server, index in _merged([g.by_memory for g in groups]):
                 if -memory < need:
                     return
-                yield self._servers[server][index]
+                yield self._servers[server][index], ()
             return
         need = request.gpu_memory_bytes
         seen: set[Key] = set()
         if policy is Policy.BINPACK:
             start = (need,)
-            lists = (g.by_room.irange(minimum=start) for g in groups)
-            entries: Iterator[_DeviceEntry] = heapq.merge(*lists)
+            entries = _merged([g.by_room.irange(minimum=start) for g in groups])
         else:
-            entries = heapq.merge(*(g.by_room_desc for g in groups))
-        for room, _, server, index, _, _ in entries:
+            entries = _merged([g.by_room_desc for g in groups])
+        for room, _, server, index, _, uuid in entries:
             if abs(room) < need:  # spread: past the last device with the room
                 return
             if (server, index) not in seen:
                 seen.add((server, index))
-                yield self._servers[server][index]
+                replica = self._servers[server][index]
+                yield replica, tuple(gpu for gpu in replica.gpus if gpu.uuid == uuid)
+
+
+def _merged(orders: list[Iterable[_Entry]]) -> Iterator[_Entry]:
+    """One order out of several sorted ones (most requests read one capability group)."""
+    return iter(orders[0]) if len(orders) == 1 else heapq.merge(*orders)
+
+
+# What the ranked order leaves to the caller: capabilities and GPU room it has seen to.
+_REST = (draining, excluded, host_memory)
 
 
 def place(
@@ -161,8 +174,6 @@ def place(
 ) -> Placement | Rejection:
     """`schedule(index.snapshot(), request, policy, now)`'s answer, found by reading the
     index best first; a placement comes without reasons (see the module's docstring)."""
-    if request.server is not None:
-        return schedule(Snapshot(tuple(index.server(request.server))), request, policy, now)
     if gpus_needed(request) > 1:
         return schedule(index.snapshot(), request, policy, now)
     wanted = max(request.replicas, 1)
@@ -176,6 +187,11 @@ def place(
             verdict = verdicts[server] = judge(request, policy, now, index.server(server))
         return verdict
 
+    if request.server is not None:  # one server: judged whole, worded only if it falls short
+        pinned = index.server(request.server)
+        if pinned and len(judged(request.server).fitting) >= wanted:
+            return to_placement(judged(request.server), wanted, ())
+        return schedule(Snapshot(tuple(pinned)), request, policy, now)
     # A server whose chosen replicas hold the model ranks before every other.
     holding = [
         verdict
@@ -187,13 +203,12 @@ def place(
         assert chosen is not None  # every one of them has `wanted` fitting replicas
         return to_placement(chosen, wanted, ())
     # Otherwise the first server, in the order of its best fitting replica, with `wanted`.
-    for replica in index.ranked(request, policy):
-        if first_failure(request, replica, now) is not None:
+    for replica, devices in index.ranked(request, policy):
+        if first_failure(request, replica, now, _REST) is not None:
             continue
         if wanted == 1:
-            return to_placement(
-                ServerVerdict(replica.server, (candidate(request, replica, policy),), ()), 1, ()
-            )
+            option = Candidate(replica, devices, request.model in replica.models)
+            return to_placement(ServerVerdict(replica.server, (option,), ()), 1, ())
         verdict = judged(replica.server)
         if len(verdict.fitting) >= wanted:
             return to_placement(verdict, wanted, ())

@@ -15,7 +15,6 @@ it goes out or any line that tells of it is logged. docs/scheduler.md tables the
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from copy import deepcopy
 from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
@@ -164,7 +163,7 @@ def respecified(current: ModelRecord, spec: ModelSpec, now: float) -> Change | N
     once the shell has saved it."""
     if current.spec == spec and not current.deleted:
         return None
-    record = deepcopy(current)
+    record = current.clone()
     record.spec = spec
     if current.deleted or _new_version(current.spec, spec):
         record.version += 1
@@ -189,7 +188,7 @@ def unload_requested(current: ModelRecord, now: float) -> Change | None:
     """The model is to go (None: it is going already); decided on a copy, as above."""
     if current.deleted:
         return None
-    record = deepcopy(current)
+    record = current.clone()
     record.deleted = True
     record.state = ModelState.TERMINATING
     record.reason = "unload requested"
@@ -480,7 +479,7 @@ def step(record: ModelRecord, ctx: Context) -> Outcome:
     retired once the current version is available, and its state derived."""
     before = _digest(record)
     out = Outcome()
-    _learned(record, ctx)
+    take_learned(record, ctx)
     _expire(record, ctx, out)
     if record.deleted:
         _terminate(record, ctx, out)
@@ -494,12 +493,14 @@ def step(record: ModelRecord, ctx: Context) -> Outcome:
     return out
 
 
-def _learned(record: ModelRecord, ctx: Context) -> None:
+def take_learned(record: ModelRecord, ctx: Context) -> bool:
     """Take in what was learned for the model's artifact: a figure the spec does not declare
     (gpuMemory, memory) is placed with the largest learned one plus the margin (no GPU memory
     learned: a CPU model). A model placed already keeps its place: a GPU figure counts from
     its next placement; a host figure is what its replicas are charged from now on (host
-    memory is not measured per replica afterwards)."""
+    memory is not measured per replica afterwards). Returns whether what the model is
+    placed with changed (shown figures alone need no pass)."""
+    before = (record.learned_gpu_bytes, record.learned_memory_bytes)
     record.learned = learned = ctx.learned(record.spec.artifact)
     margin = ctx.settings.learned_margin_percent
     record.learned_gpu_bytes = (
@@ -508,6 +509,7 @@ def _learned(record: ModelRecord, ctx: Context) -> None:
     record.learned_memory_bytes = (
         0 if record.spec.memory_bytes else with_margin((f.host.size for f in learned), margin)
     )
+    return (record.learned_gpu_bytes, record.learned_memory_bytes) != before
 
 
 def learned_text(record: ModelRecord) -> str:
@@ -782,7 +784,7 @@ def plan(record: ModelRecord, ctx: Context) -> Plan:
     """Where the next pass would place `record` now, its back-off cut. The pass is made on a
     copy: the record given stays as it is, and the commands the pass decides are only
     reported, never sent."""
-    trial = deepcopy(record)
+    trial = record.clone()
     trial.next_retry_at = 0.0
     out = step(trial, ctx)
     loads = frozenset(

@@ -28,7 +28,14 @@ from scheduler_service import lifecycle
 from scheduler_service.cluster import AgentSession, Cluster
 from scheduler_service.lifecycle import Outcome
 from scheduler_service.metrics import ClusterGauges, SchedulerMetrics, count_states
-from scheduler_service.model import Footprint, FootprintBook, Key, ModelRecord, ModelSpec
+from scheduler_service.model import (
+    Artifact,
+    Footprint,
+    FootprintBook,
+    Key,
+    ModelRecord,
+    ModelSpec,
+)
 from scheduler_service.settings import SchedulerSettings
 
 log = logging.getLogger(__name__)
@@ -106,6 +113,10 @@ class SchedulerService:
         self._cluster = Cluster()
         self._watchers: set[Watcher] = set()
         self._models: dict[str, ModelRecord] = {m.name: m for m in store.load()}
+        # The models of each artifact: what a learned footprint concerns.
+        self._by_artifact: dict[Artifact, set[str]] = {}
+        for record in self._models.values():
+            self._by_artifact.setdefault(record.spec.artifact, set()).add(record.name)
         self._footprints = FootprintBook(store.footprints())
         started = self._clock.now()
         for record in self._models.values():
@@ -138,7 +149,7 @@ class SchedulerService:
         found = self._requested(spec, now)
         self._metrics.dry_runs.inc()
         if isinstance(found, ModelRecord):
-            return lifecycle.Plan(copy.deepcopy(found), changed=False)
+            return lifecycle.Plan(found.clone(), changed=False)
         self._sync_usage()
         view = self._cluster.without(spec.name)
         context = lifecycle.Context(view, self._settings, now, learned=self._footprints.of)
@@ -175,7 +186,11 @@ class SchedulerService:
         """A client's change, decided on a copy: it counts (and is answered) once saved."""
         record = change.record
         self._store.save(record)
+        previous = self._models.get(record.name)
+        if previous is not None:
+            self._by_artifact[previous.spec.artifact].discard(record.name)
         self._models[record.name] = record
+        self._by_artifact.setdefault(record.spec.artifact, set()).add(record.name)
         _log_notes([change.note])
         self._publish(record)
         self._mark(record.name)
@@ -220,7 +235,7 @@ class SchedulerService:
         # The first snapshot does not count against the slow-consumer bound.
         watcher = Watcher(name, self._settings.watch_queue_size + len(self._models))
         for record in self.models():
-            watcher.offer(copy.deepcopy(record))
+            watcher.offer(record.clone())
         self._watchers.add(watcher)
         return watcher
 
@@ -299,6 +314,8 @@ class SchedulerService:
         the first product, or with "" for a load that took no GPU memory. The models of that
         artifact take the new figures at their next pass. A footprint that cannot be saved is
         logged and dropped: it only informs."""
+        if not record.spec.storage_uri:
+            return  # no artifact to know it by (a runtime made of its settings alone)
         by_product: dict[str, int] = {}
         for uuid, size in measured.items():
             device = session.gpus.get(uuid)
@@ -338,9 +355,11 @@ class SchedulerService:
                 ", ".join(what),
                 product or "a replica, no GPU memory taken",
             )
-        for other in self._models.values():
-            if other.spec.artifact == artifact:
-                self._mark(other.name)
+        ctx = self._context(now)
+        for name in self._by_artifact.get(artifact, ()):
+            # Shown at once; a pass only where what the model is placed with changed.
+            if lifecycle.take_learned(self._models[name], ctx):
+                self._mark(name)
 
     def on_resource_update(self, session: AgentSession, devices: Iterable[GpuDevice]) -> None:
         if session.measured(devices):
@@ -358,7 +377,7 @@ class SchedulerService:
         """Apply an agent's news to `record` (the lifecycle changes it in place) and settle
         it. When the save fails, the record goes back to what was saved and the error goes
         on: the agent's stream ends, and its next hello tells the news again."""
-        before = copy.deepcopy(record)
+        before = record.clone()
         try:
             outcome = decision(record)
             self._settle(record, outcome)
@@ -446,7 +465,7 @@ class SchedulerService:
     def _reconcile_guarded(self, record: ModelRecord, now: float) -> None:
         """One model's pass; if it fails (e.g. the state file cannot be written), none of
         its commands go out and the model is tried again after a back-off."""
-        before = copy.deepcopy(record)
+        before = record.clone()
         try:
             self._reconcile_model(record, now)
         except Exception:
@@ -464,6 +483,7 @@ class SchedulerService:
         outcome = lifecycle.step(record, self._context(now))
         if outcome.terminated:
             del self._models[record.name]
+            self._by_artifact[record.spec.artifact].discard(record.name)
             self._timers.pop(record.name, None)
             self._store.delete(record.name)
             self._publish(record)
@@ -535,7 +555,7 @@ class SchedulerService:
     def _publish(self, record: ModelRecord) -> None:
         if not self._watchers:
             return
-        frozen = copy.deepcopy(record)
+        frozen = record.clone()
         for watcher in list(self._watchers):
             watcher.offer(frozen)
 

@@ -96,6 +96,10 @@ class Store:
     """The scheduler's `service.StateStore`, in one SQLite file."""
 
     def __init__(self, path: Path) -> None:
+        # What was last written per model: its spec (as JSON) and its highest version, so
+        # that a save writes them again only when they changed.
+        self._specs: dict[str, tuple[ModelSpec, str]] = {}
+        self._versions: dict[str, int] = {}
         try:
             self._db = sqlite3.connect(path, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -135,7 +139,10 @@ class Store:
 
     def save(self, record: ModelRecord) -> None:
         """Write the model and all its replicas atomically."""
-        spec = asdict(record.spec)
+        spec = record.spec
+        known = self._specs.get(record.name)
+        if known is None or known[0] != spec:
+            known = (spec, json.dumps(asdict(spec)))
         with self._transaction():
             self._db.execute(
                 "INSERT INTO models VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(name) DO UPDATE SET "
@@ -145,7 +152,7 @@ class Store:
                 (
                     record.name,
                     record.version,
-                    json.dumps(spec),
+                    known[1],
                     record.state.value,
                     record.reason,
                     json.dumps(record.server_reasons),
@@ -154,10 +161,11 @@ class Store:
                 ),
             )
             # The highest version ever given to this name outlives the model (see delete).
-            self._db.execute(
-                "INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                (f"version:{record.name}", str(record.version)),
-            )
+            if self._versions.get(record.name) != record.version:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                    (f"version:{record.name}", str(record.version)),
+                )
             self._db.execute("DELETE FROM replicas WHERE model=?", (record.name,))
             self._db.executemany(
                 "INSERT INTO replicas VALUES (?,?,?,?,?,?,?,?,?)",
@@ -176,6 +184,8 @@ class Store:
                     for r in record.copies.values()
                 ],
             )
+        self._specs[record.name] = known
+        self._versions[record.name] = record.version
 
     def last_version(self, name: str) -> int:
         """The highest version this name ever had (0: never seen), deleted models included."""
@@ -239,6 +249,7 @@ class Store:
     def delete(self, name: str) -> None:
         with self._transaction():
             self._db.execute("DELETE FROM models WHERE name=?", (name,))
+        self._specs.pop(name, None)
 
     def load(self) -> list[ModelRecord]:
         """Every model with its replicas, as last saved."""

@@ -868,6 +868,16 @@ def test_host_memory_a_load_measured_is_learned_and_places_a_model_that_declares
     assert [f.host.samples for f in h.store.footprints() if f.storage_uri == URI] == [1]
 
 
+def test_a_model_without_storage_uri_learns_nothing(h: Harness) -> None:
+    """Models made of their settings alone share no artifact: one's memory is not another's."""
+    gpu = h.connect("g", devices=(h100("GPU-1"),))
+    h.load("settings-only", gpu_memory="10Gi")
+    loaded(h, gpu, "settings-only", 1, {"GPU-1": 9 * GiB}, host_bytes=GiB)
+    h.load("other-settings-only")
+    assert h.store.footprints() == [] and h.service.footprints() == []
+    assert h.service.model("other-settings-only").memory_source == ""
+
+
 class BrokenFootprints(MemoryStore):
     def save_footprint(self, footprint: Footprint) -> None:
         raise sqlite3.OperationalError("disk I/O error")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from contextlib import closing
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import pytest
@@ -199,3 +199,27 @@ def test_a_migration_that_fails_is_one_line_and_changes_nothing(tmp_path: Path) 
         Store(path)
     with closing(sqlite3.connect(path)) as db:
         assert db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("1",)
+
+
+def test_a_clone_shares_nothing_it_may_change() -> None:
+    """Every field of a record and of its copies that can change in place is the clone's
+    own (a field added later is checked too); the rest is shared as it cannot change."""
+    original = record()
+    original.excluded_until[("gpu-a", 0)] = 5.0
+    clone = original.clone()
+    assert clone == original
+    mutable = (dict, list, set)
+    pairs = [(original, clone)] + [
+        (original.copies[key], clone.copies[key]) for key in original.copies
+    ]
+    assert len(pairs) > 1
+    for before, after in pairs:
+        for item in fields(before):
+            value = getattr(before, item.name)
+            if isinstance(value, mutable):
+                assert getattr(after, item.name) is not value, item.name
+            else:
+                assert hash(value) is not None  # immutable (hashable) when shared
+    clone.copies[next(iter(clone.copies))].footprint_bytes["GPU-x"] = 1
+    clone.excluded_until.clear()
+    assert original.copies == record().copies and original.excluded_until

@@ -1,17 +1,22 @@
-"""Placement benchmark: the pure core's `schedule()` and the SchedulerService end to end.
+"""Placement benchmark: the pure core (the indexed `place()`, the reference `schedule()` and
+a plain filter-then-sort loop, side by side) and the SchedulerService end to end.
 
 Run from the repository root:
 
-    .venv/bin/python bench/placement_bench.py [--quick] [--out bench/results/placement.json]
+    .venv/bin/python bench/placement.py [--quick] [--out bench/results/placement.json]
 
-Part 1 times `schedule(snapshot, request, policy, now)` on synthetic clusters (servers of 4
+Part 1 times one placement on synthetic clusters of 10 to 10,000 replicas (servers of 4
 replicas, every other server with 2-8 GPUs of varied free memory) for four kinds of model
-under both policies. Part 2 drives a real SchedulerService (real Store on SQLite, real
-metrics on a fresh registry) with in-process fake agents that answer every Load with a
-LOADED event, and times loading M models until all are Available. No network is used.
+under both policies, with three implementations interleaved round by round: `place()` over
+a `ClusterIndex` (what the scheduler runs), `schedule()` (the reference: every replica
+judged, every refusal worded) and a plain loop that filters every replica and sorts the
+ones that fit. It reports placements/s, p50/p99 and the growth exponent of a log-log fit
+over the sizes. Part 2 drives a real SchedulerService (real Store on SQLite, real metrics
+on a fresh registry) with in-process fake agents that answer every Load with a LOADED
+event, and times loading M models until all are Available. No network is used.
 
-Ratios within one run (1000 vs 10 replicas, spread vs binpack, 1000 vs 100 models) mean more
-than the absolute numbers, which depend on the machine and on whatever else runs on it.
+Ratios within one run mean more than the absolute numbers, which depend on the machine and
+on whatever else runs on it.
 """
 
 from __future__ import annotations
@@ -51,12 +56,15 @@ from contract.protocol import (
     ModelEvent,
 )
 from placement import (
+    ClusterIndex,
     Gpu,
     Placement,
     Policy,
+    Rejection,
     Replica,
     Request,
     Snapshot,
+    place,
     schedule,
 )
 from scheduler_service.cluster import AgentSession
@@ -69,7 +77,9 @@ from scheduler_service.store import Store
 GI = 1024**3
 REPLICAS_PER_SERVER = 4
 SEED = 20240601
-CORE_SIZES = (10, 100, 1000)
+CORE_SIZES = (10, 100, 1000, 10_000)
+QUICK_CORE_SIZES = (10, 100, 1000)
+IMPLEMENTATIONS = ("index", "schedule", "plain loop")
 MODEL_KINDS = ("cpu", "gpu", "replicas3", "pinned")
 POLICIES = (Policy.BINPACK, Policy.SPREAD)
 ROOT = Path(__file__).resolve().parent.parent
@@ -274,72 +284,150 @@ def time_interleaved(
 # ---------------------------------------------------------------------- part 1: the core
 
 
+def plain_loop(
+    replicas: Sequence[Replica], request: Request, policy: Policy, now: float
+) -> list[tuple[int, int, str, int]]:
+    """The baseline: check every replica, sort the ones that fit, take the best `replicas`
+    (no grouping by server, no reasons, no held copies: the least a placement can do)."""
+    need, wanted = request.gpu_memory_bytes, max(request.replicas, 1)
+    sign = 1 if policy is Policy.BINPACK else -1
+    fitting = []
+    for replica in replicas:
+        if request.server is not None and replica.server != request.server:
+            continue
+        if replica.draining or not request.requirements <= replica.capabilities:
+            continue
+        available = replica.available_memory_bytes
+        if available < request.memory_bytes:
+            continue
+        leftover = 0
+        if need:
+            rooms = sorted(gpu.room_bytes for gpu in replica.gpus if gpu.room_bytes >= need)
+            if not rooms:
+                continue
+            leftover = (rooms[0] if sign > 0 else rooms[-1]) - need
+        fitting.append((sign * leftover, -available, replica.server, replica.index))
+    fitting.sort()
+    return fitting[:wanted]
+
+
 @dataclass
 class CoreRow:
+    implementation: str
     replicas: int
     model: str
     policy: str
-    outcome: str  # "placed on <server> (n replicas)" or "rejected"
+    outcome: str  # "<server> xN" or "rejected"
     repeats: int
-    median_us: float
-    p95_us: float
+    p50_us: float
+    p99_us: float
     min_us: float
+
+    @property
+    def placements_per_s(self) -> float:
+        return 1e6 / self.p50_us
+
+
+def outcome_of(result: Placement | Rejection) -> str:
+    if isinstance(result, Placement):
+        return f"{result.server} x{len(result.assignments)}"
+    return "rejected"
 
 
 def bench_core(sizes: Sequence[int], budget_s: float) -> list[CoreRow]:
-    """Every (size, model, policy) case, interleaved round by round for `budget_s` in all."""
+    """Every (implementation, model, policy) case of each size, interleaved round by round
+    for `budget_s` per size; `place()` must give `schedule()`'s placement."""
     now = 1_000.0
-    cases: list[tuple[int, str, Policy, str]] = []
-    calls: list[Callable[[], object]] = []
+    rows: list[CoreRow] = []
     for size in sizes:
         snapshot = core_snapshot(cluster(size))
+        index = ClusterIndex(snapshot.replicas)
+        cases: list[tuple[str, str, Policy, str]] = []
+        calls: list[Callable[[], object]] = []
         for kind in MODEL_KINDS:
             request = core_request(kind, size)
             for policy in POLICIES:
-                result = schedule(snapshot, request, policy, now)
-                if isinstance(result, Placement):
-                    outcome = f"{result.server} x{len(result.assignments)}"
+                expected = schedule(snapshot, request, policy, now)
+                found = place(index, request, policy, now)
+                if isinstance(found, Placement) and isinstance(expected, Placement):
+                    assert found.assignments == expected.assignments, (size, kind, policy)
                 else:
-                    outcome = "rejected"
+                    assert found == expected, (size, kind, policy)
+                implementations: dict[str, Callable[[], object]] = {
+                    "index": lambda r=request, p=policy, i=index: place(i, r, p, now),
+                    "schedule": lambda r=request, p=policy, s=snapshot: schedule(s, r, p, now),
+                    "plain loop": lambda r=request, p=policy, s=snapshot: plain_loop(
+                        s.replicas, r, p, now
+                    ),
+                }
+                for name in IMPLEMENTATIONS:
+                    cases.append((name, kind, policy, outcome_of(expected)))
+                    calls.append(implementations[name])
+        # The reference judges every replica: at 10,000 a few rounds take seconds.
+        timings = time_interleaved(calls, budget_s, min_rounds=3 if size >= 10_000 else 7)
+        rows += [
+            CoreRow(
+                implementation=name,
+                replicas=size,
+                model=kind,
+                policy=policy.value,
+                outcome=outcome,
+                repeats=len(samples),
+                p50_us=statistics.median(samples) * 1e6,
+                p99_us=percentile(samples, 0.99) * 1e6,
+                min_us=min(samples) * 1e6,
+            )
+            for (name, kind, policy, outcome), samples in zip(cases, timings, strict=True)
+        ]
+    return rows
 
-                def call(
-                    snap: Snapshot = snapshot, req: Request = request, pol: Policy = policy
-                ) -> object:
-                    return schedule(snap, req, pol, now)
 
-                cases.append((size, kind, policy, outcome))
-                calls.append(call)
-    timings = time_interleaved(calls, budget_s, min_rounds=7)
-    return [
-        CoreRow(
-            replicas=size,
-            model=kind,
-            policy=policy.value,
-            outcome=outcome,
-            repeats=len(samples),
-            median_us=statistics.median(samples) * 1e6,
-            p95_us=percentile(samples, 0.95) * 1e6,
-            min_us=min(samples) * 1e6,
-        )
-        for (size, kind, policy, outcome), samples in zip(cases, timings, strict=True)
-    ]
+def growth_exponent(points: Sequence[tuple[int, float]]) -> float:
+    """The slope of a least-squares fit of log(time) on log(replicas): 1 is linear."""
+    xs = [math.log(size) for size, _ in points]
+    ys = [math.log(value) for _, value in points]
+    mean_x, mean_y = statistics.fmean(xs), statistics.fmean(ys)
+    num = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True))
+    return num / sum((x - mean_x) ** 2 for x in xs)
+
+
+def core_summary(rows: Sequence[CoreRow]) -> list[dict[str, object]]:
+    """Per implementation and size: placements/s of the median case (over the models and
+    policies) and the growth exponent of each implementation over the sizes."""
+    summary: list[dict[str, object]] = []
+    for name in IMPLEMENTATIONS:
+        mine = [r for r in rows if r.implementation == name]
+        sizes = sorted({r.replicas for r in mine})
+        medians = [
+            (size, statistics.median(r.p50_us for r in mine if r.replicas == size))
+            for size in sizes
+        ]
+        exponent = growth_exponent(medians) if len(medians) > 1 else float("nan")
+        for size, p50 in medians:
+            summary.append(
+                {
+                    "implementation": name,
+                    "replicas": size,
+                    "placements_per_s": 1e6 / p50,
+                    "median_case_us": p50,
+                    "growth_exponent": exponent,
+                }
+            )
+    return summary
 
 
 def core_ratios(rows: Sequence[CoreRow]) -> dict[str, float]:
-    by_key = {(r.replicas, r.model, r.policy): r.median_us for r in rows}
-    sizes = sorted({r.replicas for r in rows})
+    """Per size: how many times faster the index is than the reference and the plain loop
+    (median over the models and policies of each case's ratio)."""
+    by_key = {(r.implementation, r.replicas, r.model, r.policy): r.p50_us for r in rows}
     ratios: dict[str, float] = {}
-    small, large = sizes[0], sizes[-1]
-    for kind in MODEL_KINDS:
-        for policy in POLICIES:
-            ratios[f"{kind}/{policy.value}: {large} vs {small} replicas"] = (
-                by_key[(large, kind, policy.value)] / by_key[(small, kind, policy.value)]
-            )
-    for size in sizes:
-        for kind in MODEL_KINDS:
-            ratios[f"{kind} @{size}: spread vs binpack"] = (
-                by_key[(size, kind, Policy.SPREAD.value)]
-                / by_key[(size, kind, Policy.BINPACK.value)]
+    for size in sorted({r.replicas for r in rows}):
+        for other in ("schedule", "plain loop"):
+            ratios[f"@{size}: {other} / index"] = statistics.median(
+                by_key[(other, size, kind, policy.value)]
+                / by_key[("index", size, kind, policy.value)]
+                for kind in MODEL_KINDS
+                for policy in POLICIES
             )
     return ratios
 
@@ -435,14 +523,12 @@ class ServiceRow:
     sqlite_s: float = 0.0
     sqlite_writes: int = 0
     placements: int = 0  # placement decisions (placement histogram count)
-    # The service's placement histogram times `schedule()` alone (the pure core); the
-    # snapshot it is given is built before and timed on its own.
+    # The service's placement histogram times `Cluster.place()`: the index refreshed for
+    # the replicas that changed, and the core.
     placement_s: float = 0.0
-    snapshot_s: float = 0.0
     idle_pass_ms: float = 0.0  # median reconcile() with nothing to do
     one_more_pass_ms: float = 0.0  # median pass placing one new (CPU) model among M
-    one_more_core_ms: float = 0.0  # of which inside schedule()
-    one_more_snapshot_ms: float = 0.0  # of which building the snapshot
+    one_more_core_ms: float = 0.0  # of which placing (index refresh and core)
     # Median reconcile() after a single LOADED event: what run() pays per event when events
     # arrive one by one (each wakes the loop).
     per_event_pass_ms: float = 0.0
@@ -527,18 +613,6 @@ async def bench_service_once(
     overrides: dict[str, Any] = {"db": db}
     settings = SchedulerSettings(**overrides)
     service = SchedulerService(settings, store, SchedulerMetrics(registry))
-    snapshot_time = [0.0]
-    known = service._cluster  # its snapshot() is timed by wrapping the bound method
-    build = known.snapshot
-
-    def timed_snapshot(*args: Any) -> Snapshot:
-        started = time.perf_counter()
-        try:
-            return build(*args)
-        finally:
-            snapshot_time[0] += time.perf_counter() - started
-
-    setattr(known, "snapshot", timed_snapshot)  # noqa: B010
     outbox: list[tuple[FakeAgent, Command]] = []
     for shape in shapes:
         agent = FakeAgent(outbox)
@@ -577,7 +651,6 @@ async def bench_service_once(
     row.sqlite_s, row.sqlite_writes = store.seconds, store.writes
     row.placement_s = histogram_sum(registry)
     row.placements = int(histogram_sum(registry, "count"))
-    row.snapshot_s = snapshot_time[0]
 
     idle = []
     for _ in range(15):
@@ -586,21 +659,18 @@ async def bench_service_once(
         idle.append(time.perf_counter() - idle_started)
     row.idle_pass_ms = statistics.median(idle) * 1e3
 
-    one_pass, one_core, one_snapshot = [], [], []
+    one_pass, one_core = [], []
     for number in range(extra):
         service.load_model(validate_spec(f"extra-{number:05d}", requirements=("sklearn",)))
-        before_placement, before_snapshot = histogram_sum(registry), snapshot_time[0]
+        before_placement = histogram_sum(registry)
         pass_started = time.perf_counter()
         service.reconcile()
         one_pass.append(time.perf_counter() - pass_started)
-        snapshot = snapshot_time[0] - before_snapshot
-        one_snapshot.append(snapshot)
         one_core.append(histogram_sum(registry) - before_placement)
         answer(service, outbox)
         service.reconcile()
     row.one_more_pass_ms = statistics.median(one_pass) * 1e3
     row.one_more_core_ms = statistics.median(one_core) * 1e3
-    row.one_more_snapshot_ms = statistics.median(one_snapshot) * 1e3
 
     for number in range(trickle):
         service.load_model(validate_spec(f"trickle-{number:05d}", requirements=("sklearn",)))
@@ -699,10 +769,7 @@ def service_ratios(rows: Sequence[ServiceRow]) -> dict[str, float]:
         label = f"{large.models} vs {small.models} models"
         ratios[f"total time, {label} (x{scale:g} models)"] = large.total_s / small.total_s
         ratios[f"placement pass, {label}"] = large.passes[0] / small.passes[0]
-        ratios[f"snapshot per placement, {label}"] = (large.snapshot_s / large.placements) / (
-            small.snapshot_s / small.placements
-        )
-        ratios[f"schedule() per placement, {label}"] = (large.core_s / large.placements) / (
+        ratios[f"placing per placement, {label}"] = (large.core_s / large.placements) / (
             small.core_s / small.placements
         )
         ratios[f"pass placing one more model, {label}"] = (
@@ -769,19 +836,36 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def core_table(rows: Sequence[CoreRow]) -> str:
     return table(
-        ("replicas", "model", "policy", "outcome", "n", "median us", "p95 us", "us/replica"),
+        ("impl", "replicas", "model", "policy", "outcome", "n", "p50 us", "p99 us", "place/s"),
         [
             (
+                r.implementation,
                 str(r.replicas),
                 r.model,
                 r.policy,
                 r.outcome,
                 str(r.repeats),
-                f"{r.median_us:.1f}",
-                f"{r.p95_us:.1f}",
-                f"{r.median_us / r.replicas:.2f}",
+                f"{r.p50_us:.1f}",
+                f"{r.p99_us:.1f}",
+                f"{r.placements_per_s:,.0f}",
             )
-            for r in rows
+            for r in sorted(rows, key=lambda r: (r.replicas, r.model, r.policy))
+        ],
+    )
+
+
+def summary_table(summary: Sequence[dict[str, object]]) -> str:
+    return table(
+        ("impl", "replicas", "placements/s", "median case us", "growth exponent"),
+        [
+            (
+                str(row["implementation"]),
+                str(row["replicas"]),
+                f"{row['placements_per_s']:,.0f}",
+                f"{row['median_case_us']:.1f}",
+                f"{row['growth_exponent']:.2f}",
+            )
+            for row in summary
         ],
     )
 
@@ -800,8 +884,7 @@ def service_table(rows: Sequence[ServiceRow]) -> str:
             "pass 2 ms",
             "events ms",
             "sqlite %",
-            "snapshot %",
-            "core %",
+            "placing %",
         ),
         [
             (
@@ -815,7 +898,6 @@ def service_table(rows: Sequence[ServiceRow]) -> str:
                 f"{r.passes[1] * 1e3:.0f}" if len(r.passes) > 1 else "-",
                 f"{r.events_s * 1e3:.0f}",
                 f"{100 * r.sqlite_share:.0f}",
-                f"{100 * r.snapshot_s / r.total_s:.0f}",
                 f"{100 * r.core_s / r.total_s:.0f}",
             )
             for r in rows
@@ -831,8 +913,7 @@ def pass_table(rows: Sequence[ServiceRow]) -> str:
             "models",
             "idle pass",
             "+1 model pass",
-            "of which snapshot",
-            "of which core",
+            "of which placing",
             "pass after 1 event",
             "run() per event",
         ),
@@ -842,7 +923,6 @@ def pass_table(rows: Sequence[ServiceRow]) -> str:
                 str(r.models),
                 f"{r.idle_pass_ms:.2f}",
                 f"{r.one_more_pass_ms:.2f}",
-                f"{r.one_more_snapshot_ms:.2f}",
                 f"{r.one_more_core_ms:.2f}",
                 f"{r.per_event_pass_ms:.2f}",
                 f"{r.per_event_loop_ms:.2f}",
@@ -867,7 +947,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     quick: bool = args.quick
-    core_budget_s = 1.5 if quick else 8.0
+    core_budget_s = 0.5 if quick else 4.0
+    core_sizes = QUICK_CORE_SIZES if quick else CORE_SIZES
     counts = (100, 300) if quick else (100, 1000)
     service_params = ServiceParams(
         replicas=40 if quick else 100,
@@ -879,8 +960,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     params: dict[str, object] = {
         "quick": quick,
         "seed": SEED,
-        "core_sizes": list(CORE_SIZES),
-        "core_budget_s": core_budget_s,
+        "core_sizes": list(core_sizes),
+        "core_budget_s_per_size": core_budget_s,
         "replicas_per_server": REPLICAS_PER_SERVER,
         "service": asdict(service_params),
         "service_model_mix": "per 10: 6 CPU 256Mi, 2 GPU 1Gi, 1 CPU x3 replicas, 1 GPU pinned",
@@ -892,9 +973,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"gpuplace placement benchmark ({'quick' if quick else 'full'}), python {info['python']}")
     print(f"{info['platform']}, {info['cpu_count']} CPUs, load {info['loadavg_start']}\n")
 
-    core = bench_core(CORE_SIZES, core_budget_s)
-    print("schedule() latency (pure core)")
+    core = bench_core(core_sizes, core_budget_s)
+    print("one placement (pure core): place() over the index, schedule(), a plain loop")
     print(core_table(core))
+    summary = core_summary(core)
+    print()
+    print(summary_table(summary))
     c_ratios = core_ratios(core)
     print()
     print(ratio_table(c_ratios))
@@ -917,7 +1001,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": info,
         "parameters": params,
         "elapsed_s": elapsed,
-        "core": [asdict(row) for row in core],
+        "core": [{**asdict(row), "placements_per_s": row.placements_per_s} for row in core],
+        "core_summary": summary,
         "core_ratios": c_ratios,
         "service": [
             {
