@@ -85,6 +85,8 @@ class Context:
     now: float
     # A monotonic stopwatch (seconds) that times the core for the metrics; it decides nothing.
     stopwatch: Callable[[], float] = lambda: 0.0
+    # Since when the agents of copies read back from the state file are awaited (RESTORED).
+    restored_since: float = 0.0
     # The footprints learned for an artifact, one per GPU product (the shell's
     # FootprintBook.of; none in a test that does not say).
     learned: Callable[[Artifact], tuple[Footprint, ...]] = nothing_learned
@@ -217,11 +219,23 @@ def _new_version(old: ModelSpec, new: ModelSpec) -> bool:
 # ------------------------------------------------------------------ agents
 
 
-def restored(record: ModelRecord, now: float) -> None:
-    """Read back from the state file: each copy's agent must come back within the grace."""
+# `ModelCopy.lost_since` of a copy read back from the state file whose agent has not said
+# hello since: its grace counts from `Context.restored_since`, which the shell sets when the
+# agent API serves and moves on while agents it expects are still coming back.
+RESTORED = -1.0
+
+
+def restored(record: ModelRecord) -> None:
+    """Read back from the state file: each copy's agent must come back within the grace,
+    counted from when the agents can reach the scheduler again."""
     for copy in record.copies.values():
         if copy.state in ACTIVE:
-            copy.lost_since = now
+            copy.lost_since = RESTORED
+
+
+def lost_since(copy: ModelCopy, restored_since: float) -> float:
+    """Since when the copy's agent is away (0: it is not)."""
+    return restored_since if copy.lost_since == RESTORED else copy.lost_since
 
 
 def on_hello(
@@ -231,7 +245,7 @@ def on_hello(
     expects is kept as it is; one the model may use is adopted; anything else is unloaded.
     A load the agent no longer knows of is asked again (the agent answers at once when it
     holds that version already, so nothing is loaded twice)."""
-    out = Outcome(publish=record is not None)
+    out = Outcome()
     if record is None:
         if loaded is not None:
             out.note(
@@ -239,10 +253,21 @@ def on_hello(
             )
             out.commands.append((key, Unload(loaded.name, loaded.version)))
         return out
+    before = _digest(record)
+    _hello_copy(record, key, loaded, ctx, out)
+    # Saved and shown only when it changed: a hello that finds its copies as they were
+    # (the common case after a restart) costs no write.
+    out.publish = _digest(record) != before
+    return out
+
+
+def _hello_copy(
+    record: ModelRecord, key: Key, loaded: LoadedModel | None, ctx: Context, out: Outcome
+) -> None:
     copy = record.copies.get(key)
     if copy is None:
         if loaded is None:
-            return out
+            return
         if _adoptable(record, ctx.cluster.replica(key), loaded.version, ctx.now):
             _adopt(record, key, loaded.version, loaded.footprint_bytes)
             out.note(
@@ -258,7 +283,7 @@ def on_hello(
                 replica_id(*key),
             )
             out.commands.append((key, Unload(record.name, loaded.version)))
-        return out
+        return
     copy.lost_since = 0.0
     if loaded is not None and loaded.version == copy.version:
         if copy.state in ACTIVE:
@@ -280,7 +305,6 @@ def on_hello(
         out.commands.append((key, record.spec.load_command(copy.version, copy.device_uuids)))
     elif copy.state in (CopyState.AVAILABLE, CopyState.UNLOADING):
         del record.copies[key]
-    return out
 
 
 def on_event(record: ModelRecord | None, key: Key, event: ModelEvent, ctx: Context) -> Outcome:
@@ -548,7 +572,8 @@ def _expire(record: ModelRecord, ctx: Context, out: Outcome) -> None:
             )
             _start_unload(record, copy, ctx, out)
             continue
-        gone = copy.lost_since and now - copy.lost_since >= grace
+        away = lost_since(copy, ctx.restored_since)
+        gone = away and now - away >= grace
         if copy.state in IN_FLIGHT and copy.deadline and now >= copy.deadline:
             reason = f"load timed out after {ctx.settings.load_timeout_s:g}s"
             _load_failed(record, copy, ctx, out, reason=reason, kind="timeout")
@@ -563,7 +588,7 @@ def _expire(record: ModelRecord, ctx: Context, out: Outcome) -> None:
                 "model %s: replica %s lost (agent away for %.0fs)",
                 record.name,
                 replica_id(*copy.key),
-                now - copy.lost_since,
+                now - away,
             )
             del record.copies[copy.key]
     for key, until in list(record.excluded_until.items()):
@@ -583,6 +608,11 @@ def _terminate(record: ModelRecord, ctx: Context, out: Outcome) -> None:
         record.reason = "unloaded"
         out.terminated = True
         out.note("info", "model %s: terminated", record.name)
+
+
+def current_keys(record: ModelRecord) -> set[Key]:
+    """The replicas that hold or are loading the model (any version)."""
+    return {c.key for c in record.copies.values() if c.state in ACTIVE}
 
 
 def current_copies(record: ModelRecord) -> list[ModelCopy]:
@@ -798,11 +828,13 @@ def plan(record: ModelRecord, ctx: Context) -> Plan:
 # ------------------------------------------------------------------ timers
 
 
-def next_due(record: ModelRecord, settings: SchedulerSettings) -> float:
+def next_due(record: ModelRecord, settings: SchedulerSettings, restored_since: float) -> float:
     """When this model next needs a pass without any event (inf: never)."""
     times = [c.deadline for c in record.copies.values() if c.deadline]
     times += [
-        c.lost_since + settings.disconnect_grace_s for c in record.copies.values() if c.lost_since
+        lost_since(c, restored_since) + settings.disconnect_grace_s
+        for c in record.copies.values()
+        if c.lost_since
     ]
     times += list(record.excluded_until.values())
     if not record.deleted and len(current_copies(record)) < record.spec.replicas:

@@ -101,6 +101,7 @@ async def running(
         http_port = runner.addresses[0][1]
         await client.start(_CLIENT_SERVICE)
         await agent.start(_AGENT_SERVICE)
+        service.serving()
         tasks.append(start_task(service.run(), "reconcile"))
         ready = True
         log.info(

@@ -15,6 +15,7 @@ import contextlib
 import copy
 import functools
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
@@ -37,12 +38,16 @@ from scheduler_service.model import (
     ModelSpec,
 )
 from scheduler_service.settings import SchedulerSettings
+from scheduler_service.timers import Timers
 
 log = logging.getLogger(__name__)
 # Longest the reconcile loop sleeps when no timer is due sooner.
 _IDLE_WAKE_S = 1.0
 # Models reconciled before the loop yields to other tasks.
 _SLICE = 200
+# Refused models are tried again when the cluster changes, at most once per this many
+# seconds: a storm of reconnecting agents costs one retry per window, not one per hello.
+_RETRY_WINDOW_S = 1.0
 
 
 class Clock(Protocol):
@@ -118,13 +123,22 @@ class SchedulerService:
         for record in self._models.values():
             self._by_artifact.setdefault(record.spec.artifact, set()).add(record.name)
         self._footprints = FootprintBook(store.footprints())
-        started = self._clock.now()
+        # Copies read back wait for their agents: the grace counts from when the agent API
+        # serves (`serving`), and moves on with each of the awaited replicas that says hello.
+        self._restored_since = self._clock.now()
+        self._awaited: set[Key] = set()
         for record in self._models.values():
-            lifecycle.restored(record, started)
+            lifecycle.restored(record)
+            self._awaited.update(lifecycle.current_keys(record))
+            self._cluster.usage.account(record)
         self._dirty: set[str] = set(self._models)
         # When each model next needs a pass without any event; refreshed after each of its
         # passes (any change in between marks it dirty, which wins).
-        self._timers: dict[str, float] = {}
+        self._timers = Timers()
+        # Models whose last placement was refused (or partial), and when they were last
+        # tried again for a cluster change; `_retry_due`: a retry waiting for its window.
+        self._refused: set[str] = set()
+        self._retried_at, self._retry_due = -math.inf, math.inf
         self._kick = asyncio.Event()
         self._outbox: list[tuple[Key, Command]] = []
         metrics.watch_state(self.gauges)
@@ -201,6 +215,11 @@ class SchedulerService:
             raise NotFound(f"model {name!r} not found")
         return record
 
+    def serving(self) -> None:
+        """The agent API serves: the grace of the copies read back counts from now (a slow
+        start must not eat into it)."""
+        self._restored_since = self._clock.now()
+
     def explained(self, name: str) -> ModelRecord:
         """The model as `model` gives it; for a placed model whose placement came without
         reasons (the core words them only for refusals), a copy with them worded now: why
@@ -247,17 +266,31 @@ class SchedulerService:
     def connect(
         self, hello: Hello, send: Callable[[Command], bool], close: Callable[[str], None]
     ) -> AgentSession:
-        """An agent said hello: register it and reconcile what it holds with the records."""
-        session = self._cluster.join(hello, send, close, self._clock.now())
-        key, ctx = session.key, self._context()
+        """An agent said hello: register it and reconcile what it holds with the records.
+        Costs the models it reports and those with a copy there, not all of them."""
+        now = self._clock.now()
+        session = self._cluster.join(hello, send, close, now)
+        key = session.key
+        if self._awaited:
+            # A replica the state file expected is back: the others are on their way.
+            self._awaited.discard(key)
+            self._restored_since = now
+        ctx = self._context(now)
         session.send(Welcome())
         reported = {loaded.name: loaded for loaded in hello.loaded}
-        for record in list(self._models.values()):
-            if record.name in reported or key in record.copies:
-                found = reported.pop(record.name, None)
-                self._decide(
-                    record, functools.partial(lifecycle.on_hello, key=key, loaded=found, ctx=ctx)
-                )
+        # A copy there is in the usage table, or in a model changed since its last pass.
+        concerned = set(reported) | self._cluster.usage.get(key).models
+        concerned.update(
+            name for name in self._dirty if key in getattr(self._models.get(name), "copies", ())
+        )
+        for name in sorted(concerned):
+            record = self._models.get(name)
+            if record is None:
+                continue
+            found = reported.pop(name, None)
+            self._decide(
+                record, functools.partial(lifecycle.on_hello, key=key, loaded=found, ctx=ctx)
+            )
         for loaded in reported.values():
             self._settle(None, lifecycle.on_hello(None, key, loaded, ctx))
         log.info(
@@ -437,7 +470,9 @@ class SchedulerService:
         """One pass over the models that need work (at most `budget` of them), then drains,
         then the commands. Returns whether models were left for another pass."""
         now = self._clock.now()
-        names = sorted(self._dirty | {n for n, at in self._timers.items() if at <= now})
+        if now >= self._retry_due:
+            self._retry_refused(now)
+        names = sorted(self._dirty | self._timers.due(now))
         if budget is not None and len(names) > budget:
             names, rest = names[:budget], names[budget:]
         else:
@@ -473,7 +508,7 @@ class SchedulerService:
             self._models[record.name] = before
             self._cluster.usage.account(before)
             retry_s = lifecycle.backoff(self._settings, max(before.attempts, 1))
-            self._timers[record.name] = now + retry_s
+            self._timers.put(record.name, now + retry_s)
             log.exception("model %s: reconcile failed; trying again in %.1fs", record.name, retry_s)
 
     def _reconcile_model(self, record: ModelRecord, now: float) -> None:
@@ -484,12 +519,16 @@ class SchedulerService:
         if outcome.terminated:
             del self._models[record.name]
             self._by_artifact[record.spec.artifact].discard(record.name)
-            self._timers.pop(record.name, None)
+            self._timers.discard(record.name)
+            self._refused.discard(record.name)
             self._store.delete(record.name)
             self._publish(record)
         else:
-            self._timers[record.name] = lifecycle.next_due(record, self._settings)
+            self._timers.put(
+                record.name, lifecycle.next_due(record, self._settings, self._restored_since)
+            )
             self._cluster.usage.account(record)
+            self._note(record)
             if outcome.publish:
                 self._store.save(record)
                 self._publish(record)
@@ -520,6 +559,7 @@ class SchedulerService:
             self._settings,
             self._clock.now() if now is None else now,
             stopwatch=time.perf_counter,
+            restored_since=self._restored_since,
             learned=self._footprints.of,
         )
 
@@ -527,14 +567,33 @@ class SchedulerService:
         if self._dirty:
             return 0.0
         wakes = self._cluster.wake_times(self._settings.disconnect_grace_s)
-        return min([*self._timers.values(), *wakes], default=float("inf"))
+        return min([self._timers.next(), self._retry_due, *wakes])
 
     def _cluster_changed(self) -> None:
-        """A server joined, left or freed memory: refused models are tried again now."""
-        for record in self._models.values():
-            if lifecycle.on_cluster_changed(record):
-                self._mark(record.name)
+        """A server joined, left or freed memory: refused models are tried again now, or at
+        the end of the window when they were tried again less than a window ago."""
+        if self._refused:
+            now = self._clock.now()
+            next_at = self._retried_at + _RETRY_WINDOW_S
+            if now >= next_at:
+                self._retry_refused(now)
+            else:
+                self._retry_due = next_at
         self._kick.set()
+
+    def _retry_refused(self, now: float) -> None:
+        self._retried_at, self._retry_due = now, math.inf
+        for name in self._refused:
+            record = self._models.get(name)
+            if record is not None and lifecycle.on_cluster_changed(record):
+                self._mark(name)
+
+    def _note(self, record: ModelRecord) -> None:
+        """Keep the set of refused models (what a cluster change tries again) up to date."""
+        if record.attempts and record.name in self._models:
+            self._refused.add(record.name)
+        else:
+            self._refused.discard(record.name)
 
     def _mark(self, name: str) -> None:
         self._dirty.add(name)

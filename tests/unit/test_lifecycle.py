@@ -471,7 +471,7 @@ ROWS = [
     Row(
         "C10-restored-load-grace-expired",
         model(copy(A0, REQUESTED, deadline=NOW + 200)),
-        then(lambda r: lifecycle.restored(r, NOW - 31), step(ctx())),
+        then(lifecycle.restored, step(replace(ctx(), restored_since=NOW - 31))),
         ModelState.FAILED,  # its load failed and there is nowhere else to go
         {"a-0": "LoadFailed"},
         also=lambda r, o: o.load_failures == ["agent_disconnected"],
@@ -1004,14 +1004,17 @@ def test_next_due_is_the_earliest_deadline_grace_exclusion_or_retry() -> None:
         replicas=3,
     )
     record.next_retry_at = NOW + 100
-    assert lifecycle.next_due(record, SETTINGS) == NOW + 20  # A1's grace ends
+    assert lifecycle.next_due(record, SETTINGS, 0.0) == NOW + 20  # A1's grace ends
+    # Read back from the state file: the grace counts from when the agents are awaited.
+    record.copies[A1].lost_since = lifecycle.RESTORED
+    assert lifecycle.next_due(record, SETTINGS, NOW - 25) == NOW + 5
     record.copies[A1].lost_since = 0.0
     record.excluded_until[B0] = NOW + 40
-    assert lifecycle.next_due(record, SETTINGS) == NOW + 40
+    assert lifecycle.next_due(record, SETTINGS, 0.0) == NOW + 40
     record.next_retry_at = NOW + 5
-    assert lifecycle.next_due(record, SETTINGS) == NOW + 5
+    assert lifecycle.next_due(record, SETTINGS, 0.0) == NOW + 5
     record.spec = validate_spec("iris", replicas=2)  # enough copies: no retry due
-    assert lifecycle.next_due(record, SETTINGS) == NOW + 40
+    assert lifecycle.next_due(record, SETTINGS, 0.0) == NOW + 40
 
 
 def test_the_back_off_doubles_up_to_its_cap() -> None:

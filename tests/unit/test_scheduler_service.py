@@ -409,6 +409,74 @@ def test_after_a_restart_a_copy_is_kept_when_its_agent_comes_back_in_time(
     assert h.service.model("iris").version == 1
 
 
+class CountingStore(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def save(self, record: ModelRecord) -> None:
+        self.writes += 1
+        super().save(record)
+
+
+def test_after_a_restart_the_grace_counts_from_serving_and_while_agents_come_back(
+    tmp_path: Path,
+) -> None:
+    """A slow start does not eat into the grace, and each awaited agent that comes back
+    gives the others another grace: a reconnect storm loses no copy whose agent is queued."""
+    h = Harness(tmp_path, CountingStore(), disconnect_grace_s=30)
+    agents = {server: h.connect(server) for server in ("a", "b", "c")}
+    for server, agent in agents.items():
+        h.load(f"m-{server}", server=server)
+        h.event(agent, EventKind.LOADED, f"m-{server}", 1)
+    h.start()
+    h.clock.time += 40  # restoring took long: more than the grace
+    h.service.serving()
+    h.service.reconcile()
+    h.clock.time += 25
+    h.connect("a", loaded=(LoadedModel("m-a", 1),))
+    h.clock.time += 25  # 50 s after serving, 25 after a came back: b and c still awaited
+    h.service.reconcile()
+    assert {h.state(f"m-{s}")[1].get(f"{s}-0") for s in "bc"} == {"Available"}
+    h.connect("b", loaded=(LoadedModel("m-b", 1),))
+    h.clock.time += 31  # nobody else came back for a whole grace: c is lost
+    h.service.reconcile()
+    assert h.state("m-b") == (ModelState.AVAILABLE, {"b-0": "Available"})
+    assert h.state("m-c")[1] == {}
+
+
+def test_a_storm_of_cluster_changes_tries_a_refused_model_once_per_window(h: Harness) -> None:
+    h.connect("a")
+    h.load("huge", memory="100Gi")
+    record = h.service.model("huge")
+    assert record.state == ModelState.SCHEDULE_FAILED and record.attempts == 1
+    h.connect("b")  # the first change: tried again at once
+    assert h.service.model("huge").attempts == 2
+    for server in "cdefg":  # the rest of the storm, within the window: once, at its end
+        h.connect(server)
+    assert h.service.model("huge").attempts == 2
+    h.clock.time += 1.0
+    h.service.reconcile()
+    assert h.service.model("huge").attempts == 3
+    assert "g: needs 100 GiB host memory" in h.service.model("huge").reason
+
+
+def test_a_hello_that_finds_its_copies_as_they_were_writes_nothing(tmp_path: Path) -> None:
+    store = CountingStore()
+    h = Harness(tmp_path, store, disconnect_grace_s=30)
+    agent = h.connect("a")
+    for name in ("digits", "iris"):
+        h.load(name)
+        h.event(agent, EventKind.LOADED, name, 1)
+    h.start()
+    before = store.writes
+    back = h.connect("a", loaded=(LoadedModel("digits", 1), LoadedModel("iris", 1)))
+    h.service.reconcile()
+    assert store.writes == before
+    assert (back.loads(), back.unloads()) == ([], [])
+    assert h.state("iris") == (ModelState.AVAILABLE, {"a-0": "Available"})
+
+
 # ------------------------------------------------------------------ replicas as in Seldon
 
 
