@@ -621,7 +621,9 @@ class ModelManager:
             credit = dict(current.footprint_bytes)
         aside = await asyncio.to_thread(self.repository.install, name, staged)
         try:
-            host_bytes = await self._measured_load(name, replacing=current is not None)
+            host_bytes = await self._measured_load(
+                name, measure=request.measure_host_memory and current is None
+            )
         except InferenceServerError as exc:
             log.warning(
                 "model %s v%d on %s: the inference server failed to load it: %s",
@@ -696,12 +698,13 @@ class ModelManager:
             host_bytes=host_bytes,
         )
 
-    async def _measured_load(self, name: str, *, replacing: bool) -> int | None:
-        """Load `name`; the host memory the inference server took meanwhile, when this load
-        ran alone with it (no other load or unload at any moment) and replaced no version (the
-        old one is dropped in the middle); None otherwise or when it cannot be read."""
+    async def _measured_load(self, name: str, *, measure: bool) -> int | None:
+        """Load `name`; with `measure` (the scheduler asked, and no version is replaced: the
+        old one is dropped in the middle), the host memory the inference server took
+        meanwhile, when this load ran alone with it (no other load or unload at any moment);
+        None otherwise or when it cannot be read."""
         with self._server_calls.track() as alone:
-            measure = not replacing and await self._settled()
+            measure = measure and await self._settled()
             before = await self._resident(name) if measure else None
             await self.inference.load(name)
             self._unsettled.discard(name)

@@ -145,6 +145,9 @@ class Load:
     secret_name: str = ""
     # The artifact's numbered version folder to load (Seldon's artifactVersion); None: unset.
     artifact_version: int | None = None
+    # Measure the host memory the load takes (two readings of the inference server's
+    # metrics around it): asked while the artifact has few measurements.
+    measure_host_memory: bool = False
 
 
 @dataclass(frozen=True)

@@ -183,6 +183,7 @@ def encode_command(command: Command) -> agent_pb2.SchedulerMessage:
                     gpus=command.gpus,
                     secret_name=command.secret_name,
                     artifact_version=command.artifact_version,
+                    measure_host_memory=command.measure_host_memory,
                 )
             )
         case Unload():
@@ -212,6 +213,7 @@ def decode_command(message: agent_pb2.SchedulerMessage) -> Command:
             gpus=load.gpus or 1,
             secret_name=load.secret_name,
             artifact_version=load.artifact_version if load.HasField("artifact_version") else None,
+            measure_host_memory=load.measure_host_memory,
         )
     if which == "unload":
         return Unload(message.unload.model_name, message.unload.version)

@@ -89,14 +89,25 @@ class ClusterIndex:
 
     def put(self, replica: Replica) -> None:
         """Add `replica`, or replace the one of its key."""
-        if self._replicas.get(replica.key) == replica:
+        key = replica.key
+        old = self._replicas.get(key)
+        if old == replica:
             return
-        self.remove(replica.key)
-        self._replicas[replica.key] = replica
-        self._servers.setdefault(replica.server, {})[replica.index] = replica
-        self._groups.setdefault(replica.capabilities, _Group()).add(replica, 1)
-        for model in replica.models:
-            self._holders.setdefault(model, set()).add(replica.key)
+        gone: frozenset[str]
+        added: frozenset[str]
+        if old is None:
+            self._servers.setdefault(replica.server, {})[replica.index] = replica
+            gone, added = frozenset(), replica.models
+        else:
+            self._group_of(old).add(old, -1)
+            self._servers[replica.server][replica.index] = replica
+            # A replica holds many models: only those that changed move (set differences).
+            gone, added = old.models - replica.models, replica.models - old.models
+            if old.capabilities != replica.capabilities and not self._groups[old.capabilities]:
+                del self._groups[old.capabilities]
+        self._replicas[key] = replica
+        self._group_of(replica).add(replica, 1)
+        self._hold(key, gone, added)
 
     def remove(self, key: Key) -> None:
         replica = self._replicas.pop(key, None)
@@ -106,15 +117,23 @@ class ClusterIndex:
         del server[replica.index]
         if not server:
             del self._servers[replica.server]
-        group = self._groups[replica.capabilities]
+        group = self._group_of(replica)
         group.add(replica, -1)
         if not group:
             del self._groups[replica.capabilities]
-        for model in replica.models:
+        self._hold(key, replica.models, frozenset())
+
+    def _group_of(self, replica: Replica) -> _Group:
+        return self._groups.setdefault(replica.capabilities, _Group())
+
+    def _hold(self, key: Key, gone: frozenset[str], added: frozenset[str]) -> None:
+        for model in gone:
             holders = self._holders[model]
             holders.discard(key)
             if not holders:
                 del self._holders[model]
+        for model in added:
+            self._holders.setdefault(model, set()).add(key)
 
     def snapshot(self) -> Snapshot:
         """Every replica, by key: what `schedule()` reads."""

@@ -311,6 +311,7 @@ class LoadCommand(_message.Message):
     GPUS_FIELD_NUMBER: _builtins.int
     SECRET_NAME_FIELD_NUMBER: _builtins.int
     ARTIFACT_VERSION_FIELD_NUMBER: _builtins.int
+    MEASURE_HOST_MEMORY_FIELD_NUMBER: _builtins.int
     model_name: _builtins.str
     version: _builtins.int
     storage_uri: _builtins.str
@@ -324,6 +325,10 @@ class LoadCommand(_message.Message):
     artifact_version: _builtins.int
     """Seldon's artifactVersion: the numbered version folder of the artifact to load (unset:
     the artifact's top folder when it has a model-settings.json, else its highest version).
+    """
+    measure_host_memory: _builtins.bool
+    """Measure the host memory the load takes (the scheduler asks while it has few
+    measurements of the artifact: the readings cost the load time).
     """
     @_builtins.property
     def parameters(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
@@ -345,10 +350,11 @@ class LoadCommand(_message.Message):
         gpus: _builtins.int = ...,
         secret_name: _builtins.str = ...,
         artifact_version: _builtins.int | None = ...,
+        measure_host_memory: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_artifact_version", b"_artifact_version", "artifact_version", b"artifact_version"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_artifact_version", b"_artifact_version", "artifact_version", b"artifact_version", "device_uuids", b"device_uuids", "gpu_memory_bytes", b"gpu_memory_bytes", "gpus", b"gpus", "model_name", b"model_name", "parameters", b"parameters", "secret_name", b"secret_name", "storage_uri", b"storage_uri", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_artifact_version", b"_artifact_version", "artifact_version", b"artifact_version", "device_uuids", b"device_uuids", "gpu_memory_bytes", b"gpu_memory_bytes", "gpus", b"gpus", "measure_host_memory", b"measure_host_memory", "model_name", b"model_name", "parameters", b"parameters", "secret_name", b"secret_name", "storage_uri", b"storage_uri", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__artifact_version: _TypeAlias = _typing.Literal["artifact_version"]  # noqa: Y015
     _WhichOneofArgType__artifact_version: _TypeAlias = _typing.Literal["_artifact_version", b"_artifact_version"]  # noqa: Y015

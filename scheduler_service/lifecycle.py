@@ -34,6 +34,7 @@ from placement import (
 from scheduler_service.model import (
     ACTIVE,
     IN_FLIGHT,
+    RECENT_SAMPLES,
     Artifact,
     CopyState,
     Footprint,
@@ -259,6 +260,23 @@ def on_hello(
     # (the common case after a restart) costs no write.
     out.publish = _digest(record) != before
     return out
+
+
+def hello_confirms(record: ModelRecord, key: Key, loaded: LoadedModel | None) -> bool:
+    """The agent's hello reports exactly the available copy the record has there (the
+    common case after a restart): its absence ends, nothing else changes, nothing is
+    saved or sent. False: `on_hello` decides."""
+    copy = record.copies.get(key)
+    if (
+        copy is None
+        or loaded is None
+        or copy.state != CopyState.AVAILABLE
+        or copy.version != loaded.version
+        or copy.footprint_bytes != loaded.footprint_bytes
+    ):
+        return False
+    copy.lost_since = 0.0
+    return True
 
 
 def _hello_copy(
@@ -741,9 +759,28 @@ def _start_load(record: ModelRecord, assignment: Assignment, ctx: Context, out: 
         f" ({learned})" if learned else "",
     )
     command = record.spec.load_command(
-        record.version, assignment.device_uuids, record.gpu_memory_bytes
+        record.version,
+        assignment.device_uuids,
+        record.gpu_memory_bytes,
+        measure_host_memory=_measures_host(record, _product(ctx, key, assignment)),
     )
     out.commands.append((key, command))
+
+
+def _product(ctx: Context, key: Key, assignment: Assignment) -> str:
+    """The GPU product a load on `assignment` is learned under ("" for a CPU load)."""
+    replica = ctx.cluster.replica(key)
+    names = {gpu.uuid: gpu.name for gpu in replica.gpus} if replica else {}
+    return min((names.get(uuid, "") for uuid in assignment.device_uuids), default="")
+
+
+def _measures_host(record: ModelRecord, product: str) -> bool:
+    """Whether the agent is asked to measure the load's host memory (two readings of the
+    inference server's metrics, which cost the load time): while fewer than RECENT_SAMPLES
+    loads of the model's artifact on `product` were measured. A model without storageUri
+    has no artifact to learn it for."""
+    samples = max((f.host.samples for f in record.learned if f.product == product), default=0)
+    return bool(record.spec.storage_uri) and samples < RECENT_SAMPLES
 
 
 def _retire(record: ModelRecord, ctx: Context, out: Outcome) -> None:

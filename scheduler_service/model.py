@@ -166,7 +166,12 @@ class ModelSpec:
         return (self.storage_uri, self.artifact_version)
 
     def load_command(
-        self, version: int, device_uuids: tuple[str, ...], gpu_memory_bytes: int | None = None
+        self,
+        version: int,
+        device_uuids: tuple[str, ...],
+        gpu_memory_bytes: int | None = None,
+        *,
+        measure_host_memory: bool = False,
     ) -> Load:
         """What an agent needs to load `version` of this model on `device_uuids`;
         `gpu_memory_bytes`: what it was placed with per device, when not the declared amount
@@ -183,6 +188,7 @@ class ModelSpec:
             gpus=self.gpus,
             secret_name=self.secret_name,
             artifact_version=self.artifact_version,
+            measure_host_memory=measure_host_memory,
         )
 
 

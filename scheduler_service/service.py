@@ -288,6 +288,8 @@ class SchedulerService:
             if record is None:
                 continue
             found = reported.pop(name, None)
+            if lifecycle.hello_confirms(record, key, found):
+                continue
             self._decide(
                 record, functools.partial(lifecycle.on_hello, key=key, loaded=found, ctx=ctx)
             )

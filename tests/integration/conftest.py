@@ -12,10 +12,10 @@ import pytest
 
 from devharness import fake_nvml
 from devharness.fake_nvml import FakeNvml
+from devharness.sim_agent import SimAgent
 from protos import scheduler_pb2_grpc
 from tests.fakes.fake_v2 import FakeV2Server
 from tests.support.scheduler import SchedulerHandle, running_scheduler
-from tests.support.sim_agent import SimAgent
 
 
 @pytest.fixture

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from devharness.sim_agent import GiB, SimAgent, SimGpu
 from gpuplace.cli import main
 from tests.support.scheduler import SchedulerHandle, running_scheduler
-from tests.support.sim_agent import GiB, SimAgent, SimGpu
 from tests.support.wait import wait_until
 
 SEED = Path(__file__).resolve().parents[1] / "fixtures" / "seed"

@@ -14,10 +14,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from devharness.sim_agent import GiB, SimGpu
 from protos import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 from scheduler_service.settings import SchedulerSettings
 from tests.support.scheduler import SchedulerHandle
-from tests.support.sim_agent import GiB, SimGpu
 from tests.support.wait import wait_until
 
 Stub = scheduler_pb2_grpc.SchedulerStub

@@ -11,9 +11,9 @@ from typing import Any
 import grpc
 import pytest
 
+from devharness.sim_agent import GiB, SimAgent, SimGpu
 from protos import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 from tests.support.scheduler import SchedulerHandle, running_scheduler
-from tests.support.sim_agent import GiB, SimAgent, SimGpu
 from tests.support.wait import wait_until
 
 # Seldon Core 2's default MLServer capabilities.

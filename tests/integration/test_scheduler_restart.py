@@ -9,8 +9,8 @@ import grpc
 import pytest
 
 from devharness.scheduler import SchedulerProcess
+from devharness.sim_agent import SimAgent
 from protos import common_pb2, scheduler_pb2, scheduler_pb2_grpc
-from tests.support.sim_agent import SimAgent
 from tests.support.wait import wait_until
 
 

@@ -80,6 +80,7 @@ class FakeInference:
         self.resident: int | None = None
         self.takes: dict[str, int] = {}
         self.loading: set[str] = set()  # shown LOADING in the index (a load it still runs)
+        self.readings = 0  # of its resident memory
 
     async def ready(self) -> bool:
         return True
@@ -122,6 +123,7 @@ class FakeInference:
                 self.on_unload(name)
 
     async def resident_bytes(self) -> int | None:
+        self.readings += 1
         return self.resident
 
     async def close(self) -> None:
@@ -179,6 +181,7 @@ def make(tmp_path: Path, *devices: GpuDevice, max_loads: int = 2) -> Harness:
 
 
 def load(h: Harness, name: str = "iris", version: int = 1, **kwargs: object) -> Load:
+    kwargs.setdefault("measure_host_memory", True)
     return Load(
         model=name,
         version=version,
@@ -289,6 +292,16 @@ async def test_a_load_alone_reports_the_host_memory_the_server_took(tmp_path: Pa
     # A server whose memory cannot be read (MLServer with parallel workers): not measured.
     h.inference.resident = None
     assert (await h.manager.load(load(h, "other"))).host_bytes is None
+
+
+async def test_host_memory_is_read_only_when_the_scheduler_asks(tmp_path: Path) -> None:
+    """Two readings of the server's metrics cost the load time: none unless asked."""
+    h = make(tmp_path, gpu("GPU-0", 80))
+    h.inference.resident, h.inference.takes = GiB, {"iris": 300 * MiB}
+    event = await h.manager.load(load(h, measure_host_memory=False))
+    assert (event.kind, event.host_bytes, h.inference.readings) == (EventKind.LOADED, None, 0)
+    assert (await h.manager.load(load(h, "other"))).host_bytes == 0
+    assert h.inference.readings == 2
 
 
 @pytest.mark.parametrize("first", ["iris", "other"])

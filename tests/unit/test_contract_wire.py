@@ -49,6 +49,8 @@ AGENT_MESSAGES: list[AgentMessage] = [
     ),
     Hello("triton", 0, frozenset(), 0, 0),
     *(ModelEvent(kind, "iris", 4, "why", {"GPU-a": 3 * GiB}) for kind in EventKind),
+    ModelEvent(EventKind.LOADED, "iris", 4, host_bytes=0),  # measured: nothing taken
+    ModelEvent(EventKind.LOADED, "iris", 4, host_bytes=300 * 2**20),
     ResourceUpdate((H100,)),
     ResourceUpdate((H100_CC, GpuDevice.unmeasured("GPU-z"))),
     ResourceUpdate(()),
@@ -60,6 +62,7 @@ COMMANDS: list[Command] = [
     Load("iris", 1),
     Load("iris", 2, "minio://models/iris", secret_name="minio-creds", artifact_version=3),
     Load("iris", 3, "gs://models/iris", artifact_version=0),  # folder 0/, not "unset"
+    Load("iris", 4, "gs://models/iris", measure_host_memory=True),
     Unload("iris", 7),
     DrainComplete(("a", "b")),
     DrainComplete(),
@@ -95,6 +98,7 @@ def test_load_command_carries_each_value_once() -> None:
         "gpus",
         "secret_name",
         "artifact_version",
+        "measure_host_memory",
     }
 
 

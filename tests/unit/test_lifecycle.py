@@ -1187,3 +1187,45 @@ def test_a_declared_memory_wins_over_the_learned_host_figure() -> None:
         0,
     )
     assert lifecycle.learned_text(record) == ""
+
+
+@pytest.mark.parametrize(
+    ("state", "version", "footprint", "confirms"),
+    [
+        (AVAILABLE, 1, {"GPU-1": GiB}, True),
+        (AVAILABLE, 2, {"GPU-1": GiB}, False),  # another version there
+        (AVAILABLE, 1, {"GPU-1": 2 * GiB}, False),  # measured anew
+        (REQUESTED, 1, {"GPU-1": GiB}, False),  # a load that ended while away
+        (UNLOADING, 1, {"GPU-1": GiB}, False),
+        (FAILED, 1, {"GPU-1": GiB}, False),
+    ],
+)
+def test_a_hello_confirms_only_the_copy_as_it_is_and_on_hello_agrees(
+    state: CopyState, version: int, footprint: dict[str, int], confirms: bool
+) -> None:
+    record = model(copy(A0, state, footprint_bytes={"GPU-1": GiB}, lost_since=lifecycle.RESTORED))
+    loaded = LoadedModel("iris", version, footprint)
+    decided = record.clone()
+    outcome = lifecycle.on_hello(decided, A0, loaded, ctx(A0))
+    before = record.clone()
+    assert lifecycle.hello_confirms(record, A0, loaded) is confirms
+    if confirms:  # what on_hello does, without a clone, a digest or a save
+        assert (outcome.commands, outcome.publish) == ([], False)
+        assert record == decided and record.copies[A0].lost_since == 0.0
+    else:
+        assert record == before
+
+
+@pytest.mark.parametrize(
+    ("uri", "samples", "asked"),
+    [(URI, 0, True), (URI, 4, True), (URI, 5, False), ("", 0, False)],
+)
+def test_the_agent_is_asked_to_measure_host_memory_while_the_artifact_has_few_figures(
+    uri: str, samples: int, asked: bool
+) -> None:
+    """The readings cost the load time: asked for the first loads of an artifact only."""
+    figure = Footprint(URI, None, "", host=Learned(GiB, samples, (GiB,) * min(samples, 5)))
+    context = replace(gpu_cluster(), learned=lambda artifact: (figure,) if samples else ())
+    record = model(state=ModelState.PENDING, storage_uri=uri, memory="2Gi")
+    ((_, load),) = lifecycle.step(record, context).commands
+    assert isinstance(load, Load) and load.measure_host_memory is asked

@@ -1,0 +1,176 @@
+"""Fan-in benchmark: the real scheduler process and N simulated agents over gRPC.
+
+Run from the repository root:
+
+    .venv/bin/python bench/fanin.py [--quick] [--out bench/results/fanin.json]
+
+For N = 10, 100 and 1,000 agents (servers of 4 replicas) it starts `gpuplace scheduler` on a
+fresh state file, connects the agents (one process, the real protocol; each answers every
+load at once), loads M = 10,000 models (1 to 3 replicas each) through the client API and
+follows their states through WatchModels until all are Available. It reports models/s to
+Available, LoadModel-return-to-Available p50/p99, the scheduler's CPU seconds and its peak
+resident memory. `--quick`: N = 10 and 100, M = 1,000.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from fleet import (
+    ROOT,
+    ProcessUsage,
+    agents,
+    client_channel,
+    connect_all,
+    disconnect_all,
+    load_all,
+    machine,
+    model_spec,
+    percentile,
+    scheduler_pid,
+    table,
+    until,
+    watch,
+    write_json,
+)
+
+from devharness.scheduler import SchedulerProcess
+from protos import scheduler_pb2_grpc
+
+
+@dataclass
+class Row:
+    agents: int
+    models: int
+    copies: int
+    connect_s: float
+    load_calls_s: float  # every LoadModel answered
+    to_available_s: float  # first LoadModel to every model Available
+    models_per_s: float
+    p50_ms: float  # LoadModel returned -> Available
+    p99_ms: float
+    scheduler_cpu_s: float
+    scheduler_peak_rss_mb: float
+
+
+async def run_once(work: Path, count: int, models: int) -> Row:
+    scheduler = SchedulerProcess(
+        work,
+        log_level="INFO",
+        disconnect_grace_s=60,
+        load_timeout_s=120,
+        # The benchmark's one watcher follows every update of every model.
+        watch_queue_size=1_000_000,
+    ).start()
+    fleet = agents(scheduler.agent_address, count)
+    channel = client_channel(scheduler)
+    try:
+        connect_s = await connect_all(fleet)
+        stub = scheduler_pb2_grpc.SchedulerStub(channel)
+        seen = await watch(stub)
+        specs = [model_spec(number) for number in range(models)]
+        started = time.perf_counter()
+        returned = await load_all(stub, specs, concurrency=64)
+        load_calls_s = time.perf_counter() - started
+        await until(
+            lambda: seen.count("Available") == models,
+            timeout_s=600,
+            what=f"{models} models Available with {count} agents",
+            watching=seen,
+        )
+        to_available = time.perf_counter() - started
+        latencies = [(seen.available_at[name] - returned[name]) * 1e3 for name in returned]
+        usage = ProcessUsage.of(scheduler_pid(scheduler))
+        if seen.task is not None:
+            seen.task.cancel()
+        return Row(
+            agents=count,
+            models=models,
+            copies=sum(len(agent.loaded) for agent in fleet),
+            connect_s=connect_s,
+            load_calls_s=load_calls_s,
+            to_available_s=to_available,
+            models_per_s=models / to_available,
+            p50_ms=statistics.median(latencies),
+            p99_ms=percentile(latencies, 0.99),
+            scheduler_cpu_s=usage.cpu_s,
+            scheduler_peak_rss_mb=usage.peak_rss_bytes / 2**20,
+        )
+    finally:
+        await channel.close()
+        await disconnect_all(fleet)
+        scheduler.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="N = 10, 100 and 1,000 models")
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "bench" / "results" / "fanin.json", help="JSON file"
+    )
+    args = parser.parse_args(argv)
+    counts, models = ((10, 100), 1000) if args.quick else ((10, 100, 1000), 10_000)
+    info, wall = machine(), time.perf_counter()
+    rows = []
+    for count in counts:
+        with tempfile.TemporaryDirectory(prefix="gpuplace-fanin-") as work:
+            rows.append(asyncio.run(run_once(Path(work), count, models)))
+        print(f"{count} agents: {rows[-1].models_per_s:,.0f} models/s", flush=True)
+    print()
+    print(
+        table(
+            (
+                "agents",
+                "models",
+                "copies",
+                "connect s",
+                "to Available s",
+                "models/s",
+                "p50 ms",
+                "p99 ms",
+                "sched CPU s",
+                "sched peak MB",
+            ),
+            [
+                (
+                    str(r.agents),
+                    str(r.models),
+                    str(r.copies),
+                    f"{r.connect_s:.2f}",
+                    f"{r.to_available_s:.2f}",
+                    f"{r.models_per_s:,.0f}",
+                    f"{r.p50_ms:.0f}",
+                    f"{r.p99_ms:.0f}",
+                    f"{r.scheduler_cpu_s:.1f}",
+                    f"{r.scheduler_peak_rss_mb:.0f}",
+                )
+                for r in rows
+            ],
+        )
+    )
+    elapsed = time.perf_counter() - wall
+    write_json(
+        args.out,
+        {
+            "benchmark": "fanin",
+            "machine": info,
+            "parameters": {"quick": args.quick, "agents": list(counts), "models": models},
+            "elapsed_s": elapsed,
+            "rows": [asdict(row) for row in rows],
+        },
+    )
+    print(f"\n{elapsed:.1f} s; results written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
