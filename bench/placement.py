@@ -610,7 +610,7 @@ async def bench_service_once(
     registry = CollectorRegistry()
     store = TimedStore(db)
     # Defaults plus the environment, as in production; the pydantic model is untyped for mypy.
-    overrides: dict[str, Any] = {"db": db}
+    overrides: dict[str, Any] = {"db": db, "max_models": models + 1000}
     settings = SchedulerSettings(**overrides)
     service = SchedulerService(settings, store, SchedulerMetrics(registry))
     outbox: list[tuple[FakeAgent, Command]] = []
@@ -993,6 +993,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     s_ratios = service_ratios(service)
     print()
     print(ratio_table(s_ratios))
+    # The scale: 10,000 models into 1,000 replicas (quick: 2,000 into 200).
+    scale_replicas, scale_models = (200, 2000) if quick else (1000, 10_000)
+    with tempfile.TemporaryDirectory(prefix="gpuplace-bench-") as folder:
+        scale_params = replace(service_params, replicas=scale_replicas, extra=5, trickle=10)
+        scale = asyncio.run(
+            bench_service_once("disk", Path(folder) / "state.db", scale_models, scale_params)
+        )
+    print()
+    print(f"SchedulerService at scale ({scale_replicas} replicas, fake agents)")
+    print(service_table([scale]))
 
     info["loadavg_end"] = list(os.getloadavg())
     elapsed = time.perf_counter() - wall
@@ -1015,6 +1025,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             for row in service
         ],
         "service_ratios": s_ratios,
+        "service_at_scale": {
+            **asdict(scale),
+            "models_per_s": scale.models_per_s,
+            "sqlite_share": scale.sqlite_share,
+        },
     }
     out: Path = args.out
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -62,6 +62,7 @@ class AgentSession:
     def finish_drain(self) -> None:
         """DrainComplete is on its way: nothing more is waited for."""
         self.drained = True
+        self.on_change()
 
     def measured(self, devices: Iterable[GpuDevice]) -> bool:
         """The agent measured its devices again; returns whether free memory grew."""
@@ -152,6 +153,10 @@ class Cluster:
         # None: a view made on the side (a dry run), whose placements judge every replica.
         self._index = ClusterIndex() if indexed else None
         self._stale: set[Key] = set()
+        # The sessions draining (connected, not done) and the ones gone: what a pass looks
+        # at, without a scan of every session.
+        self._draining: set[Key] = set()
+        self._gone: set[Key] = set()
 
     def join(
         self,
@@ -167,10 +172,22 @@ class Cluster:
             previous.leave(now)
             previous.close("replaced by a new connection from the same replica")
         self.sessions[session.key] = session
-        key = session.key
-        session.on_change = lambda: self._stale.add(key)
-        self._stale.add(key)
+        session.on_change = lambda: self._changed(session)
+        self._changed(session)
         return session
+
+    def _changed(self, session: AgentSession) -> None:
+        key = session.key
+        if self.sessions.get(key) is not session:
+            return  # replaced by a newer stream of the same replica
+        self._stale.add(key)
+        (self._gone.discard if session.connected else self._gone.add)(key)
+        draining = session.draining and session.connected and not session.drained
+        (self._draining.add if draining else self._draining.discard)(key)
+
+    def draining_sessions(self) -> list[AgentSession]:
+        """The connected sessions draining and not drained yet, by key."""
+        return [self.sessions[key] for key in sorted(self._draining)]
 
     def connected(self, key: Key) -> bool:
         session = self.sessions.get(key)
@@ -253,18 +270,17 @@ class Cluster:
 
     def forget_gone(self, now: float, grace_s: float) -> None:
         """Replicas gone for longer than the grace period leave the server list."""
-        for key, session in list(self.sessions.items()):
-            if not session.connected and now - session.disconnected_at >= grace_s:
+        for key in list(self._gone):
+            session = self.sessions[key]
+            if now - session.disconnected_at >= grace_s:
                 del self.sessions[key]
+                self._gone.discard(key)
                 self._stale.add(key)
 
     def wake_times(self, grace_s: float) -> list[float]:
         """When a drain times out or a gone replica is to be forgotten."""
-        sessions = self.sessions.values()
-        drains = [
-            s.drain_deadline for s in sessions if s.draining and not s.drained and s.connected
-        ]
-        gone = [s.disconnected_at + grace_s for s in sessions if not s.connected]
+        drains = [self.sessions[key].drain_deadline for key in self._draining]
+        gone = [self.sessions[key].disconnected_at + grace_s for key in self._gone]
         return drains + gone
 
 

@@ -628,6 +628,20 @@ def _terminate(record: ModelRecord, ctx: Context, out: Outcome) -> None:
         out.note("info", "model %s: terminated", record.name)
 
 
+def settled(record: ModelRecord) -> bool:
+    """Available, with every copy the current version's, available and staying: a pass has
+    nothing to change until a timer or an event."""
+    return (
+        record.state == ModelState.AVAILABLE
+        and not record.deleted
+        and all(
+            c.state == CopyState.AVAILABLE and c.version == record.version and not c.retire
+            for c in record.copies.values()
+        )
+        and len(record.copies) >= record.spec.required_replicas
+    )
+
+
 def current_keys(record: ModelRecord) -> set[Key]:
     """The replicas that hold or are loading the model (any version)."""
     return {c.key for c in record.copies.values() if c.state in ACTIVE}

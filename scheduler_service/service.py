@@ -67,6 +67,11 @@ class StateStore(Protocol):
 
     def delete(self, name: str) -> None: ...
 
+    def batch(self) -> contextlib.AbstractContextManager[None]:
+        """Saves and deletes inside happen together when it exits without an error; when
+        it raises, none of them happened (each one that raised inside did not either)."""
+        ...
+
     def load(self) -> list[ModelRecord]: ...
 
     def last_version(self, name: str) -> int:
@@ -127,14 +132,23 @@ class SchedulerService:
         # serves (`serving`), and moves on with each of the awaited replicas that says hello.
         self._restored_since = self._clock.now()
         self._awaited: set[Key] = set()
-        for record in self._models.values():
-            lifecycle.restored(record)
-            self._awaited.update(lifecycle.current_keys(record))
-            self._cluster.usage.account(record)
-        self._dirty: set[str] = set(self._models)
         # When each model next needs a pass without any event; refreshed after each of its
         # passes (any change in between marks it dirty, which wins).
         self._timers = Timers()
+        self._dirty: set[str] = set()
+        ctx = self._context()
+        for record in self._models.values():
+            lifecycle.restored(record)
+            lifecycle.take_learned(record, ctx)
+            self._awaited.update(lifecycle.current_keys(record))
+            self._cluster.usage.account(record)
+            if lifecycle.settled(record):
+                # Available on every copy: nothing to do until its agents' grace ends.
+                self._timers.put(
+                    record.name, lifecycle.next_due(record, settings, self._restored_since)
+                )
+            else:
+                self._dirty.add(record.name)
         # Models whose last placement was refused (or partial), and when they were last
         # tried again for a cluster change; `_retry_due`: a retry waiting for its window.
         self._refused: set[str] = set()
@@ -481,10 +495,22 @@ class SchedulerService:
             rest = []
         self._sync_usage()
         self._dirty = set(rest)
-        for name in names:
-            record = self._models.get(name)
-            if record is not None:
-                self._reconcile_guarded(record, now)
+        # One transaction for the pass; what the models' passes decided is shown and acted
+        # on once it is committed.
+        passed: list[tuple[ModelRecord, ModelRecord, Outcome]] = []
+        try:
+            with self._store.batch():
+                for name in names:
+                    record = self._models.get(name)
+                    if record is not None:
+                        self._reconcile_guarded(record, now, passed)
+        except Exception:
+            self._undo_pass(passed, now)
+            passed = []
+        for _, record, outcome in passed:
+            if outcome.publish or outcome.terminated:
+                self._publish(record)
+            self._act(outcome)
         self._finish_drains(now)
         self._cluster.forget_gone(now, self._settings.disconnect_grace_s)
         self._flush()
@@ -499,23 +525,46 @@ class SchedulerService:
             else:
                 self._cluster.usage.account(record)
 
-    def _reconcile_guarded(self, record: ModelRecord, now: float) -> None:
-        """One model's pass; if it fails (e.g. the state file cannot be written), none of
-        its commands go out and the model is tried again after a back-off."""
+    def _reconcile_guarded(
+        self,
+        record: ModelRecord,
+        now: float,
+        passed: list[tuple[ModelRecord, ModelRecord, Outcome]],
+    ) -> None:
+        """One model's pass, added to `passed` with the record as it was; if it fails
+        (e.g. the state file cannot be written), none of its commands go out and the model
+        is tried again after a back-off."""
         before = record.clone()
         try:
-            self._reconcile_model(record, now)
+            outcome = self._reconcile_model(record, now)
         except Exception:
-            # Back to what was saved: nothing unsaved may be acted on, now or later.
-            self._models[record.name] = before
-            self._cluster.usage.account(before)
-            retry_s = lifecycle.backoff(self._settings, max(before.attempts, 1))
-            self._timers.put(record.name, now + retry_s)
-            log.exception("model %s: reconcile failed; trying again in %.1fs", record.name, retry_s)
+            self._restore(before, now)
+            log.exception("model %s: reconcile failed; trying again", record.name)
+            return
+        passed.append((before, record, outcome))
 
-    def _reconcile_model(self, record: ModelRecord, now: float) -> None:
+    def _restore(self, before: ModelRecord, now: float) -> None:
+        """Back to what was saved: nothing unsaved may be acted on, now or later; tried
+        again after a back-off."""
+        self._models[before.name] = before
+        self._by_artifact.setdefault(before.spec.artifact, set()).add(before.name)
+        self._cluster.usage.account(before)
+        self._note(before)
+        retry_s = lifecycle.backoff(self._settings, max(before.attempts, 1))
+        self._timers.put(before.name, now + retry_s)
+
+    def _undo_pass(
+        self, passed: list[tuple[ModelRecord, ModelRecord, Outcome]], now: float
+    ) -> None:
+        """The pass's transaction did not commit: every model of it goes back to what was
+        saved, and nothing it decided is shown or sent."""
+        for before, _, _ in passed:
+            self._restore(before, now)
+        log.exception("a pass over %d models could not be saved; trying again", len(passed))
+
+    def _reconcile_model(self, record: ModelRecord, now: float) -> Outcome:
         """The lifecycle's pass over the model (its own usage taken out of the snapshot it
-        reads), saved before its commands are queued."""
+        reads), saved in the pass's transaction; shown and acted on once that commits."""
         self._cluster.usage.forget(record.name)
         outcome = lifecycle.step(record, self._context(now))
         if outcome.terminated:
@@ -524,7 +573,6 @@ class SchedulerService:
             self._timers.discard(record.name)
             self._refused.discard(record.name)
             self._store.delete(record.name)
-            self._publish(record)
         else:
             self._timers.put(
                 record.name, lifecycle.next_due(record, self._settings, self._restored_since)
@@ -533,13 +581,10 @@ class SchedulerService:
             self._note(record)
             if outcome.publish:
                 self._store.save(record)
-                self._publish(record)
-        self._act(outcome)
+        return outcome
 
     def _finish_drains(self, now: float) -> None:
-        for session in self._cluster.sessions.values():
-            if not session.draining or session.drained or not session.connected:
-                continue
+        for session in self._cluster.draining_sessions():
             done = lifecycle.drain_verdict(
                 session.key, self._models.values(), session.drain_deadline, now
             )

@@ -100,6 +100,7 @@ class Store:
         # that a save writes them again only when they changed.
         self._specs: dict[str, tuple[ModelSpec, str]] = {}
         self._versions: dict[str, int] = {}
+        self._batched = False  # inside `batch`: saves are savepoints of its transaction
         try:
             self._db = sqlite3.connect(path, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -295,7 +296,39 @@ class Store:
         return list(records.values())
 
     @contextmanager
+    def batch(self) -> Iterator[None]:
+        """The saves and deletes inside as one transaction, committed at the end: a pass over
+        many models writes once. Each save is still its own savepoint (one that fails is
+        undone alone and raises, the others stay). Raises when the commit fails: then none
+        of them happened."""
+        self._db.execute("BEGIN IMMEDIATE")
+        self._batched = True
+        try:
+            yield
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._forget_written()
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
+        finally:
+            self._batched = False
+
+    @contextmanager
     def _transaction(self) -> Iterator[None]:
+        if self._batched:
+            if not self._db.in_transaction:  # SQLite ended the batch on an error
+                raise StoreError("the batch's transaction was rolled back by SQLite")
+            self._db.execute("SAVEPOINT one")
+            try:
+                yield
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK TO one")
+                    self._db.execute("RELEASE one")
+                raise
+            self._db.execute("RELEASE one")
+            return
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield
@@ -303,3 +336,8 @@ class Store:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+
+    def _forget_written(self) -> None:
+        """What was written may not be: write specs and versions again."""
+        self._specs.clear()
+        self._versions.clear()

@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import sqlite3
+from collections.abc import Iterator
 from copy import deepcopy
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -76,6 +77,11 @@ class MemoryStore:
 
     def delete(self, name: str) -> None:
         self.saved.pop(name, None)
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Saves happen at once in memory; a failed commit is the real store's business."""
+        yield
 
     def load(self) -> list[ModelRecord]:
         return [deepcopy(record) for _, record in sorted(self.saved.items())]
@@ -443,6 +449,37 @@ def test_after_a_restart_the_grace_counts_from_serving_and_while_agents_come_bac
     h.service.reconcile()
     assert h.state("m-b") == (ModelState.AVAILABLE, {"b-0": "Available"})
     assert h.state("m-c")[1] == {}
+
+
+class CommitFails(Store):
+    """A state file whose pass commits fail while `failing` (a full disk, say)."""
+
+    failing = False
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        with super().batch():
+            yield
+            if self.failing:
+                raise sqlite3.OperationalError("database or disk is full")
+
+
+def test_a_pass_that_cannot_be_committed_sends_and_shows_nothing(tmp_path: Path) -> None:
+    store = CommitFails(tmp_path / "s.db")
+    h = Harness(tmp_path, store, disconnect_grace_s=30)
+    agent = h.connect("a")
+    watcher = h.service.watch("")
+    store.failing = True
+    h.load("iris")  # saved at once (the client's answer); the pass placing it fails
+    assert agent.loads() == [] and h.service.model("iris").copies == {}
+    shown = [watcher.queue.get_nowait().state for _ in range(watcher.queue.qsize())]
+    assert ModelState.PROGRESSING not in shown  # never published what was not saved
+    assert Store(tmp_path / "s.db").load()[0].copies == {}
+    store.failing = False
+    h.clock.time += 60
+    h.service.reconcile()
+    assert agent.loads() == [("iris", 1)]
+    assert set(Store(tmp_path / "s.db").load()[0].copies) == {("a", 0)}
 
 
 def test_a_storm_of_cluster_changes_tries_a_refused_model_once_per_window(h: Harness) -> None:

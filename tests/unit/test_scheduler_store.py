@@ -223,3 +223,32 @@ def test_a_clone_shares_nothing_it_may_change() -> None:
     clone.copies[next(iter(clone.copies))].footprint_bytes["GPU-x"] = 1
     clone.excluded_until.clear()
     assert original.copies == record().copies and original.excluded_until
+
+
+def test_a_batch_commits_together_and_a_failed_save_inside_is_undone_alone(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path / "s.db")
+    store._db.execute(
+        "CREATE TRIGGER refuse BEFORE INSERT ON models WHEN NEW.name = 'bad' "
+        "BEGIN SELECT RAISE(ABORT, 'refused'); END"
+    )
+    good, bad = record(), record()
+    bad.spec = replace(bad.spec, name="bad")
+    with store.batch():
+        store.save(good)
+        with pytest.raises(sqlite3.IntegrityError):
+            store.save(bad)
+        replaced = replace(good, reason="after the failed one")
+        store.save(replaced)
+    assert Store(tmp_path / "s.db").load() == [replaced]
+
+
+def test_a_batch_that_fails_saves_nothing(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    with pytest.raises(RuntimeError), store.batch():
+        store.save(record())
+        raise RuntimeError("the commit failed")
+    assert store.load() == []
+    store.save(record())  # and the store goes on, its caches forgotten: the spec is written
+    assert [m.spec for m in Store(tmp_path / "s.db").load()] == [record().spec]
