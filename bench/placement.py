@@ -45,6 +45,7 @@ from typing import Any
 # Run as a script from a checkout: the repository's packages come from its root.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from fleet import table
 from prometheus_client import CollectorRegistry
 
 from contract.protocol import (
@@ -824,14 +825,6 @@ def machine() -> dict[str, object]:
         "loadavg_start": list(os.getloadavg()),
         "git_commit": commit,
     }
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(lines)
 
 
 def core_table(rows: Sequence[CoreRow]) -> str:

@@ -83,24 +83,25 @@ class _StateCollector(Collector):
                     families["free"].add_metric(values, gpu.free_bytes)
                 families["reserved"].add_metric(values, gpu.reserved_bytes)
         yield from families.values()
-        ratio = GaugeMetricFamily(
-            "gpuplace_scheduler_model_gpu_memory_ratio",
-            "GPU memory measured (the largest learned footprint per device) over the declared "
-            "gpuMemory, per model that declares one and was measured",
-            labels=["model"],
-        )
-        for model, value in sorted(gauges.gpu_memory_ratios.items()):
-            ratio.add_metric([model], value)
-        yield ratio
-        host_ratio = GaugeMetricFamily(
-            "gpuplace_scheduler_model_memory_ratio",
-            "host memory measured (the largest learned figure) over the declared memory, per "
-            "model that declares memory and was measured",
-            labels=["model"],
-        )
-        for model, value in sorted(gauges.memory_ratios.items()):
-            host_ratio.add_metric([model], value)
-        yield host_ratio
+        for name, what, ratios in (
+            (
+                "gpuplace_scheduler_model_gpu_memory_ratio",
+                "GPU memory measured (the largest learned footprint per device) over the "
+                "declared gpuMemory",
+                gauges.gpu_memory_ratios,
+            ),
+            (
+                "gpuplace_scheduler_model_memory_ratio",
+                "host memory measured (the largest learned figure) over the declared memory",
+                gauges.memory_ratios,
+            ),
+        ):
+            ratio = GaugeMetricFamily(
+                name, f"{what}, per model that declares it and was measured", labels=["model"]
+            )
+            for model, value in sorted(ratios.items()):
+                ratio.add_metric([model], value)
+            yield ratio
 
 
 class SchedulerMetrics:
