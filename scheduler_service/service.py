@@ -285,7 +285,7 @@ class SchedulerService:
         now = self._clock.now()
         session = self._cluster.join(hello, send, close, now)
         key = session.key
-        if self._awaited:
+        if key in self._awaited:
             # A replica the state file expected is back: the others are on their way.
             self._awaited.discard(key)
             self._restored_since = now
@@ -499,13 +499,14 @@ class SchedulerService:
         # on once it is committed.
         passed: list[tuple[ModelRecord, ModelRecord, Outcome]] = []
         try:
-            with self._store.batch():
-                for name in names:
-                    record = self._models.get(name)
-                    if record is not None:
-                        self._reconcile_guarded(record, now, passed)
+            if names:
+                with self._store.batch():
+                    for name in names:
+                        record = self._models.get(name)
+                        if record is not None:
+                            self._reconcile_guarded(record, now, passed)
         except Exception:
-            self._undo_pass(passed, now)
+            self._undo_pass(names, passed, now)
             passed = []
         for _, record, outcome in passed:
             if outcome.publish or outcome.terminated:
@@ -554,13 +555,21 @@ class SchedulerService:
         self._timers.put(before.name, now + retry_s)
 
     def _undo_pass(
-        self, passed: list[tuple[ModelRecord, ModelRecord, Outcome]], now: float
+        self,
+        names: list[str],
+        passed: list[tuple[ModelRecord, ModelRecord, Outcome]],
+        now: float,
     ) -> None:
-        """The pass's transaction did not commit: every model of it goes back to what was
-        saved, and nothing it decided is shown or sent."""
+        """The pass's transaction did not commit (or did not even begin): every model of it
+        goes back to what was saved, nothing it decided is shown or sent, and each is tried
+        again after a back-off (those it never reached too)."""
         for before, _, _ in passed:
             self._restore(before, now)
-        log.exception("a pass over %d models could not be saved; trying again", len(passed))
+        retry_s = lifecycle.backoff(self._settings, 1)
+        for name in names:
+            if name in self._models and name not in self._timers:
+                self._timers.put(name, now + retry_s)
+        log.exception("a pass over %d models could not be saved; trying again", len(names))
 
     def _reconcile_model(self, record: ModelRecord, now: float) -> Outcome:
         """The lifecycle's pass over the model (its own usage taken out of the snapshot it

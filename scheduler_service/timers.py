@@ -15,6 +15,9 @@ class Timers:
     def __len__(self) -> int:
         return len(self._at)
 
+    def __contains__(self, name: object) -> bool:
+        return name in self._at
+
     def put(self, name: str, at: float) -> None:
         """`name` needs a pass at `at` (inf: never), instead of any time set before."""
         if self._at.get(name) == at:

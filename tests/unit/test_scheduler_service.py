@@ -455,9 +455,12 @@ class CommitFails(Store):
     """A state file whose pass commits fail while `failing` (a full disk, say)."""
 
     failing = False
+    locked = False  # the pass's transaction cannot even begin
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
+        if self.locked:
+            raise sqlite3.OperationalError("database is locked")
         with super().batch():
             yield
             if self.failing:
@@ -480,6 +483,35 @@ def test_a_pass_that_cannot_be_committed_sends_and_shows_nothing(tmp_path: Path)
     h.service.reconcile()
     assert agent.loads() == [("iris", 1)]
     assert set(Store(tmp_path / "s.db").load()[0].copies) == {("a", 0)}
+
+
+def test_a_pass_whose_transaction_cannot_begin_leaves_no_model_behind(tmp_path: Path) -> None:
+    store = CommitFails(tmp_path / "s.db")
+    h = Harness(tmp_path, store, disconnect_grace_s=30)
+    agent = h.connect("a")
+    store.locked = True
+    h.load("iris")
+    assert agent.loads() == []
+    store.locked = False
+    h.clock.time += 60  # past the back-off: tried again, not forgotten
+    h.service.reconcile()
+    assert agent.loads() == [("iris", 1)]
+
+
+def test_only_an_awaited_replica_moves_the_restart_grace_on(tmp_path: Path) -> None:
+    """A replica the state file did not expect (or one back already) saying hello again
+    and again must not keep a dead replica's copies alive."""
+    h = Harness(tmp_path, MemoryStore(), disconnect_grace_s=60)
+    dead = h.connect("dead")
+    h.load("m", server="dead")
+    h.event(dead, EventKind.LOADED, "m", 1)
+    h.start()
+    h.service.serving()
+    for _ in range(3):
+        h.clock.time += 50
+        h.connect("other")  # not awaited: a new replica, reconnecting every 50 s
+        h.service.reconcile()
+    assert h.state("m")[1] == {}  # dead-0 was lost 60 s after serving
 
 
 def test_a_storm_of_cluster_changes_tries_a_refused_model_once_per_window(h: Harness) -> None:
