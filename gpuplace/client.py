@@ -113,12 +113,20 @@ class SchedulerClient:
         except grpc.RpcError as exc:
             raise _error(self.address, exc) from None
 
-    def models(self) -> list[scheduler_pb2.ModelStatus]:
-        try:
-            reply = self._stub.ListModels(scheduler_pb2.ListModelsRequest(), timeout=self.timeout_s)
-        except grpc.RpcError as exc:
-            raise _error(self.address, exc) from None
-        return list(reply.models)
+    def models(self, page_size: int = 0) -> list[scheduler_pb2.ModelStatus]:
+        """Every model, by name, read a page at a time (`page_size` 0: the scheduler's)."""
+        found: list[scheduler_pb2.ModelStatus] = []
+        token = ""
+        while True:
+            request = scheduler_pb2.ListModelsRequest(page_size=page_size, page_token=token)
+            try:
+                reply = self._stub.ListModels(request, timeout=self.timeout_s)
+            except grpc.RpcError as exc:
+                raise _error(self.address, exc) from None
+            found.extend(reply.models)
+            token = reply.next_page_token
+            if not token:
+                return found
 
     def servers(self) -> list[scheduler_pb2.ServerStatus]:
         try:

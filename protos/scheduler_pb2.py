@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from protos import common_pb2 as protos_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16protos/scheduler.proto\x12\x15gpuplace.scheduler.v1\x1a\x13protos/common.proto\"9\n\x10LoadModelRequest\x12%\n\x05model\x18\x01 \x01(\x0b\x32\x16.gpuplace.v1.ModelSpec\"C\n\x11LoadModelResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x0f\n\x07\x63hanged\x18\x03 \x01(\x08\"9\n\x10PlanModelRequest\x12%\n\x05model\x18\x01 \x01(\x0b\x32\x16.gpuplace.v1.ModelSpec\"\xd3\x01\n\x11PlanModelResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x0f\n\x07\x63hanged\x18\x03 \x01(\x08\x12\x32\n\x07planned\x18\x04 \x03(\x0b\x32!.gpuplace.scheduler.v1.CopyStatus\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12;\n\x0eserver_reasons\x18\x06 \x03(\x0b\x32#.gpuplace.scheduler.v1.ServerReason\x12\r\n\x05state\x18\x07 \x01(\t\"\"\n\x12UnloadModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x15\n\x13UnloadModelResponse\"%\n\x15GetModelStatusRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x13\n\x11ListModelsRequest\"H\n\x12ListModelsResponse\x12\x32\n\x06models\x18\x01 \x03(\x0b\x32\".gpuplace.scheduler.v1.ModelStatus\"\x14\n\x12ListServersRequest\"K\n\x13ListServersResponse\x12\x34\n\x07servers\x18\x01 \x03(\x0b\x32#.gpuplace.scheduler.v1.ServerStatus\"\"\n\x12WatchModelsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\".\n\x0cServerReason\x12\x0e\n\x06server\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x80\x02\n\nCopyStatus\x12\x0e\n\x06server\x18\x01 \x01(\t\x12\x15\n\rreplica_index\x18\x02 \x01(\r\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x14\n\x0c\x64\x65vice_uuids\x18\x05 \x03(\t\x12N\n\x0f\x66ootprint_bytes\x18\x06 \x03(\x0b\x32\x35.gpuplace.scheduler.v1.CopyStatus.FootprintBytesEntry\x12\x0f\n\x07version\x18\x07 \x01(\x04\x1a\x35\n\x13\x46ootprintBytesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\xce\x03\n\x0bModelStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12;\n\x0eserver_reasons\x18\x05 \x03(\x0b\x32#.gpuplace.scheduler.v1.ServerReason\x12\x33\n\x08replicas\x18\x06 \x03(\x0b\x32!.gpuplace.scheduler.v1.CopyStatus\x12$\n\x04spec\x18\x07 \x01(\x0b\x32\x16.gpuplace.v1.ModelSpec\x12\x1a\n\x12\x61vailable_replicas\x18\x08 \x01(\r\x12\x12\n\nupdated_at\x18\t \x01(\x01\x12\"\n\x1aplacement_gpu_memory_bytes\x18\n \x01(\x04\x12\x19\n\x11gpu_memory_source\x18\x0b \x01(\t\x12\x43\n\x12learned_footprints\x18\x0c \x03(\x0b\x32\'.gpuplace.scheduler.v1.LearnedFootprint\x12\x1e\n\x16placement_memory_bytes\x18\r \x01(\x04\x12\x15\n\rmemory_source\x18\x0e \x01(\t\"\x90\x01\n\x10LearnedFootprint\x12\x0f\n\x07product\x18\x01 \x01(\t\x12\x18\n\x10gpu_memory_bytes\x18\x02 \x01(\x04\x12\x0f\n\x07samples\x18\x03 \x01(\r\x12\x12\n\nupdated_at\x18\x04 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x05 \x01(\x04\x12\x16\n\x0ememory_samples\x18\x06 \x01(\r\"K\n\tGpuStatus\x12&\n\x06\x64\x65vice\x18\x01 \x01(\x0b\x32\x16.gpuplace.v1.GpuDevice\x12\x16\n\x0ereserved_bytes\x18\x02 \x01(\x04\"\xee\x01\n\rReplicaStatus\x12\r\n\x05index\x18\x01 \x01(\r\x12\x11\n\tconnected\x18\x02 \x01(\x08\x12\x10\n\x08\x64raining\x18\x03 \x01(\x08\x12\x14\n\x0c\x63\x61pabilities\x18\x04 \x03(\t\x12\x14\n\x0cmemory_bytes\x18\x05 \x01(\x04\x12\x1d\n\x15overcommit_percentage\x18\x06 \x01(\r\x12\x1e\n\x16\x61vailable_memory_bytes\x18\x07 \x01(\x04\x12.\n\x04gpus\x18\x08 \x03(\x0b\x32 .gpuplace.scheduler.v1.GpuStatus\x12\x0e\n\x06models\x18\t \x03(\t\"T\n\x0cServerStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x36\n\x08replicas\x18\x02 \x03(\x0b\x32$.gpuplace.scheduler.v1.ReplicaStatus2\xbe\x05\n\tScheduler\x12^\n\tLoadModel\x12\'.gpuplace.scheduler.v1.LoadModelRequest\x1a(.gpuplace.scheduler.v1.LoadModelResponse\x12^\n\tPlanModel\x12\'.gpuplace.scheduler.v1.PlanModelRequest\x1a(.gpuplace.scheduler.v1.PlanModelResponse\x12\x64\n\x0bUnloadModel\x12).gpuplace.scheduler.v1.UnloadModelRequest\x1a*.gpuplace.scheduler.v1.UnloadModelResponse\x12\x62\n\x0eGetModelStatus\x12,.gpuplace.scheduler.v1.GetModelStatusRequest\x1a\".gpuplace.scheduler.v1.ModelStatus\x12\x61\n\nListModels\x12(.gpuplace.scheduler.v1.ListModelsRequest\x1a).gpuplace.scheduler.v1.ListModelsResponse\x12\x64\n\x0bListServers\x12).gpuplace.scheduler.v1.ListServersRequest\x1a*.gpuplace.scheduler.v1.ListServersResponse\x12^\n\x0bWatchModels\x12).gpuplace.scheduler.v1.WatchModelsRequest\x1a\".gpuplace.scheduler.v1.ModelStatus0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16protos/scheduler.proto\x12\x15gpuplace.scheduler.v1\x1a\x13protos/common.proto\"9\n\x10LoadModelRequest\x12%\n\x05model\x18\x01 \x01(\x0b\x32\x16.gpuplace.v1.ModelSpec\"C\n\x11LoadModelResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x0f\n\x07\x63hanged\x18\x03 \x01(\x08\"9\n\x10PlanModelRequest\x12%\n\x05model\x18\x01 \x01(\x0b\x32\x16.gpuplace.v1.ModelSpec\"\xd3\x01\n\x11PlanModelResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x0f\n\x07\x63hanged\x18\x03 \x01(\x08\x12\x32\n\x07planned\x18\x04 \x03(\x0b\x32!.gpuplace.scheduler.v1.CopyStatus\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12;\n\x0eserver_reasons\x18\x06 \x03(\x0b\x32#.gpuplace.scheduler.v1.ServerReason\x12\r\n\x05state\x18\x07 \x01(\t\"\"\n\x12UnloadModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x15\n\x13UnloadModelResponse\"%\n\x15GetModelStatusRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\":\n\x11ListModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"a\n\x12ListModelsResponse\x12\x32\n\x06models\x18\x01 \x03(\x0b\x32\".gpuplace.scheduler.v1.ModelStatus\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x14\n\x12ListServersRequest\"K\n\x13ListServersResponse\x12\x34\n\x07servers\x18\x01 \x03(\x0b\x32#.gpuplace.scheduler.v1.ServerStatus\"\"\n\x12WatchModelsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\".\n\x0cServerReason\x12\x0e\n\x06server\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x80\x02\n\nCopyStatus\x12\x0e\n\x06server\x18\x01 \x01(\t\x12\x15\n\rreplica_index\x18\x02 \x01(\r\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x14\n\x0c\x64\x65vice_uuids\x18\x05 \x03(\t\x12N\n\x0f\x66ootprint_bytes\x18\x06 \x03(\x0b\x32\x35.gpuplace.scheduler.v1.CopyStatus.FootprintBytesEntry\x12\x0f\n\x07version\x18\x07 \x01(\x04\x1a\x35\n\x13\x46ootprintBytesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\xce\x03\n\x0bModelStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12;\n\x0eserver_reasons\x18\x05 \x03(\x0b\x32#.gpuplace.scheduler.v1.ServerReason\x12\x33\n\x08replicas\x18\x06 \x03(\x0b\x32!.gpuplace.scheduler.v1.CopyStatus\x12$\n\x04spec\x18\x07 \x01(\x0b\x32\x16.gpuplace.v1.ModelSpec\x12\x1a\n\x12\x61vailable_replicas\x18\x08 \x01(\r\x12\x12\n\nupdated_at\x18\t \x01(\x01\x12\"\n\x1aplacement_gpu_memory_bytes\x18\n \x01(\x04\x12\x19\n\x11gpu_memory_source\x18\x0b \x01(\t\x12\x43\n\x12learned_footprints\x18\x0c \x03(\x0b\x32\'.gpuplace.scheduler.v1.LearnedFootprint\x12\x1e\n\x16placement_memory_bytes\x18\r \x01(\x04\x12\x15\n\rmemory_source\x18\x0e \x01(\t\"\x90\x01\n\x10LearnedFootprint\x12\x0f\n\x07product\x18\x01 \x01(\t\x12\x18\n\x10gpu_memory_bytes\x18\x02 \x01(\x04\x12\x0f\n\x07samples\x18\x03 \x01(\r\x12\x12\n\nupdated_at\x18\x04 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x05 \x01(\x04\x12\x16\n\x0ememory_samples\x18\x06 \x01(\r\"K\n\tGpuStatus\x12&\n\x06\x64\x65vice\x18\x01 \x01(\x0b\x32\x16.gpuplace.v1.GpuDevice\x12\x16\n\x0ereserved_bytes\x18\x02 \x01(\x04\"\xee\x01\n\rReplicaStatus\x12\r\n\x05index\x18\x01 \x01(\r\x12\x11\n\tconnected\x18\x02 \x01(\x08\x12\x10\n\x08\x64raining\x18\x03 \x01(\x08\x12\x14\n\x0c\x63\x61pabilities\x18\x04 \x03(\t\x12\x14\n\x0cmemory_bytes\x18\x05 \x01(\x04\x12\x1d\n\x15overcommit_percentage\x18\x06 \x01(\r\x12\x1e\n\x16\x61vailable_memory_bytes\x18\x07 \x01(\x04\x12.\n\x04gpus\x18\x08 \x03(\x0b\x32 .gpuplace.scheduler.v1.GpuStatus\x12\x0e\n\x06models\x18\t \x03(\t\"T\n\x0cServerStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x36\n\x08replicas\x18\x02 \x03(\x0b\x32$.gpuplace.scheduler.v1.ReplicaStatus2\xbe\x05\n\tScheduler\x12^\n\tLoadModel\x12\'.gpuplace.scheduler.v1.LoadModelRequest\x1a(.gpuplace.scheduler.v1.LoadModelResponse\x12^\n\tPlanModel\x12\'.gpuplace.scheduler.v1.PlanModelRequest\x1a(.gpuplace.scheduler.v1.PlanModelResponse\x12\x64\n\x0bUnloadModel\x12).gpuplace.scheduler.v1.UnloadModelRequest\x1a*.gpuplace.scheduler.v1.UnloadModelResponse\x12\x62\n\x0eGetModelStatus\x12,.gpuplace.scheduler.v1.GetModelStatusRequest\x1a\".gpuplace.scheduler.v1.ModelStatus\x12\x61\n\nListModels\x12(.gpuplace.scheduler.v1.ListModelsRequest\x1a).gpuplace.scheduler.v1.ListModelsResponse\x12\x64\n\x0bListServers\x12).gpuplace.scheduler.v1.ListServersRequest\x1a*.gpuplace.scheduler.v1.ListServersResponse\x12^\n\x0bWatchModels\x12).gpuplace.scheduler.v1.WatchModelsRequest\x1a\".gpuplace.scheduler.v1.ModelStatus0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -49,31 +49,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETMODELSTATUSREQUEST']._serialized_start=530
   _globals['_GETMODELSTATUSREQUEST']._serialized_end=567
   _globals['_LISTMODELSREQUEST']._serialized_start=569
-  _globals['_LISTMODELSREQUEST']._serialized_end=588
-  _globals['_LISTMODELSRESPONSE']._serialized_start=590
-  _globals['_LISTMODELSRESPONSE']._serialized_end=662
-  _globals['_LISTSERVERSREQUEST']._serialized_start=664
-  _globals['_LISTSERVERSREQUEST']._serialized_end=684
-  _globals['_LISTSERVERSRESPONSE']._serialized_start=686
-  _globals['_LISTSERVERSRESPONSE']._serialized_end=761
-  _globals['_WATCHMODELSREQUEST']._serialized_start=763
-  _globals['_WATCHMODELSREQUEST']._serialized_end=797
-  _globals['_SERVERREASON']._serialized_start=799
-  _globals['_SERVERREASON']._serialized_end=845
-  _globals['_COPYSTATUS']._serialized_start=848
-  _globals['_COPYSTATUS']._serialized_end=1104
-  _globals['_COPYSTATUS_FOOTPRINTBYTESENTRY']._serialized_start=1051
-  _globals['_COPYSTATUS_FOOTPRINTBYTESENTRY']._serialized_end=1104
-  _globals['_MODELSTATUS']._serialized_start=1107
-  _globals['_MODELSTATUS']._serialized_end=1569
-  _globals['_LEARNEDFOOTPRINT']._serialized_start=1572
-  _globals['_LEARNEDFOOTPRINT']._serialized_end=1716
-  _globals['_GPUSTATUS']._serialized_start=1718
-  _globals['_GPUSTATUS']._serialized_end=1793
-  _globals['_REPLICASTATUS']._serialized_start=1796
-  _globals['_REPLICASTATUS']._serialized_end=2034
-  _globals['_SERVERSTATUS']._serialized_start=2036
-  _globals['_SERVERSTATUS']._serialized_end=2120
-  _globals['_SCHEDULER']._serialized_start=2123
-  _globals['_SCHEDULER']._serialized_end=2825
+  _globals['_LISTMODELSREQUEST']._serialized_end=627
+  _globals['_LISTMODELSRESPONSE']._serialized_start=629
+  _globals['_LISTMODELSRESPONSE']._serialized_end=726
+  _globals['_LISTSERVERSREQUEST']._serialized_start=728
+  _globals['_LISTSERVERSREQUEST']._serialized_end=748
+  _globals['_LISTSERVERSRESPONSE']._serialized_start=750
+  _globals['_LISTSERVERSRESPONSE']._serialized_end=825
+  _globals['_WATCHMODELSREQUEST']._serialized_start=827
+  _globals['_WATCHMODELSREQUEST']._serialized_end=861
+  _globals['_SERVERREASON']._serialized_start=863
+  _globals['_SERVERREASON']._serialized_end=909
+  _globals['_COPYSTATUS']._serialized_start=912
+  _globals['_COPYSTATUS']._serialized_end=1168
+  _globals['_COPYSTATUS_FOOTPRINTBYTESENTRY']._serialized_start=1115
+  _globals['_COPYSTATUS_FOOTPRINTBYTESENTRY']._serialized_end=1168
+  _globals['_MODELSTATUS']._serialized_start=1171
+  _globals['_MODELSTATUS']._serialized_end=1633
+  _globals['_LEARNEDFOOTPRINT']._serialized_start=1636
+  _globals['_LEARNEDFOOTPRINT']._serialized_end=1780
+  _globals['_GPUSTATUS']._serialized_start=1782
+  _globals['_GPUSTATUS']._serialized_end=1857
+  _globals['_REPLICASTATUS']._serialized_start=1860
+  _globals['_REPLICASTATUS']._serialized_end=2098
+  _globals['_SERVERSTATUS']._serialized_start=2100
+  _globals['_SERVERSTATUS']._serialized_end=2184
+  _globals['_SCHEDULER']._serialized_start=2187
+  _globals['_SCHEDULER']._serialized_end=2889
 # @@protoc_insertion_point(module_scope)

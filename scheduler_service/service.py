@@ -11,13 +11,14 @@ the state file does not know about.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import copy
 import functools
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Protocol
 
 from contract.errors import NotFound, ResourceExhausted
@@ -249,6 +250,12 @@ class SchedulerService:
         shown = copy.copy(record)
         shown.server_reasons = result.reasons
         return shown
+
+    def models_after(self, name: str) -> Iterator[ModelRecord]:
+        """The models whose names come after `name` ("": all), by name."""
+        names = sorted(self._models)
+        for found in names[bisect.bisect_right(names, name) if name else 0 :]:
+            yield self._models[found]
 
     def models(self) -> list[ModelRecord]:
         return [self._models[name] for name in sorted(self._models)]

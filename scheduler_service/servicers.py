@@ -59,6 +59,13 @@ def _unary(
     return wrapper
 
 
+# ListModels: models per page by default and at most, and the bytes a page stays under
+# (gRPC's default message limit is 4 MiB).
+PAGE_MODELS = 500
+MAX_PAGE_MODELS = 1000
+PAGE_BYTES = 3 * 2**20
+
+
 class ClientServicer(scheduler_pb2_grpc.SchedulerServicer):
     def __init__(self, service: SchedulerService) -> None:
         self._service = service
@@ -96,9 +103,18 @@ class ClientServicer(scheduler_pb2_grpc.SchedulerServicer):
     async def ListModels(
         self, request: scheduler_pb2.ListModelsRequest, context: Any
     ) -> scheduler_pb2.ListModelsResponse:
-        return scheduler_pb2.ListModelsResponse(
-            models=[convert.status_to_proto(record) for record in self._service.models()]
-        )
+        size = min(request.page_size or PAGE_MODELS, MAX_PAGE_MODELS)
+        page = scheduler_pb2.ListModelsResponse()
+        used = 0
+        for record in self._service.models_after(request.page_token):
+            status = convert.status_to_proto(record)
+            grown = used + status.ByteSize()
+            if page.models and (len(page.models) >= size or grown > PAGE_BYTES):
+                page.next_page_token = page.models[-1].name
+                break
+            page.models.append(status)
+            used = grown
+        return page
 
     @_unary
     async def ListServers(

@@ -10,12 +10,15 @@ from typing import Any
 
 import aiohttp
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from devharness.sim_agent import GiB, SimGpu
+from gpuplace.client import SchedulerClient
 from protos import common_pb2, scheduler_pb2, scheduler_pb2_grpc
+from scheduler_service import servicers
 from scheduler_service.settings import SchedulerSettings
 from tests.support.scheduler import SchedulerHandle
 from tests.support.wait import wait_until
@@ -156,3 +159,40 @@ def test_a_bad_setting_stops_the_scheduler_with_one_line_naming_it() -> None:
     assert result.returncode == 2
     assert "GPUPLACE_SCHEDULER_PORT" in result.stderr
     assert "'ninety'" in result.stderr
+
+
+async def test_list_models_pages_by_count_and_by_bytes(
+    scheduler: SchedulerHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A list of any length fits the message limit: pages of at most `page_size` models,
+    and under a byte bound, each starting after the previous page's last name."""
+    names = [f"m-{number:02d}" for number in range(25)]
+    async with grpc.aio.insecure_channel(scheduler.client_address) as channel:
+        stub = scheduler_pb2_grpc.SchedulerStub(channel)
+        for name in reversed(names):
+            spec = common_pb2.ModelSpec(name=name, requirements=["sklearn"], memory="1Mi")
+            await stub.LoadModel(scheduler_pb2.LoadModelRequest(model=spec))
+
+        async def pages(size: int) -> list[list[str]]:
+            found, token = [], ""
+            while True:
+                request = scheduler_pb2.ListModelsRequest(page_size=size, page_token=token)
+                reply = await stub.ListModels(request)
+                found.append([status.name for status in reply.models])
+                token = reply.next_page_token
+                if not token:
+                    return found
+
+        by_count = await pages(7)
+        assert [len(page) for page in by_count] == [7, 7, 7, 4]
+        assert [name for page in by_count for name in page] == names
+        assert [page[0] for page in await pages(0)] == ["m-00"]  # the default: one page
+        monkeypatch.setattr(servicers, "PAGE_BYTES", 1)  # every model over the bound alone
+        by_bytes = await pages(7)
+        assert by_bytes == [[name] for name in names]
+    client = SchedulerClient(scheduler.client_address)
+    try:
+        listed = await asyncio.to_thread(client.models, 4)
+    finally:
+        client.close()
+    assert [status.name for status in listed] == names
