@@ -48,6 +48,8 @@ def pinned(request: Request, replica: Replica, now: float) -> str | None:
 
 def capabilities(request: Request, replica: Replica, now: float) -> str | None:
     """Every requirement must be one of the replica's capabilities (exact match)."""
+    if request.requirements <= replica.capabilities:  # the hot path: no set built
+        return None
     missing = sorted(request.requirements - replica.capabilities)
     if not missing:
         return None
@@ -62,6 +64,8 @@ def draining(request: Request, replica: Replica, now: float) -> str | None:
 
 def excluded(request: Request, replica: Replica, now: float) -> str | None:
     """A replica that failed this version stays out until its cool-down ends."""
+    if not request.excluded_until:  # the hot path: nothing excluded
+        return None
     until = max((until for key, until in request.excluded_until if key == replica.key), default=now)
     if now >= until:
         return None
@@ -116,8 +120,10 @@ def _not_measured(uuids: list[str]) -> str:
     )
 
 
-# In order: the first reason found is the one reported.
-FILTERS: tuple[Filter, ...] = (capabilities, draining, excluded, host_memory, gpu_memory)
+# In order: the first reason found is the one reported. The device fit comes last: a
+# ranking that chooses the devices anyway asks it once (`BEFORE_DEVICES`, then the choice).
+BEFORE_DEVICES: tuple[Filter, ...] = (capabilities, draining, excluded, host_memory)
+FILTERS: tuple[Filter, ...] = (*BEFORE_DEVICES, gpu_memory)
 # Where a model may run at all, whatever the replica's load: a copy already found on a replica
 # (an agent's hello, a late load) is kept there only if these pass. Memory is not among
 # them: a copy already loaded uses its memory already.

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from placement.filters import first_failure
+from placement.filters import BEFORE_DEVICES, first_failure, gpu_memory, gpus_needed
 from placement.sorters import Candidate, ReplicaKey, candidate, replica_key
 from placement.types import (
     Assignment,
@@ -92,11 +92,16 @@ def judge(
     fitting: list[Candidate] = []
     failures: list[tuple[int, str]] = []
     for replica in sorted(replicas, key=lambda r: r.index):
-        reason = first_failure(request, replica, now)
+        reason = first_failure(request, replica, now, BEFORE_DEVICES)
         if reason is None:
-            fitting.append(candidate(request, replica, policy))
-        else:
-            failures.append((replica.index, reason))
+            # The devices are chosen once: no choice means no fit (whatever the policy).
+            option = candidate(request, replica, policy)
+            if option.devices or not gpus_needed(request):
+                fitting.append(option)
+                continue
+            reason = gpu_memory(request, replica, now)
+            assert reason is not None
+        failures.append((replica.index, reason))
     ranked = tuple(sorted(fitting, key=replica_key(request, policy)))
     return ServerVerdict(replicas[0].server, ranked, tuple(failures))
 
