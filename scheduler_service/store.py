@@ -22,6 +22,7 @@ from pathlib import Path
 from scheduler_service.model import (
     CopyState,
     Footprint,
+    Key,
     Learned,
     ModelCopy,
     ModelRecord,
@@ -88,6 +89,11 @@ def _add_host_columns(db: sqlite3.Connection) -> None:
 _MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _add_host_columns}
 
 
+# One replica row as written: version, state, reason, devices, footprint (sorted items),
+# retire.
+_Row = tuple[int, str, str, tuple[str, ...], tuple[tuple[str, int], ...], bool]
+
+
 class StoreError(RuntimeError):
     """The state file cannot be used (wrong schema version, corrupt)."""
 
@@ -100,6 +106,7 @@ class Store:
         # that a save writes them again only when they changed.
         self._specs: dict[str, tuple[ModelSpec, str]] = {}
         self._versions: dict[str, int] = {}
+        self._rows: dict[str, dict[Key, _Row]] = {}  # each model's replica rows as written
         self._batched = False  # inside `batch`: saves are savepoints of its transaction
         try:
             self._db = sqlite3.connect(path, isolation_level=None)
@@ -144,6 +151,17 @@ class Store:
         known = self._specs.get(record.name)
         if known is None or known[0] != spec:
             known = (spec, json.dumps(asdict(spec)))
+        rows: dict[Key, _Row] = {
+            copy.key: (
+                copy.version,
+                copy.state.value,
+                copy.reason,
+                copy.device_uuids,
+                tuple(sorted(copy.footprint_bytes.items())),
+                copy.retire,
+            )
+            for copy in record.copies.values()
+        }
         with self._transaction():
             self._db.execute(
                 "INSERT INTO models VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(name) DO UPDATE SET "
@@ -167,26 +185,38 @@ class Store:
                     "INSERT OR REPLACE INTO meta VALUES (?, ?)",
                     (f"version:{record.name}", str(record.version)),
                 )
-            self._db.execute("DELETE FROM replicas WHERE model=?", (record.name,))
+            # Only the replica rows that changed since this store last wrote them (all of
+            # them the first time): a pass or an event changes one copy, not every copy.
+            written = self._rows.get(record.name)
+            if written is None:
+                self._db.execute("DELETE FROM replicas WHERE model=?", (record.name,))
+                written = {}
+            gone = [key for key in written if key not in rows]
             self._db.executemany(
-                "INSERT INTO replicas VALUES (?,?,?,?,?,?,?,?,?)",
+                "DELETE FROM replicas WHERE model=? AND server=? AND idx=?",
+                [(record.name, *key) for key in gone],
+            )
+            self._db.executemany(
+                "INSERT OR REPLACE INTO replicas VALUES (?,?,?,?,?,?,?,?,?)",
                 [
                     (
                         record.name,
-                        r.server,
-                        r.index,
-                        r.version,
-                        r.state.value,
-                        r.reason,
-                        json.dumps(r.device_uuids),
-                        json.dumps(r.footprint_bytes),
-                        int(r.retire),
+                        *key,
+                        version,
+                        state,
+                        reason,
+                        json.dumps(devices),
+                        json.dumps(dict(footprint)),
+                        int(retire),
                     )
-                    for r in record.copies.values()
+                    for key, row in rows.items()
+                    if written.get(key) != row
+                    for version, state, reason, devices, footprint, retire in [row]
                 ],
             )
         self._specs[record.name] = known
         self._versions[record.name] = record.version
+        self._rows[record.name] = rows
 
     def last_version(self, name: str) -> int:
         """The highest version this name ever had (0: never seen), deleted models included."""
@@ -251,6 +281,7 @@ class Store:
         with self._transaction():
             self._db.execute("DELETE FROM models WHERE name=?", (name,))
         self._specs.pop(name, None)
+        self._rows.pop(name, None)
 
     def load(self) -> list[ModelRecord]:
         """Every model with its replicas, as last saved."""
@@ -338,6 +369,7 @@ class Store:
         self._db.execute("COMMIT")
 
     def _forget_written(self) -> None:
-        """What was written may not be: write specs and versions again."""
+        """What was written may not be: write specs, versions and replica rows again."""
         self._specs.clear()
         self._versions.clear()
+        self._rows.clear()

@@ -252,3 +252,25 @@ def test_a_batch_that_fails_saves_nothing(tmp_path: Path) -> None:
     assert store.load() == []
     store.save(record())  # and the store goes on, its caches forgotten: the spec is written
     assert [m.spec for m in Store(tmp_path / "s.db").load()] == [record().spec]
+
+
+def test_a_save_writes_only_the_replica_rows_that_changed(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    model = record()
+    store.save(model)
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)
+    model.copies[("gpu", 1)].state = CopyState.AVAILABLE  # one copy changes
+    del model.copies[("gpu", 0)]  # one goes
+    model.copies[("gpu", 2)] = ModelCopy("gpu", 2, 3, CopyState.LOADING)  # one comes
+    store.save(model)
+    store._db.set_trace_callback(None)
+    written = [s for s in statements if "replicas" in s]
+    assert sum("INSERT OR REPLACE INTO replicas" in s for s in written) == 2
+    assert sum(s.startswith("DELETE FROM replicas WHERE model=") for s in written) == 1
+    assert "DELETE FROM replicas WHERE model='llama3' AND server='gpu' AND idx=0" in written
+    assert Store(tmp_path / "s.db").load() == [model]
+    # Another store (a restart) knows nothing it wrote: its first save rewrites them all.
+    again = Store(tmp_path / "s.db")
+    again.save(model)
+    assert Store(tmp_path / "s.db").load() == [model]
