@@ -13,7 +13,6 @@ peak) and its CPU use (CPU seconds over wall seconds).
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fleet import ROOT, ProcessUsage, machine, table, write_json
+from fleet import ProcessUsage, arguments, machine, report, table
 
 from devharness.cluster import LocalCluster, ServerSpec
 from devharness.mlserver import ensure_mlserver_venv
@@ -75,12 +74,7 @@ def measure(seconds: float) -> Row:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="sample 10 s instead of 60 s")
-    parser.add_argument(
-        "--out", type=Path, default=ROOT / "bench" / "results" / "agent.json", help="JSON file"
-    )
-    args = parser.parse_args(argv)
+    args = arguments(__doc__, "agent", "sample 10 s instead of 60 s", argv)
     info, wall = machine(), time.perf_counter()
     row = measure(10.0 if args.quick else 60.0)
     print(
@@ -98,18 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             ],
         )
     )
-    elapsed = time.perf_counter() - wall
-    write_json(
-        args.out,
-        {
-            "benchmark": "agent_footprint",
-            "machine": info,
-            "parameters": {"quick": args.quick, "nvml": "fake library, 2 GPUs, 10 s polling"},
-            "elapsed_s": elapsed,
-            "rows": [asdict(row)],
-        },
-    )
-    print(f"\n{elapsed:.1f} s; results written to {args.out}")
+    parameters = {"quick": args.quick, "nvml": "fake library, 2 GPUs, 10 s polling"}
+    report(args.out, "agent_footprint", info, wall, parameters, rows=[asdict(row)])
     return 0
 
 

@@ -14,7 +14,6 @@ resident memory. `--quick`: N = 10 and 100, M = 1,000.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import statistics
 import sys
@@ -26,9 +25,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fleet import (
-    ROOT,
     ProcessUsage,
     agents,
+    arguments,
     client_channel,
     connect_all,
     disconnect_all,
@@ -36,11 +35,11 @@ from fleet import (
     machine,
     model_spec,
     percentile,
+    report,
     scheduler_pid,
     table,
     until,
     watch,
-    write_json,
 )
 
 from devharness.scheduler import SchedulerProcess
@@ -112,12 +111,7 @@ async def run_once(work: Path, count: int, models: int) -> Row:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="N = 10, 100 and 1,000 models")
-    parser.add_argument(
-        "--out", type=Path, default=ROOT / "bench" / "results" / "fanin.json", help="JSON file"
-    )
-    args = parser.parse_args(argv)
+    args = arguments(__doc__, "fanin", "N = 10 and 100, 1,000 models", argv)
     counts, models = ((10, 100), 1000) if args.quick else ((10, 100, 1000), 10_000)
     info, wall = machine(), time.perf_counter()
     rows = []
@@ -157,18 +151,8 @@ def main(argv: list[str] | None = None) -> int:
             ],
         )
     )
-    elapsed = time.perf_counter() - wall
-    write_json(
-        args.out,
-        {
-            "benchmark": "fanin",
-            "machine": info,
-            "parameters": {"quick": args.quick, "agents": list(counts), "models": models},
-            "elapsed_s": elapsed,
-            "rows": [asdict(row) for row in rows],
-        },
-    )
-    print(f"\n{elapsed:.1f} s; results written to {args.out}")
+    parameters = {"quick": args.quick, "agents": list(counts), "models": models}
+    report(args.out, "fanin", info, wall, parameters, rows=[asdict(row) for row in rows])
     return 0
 
 

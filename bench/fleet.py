@@ -8,10 +8,12 @@ Not a benchmark itself: `fanin.py` and `restart.py` use it.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
 import platform
+import sqlite3
 import subprocess
 import sys
 import time
@@ -167,21 +169,79 @@ def percentile(values: Sequence[float], fraction: float) -> float:
     return ordered[max(0, min(len(ordered) - 1, round(fraction * (len(ordered) - 1))))]
 
 
+def cpu_model() -> str:
+    """The CPU's model name on Linux (platform.processor() is often empty there)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
 def machine() -> dict[str, object]:
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"],
-        check=False,
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    ).stdout.strip()
+    """What the numbers were measured on: Python, CPU, SQLite, load, commit."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+    except OSError:
+        commit = ""
     return {
-        "python": platform.python_version(),
+        "python": sys.version.split()[0],
+        "implementation": platform.python_implementation(),
         "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
-        "loadavg": list(os.getloadavg()),
-        "commit": commit,
+        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "sqlite": sqlite3.sqlite_version,
+        "loadavg_start": list(os.getloadavg()),
+        "git_commit": commit,
     }
+
+
+def arguments(
+    doc: str | None, name: str, quick: str, argv: Sequence[str] | None
+) -> argparse.Namespace:
+    """A benchmark's options: `--quick` (what it shrinks to) and `--out` (its JSON file)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0] if doc else None)
+    parser.add_argument("--quick", action="store_true", help=quick)
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "bench" / "results" / f"{name}.json",
+        help=f"JSON results file (default: bench/results/{name}.json)",
+    )
+    return parser.parse_args(argv)
+
+
+def report(
+    out: Path,
+    benchmark: str,
+    info: dict[str, object],
+    started: float,
+    parameters: dict[str, object],
+    **results: object,
+) -> None:
+    """Write the run's JSON (machine, parameters, time taken, `results`) and say where."""
+    info["loadavg_end"] = list(os.getloadavg())
+    elapsed = time.perf_counter() - started
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = {
+        "benchmark": benchmark,
+        "machine": info,
+        "parameters": parameters,
+        "elapsed_s": elapsed,
+        **results,
+    }
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\n{elapsed:.1f} s; results written to {out}")
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -190,8 +250,3 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     return "\n".join(lines)
-
-
-def write_json(path: Path, result: dict[str, object]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")

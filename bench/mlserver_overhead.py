@@ -19,7 +19,6 @@ gpuplace adds per cycle. 100 cycles each (`--quick`: 10).
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import statistics
 import sys
@@ -30,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fleet import ROOT, machine, table, write_json
+from fleet import arguments, machine, report, table
 
 from devharness.cluster import LocalCluster, ServerSpec
 from devharness.mlserver import MLServerProcess, ensure_mlserver_venv
@@ -115,12 +114,7 @@ def measure(cycles: int) -> list[Row]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="10 cycles instead of 100")
-    parser.add_argument(
-        "--out", type=Path, default=ROOT / "bench" / "results" / "overhead.json", help="JSON file"
-    )
-    args = parser.parse_args(argv)
+    args = arguments(__doc__, "overhead", "10 cycles instead of 100", argv)
     info, wall = machine(), time.perf_counter()
     rows = measure(10 if args.quick else 100)
     direct, through = rows
@@ -142,20 +136,16 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     print(f"\ngpuplace / direct: {ratio:.2f}; gpuplace adds {added_ms:.1f} ms per cycle")
-    elapsed = time.perf_counter() - wall
-    write_json(
+    report(
         args.out,
-        {
-            "benchmark": "mlserver_overhead",
-            "machine": info,
-            "parameters": {"quick": args.quick},
-            "elapsed_s": elapsed,
-            "rows": [asdict(row) for row in rows],
-            "ratio": ratio,
-            "added_ms_per_cycle": added_ms,
-        },
+        "mlserver_overhead",
+        info,
+        wall,
+        {"quick": args.quick},
+        rows=[asdict(row) for row in rows],
+        ratio=ratio,
+        added_ms_per_cycle=added_ms,
     )
-    print(f"\n{elapsed:.1f} s; results written to {args.out}")
     return 0
 
 

@@ -21,19 +21,14 @@ on whatever else runs on it.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import gc
-import json
 import math
 import os
-import platform
 import random
 import shutil
-import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,7 +40,7 @@ from typing import Any
 # Run as a script from a checkout: the repository's packages come from its root.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fleet import table
+from fleet import arguments, machine, report, table
 from prometheus_client import CollectorRegistry
 
 from contract.protocol import (
@@ -791,42 +786,6 @@ def service_ratios(rows: Sequence[ServiceRow]) -> dict[str, float]:
 # ---------------------------------------------------------------------- report
 
 
-def cpu_model() -> str:
-    """The CPU's model name on Linux (platform.processor() is often empty there)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
-def machine() -> dict[str, object]:
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.strip()
-    except OSError:
-        commit = ""
-    return {
-        "python": sys.version.split()[0],
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "cpu_model": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "sqlite": sqlite3.sqlite_version,
-        "loadavg_start": list(os.getloadavg()),
-        "git_commit": commit,
-    }
-
-
 def core_table(rows: Sequence[CoreRow]) -> str:
     return table(
         ("impl", "replicas", "model", "policy", "outcome", "n", "p50 us", "p99 us", "place/s"),
@@ -930,15 +889,7 @@ def ratio_table(ratios: dict[str, float]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="smaller budgets and sizes (~5 s)")
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=ROOT / "bench" / "results" / "placement.json",
-        help="JSON results file (default: bench/results/placement.json)",
-    )
-    args = parser.parse_args(argv)
+    args = arguments(__doc__, "placement", "smaller budgets and sizes (~25 s)", argv)
     quick: bool = args.quick
     core_budget_s = 0.5 if quick else 4.0
     core_sizes = QUICK_CORE_SIZES if quick else CORE_SIZES
@@ -997,17 +948,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"SchedulerService at scale ({scale_replicas} replicas, fake agents)")
     print(service_table([scale]))
 
-    info["loadavg_end"] = list(os.getloadavg())
-    elapsed = time.perf_counter() - wall
-    result = {
-        "benchmark": "placement",
-        "machine": info,
-        "parameters": params,
-        "elapsed_s": elapsed,
-        "core": [{**asdict(row), "placements_per_s": row.placements_per_s} for row in core],
-        "core_summary": summary,
-        "core_ratios": c_ratios,
-        "service": [
+    report(
+        args.out,
+        "placement",
+        info,
+        wall,
+        params,
+        core=[{**asdict(row), "placements_per_s": row.placements_per_s} for row in core],
+        core_summary=summary,
+        core_ratios=c_ratios,
+        service=[
             {
                 **asdict(row),
                 "models_per_s": row.models_per_s,
@@ -1017,17 +967,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             }
             for row in service
         ],
-        "service_ratios": s_ratios,
-        "service_at_scale": {
+        service_ratios=s_ratios,
+        service_at_scale={
             **asdict(scale),
             "models_per_s": scale.models_per_s,
             "sqlite_share": scale.sqlite_share,
         },
-    }
-    out: Path = args.out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\n{elapsed:.1f} s; results written to {out}")
+    )
     return 0
 
 

@@ -19,7 +19,6 @@ restart (0: nothing was loaded again). `--quick`: 1,000 models on 20 agents, and
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import sys
 import tempfile
@@ -30,18 +29,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fleet import (
-    ROOT,
     agents,
+    arguments,
     client_channel,
     connect_all,
     disconnect_all,
     load_all,
     machine,
     model_spec,
+    report,
     table,
     until,
     watch,
-    write_json,
 )
 
 from devharness.scheduler import SchedulerProcess
@@ -142,12 +141,7 @@ def all_copies(fleet: list[SimAgent], models: int) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="smaller fleets and model counts")
-    parser.add_argument(
-        "--out", type=Path, default=ROOT / "bench" / "results" / "restart.json", help="JSON file"
-    )
-    args = parser.parse_args(argv)
+    args = arguments(__doc__, "restart", "smaller fleets and model counts", argv)
     cases = (
         [("restart", 20, 1000, 0), ("storm", 100, 200, 50)]
         if args.quick
@@ -189,18 +183,8 @@ def main(argv: list[str] | None = None) -> int:
             ],
         )
     )
-    elapsed = time.perf_counter() - wall
-    write_json(
-        args.out,
-        {
-            "benchmark": "restart",
-            "machine": info,
-            "parameters": {"quick": args.quick, "cases": cases, "grace_s": GRACE_S},
-            "elapsed_s": elapsed,
-            "rows": [asdict(row) for row in rows],
-        },
-    )
-    print(f"\n{elapsed:.1f} s; results written to {args.out}")
+    parameters = {"quick": args.quick, "cases": cases, "grace_s": GRACE_S}
+    report(args.out, "restart", info, wall, parameters, rows=[asdict(row) for row in rows])
     return 0
 
 
