@@ -244,9 +244,15 @@ class SchedulerService:
         if record.server_reasons or not lifecycle.current_copies(record):
             return record
         self._sync_usage()
-        view = self._cluster.without(name)
+        # As a pass reads it: the model's own usage out of the accounts for the moment (no
+        # copy of every account; nothing runs in between).
+        self._cluster.usage.forget(name)
+        try:
+            snapshot = self._cluster.snapshot(record)
+        finally:
+            self._cluster.usage.account(record)
         request = lifecycle.placement_request(record)
-        result = schedule(view.snapshot(record), request, self._settings.policy, self._clock.now())
+        result = schedule(snapshot, request, self._settings.policy, self._clock.now())
         shown = copy.copy(record)
         shown.server_reasons = result.reasons
         return shown

@@ -1031,3 +1031,19 @@ def test_a_footprint_that_cannot_be_saved_is_dropped_and_the_load_counts(
     assert h.state("declared") == (ModelState.AVAILABLE, {"g-0": "Available"})
     assert h.service.footprints() == [] and h.service.model("declared").learned == ()
     assert "its measured footprint was not saved" in caplog.text
+
+
+def test_a_placed_models_reasons_are_worded_on_demand_and_leave_the_accounts_alone(
+    h: Harness,
+) -> None:
+    agent = h.connect("a")
+    h.connect("b", capabilities=("xgboost",))
+    h.load("iris", memory="1Gi", requirements=("sklearn",))
+    h.event(agent, EventKind.LOADED, "iris", 1)
+    assert h.service.model("iris").server_reasons == ()  # placed without words
+    h.service.replica_views()
+    before = _normal(h.service._cluster.usage)
+    shown = h.service.explained("iris")
+    assert shown.server_reasons == (("b", "missing capability sklearn"),)
+    assert _normal(h.service._cluster.usage) == before == _recount(h.service)
+    assert h.service.model("iris").server_reasons == ()  # the record itself is unchanged
