@@ -3,9 +3,10 @@
 Everything runs on one event loop. Client calls and agent messages go through the pure
 lifecycle (`lifecycle.py`), which changes records and says which commands follow; this
 shell saves the records, queues the commands and marks the models dirty. One reconcile loop
-takes each dirty (or timer-due) model through its pass, persists the result, and only then
-sends the commands. Persisting first means a crash never leaves an agent doing something
-the state file does not know about.
+applies the agents' queued events, takes each dirty (or timer-due) model through its pass,
+persists all of it in one transaction, and only then shows and sends what it decided.
+Persisting first means a crash never leaves an agent doing something the state file does
+not know about.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Protocol
 
-from contract.errors import NotFound, ResourceExhausted
+from contract.errors import GpuplaceError, NotFound, ResourceExhausted
 from contract.names import replica_id
 from contract.protocol import Command, GpuDevice, Hello, ModelEvent, Welcome
 from contract.quantity import format_bytes
@@ -49,6 +51,9 @@ _SLICE = 200
 # Refused models are tried again when the cluster changes, at most once per this many
 # seconds: a storm of reconnecting agents costs one retry per window, not one per hello.
 _RETRY_WINDOW_S = 1.0
+# Requests and events waiting for the next pass at most (~10 MB); past it they are applied
+# at once.
+_MAX_INTAKE = 50_000
 
 
 class Clock(Protocol):
@@ -109,6 +114,67 @@ class Watcher:
             self.queue.put_nowait(None)  # tells the stream to end
 
 
+@dataclass
+class _Request:
+    """A client's LoadModel or UnloadModel waiting for a pass: `decide` makes its change
+    (or gives the record it leaves as it is); answered once the change is saved, through
+    `future` when a call awaits it."""
+
+    decide: Callable[[float], lifecycle.Change | ModelRecord]
+    future: asyncio.Future[tuple[int, bool]] | None = None
+    result: tuple[int, bool] | None = None
+    error: Exception | None = None
+
+    def give(self, result: tuple[int, bool] | None = None, error: Exception | None = None) -> None:
+        self.result, self.error = (None, error) if error is not None else (result, None)
+        if self.future is None or self.future.done():  # no caller, or it gave up
+            return
+        if error is not None:
+            self.future.set_exception(error)
+        else:
+            self.future.set_result(result)  # type: ignore[arg-type]
+
+    def answer(self) -> tuple[int, bool]:
+        """The answer given (a request applied at once), or its error raised."""
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None, "the request was not applied"
+        return self.result
+
+
+@dataclass
+class _Work:
+    """What one transaction decided, shown and acted on once it commits."""
+
+    # Each model as it was before the transaction first changed it: what a failure restores.
+    befores: dict[str, ModelRecord] = field(default_factory=dict)
+    # In order: each event's and each pass's record (None: a model unknown) and outcome.
+    decided: list[tuple[ModelRecord | None, Outcome]] = field(default_factory=list)
+    # Events about a known model: its record, the agent, the outcome, and whether it
+    # concerns the current version (what is learned).
+    reported: list[tuple[ModelRecord, AgentSession, Outcome, bool]] = field(default_factory=list)
+    # The agents whose news each model's change holds (by id: sessions are not hashable).
+    sources: dict[str, dict[int, AgentSession]] = field(default_factory=dict)
+    # Models changed by events and not saved yet: each is saved once, by its pass or last.
+    unsaved: set[str] = field(default_factory=set)
+    # Models whose save failed, and why: back to what was saved, nothing of theirs shown
+    # or sent.
+    failed: dict[str, Exception] = field(default_factory=dict)
+    # Models the transaction created: a failure forgets them again.
+    created: set[str] = field(default_factory=set)
+    # Each request's model and its answer, given once the transaction commits.
+    answers: list[tuple[str, _Request, tuple[int, bool]]] = field(default_factory=list)
+    # An event said an unload ended: a replica has room again.
+    freed: bool = False
+
+    def sessions(self, names: Iterable[str] | None = None) -> list[AgentSession]:
+        """The agents whose news the models `names` (None: all) hold."""
+        found: dict[int, AgentSession] = {}
+        for name in self.sources if names is None else names:
+            found.update(self.sources.get(name, {}))
+        return list(found.values())
+
+
 class SchedulerService:
     def __init__(
         self,
@@ -156,6 +222,9 @@ class SchedulerService:
         self._retried_at, self._retry_due = -math.inf, math.inf
         self._kick = asyncio.Event()
         self._outbox: list[tuple[Key, Command]] = []
+        # Client requests and agents' events, applied in order at the start of the next
+        # pass, in its transaction.
+        self._intake: list[_Request | tuple[AgentSession, ModelEvent]] = []
         metrics.watch_state(self.gauges)
         if self._models:
             log.info("restored %d models from %s", len(self._models), settings.db)
@@ -163,12 +232,19 @@ class SchedulerService:
     # ------------------------------------------------------------------ client API
 
     def load_model(self, spec: ModelSpec) -> tuple[int, bool]:
-        """Record the desired spec; return its version and whether anything changed."""
-        found = self._requested(spec, self._clock.now())
-        if isinstance(found, ModelRecord):
-            return found.version, False
-        self._replace(found)
-        return found.record.version, True
+        """Record the desired spec now (its own transaction); return its version and whether
+        anything changed."""
+        request = _Request(functools.partial(self._requested, spec))
+        self._take(request)
+        self._apply_intake()
+        return request.answer()
+
+    async def request_load(self, spec: ModelSpec) -> tuple[int, bool]:
+        """`load_model`, answered once the next pass has saved it: the calls that arrive
+        meanwhile share its transaction, and the model is placed in that same pass."""
+        future: asyncio.Future[tuple[int, bool]] = asyncio.Future()
+        self._take(_Request(functools.partial(self._requested, spec), future))
+        return await future
 
     def plan_model(self, spec: ModelSpec) -> lifecycle.Plan:
         """A dry run of load_model: what it would change, and where the next pass would place
@@ -207,21 +283,47 @@ class SchedulerService:
         return lifecycle.respecified(current, spec, now) or current
 
     def unload_model(self, name: str) -> None:
-        change = lifecycle.unload_requested(self.model(name), self._clock.now())
-        if change is not None:
-            self._replace(change)
+        """Mark the model to go now (its own transaction)."""
+        request = _Request(functools.partial(self._unload_requested, name))
+        self._take(request)
+        self._apply_intake()
+        request.answer()
 
-    def _replace(self, change: lifecycle.Change) -> None:
-        """A client's change, decided on a copy: it counts (and is answered) once saved."""
-        record = change.record
-        self._store.save(record)
+    async def request_unload(self, name: str) -> None:
+        """`unload_model`, answered once the next pass has saved it."""
+        future: asyncio.Future[tuple[int, bool]] = asyncio.Future()
+        self._take(_Request(functools.partial(self._unload_requested, name), future))
+        await future
+
+    def _unload_requested(self, name: str, now: float) -> lifecycle.Change | ModelRecord:
+        current = self.model(name)
+        return lifecycle.unload_requested(current, now) or current
+
+    def _apply_request(self, request: _Request, now: float, work: _Work) -> None:
+        """A client's request, inside the transaction: the record replaced in memory, saved
+        once (by its pass, placed in the same transaction, or at the end), answered and
+        shown once committed."""
+        try:
+            found = request.decide(now)
+        except GpuplaceError as exc:
+            request.give(error=exc)  # refused: nothing changed
+            return
+        if isinstance(found, ModelRecord):
+            work.answers.append((found.name, request, (found.version, False)))
+            return
+        record = found.record
         previous = self._models.get(record.name)
-        if previous is not None:
+        if previous is None:
+            if record.name not in work.befores:
+                work.created.add(record.name)
+        else:
+            work.befores.setdefault(record.name, previous)  # decided on a copy: untouched
             self._by_artifact[previous.spec.artifact].discard(record.name)
         self._models[record.name] = record
         self._by_artifact.setdefault(record.spec.artifact, set()).add(record.name)
-        _log_notes([change.note])
-        self._publish(record)
+        work.unsaved.add(record.name)
+        work.decided.append((record, Outcome(publish=True, notes=[found.note])))
+        work.answers.append((record.name, request, (record.version, True)))
         self._mark(record.name)
 
     def model(self, name: str) -> ModelRecord:
@@ -295,6 +397,7 @@ class SchedulerService:
     ) -> AgentSession:
         """An agent said hello: register it and reconcile what it holds with the records.
         Costs the models it reports and those with a copy there, not all of them."""
+        self._apply_intake()  # an older stream's news comes first
         now = self._clock.now()
         session = self._cluster.join(hello, send, close, now)
         key = session.key
@@ -305,12 +408,7 @@ class SchedulerService:
         ctx = self._context(now)
         session.send(Welcome())
         reported = {loaded.name: loaded for loaded in hello.loaded}
-        # A copy there is in the usage table, or in a model changed since its last pass.
-        concerned = set(reported) | self._cluster.usage.get(key).models
-        concerned.update(
-            name for name in self._dirty if key in getattr(self._models.get(name), "copies", ())
-        )
-        for name in sorted(concerned):
+        for name in sorted(set(reported) | self._holding(key)):
             record = self._models.get(name)
             if record is None:
                 continue
@@ -333,14 +431,23 @@ class SchedulerService:
         self._cluster_changed()
         return session
 
+    def _holding(self, key: Key) -> set[str]:
+        """The models that hold, load or unload a copy on replica `key`: those the usage
+        table counts there, and those changed since their last pass with a copy there."""
+        found = {name for name in self._cluster.usage.get(key).models if name in self._models}
+        found.update(
+            name for name in self._dirty if key in getattr(self._models.get(name), "copies", ())
+        )
+        return found
+
     def disconnect(self, session: AgentSession) -> None:
         if self._cluster.sessions.get(session.key) is not session or not session.connected:
             return
+        self._apply_intake()  # what the agent said before it left counts
         ctx = self._context()
         session.leave(ctx.now)
-        for record in list(self._models.values()):
-            if session.key in record.copies:  # the others have nothing to decide (or copy)
-                self._decide(record, lambda r: lifecycle.on_disconnect(r, session.key, ctx))
+        for name in sorted(self._holding(session.key)):  # the others have nothing to decide
+            self._decide(self._models[name], lambda r: lifecycle.on_disconnect(r, session.key, ctx))
         log.info(
             "replica %s disconnected%s",
             replica_id(*session.key),
@@ -349,15 +456,44 @@ class SchedulerService:
         self._cluster_changed()
 
     def on_event(self, session: AgentSession, event: ModelEvent) -> None:
+        """Queue an agent's news about one model: the next pass applies it, in order, inside
+        its transaction (so a burst of events costs one commit, not one each)."""
+        self._take((session, event))
+
+    def _take(self, item: _Request | tuple[AgentSession, ModelEvent]) -> None:
+        """Queue a client's request or an agent's event for the next pass."""
+        if len(self._intake) >= _MAX_INTAKE:
+            self._apply_intake()
+        self._intake.append(item)
+        self._kick.set()
+
+    def _apply_intake(self) -> None:
+        """Apply what is queued now, in a transaction of its own: a hello, a disconnect, a
+        drain or a measurement of the same agent must find its earlier news applied, and a
+        call answered at once its request saved."""
+        if self._intake:
+            self._commit(self._clock.now(), lambda: [])
+
+    def _apply_event(
+        self, session: AgentSession, event: ModelEvent, now: float, work: _Work
+    ) -> None:
+        """One queued event, inside the transaction: the record changes in memory and is
+        saved once, by its pass or at the end (`work.unsaved`)."""
         record = self._models.get(event.model)
-        ctx = self._context()
+        ctx = self._context(now)
         if record is None:
-            self._settle(None, lifecycle.on_event(None, session.key, event, ctx))
-            return
-        outcome = self._decide(record, lambda r: lifecycle.on_event(r, session.key, event, ctx))
-        if event.version == record.version:
-            self._learn(record, session, outcome.footprint, outcome.host_bytes)
-        session.charge(outcome.footprint)
+            outcome = lifecycle.on_event(None, session.key, event, ctx)
+        else:
+            work.befores.setdefault(record.name, record.clone())
+            work.sources.setdefault(record.name, {})[id(session)] = session
+            outcome = lifecycle.on_event(record, session.key, event, ctx)
+            if outcome.publish:
+                record.updated_at = now
+                work.unsaved.add(record.name)
+                self._mark(record.name)
+            work.reported.append((record, session, outcome, event.version == record.version))
+        work.decided.append((record, outcome))
+        work.freed |= outcome.freed
 
     def footprints(self) -> list[Footprint]:
         """Every footprint learned so far."""
@@ -424,10 +560,12 @@ class SchedulerService:
                 self._mark(name)
 
     def on_resource_update(self, session: AgentSession, devices: Iterable[GpuDevice]) -> None:
+        self._apply_intake()  # a load it reported is charged before it is measured
         if session.measured(devices):
             self._cluster_changed()
 
     def on_drain(self, session: AgentSession) -> None:
+        self._apply_intake()
         if not session.start_drain(self._clock.now() + self._settings.drain_timeout_s):
             return
         log.info("replica %s: draining", replica_id(*session.key))
@@ -496,39 +634,78 @@ class SchedulerService:
             self._kick.clear()
 
     def reconcile(self, budget: int | None = None) -> bool:
-        """One pass over the models that need work (at most `budget` of them), then drains,
-        then the commands. Returns whether models were left for another pass."""
+        """The queued events, then one pass over the models that need work (at most
+        `budget` of them), then drains, then the commands. Returns whether models were left
+        for another pass."""
         now = self._clock.now()
         if now >= self._retry_due:
             self._retry_refused(now)
-        names = sorted(self._dirty | self._timers.due(now))
-        if budget is not None and len(names) > budget:
-            names, rest = names[:budget], names[budget:]
-        else:
-            rest = []
-        self._sync_usage()
-        self._dirty = set(rest)
-        # One transaction for the pass; what the models' passes decided is shown and acted
-        # on once it is committed.
-        passed: list[tuple[ModelRecord, ModelRecord, Outcome]] = []
-        try:
-            if names:
-                with self._store.batch():
-                    for name in names:
-                        record = self._models.get(name)
-                        if record is not None:
-                            self._reconcile_guarded(record, now, passed)
-        except Exception:
-            self._undo_pass(names, passed, now)
-            passed = []
-        for _, record, outcome in passed:
-            if outcome.publish or outcome.terminated:
-                self._publish(record)
-            self._act(outcome)
+        rest: list[str] = []
+
+        def chosen() -> list[str]:
+            """The models this pass takes, once the events have marked theirs."""
+            names = sorted(self._dirty | self._timers.due(now))
+            if budget is not None and len(names) > budget:
+                names, rest[:] = names[:budget], names[budget:]
+            self._sync_usage()
+            self._dirty = set(rest)
+            return names
+
+        self._commit(now, chosen)
         self._finish_drains(now)
         self._cluster.forget_gone(now, self._settings.disconnect_grace_s)
         self._flush()
         return bool(rest)
+
+    def _commit(self, now: float, chosen: Callable[[], list[str]]) -> None:
+        """One transaction: the queued events, then the passes of the models `chosen` names;
+        what they decided is shown and acted on once it is committed. Nothing to do: no
+        transaction."""
+        intake, self._intake = self._intake, []
+        names = [] if intake else chosen()
+        if not intake and not names:
+            return
+        work = _Work()
+        try:
+            with self._store.batch():
+                for item in intake:
+                    if isinstance(item, _Request):
+                        self._apply_request(item, now, work)
+                    else:
+                        self._apply_event(*item, now, work)
+                if intake:
+                    names = chosen()
+                for name in names:
+                    record = self._models.get(name)
+                    if record is not None:
+                        self._reconcile_guarded(record, now, work)
+                for name in sorted(work.unsaved):
+                    self._save_guarded(self._models[name], now, work)
+        except Exception as exc:
+            self._undo_pass(intake, names, work, now, exc)
+            return
+        for name, request, result in work.answers:
+            request.give(result, work.failed.get(name))
+        shown: dict[str, ModelRecord] = {}  # each model once, as the transaction left it
+        for record, outcome in work.decided:
+            if record is None:
+                self._act(outcome)
+            elif record.name not in work.failed:
+                if outcome.publish or outcome.terminated:
+                    shown[record.name] = record
+                self._act(outcome)
+        for record in shown.values():
+            self._publish(record)
+        if self._outbox:
+            self._kick.set()
+        if work.freed:
+            self._cluster_changed()
+        for record, session, outcome, current in work.reported:
+            if record.name in work.failed:
+                continue
+            if current:
+                self._learn(record, session, outcome.footprint, outcome.host_bytes)
+            session.charge(outcome.footprint)
 
     def _sync_usage(self) -> None:
         """Recount the models changed since their last pass (every change marks them)."""
@@ -539,23 +716,51 @@ class SchedulerService:
             else:
                 self._cluster.usage.account(record)
 
-    def _reconcile_guarded(
-        self,
-        record: ModelRecord,
-        now: float,
-        passed: list[tuple[ModelRecord, ModelRecord, Outcome]],
-    ) -> None:
-        """One model's pass, added to `passed` with the record as it was; if it fails
-        (e.g. the state file cannot be written), none of its commands go out and the model
-        is tried again after a back-off."""
-        before = record.clone()
+    def _reconcile_guarded(self, record: ModelRecord, now: float, work: _Work) -> None:
+        """One model's pass, added to `work`; if it fails (e.g. its save), the model goes
+        back to what was saved (see `_failed`)."""
+        if record.name not in work.created:
+            work.befores.setdefault(record.name, record.clone())
         try:
-            outcome = self._reconcile_model(record, now)
-        except Exception:
-            self._restore(before, now)
-            log.exception("model %s: reconcile failed; trying again", record.name)
+            outcome = self._reconcile_model(record, now, work)
+        except Exception as exc:
+            self._failed(record.name, now, work, exc)
             return
-        passed.append((before, record, outcome))
+        work.decided.append((record, outcome))
+
+    def _save_guarded(self, record: ModelRecord, now: float, work: _Work) -> None:
+        """Save a model that requests or events changed and no pass saved (see `_failed`)."""
+        try:
+            self._store.save(record)
+        except Exception as exc:
+            self._failed(record.name, now, work, exc)
+        work.unsaved.discard(record.name)
+
+    def _failed(self, name: str, now: float, work: _Work, exc: Exception) -> None:
+        """A model's change in this transaction could not be saved (its savepoint is rolled
+        back): it goes back to what was saved (a model created here is gone again), nothing
+        decided about it is shown or sent, the requests about it get the error, it is tried
+        again after a back-off, and the agents whose news it held are closed (their next
+        hello tells it again)."""
+        log.error("model %s: reconcile failed; trying again", name, exc_info=exc)
+        work.failed[name] = exc
+        work.unsaved.discard(name)
+        if name in work.created:
+            self._drop(name)
+        else:
+            self._restore(work.befores[name], now)
+        for session in work.sessions([name]):
+            session.close("its news could not be saved; say hello again")
+
+    def _drop(self, name: str) -> None:
+        """Forget a model that was never saved."""
+        record = self._models.pop(name, None)
+        if record is not None:
+            self._by_artifact[record.spec.artifact].discard(name)
+        self._cluster.usage.forget(name)
+        self._timers.discard(name)
+        self._refused.discard(name)
+        self._dirty.discard(name)
 
     def _restore(self, before: ModelRecord, now: float) -> None:
         """Back to what was saved: nothing unsaved may be acted on, now or later; tried
@@ -569,24 +774,40 @@ class SchedulerService:
 
     def _undo_pass(
         self,
+        intake: list[_Request | tuple[AgentSession, ModelEvent]],
         names: list[str],
-        passed: list[tuple[ModelRecord, ModelRecord, Outcome]],
+        work: _Work,
         now: float,
+        exc: Exception,
     ) -> None:
-        """The pass's transaction did not commit (or did not even begin): every model of it
-        goes back to what was saved, nothing it decided is shown or sent, and each is tried
-        again after a back-off (those it never reached too)."""
-        for before, _, _ in passed:
+        """The transaction did not commit (or did not even begin): every model of it goes
+        back to what was saved, nothing it decided is shown or sent, and each is tried again
+        after a back-off (those it never reached too). The requests it held get the error;
+        the agents whose news it held are closed: their next hello tells it again."""
+        for before in work.befores.values():
             self._restore(before, now)
+        for name in work.created:
+            self._drop(name)
+        for item in intake:
+            if isinstance(item, _Request) and item.error is None:
+                item.give(error=exc)
         retry_s = lifecycle.backoff(self._settings, 1)
         for name in names:
             if name in self._models and name not in self._timers:
                 self._timers.put(name, now + retry_s)
-        log.exception("a pass over %d models could not be saved; trying again", len(names))
+        log.error(
+            "a pass could not be saved (%d requests and events, %d models); trying again",
+            len(intake),
+            len(names),
+            exc_info=exc,
+        )
+        for session in work.sessions():
+            session.close("its news could not be saved; say hello again")
 
-    def _reconcile_model(self, record: ModelRecord, now: float) -> Outcome:
+    def _reconcile_model(self, record: ModelRecord, now: float, work: _Work) -> Outcome:
         """The lifecycle's pass over the model (its own usage taken out of the snapshot it
-        reads), saved in the pass's transaction; shown and acted on once that commits."""
+        reads), saved in the transaction (with what events changed before it); shown and
+        acted on once that commits."""
         self._cluster.usage.forget(record.name)
         outcome = lifecycle.step(record, self._context(now))
         if outcome.terminated:
@@ -601,8 +822,9 @@ class SchedulerService:
             )
             self._cluster.usage.account(record)
             self._note(record)
-            if outcome.publish:
+            if outcome.publish or record.name in work.unsaved:
                 self._store.save(record)
+        work.unsaved.discard(record.name)
         return outcome
 
     def _finish_drains(self, now: float) -> None:

@@ -75,7 +75,7 @@ class ClientServicer(scheduler_pb2_grpc.SchedulerServicer):
         self, request: scheduler_pb2.LoadModelRequest, context: Any
     ) -> scheduler_pb2.LoadModelResponse:
         spec = convert.spec_from_proto(request.model)
-        version, changed = self._service.load_model(spec)
+        version, changed = await self._service.request_load(spec)
         return scheduler_pb2.LoadModelResponse(name=spec.name, version=version, changed=changed)
 
     @_unary
@@ -90,7 +90,7 @@ class ClientServicer(scheduler_pb2_grpc.SchedulerServicer):
     async def UnloadModel(
         self, request: scheduler_pb2.UnloadModelRequest, context: Any
     ) -> scheduler_pb2.UnloadModelResponse:
-        self._service.unload_model(request.name)
+        await self._service.request_unload(request.name)
         return scheduler_pb2.UnloadModelResponse()
 
     @_unary

@@ -16,7 +16,7 @@ import json
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import fields
 from pathlib import Path
 
 from scheduler_service.model import (
@@ -92,6 +92,7 @@ _MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _add_host_col
 # One replica row as written: version, state, reason, devices, footprint (sorted items),
 # retire.
 _Row = tuple[int, str, str, tuple[str, ...], tuple[tuple[str, int], ...], bool]
+_SPEC_FIELDS = fields(ModelSpec)
 
 
 class StoreError(RuntimeError):
@@ -150,7 +151,8 @@ class Store:
         spec = record.spec
         known = self._specs.get(record.name)
         if known is None or known[0] != spec:
-            known = (spec, json.dumps(asdict(spec)))
+            # Its fields are plain values and tuples of them: no asdict's deep copy needed.
+            known = (spec, json.dumps({f.name: getattr(spec, f.name) for f in _SPEC_FIELDS}))
         rows: dict[Key, _Row] = {
             copy.key: (
                 copy.version,

@@ -3,6 +3,7 @@ fake clock. Each test pins down one path where a copy could be lost, leaked or s
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -54,6 +55,7 @@ class Clock:
 class Agent:
     session: AgentSession
     sent: list[Command] = field(default_factory=list)
+    closed: list[str] = field(default_factory=list)  # why the scheduler ended its stream
 
     def loads(self) -> list[tuple[str, int]]:
         return [(c.model, c.version) for c in self.sent if isinstance(c, Load)]
@@ -129,7 +131,7 @@ class Harness:
         hello = Hello(
             server, index, frozenset(capabilities), 16 * GiB, 0, devices=devices, loaded=loaded
         )
-        agent.session = self.service.connect(hello, send, lambda reason: None)
+        agent.session = self.service.connect(hello, send, agent.closed.append)
         self.service.reconcile()
         return agent
 
@@ -294,9 +296,12 @@ def test_an_event_whose_save_fails_changes_nothing_and_its_news_comes_again(
         raise OSError("disk full")
 
     store.save = full  # type: ignore[method-assign]
-    with pytest.raises(OSError, match="disk full"):
-        h.service.on_event(agent.session, ModelEvent(EventKind.LOADED, "iris", 1))
+    watcher = h.service.watch("iris")
+    h.event(agent, EventKind.LOADED, "iris", 1)  # applied by the pass, in its transaction
+    assert agent.closed == ["its news could not be saved; say hello again"]
     assert h.state("iris") == (ModelState.PROGRESSING, {"a-0": "LoadRequested"})
+    shown = [watcher.queue.get_nowait() for _ in range(watcher.queue.qsize())]
+    assert [r.state for r in shown] == [ModelState.PROGRESSING]  # the snapshot, nothing after
     assert store.saved["iris"].copies[("a", 0)].state == CopyState.LOAD_REQUESTED
     store.save = save  # type: ignore[method-assign]
     h.service.disconnect(agent.session)
@@ -472,8 +477,9 @@ def test_a_pass_that_cannot_be_committed_sends_and_shows_nothing(tmp_path: Path)
     h = Harness(tmp_path, store, disconnect_grace_s=30)
     agent = h.connect("a")
     watcher = h.service.watch("")
+    h.service.load_model(validate_spec("iris"))  # saved at once: the client's answer
     store.failing = True
-    h.load("iris")  # saved at once (the client's answer); the pass placing it fails
+    h.service.reconcile()  # the pass placing it fails
     assert agent.loads() == [] and h.service.model("iris").copies == {}
     shown = [watcher.queue.get_nowait().state for _ in range(watcher.queue.qsize())]
     assert ModelState.PROGRESSING not in shown  # never published what was not saved
@@ -485,12 +491,98 @@ def test_a_pass_that_cannot_be_committed_sends_and_shows_nothing(tmp_path: Path)
     assert set(Store(tmp_path / "s.db").load()[0].copies) == {("a", 0)}
 
 
+def test_news_in_a_pass_that_cannot_be_committed_ends_its_agents_stream(tmp_path: Path) -> None:
+    store = CommitFails(tmp_path / "s.db")
+    h = Harness(tmp_path, store, disconnect_grace_s=30)
+    agent, other = h.connect("a", 0), h.connect("a", 1)
+    h.load("iris", replicas=2)
+    store.failing = True
+    h.event(agent, EventKind.LOADED, "iris", 1)
+    assert agent.closed == ["its news could not be saved; say hello again"]
+    assert other.closed == []  # it said nothing in that pass
+    saved = Store(tmp_path / "s.db").load()[0]
+    assert h.state("iris")[1] == {"a-0": "LoadRequested", "a-1": "LoadRequested"}
+    assert {k: c.state for k, c in saved.copies.items()} == {
+        k: c.state for k, c in h.service.model("iris").copies.items()
+    }
+
+
+class CountingBatches(Store):
+    transactions = 0
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        self.transactions += 1
+        with super().batch():
+            yield
+
+
+def test_a_request_that_cannot_be_saved_is_refused_and_leaves_nothing(tmp_path: Path) -> None:
+    store = CommitFails(tmp_path / "s.db")
+    h = Harness(tmp_path, store, disconnect_grace_s=30)
+    agent = h.connect("a")
+    watcher = h.service.watch("")
+    store.locked = True
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        h.service.load_model(validate_spec("iris"))
+    store.locked = False
+    h.clock.time += 60
+    h.service.reconcile()
+    assert agent.loads() == [] and watcher.queue.empty()
+    with pytest.raises(NotFound):
+        h.service.model("iris")
+    assert h.service.load_model(validate_spec("iris")) == (1, True)  # its version unused
+
+
+async def test_requests_waiting_for_a_pass_share_its_transaction_and_are_placed_in_it(
+    tmp_path: Path,
+) -> None:
+    store = CountingBatches(tmp_path / "s.db")
+    h = Harness(tmp_path, store)
+    agent = h.connect("a")
+    store.transactions = 0
+    calls = [
+        asyncio.ensure_future(h.service.request_load(validate_spec(f"m{number}")))
+        for number in range(5)
+    ]
+    calls.append(asyncio.ensure_future(h.service.request_load(validate_spec("m0"))))
+    calls.append(asyncio.ensure_future(h.service.request_unload("nobody")))
+    await asyncio.sleep(0)
+    assert not any(call.done() for call in calls)  # nothing is answered before it is saved
+    h.service.reconcile()
+    assert store.transactions == 1
+    answers = await asyncio.gather(*calls, return_exceptions=True)
+    assert answers[:6] == [(1, True)] * 5 + [(1, False)]
+    assert isinstance(answers[6], NotFound)
+    assert sorted(agent.loads()) == [(f"m{number}", 1) for number in range(5)]
+    assert len(Store(tmp_path / "s.db").load()) == 5
+
+
+def test_a_burst_of_events_and_the_passes_they_cause_are_one_transaction(
+    tmp_path: Path,
+) -> None:
+    store = CountingBatches(tmp_path / "s.db")
+    h = Harness(tmp_path, store)
+    agent = h.connect("a")
+    for number in range(20):
+        h.service.load_model(validate_spec(f"m{number}"))
+    h.service.reconcile()
+    store.transactions = 0
+    for name, version in agent.loads():
+        h.service.on_event(agent.session, ModelEvent(EventKind.LOADED, name, version))
+    h.service.reconcile()
+    assert store.transactions == 1
+    assert {h.state(f"m{number}")[0] for number in range(20)} == {ModelState.AVAILABLE}
+    assert all(r.state == ModelState.AVAILABLE for r in Store(tmp_path / "s.db").load())
+
+
 def test_a_pass_whose_transaction_cannot_begin_leaves_no_model_behind(tmp_path: Path) -> None:
     store = CommitFails(tmp_path / "s.db")
     h = Harness(tmp_path, store, disconnect_grace_s=30)
     agent = h.connect("a")
+    h.service.load_model(validate_spec("iris"))
     store.locked = True
-    h.load("iris")
+    h.service.reconcile()
     assert agent.loads() == []
     store.locked = False
     h.clock.time += 60  # past the back-off: tried again, not forgotten
