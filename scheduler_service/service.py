@@ -631,6 +631,9 @@ class SchedulerService:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(min(wake, _IDLE_WAKE_S)):
                         await self._kick.wait()
+            # Woken: the calls and messages already received go into this pass too (one
+            # transaction for all of them, not one each).
+            await asyncio.sleep(0)
             self._kick.clear()
 
     def reconcile(self, budget: int | None = None) -> bool:
