@@ -14,6 +14,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from contract.names import check_name, replica_id, split_pod_name
+from contract.protocol import MAX_OVERCOMMIT_PERCENTAGE
 from contract.quantity import parse_bytes
 
 
@@ -46,7 +47,7 @@ class AgentSettings(BaseSettings):
     overcommit_percentage: int = Field(
         10,
         ge=0,
-        le=1000,
+        le=MAX_OVERCOMMIT_PERCENTAGE,
         validation_alias="SELDON_OVERCOMMIT_PERCENTAGE",
         description="how far past MEMORY_REQUEST the scheduler may place models, in percent",
     )

@@ -77,6 +77,15 @@ class LoadedModel:
 # ------------------------------------------------------------------ agent -> scheduler
 
 
+# The most SELDON_OVERCOMMIT_PERCENTAGE may be (with MAX_BYTES of memory, a replica's
+# capacity stays inside 64 bits).
+MAX_OVERCOMMIT_PERCENTAGE = 1000
+# Devices one replica may report (8 GPUs of 7 MIG instances each is 56).
+MAX_DEVICES = 256
+# The longest message an event carries: it becomes a copy's reason, shown in every status.
+MAX_EVENT_MESSAGE = 2000
+
+
 @dataclass(frozen=True)
 class Hello:
     """The first message of every stream: who the replica is and what it holds."""

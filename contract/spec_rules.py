@@ -14,6 +14,8 @@ STORAGE_SCHEMES = (*LOCAL_SCHEMES, "http", "https", *OBJECT_STORE_SCHEMES)
 # With a secretName, a scheme may also name the remote its rclone config defines.
 _REMOTE = re.compile(r"^[a-z][a-z0-9+.-]*$")
 MAX_GPUS = 64
+# More copies of one model than any fleet runs replicas (and a bound on a pass's work).
+MAX_REPLICAS = 10_000
 
 
 def uri_scheme(uri: str) -> str:
@@ -67,7 +69,9 @@ def requirement_problem(requirement: str) -> str | None:
 
 
 def replicas_problem(replicas: int) -> str | None:
-    return None if replicas >= 1 else f"{replicas} is not allowed; expected 1 or more"
+    if 1 <= replicas <= MAX_REPLICAS:
+        return None
+    return f"{replicas} is not allowed; expected 1 to {MAX_REPLICAS:,}"
 
 
 def min_replicas_problem(min_replicas: int, replicas: int) -> str | None:

@@ -9,8 +9,13 @@ field.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from contract.errors import InvalidArgument
 from contract.protocol import (
+    MAX_DEVICES,
+    MAX_EVENT_MESSAGE,
+    MAX_OVERCOMMIT_PERCENTAGE,
     AgentMessage,
     Command,
     DrainComplete,
@@ -25,6 +30,7 @@ from contract.protocol import (
     Unload,
     Welcome,
 )
+from contract.quantity import bytes_problem
 from protos import agent_pb2, common_pb2
 
 _KINDS: dict[EventKind, agent_pb2.ModelEvent.Kind.ValueType] = {
@@ -68,11 +74,28 @@ def device_from_proto(device: common_pb2.GpuDevice) -> GpuDevice:
     )
 
 
+def _size(where: str, size: int) -> int:
+    """A byte count an agent sent, refused when out of range (see MAX_BYTES)."""
+    problem = bytes_problem(size)
+    if problem is not None:
+        raise InvalidArgument(where, problem)
+    return size
+
+
+def _sizes(where: str, sizes: Mapping[str, int]) -> dict[str, int]:
+    return {uuid: _size(f"{where}[{uuid[:64]!r}]", size) for uuid, size in sizes.items()}
+
+
 def _devices_from_proto(devices: list[common_pb2.GpuDevice], where: str) -> tuple[GpuDevice, ...]:
+    if len(devices) > MAX_DEVICES:
+        raise InvalidArgument(where, f"{len(devices)} devices; at most {MAX_DEVICES}")
     decoded = tuple(device_from_proto(device) for device in devices)
     uuids = [device.uuid for device in decoded]
     if len(set(uuids)) != len(uuids) or "" in uuids:
         raise InvalidArgument(where, "every device needs a distinct, non-empty uuid")
+    for number, device in enumerate(decoded):
+        for name in ("total_bytes", "free_bytes", "used_bytes"):
+            _size(f"{where}[{number}].{name}", getattr(device, name))
     return decoded
 
 
@@ -132,13 +155,20 @@ def decode_agent_message(message: agent_pb2.AgentMessage) -> AgentMessage:
         kind = _KIND_OF.get(event.kind)
         if kind is None:
             raise InvalidArgument("event.kind", f"{event.kind} is not a known event kind")
+        text = event.message
+        if len(text) > MAX_EVENT_MESSAGE:
+            text = text[: MAX_EVENT_MESSAGE - 1] + "…"
         return ModelEvent(
             kind=kind,
             model=event.model_name,
             version=event.version,
-            message=event.message,
-            footprint_bytes=dict(event.footprint_bytes),
-            host_bytes=event.host_memory_bytes if event.HasField("host_memory_bytes") else None,
+            message=text,
+            footprint_bytes=_sizes("event.footprint_bytes", event.footprint_bytes),
+            host_bytes=(
+                _size("event.host_memory_bytes", event.host_memory_bytes)
+                if event.HasField("host_memory_bytes")
+                else None
+            ),
         )
     if which == "resources":
         return ResourceUpdate(_devices_from_proto(list(message.resources.devices), "devices"))
@@ -150,15 +180,23 @@ def decode_agent_message(message: agent_pb2.AgentMessage) -> AgentMessage:
 def _hello_from_proto(hello: agent_pb2.Hello) -> Hello:
     if not hello.server_name:
         raise InvalidArgument("hello.server_name", "must be set")
+    if hello.overcommit_percentage > MAX_OVERCOMMIT_PERCENTAGE:
+        raise InvalidArgument(
+            "hello.overcommit_percentage",
+            f"{hello.overcommit_percentage} is out of range (0 to {MAX_OVERCOMMIT_PERCENTAGE})",
+        )
     return Hello(
         server=hello.server_name,
         index=hello.replica_index,
         capabilities=frozenset(c.strip() for c in hello.capabilities if c.strip()),
-        memory_bytes=hello.memory_bytes,
+        memory_bytes=_size("hello.memory_bytes", hello.memory_bytes),
         overcommit_percentage=hello.overcommit_percentage,
         devices=_devices_from_proto(list(hello.devices), "hello.devices"),
         loaded=tuple(
-            LoadedModel(m.name, m.version, dict(m.footprint_bytes)) for m in hello.loaded_models
+            LoadedModel(
+                m.name, m.version, _sizes("hello.loaded.footprint_bytes", m.footprint_bytes)
+            )
+            for m in hello.loaded_models
         ),
         agent_version=hello.agent_version,
     )

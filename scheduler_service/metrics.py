@@ -130,6 +130,12 @@ class SchedulerMetrics:
             "Placements made again after a failed load or a refusal",
             registry=registry,
         )
+        self.loop_errors = Counter(
+            "gpuplace_scheduler_reconcile_errors",
+            "Reconcile passes that failed outside any one model's pass (a bug; the loop goes "
+            "on after a second)",
+            registry=registry,
+        )
         self.placement_seconds = Histogram(
             "gpuplace_scheduler_placement_duration_seconds",
             "Time to take one placement decision",

@@ -622,8 +622,16 @@ class SchedulerService:
         while True:
             # A large pass is cut into slices so that agent streams, client calls and
             # /metrics are served in between.
-            while self.reconcile(budget=_SLICE):  # noqa: ASYNC110 - a deliberate yield
-                await asyncio.sleep(0)
+            try:
+                while self.reconcile(budget=_SLICE):  # noqa: ASYNC110 - a deliberate yield
+                    await asyncio.sleep(0)
+            except Exception:
+                # Each model's failure is handled in its pass; this is a bug elsewhere. The
+                # loop must outlive it: placement stopping for good is worse.
+                log.exception("the reconcile loop failed; going on in %.0fs", _IDLE_WAKE_S)
+                self._metrics.loop_errors.inc()
+                await asyncio.sleep(_IDLE_WAKE_S)
+                continue
             wake = self._next_timer() - self._clock.now()
             if wake > 0:
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
@@ -900,7 +908,16 @@ class SchedulerService:
             session = self._cluster.sessions.get(key)
             if session is None or not session.connected:
                 continue
-            if not session.send(command):
+            try:
+                sent = session.send(command)
+            except Exception:  # a command that cannot be encoded: a bug, never the loop's end
+                log.exception(
+                    "replica %s: a %s command could not be sent",
+                    replica_id(*key),
+                    type(command).__name__,
+                )
+                continue
+            if not sent:
                 log.error("replica %s: command queue full, disconnecting it", replica_id(*key))
                 session.close("command queue full")
                 self.disconnect(session)

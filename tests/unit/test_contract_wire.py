@@ -147,6 +147,60 @@ def test_hello_capabilities_are_trimmed_and_empty_ones_dropped() -> None:
             ),
             "devices",
         ),
+        (
+            agent_pb2.AgentMessage(hello=agent_pb2.Hello(server_name="s", memory_bytes=2**61)),
+            "hello.memory_bytes",
+        ),
+        (
+            agent_pb2.AgentMessage(
+                hello=agent_pb2.Hello(server_name="s", overcommit_percentage=1001)
+            ),
+            "hello.overcommit_percentage",
+        ),
+        (
+            agent_pb2.AgentMessage(
+                hello=agent_pb2.Hello(
+                    server_name="s", devices=[common_pb2.GpuDevice(uuid="x", free_bytes=2**64 - 1)]
+                )
+            ),
+            "hello.devices[0].free_bytes",
+        ),
+        (
+            agent_pb2.AgentMessage(
+                hello=agent_pb2.Hello(
+                    server_name="s",
+                    devices=[common_pb2.GpuDevice(uuid=f"GPU-{n}") for n in range(257)],
+                )
+            ),
+            "hello.devices",
+        ),
+        (
+            agent_pb2.AgentMessage(
+                hello=agent_pb2.Hello(
+                    server_name="s",
+                    loaded_models=[
+                        common_pb2.LoadedModel(name="m", version=1, footprint_bytes={"x": 2**63})
+                    ],
+                )
+            ),
+            "hello.loaded.footprint_bytes['x']",
+        ),
+        (
+            agent_pb2.AgentMessage(
+                event=agent_pb2.ModelEvent(
+                    kind=agent_pb2.ModelEvent.LOADED, footprint_bytes={"GPU-a": 2**64 - 1}
+                )
+            ),
+            "event.footprint_bytes['GPU-a']",
+        ),
+        (
+            agent_pb2.AgentMessage(
+                event=agent_pb2.ModelEvent(
+                    kind=agent_pb2.ModelEvent.LOADED, host_memory_bytes=2**62
+                )
+            ),
+            "event.host_memory_bytes",
+        ),
         (agent_pb2.AgentMessage(event=agent_pb2.ModelEvent(kind=99)), "event.kind"),
         (agent_pb2.AgentMessage(event=agent_pb2.ModelEvent()), "event.kind"),
         (agent_pb2.AgentMessage(), "message"),
@@ -171,3 +225,22 @@ def test_a_device_from_an_older_agent_is_measured() -> None:
     unknown = device_to_proto(GpuDevice.unmeasured("GPU-z"))
     assert unknown.memory_unknown
     assert device_from_proto(unknown) == GpuDevice.unmeasured("GPU-z")
+
+
+def test_the_largest_sizes_accepted_are_one_exbibyte() -> None:
+    hello = decode_agent_message(
+        agent_pb2.AgentMessage(
+            hello=agent_pb2.Hello(server_name="s", memory_bytes=2**60, overcommit_percentage=1000)
+        )
+    )
+    assert isinstance(hello, Hello) and hello.memory_bytes == 2**60
+
+
+def test_a_long_event_message_is_cut_short() -> None:
+    event = decode_agent_message(
+        agent_pb2.AgentMessage(
+            event=agent_pb2.ModelEvent(kind=agent_pb2.ModelEvent.LOAD_FAILED, message="x" * 10**6)
+        )
+    )
+    assert isinstance(event, ModelEvent)
+    assert len(event.message) == 2000 and event.message.endswith("…")

@@ -1,0 +1,95 @@
+"""No single value stops placement: numbers out of range are refused at the API edges (the
+client API, an agent's hello and events), and the reconcile loop outlives anything else."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import grpc
+import pytest
+
+from devharness.sim_agent import GiB, SimAgent
+from protos import common_pb2, scheduler_pb2, scheduler_pb2_grpc
+from tests.support.scheduler import SchedulerHandle
+from tests.support.wait import wait_until
+
+Stub = scheduler_pb2_grpc.SchedulerStub
+
+
+async def load(client: Stub, name: str, **fields: Any) -> scheduler_pb2.LoadModelResponse:
+    return await client.LoadModel(
+        scheduler_pb2.LoadModelRequest(model=common_pb2.ModelSpec(name=name, **fields))
+    )
+
+
+async def available(client: Stub, name: str) -> None:
+    async def done() -> bool:
+        status = await client.GetModelStatus(scheduler_pb2.GetModelStatusRequest(name=name))
+        return status.state == "Available"
+
+    await wait_until(done, timeout=10, what=f"model {name} Available")
+
+
+async def ready(scheduler: SchedulerHandle) -> int:
+    async with aiohttp.ClientSession() as session, session.get(f"{scheduler.http_url}/ready") as r:
+        return r.status
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "says"),
+    [
+        ({"memory": "2e19"}, "model.memory", "more than 1Ei"),
+        ({"memory": "1e400"}, "model.memory", "out of range"),
+        ({"gpu_memory": "1e999999999"}, "model.gpuMemory", "out of range"),
+        ({"memory": "9" * 4400}, "model.memory", "too long"),
+        ({"replicas": 2**31}, "model.replicas", "expected 1 to 10,000"),
+    ],
+)
+async def test_a_number_out_of_range_is_refused_at_load_naming_the_field(
+    client: Stub, fields: dict[str, Any], field: str, says: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await load(client, "huge", **fields)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details().startswith(field) and says in caught.value.details()
+
+
+async def test_an_agent_with_memory_out_of_range_is_refused_and_placement_goes_on(
+    scheduler: SchedulerHandle, client: Stub, agents: Callable[..., Any]
+) -> None:
+    """A replica with 2 EiB of memory and 1000 % overcommit (past 64 bits once multiplied)
+    is refused at its hello; models still go to the others, and the scheduler stays ready."""
+    huge = await agents("huge", memory_bytes=2 * 2**60, overcommit_percentage=1000)
+    await wait_until(lambda: huge.closed_with is not None, what="the huge agent refused")
+    assert huge.closed_with == grpc.StatusCode.INVALID_ARGUMENT
+    await agents("normal", memory_bytes=8 * GiB)
+    await load(client, "iris", server="", memory="1Gi")
+    await available(client, "iris")
+    assert await ready(scheduler) == 200
+
+
+async def test_a_reconcile_loop_error_is_survived(
+    scheduler: SchedulerHandle, client: Stub, agents: Callable[..., Any], monkeypatch: Any
+) -> None:
+    """A bug outside any model's pass (here: the drains' bookkeeping raising once) is logged
+    and counted; the loop goes on and the next model is placed."""
+    service = scheduler.service
+    real = service._finish_drains
+    calls = {"n": 0}
+
+    def broken(now: float) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("a bug")
+        real(now)
+
+    monkeypatch.setattr(service, "_finish_drains", broken)
+    agent: SimAgent = await agents("a")
+    await load(client, "iris")
+    await available(client, "iris")
+    assert calls["n"] > 1 and ("iris", 1) in [(c.model, c.version) for c in agent.loads]
+    assert await ready(scheduler) == 200
+    value = service._metrics.registry.get_sample_value("gpuplace_scheduler_reconcile_errors_total")
+    assert value == 1
