@@ -347,6 +347,11 @@ class ModelRepository:
 
     # -- records --------------------------------------------------------------------------
 
+    def settle(self, record: Record, aside: Path | None) -> None:
+        """A load went well: write its record, and drop the folder it replaced."""
+        self.write_record(record)
+        self.discard(aside)
+
     def write_record(self, record: Record) -> None:
         path = self.folder(record.name) / RECORD
         body = {"version": record.version, "footprint_bytes": record.footprint_bytes}

@@ -55,6 +55,7 @@ class GpuMonitor:
         self._lock = asyncio.Lock()
         self.latest: list[GpuDevice] = []
         self.reported: list[GpuDevice] | None = None
+        self._read = False  # whether a refresh has read the probe yet
 
     async def refresh(self) -> list[GpuDevice]:
         # Asked outside the lock (the kubelet may be slow, and readings for loads wait on
@@ -64,12 +65,21 @@ class GpuMonitor:
             wanted = await self._assignment.uuids(self._visible)
         async with self._lock:
             devices = await asyncio.to_thread(self._probe.devices)
+            self._read = True
             self._visible = [device.uuid for device in devices]
             if wanted is not None:
                 devices = self._assigned(devices, wanted)
             self.latest = devices
             self._metrics.set_gpus(devices)
             return list(devices)
+
+    async def reading(self) -> list[GpuDevice]:
+        """A fresh reading for a load or an unload to measure. A replica whose NVML saw no
+        device at all (a CPU server) has nothing to measure: no trip to the worker thread,
+        its latest (empty) reading; the periodic refresh still looks."""
+        if self._read and not self._visible and self._assignment is None:
+            return list(self.latest)
+        return await self.refresh()
 
     def _assigned(self, devices: list[GpuDevice], wanted: tuple[str, ...]) -> list[GpuDevice]:
         """The devices of `wanted`: those NVML sees here, in NVML's order, then those it

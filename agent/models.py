@@ -480,7 +480,8 @@ class ModelManager:
                             request, current, staged, plan, mine=mine, quiet=quiet, alone=alone
                         )
             finally:
-                await asyncio.to_thread(self.repository.discard, staged)
+                if staged.exists():  # installed: moved away already
+                    await asyncio.to_thread(self.repository.discard, staged)
 
     async def _fetch(self, request: Load, staged: Path) -> None:
         """Fetch the artifact into `staged`, with its duration and size in the metrics."""
@@ -567,7 +568,7 @@ class ModelManager:
         Raises Refused when they do not, even counting the memory of the version this load
         replaces as free.
         """
-        devices = await self.gpus.refresh()
+        devices = await self.gpus.reading()
         before = {device.uuid: device.free_bytes for device in devices}
         seen = tuple(devices)
         need = request.gpu_memory_bytes
@@ -614,7 +615,7 @@ class ModelManager:
                 current.version,
                 version,
             )
-            before = {device.uuid: device.free_bytes for device in await self.gpus.refresh()}
+            before = {device.uuid: device.free_bytes for device in await self.gpus.reading()}
         elif current is not None:
             # MLServer loads the new version next to the old one, then drops the old one:
             # the memory freed meanwhile belongs to the new version's footprint.
@@ -639,7 +640,7 @@ class ModelManager:
             )
             await self._undo_failed_load(name, current, aside, old_kept)
             return ModelEvent(EventKind.LOAD_FAILED, name, version, str(exc))
-        after = await self.gpus.refresh()
+        after = await self.gpus.reading()
         measured = footprint(before, after, plan.targets, credit)
         message = ""
         if plan.targets:
@@ -676,8 +677,7 @@ class ModelManager:
                     self.replica,
                     ", ".join(f"{uuid} {format_bytes(size)}" for uuid, size in taken.items()),
                 )
-        await asyncio.to_thread(self.repository.discard, aside)
-        await asyncio.to_thread(self.repository.write_record, Record(name, version, measured))
+        await asyncio.to_thread(self.repository.settle, Record(name, version, measured), aside)
         self.loaded[name] = LoadedModel(name, version, measured)
         self.metrics.set_footprint(name, measured)
         self.metrics.loaded_models.set(len(self.loaded))
@@ -897,6 +897,6 @@ class ModelManager:
                 exc,
             )
         self._forget(name)
-        await self.gpus.refresh()
+        await self.gpus.reading()
         log.info("model %s v%d on %s: unloaded", name, version, self.replica)
         return ModelEvent(EventKind.UNLOADED, name, version, message)

@@ -361,6 +361,43 @@ async def test_the_hello_advertises_nothing_without_a_gpu(fake: FakeNvml) -> Non
     assert hello.capabilities == {"sklearn"}
 
 
+class CountingProbe(NvmlGpuProbe):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    def devices(self) -> list[GpuDevice]:
+        self.reads += 1
+        return super().devices()
+
+
+async def test_a_load_on_a_replica_without_gpus_reads_no_device_again(fake: FakeNvml) -> None:
+    """A CPU server's loads and unloads skip NVML (and its worker thread); a GPU server's
+    read it fresh every time."""
+    fake.gpus = []
+    fake.write()
+    probe = CountingProbe()
+    gpus = GpuMonitor(probe, AgentMetrics(CollectorRegistry()), GiB)
+    try:
+        assert await gpus.reading() == []  # the first reading looks
+        assert await gpus.reading() == [] and probe.reads == 1
+        await gpus.refresh()  # the periodic refresh still does
+        assert probe.reads == 2
+    finally:
+        gpus.close()
+    fake.gpus = [FakeGpu("GPU-a", 80 * GiB, 80 * GiB)]
+    fake.write()
+    probe = CountingProbe()
+    gpus = GpuMonitor(probe, AgentMetrics(CollectorRegistry()), GiB)
+    try:
+        await gpus.reading()
+        fake.gpus[0].free_bytes = 70 * GiB
+        fake.write()
+        assert [d.free_bytes for d in await gpus.reading()] == [70 * GiB] and probe.reads == 2
+    finally:
+        gpus.close()
+
+
 # -- a real GPU ---------------------------------------------------------------------------
 
 
