@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 from scheduler_service.model import (
     CopyState,
@@ -300,7 +301,7 @@ class Store:
                 version=version,
                 state=ModelState(state),
                 reason=reason,
-                server_reasons=tuple(tuple(item) for item in json.loads(reasons)),
+                server_reasons=tuple(tuple(item) for item in _loads(reasons)),
                 deleted=bool(deleted),
                 updated_at=updated_at,
             )
@@ -321,8 +322,8 @@ class Store:
                 version=version,
                 state=CopyState(state),
                 reason=reason,
-                device_uuids=tuple(json.loads(devices)),
-                footprint_bytes=json.loads(footprint),
+                device_uuids=tuple(_loads(devices)),
+                footprint_bytes=_loads(footprint),
                 retire=bool(retire),
             )
             records[model].copies[replica.key] = replica
@@ -375,3 +376,13 @@ class Store:
         self._specs.clear()
         self._versions.clear()
         self._rows.clear()
+
+
+def _loads(text: str) -> Any:
+    """json.loads, without its cost for the empty list and object most rows hold (a restart
+    with 10,000 models reads ~30,000 of them)."""
+    if text == "[]":
+        return []
+    if text == "{}":
+        return {}
+    return json.loads(text)
