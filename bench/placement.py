@@ -64,6 +64,7 @@ from placement import (
     schedule,
 )
 from scheduler_service.cluster import AgentSession
+from scheduler_service.main import tune_collector
 from scheduler_service.metrics import SchedulerMetrics
 from scheduler_service.model import ModelRecord, ModelSpec, ModelState, validate_spec
 from scheduler_service.service import SchedulerService
@@ -894,6 +895,7 @@ def ratio_table(ratios: dict[str, float]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = arguments(__doc__, "placement", "smaller budgets and sizes (~25 s)", argv)
+    tune_collector()  # as the scheduler process does
     quick: bool = args.quick
     core_budget_s = 0.5 if quick else 4.0
     core_sizes = QUICK_CORE_SIZES if quick else CORE_SIZES
