@@ -22,3 +22,7 @@ class NotFound(GpuplaceError):
 
 class ResourceExhausted(GpuplaceError):
     """A bound was reached (models, queues)."""
+
+
+class AlreadyExists(GpuplaceError):
+    """Something of that name is live already (a replica's agent)."""

@@ -31,10 +31,18 @@ def is_dns1123_subdomain(value: str) -> bool:
     return len(value) <= 253 and bool(_SUBDOMAIN.match(value))
 
 
+def shown(value: str, limit: int = 64) -> str:
+    """`value` quoted for a message or a log line: control characters escaped (no forged
+    lines), and cut after `limit` characters (no megabyte echoes)."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}… ({len(value):,} characters)"
+
+
 def check_name(value: str, field: str) -> str:
     """Return `value` when it is a DNS-1123 label; raise naming the field and the rule."""
     if not is_dns1123_label(value):
-        raise InvalidName(f"{field}: {value!r} is not {LABEL_RULE}")
+        raise InvalidName(f"{field}: {shown(value)} is not {LABEL_RULE}")
     return value
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from contract.errors import InvalidArgument
+from contract.names import InvalidName, check_name
 from contract.protocol import (
     MAX_DEVICES,
     MAX_EVENT_MESSAGE,
@@ -72,6 +73,15 @@ def device_from_proto(device: common_pb2.GpuDevice) -> GpuDevice:
         measured=not device.memory_unknown,
         compute_capability=device.compute_capability,
     )
+
+
+def _name(where: str, name: str) -> None:
+    """A server or model name an agent sent: a DNS-1123 label, or refused (it is logged,
+    keyed and shown)."""
+    try:
+        check_name(name, where)
+    except InvalidName as exc:
+        raise InvalidArgument(where, str(exc).split(": ", 1)[1]) from None
 
 
 def _size(where: str, size: int) -> int:
@@ -155,6 +165,7 @@ def decode_agent_message(message: agent_pb2.AgentMessage) -> AgentMessage:
         kind = _KIND_OF.get(event.kind)
         if kind is None:
             raise InvalidArgument("event.kind", f"{event.kind} is not a known event kind")
+        _name("event.model_name", event.model_name)
         text = event.message
         if len(text) > MAX_EVENT_MESSAGE:
             text = text[: MAX_EVENT_MESSAGE - 1] + "…"
@@ -180,6 +191,9 @@ def decode_agent_message(message: agent_pb2.AgentMessage) -> AgentMessage:
 def _hello_from_proto(hello: agent_pb2.Hello) -> Hello:
     if not hello.server_name:
         raise InvalidArgument("hello.server_name", "must be set")
+    _name("hello.server_name", hello.server_name)
+    for model in hello.loaded_models:
+        _name("hello.loaded_models.name", model.name)
     if hello.overcommit_percentage > MAX_OVERCOMMIT_PERCENTAGE:
         raise InvalidArgument(
             "hello.overcommit_percentage",

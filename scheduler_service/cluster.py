@@ -3,11 +3,14 @@ from each replica, and the views of both that the placement core and the lifecyc
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from copy import deepcopy
 from dataclasses import dataclass, field, replace
 
+from contract.errors import AlreadyExists
+from contract.names import replica_id
 from contract.protocol import Command, GpuDevice, Hello
 from placement import (
     ClusterIndex,
@@ -37,6 +40,8 @@ class AgentSession:
     draining: bool = False
     drain_deadline: float = 0.0
     drained: bool = False
+    peer: str = ""  # where the stream comes from (gRPC's peer string), for messages
+    joined_at: float = 0.0
     # Told whenever what the placement core sees of this replica changes (the cluster's
     # index refreshes the replica before its next placement).
     on_change: Callable[[], None] = lambda: None
@@ -164,13 +169,24 @@ class Cluster:
         send: Callable[[Command], bool],
         close: Callable[[str], None],
         now: float,
+        peer: str = "",
     ) -> AgentSession:
-        """An agent's new stream; an older one of the same replica is closed."""
-        session = AgentSession(hello, send, close, gpus={gpu.uuid: gpu for gpu in hello.devices})
+        """An agent's new stream. Refused while another agent's stream of the same replica
+        is connected: two live agents with one POD_NAME would take the replica from each
+        other for ever. (A dead one's stream ends within the keepalive: the new one's next
+        try gets in.)"""
+        session = AgentSession(
+            hello, send, close, gpus={gpu.uuid: gpu for gpu in hello.devices}, peer=peer
+        )
         previous = self.sessions.get(session.key)
         if previous is not None and previous.connected:
-            previous.leave(now)
-            previous.close("replaced by a new connection from the same replica")
+            raise AlreadyExists(
+                f"replica {replica_id(*session.key)} is connected already (from "
+                f"{previous.peer or 'another agent'}, since {_clock(previous.joined_at)}): "
+                "two agents with the same POD_NAME? This one is refused while that stream "
+                "is open"
+            )
+        session.joined_at = now
         self.sessions[session.key] = session
         session.on_change = lambda: self._changed(session)
         self._changed(session)
@@ -282,6 +298,11 @@ class Cluster:
         drains = [self.sessions[key].drain_deadline for key in self._draining]
         gone = [self.sessions[key].disconnected_at + grace_s for key in self._gone]
         return drains + gone
+
+
+def _clock(at: float) -> str:
+    """A wall-clock time of day, UTC, for a message."""
+    return time.strftime("%H:%M:%S UTC", time.gmtime(at))
 
 
 def _view(

@@ -55,9 +55,13 @@ def _grpc_server(settings: SchedulerSettings, service_name: str, port: int) -> _
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
-            # Let agents send keepalive pings, so either side notices a half-open stream.
+            # Let agents send keepalive pings, and ping them: either side notices a
+            # half-open stream (a dead node's agent) within half a minute, and its replica's
+            # next agent gets in (a second live one is refused).
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.keepalive_time_ms", 20_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
         ]
     )
     health_servicer = health.aio.HealthServicer()

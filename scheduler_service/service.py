@@ -393,13 +393,18 @@ class SchedulerService:
     # ------------------------------------------------------------------ agent API
 
     def connect(
-        self, hello: Hello, send: Callable[[Command], bool], close: Callable[[str], None]
+        self,
+        hello: Hello,
+        send: Callable[[Command], bool],
+        close: Callable[[str], None],
+        peer: str = "",
     ) -> AgentSession:
         """An agent said hello: register it and reconcile what it holds with the records.
-        Costs the models it reports and those with a copy there, not all of them."""
+        Costs the models it reports and those with a copy there, not all of them. Raises
+        AlreadyExists while another stream of the same replica is connected."""
         self._apply_intake()  # an older stream's news comes first
         now = self._clock.now()
-        session = self._cluster.join(hello, send, close, now)
+        session = self._cluster.join(hello, send, close, now, peer)
         key = session.key
         if key in self._awaited:
             # A replica the state file expected is back: the others are on their way.

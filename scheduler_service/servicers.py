@@ -12,6 +12,7 @@ import grpc
 
 from contract.aio import start_task
 from contract.errors import (
+    AlreadyExists,
     GpuplaceError,
     InvalidArgument,
     NotFound,
@@ -27,6 +28,7 @@ from scheduler_service.service import SchedulerService
 
 log = logging.getLogger(__name__)
 _CODES: dict[type[GpuplaceError], grpc.StatusCode] = {
+    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     NotFound: grpc.StatusCode.NOT_FOUND,
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -182,7 +184,11 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             log.info("replica %s: closing stream: %s", replica_id(*key), reason)
             outbox.put_nowait(None)
 
-        session = self._service.connect(hello, send, close)
+        try:
+            session = self._service.connect(hello, send, close, peer=context.peer())
+        except AlreadyExists as exc:
+            log.warning("%s", exc)
+            await _abort(context, exc)
         reader = start_task(
             self._read(request_iterator, session, close), f"agent-{replica_id(*key)}"
         )

@@ -198,3 +198,19 @@ async def test_list_models_pages_by_count_and_by_bytes(
     finally:
         client.close()
     assert [status.name for status in listed] == names
+
+
+async def test_a_second_live_agent_with_the_same_pod_name_is_refused(
+    scheduler: SchedulerHandle, agents: Callable[..., Any]
+) -> None:
+    first = await agents("mlserver", index=0)
+    await wait_until(lambda: first.welcomed, what="the first agent welcomed")
+    second = await agents("mlserver", index=0)
+    await wait_until(lambda: second.closed_with is not None, what="the second agent refused")
+    assert second.closed_with == grpc.StatusCode.ALREADY_EXISTS and not second.welcomed
+    [session] = scheduler.service.agents()
+    assert session.connected and session.peer.startswith("ipv4:127.0.0.1:")
+    await first.disconnect()
+    await wait_until(lambda: not scheduler.service.agents()[0].connected, what="first gone")
+    third = await agents("mlserver", index=0)
+    await wait_until(lambda: third.welcomed, what="a new agent welcomed once the first left")

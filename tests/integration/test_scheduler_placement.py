@@ -320,7 +320,7 @@ async def test_drain_moves_models_first_then_completes(
     ("fields", "field", "rule"),
     [
         ({"name": "Bad_Name"}, "model.name", "DNS-1123"),
-        ({"name": "ok", "replicas": 0}, "model.replicas", "1 or more"),
+        ({"name": "ok", "replicas": 0}, "model.replicas", "expected 1 to 10,000"),
         ({"name": "ok", "replicas": 2, "min_replicas": 3}, "model.minReplicas", "0 to replicas"),
         ({"name": "ok", "memory": "lots"}, "model.memory", "not a quantity"),
         ({"name": "ok", "gpu_memory": "-1Gi"}, "model.gpuMemory", "negative"),

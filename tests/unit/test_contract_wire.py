@@ -188,7 +188,9 @@ def test_hello_capabilities_are_trimmed_and_empty_ones_dropped() -> None:
         (
             agent_pb2.AgentMessage(
                 event=agent_pb2.ModelEvent(
-                    kind=agent_pb2.ModelEvent.LOADED, footprint_bytes={"GPU-a": 2**64 - 1}
+                    kind=agent_pb2.ModelEvent.LOADED,
+                    model_name="m",
+                    footprint_bytes={"GPU-a": 2**64 - 1},
                 )
             ),
             "event.footprint_bytes['GPU-a']",
@@ -196,10 +198,28 @@ def test_hello_capabilities_are_trimmed_and_empty_ones_dropped() -> None:
         (
             agent_pb2.AgentMessage(
                 event=agent_pb2.ModelEvent(
-                    kind=agent_pb2.ModelEvent.LOADED, host_memory_bytes=2**62
+                    kind=agent_pb2.ModelEvent.LOADED, model_name="m", host_memory_bytes=2**62
                 )
             ),
             "event.host_memory_bytes",
+        ),
+        (
+            agent_pb2.AgentMessage(hello=agent_pb2.Hello(server_name="mlserver\nINFO forged")),
+            "hello.server_name",
+        ),
+        (
+            agent_pb2.AgentMessage(
+                hello=agent_pb2.Hello(
+                    server_name="s", loaded_models=[common_pb2.LoadedModel(name="../etc")]
+                )
+            ),
+            "hello.loaded_models.name",
+        ),
+        (
+            agent_pb2.AgentMessage(
+                event=agent_pb2.ModelEvent(kind=agent_pb2.ModelEvent.LOADED, model_name="a\nb")
+            ),
+            "event.model_name",
         ),
         (agent_pb2.AgentMessage(event=agent_pb2.ModelEvent(kind=99)), "event.kind"),
         (agent_pb2.AgentMessage(event=agent_pb2.ModelEvent()), "event.kind"),
@@ -239,7 +259,9 @@ def test_the_largest_sizes_accepted_are_one_exbibyte() -> None:
 def test_a_long_event_message_is_cut_short() -> None:
     event = decode_agent_message(
         agent_pb2.AgentMessage(
-            event=agent_pb2.ModelEvent(kind=agent_pb2.ModelEvent.LOAD_FAILED, message="x" * 10**6)
+            event=agent_pb2.ModelEvent(
+                kind=agent_pb2.ModelEvent.LOAD_FAILED, model_name="m", message="x" * 10**6
+            )
         )
     )
     assert isinstance(event, ModelEvent)

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from contract.errors import NotFound, ResourceExhausted
+from contract.errors import AlreadyExists, NotFound, ResourceExhausted
 from contract.protocol import (
     Command,
     DrainComplete,
@@ -599,11 +599,27 @@ def test_only_an_awaited_replica_moves_the_restart_grace_on(tmp_path: Path) -> N
     h.event(dead, EventKind.LOADED, "m", 1)
     h.start()
     h.service.serving()
+    other = None
     for _ in range(3):
         h.clock.time += 50
-        h.connect("other")  # not awaited: a new replica, reconnecting every 50 s
+        if other is not None:
+            h.service.disconnect(other.session)
+        other = h.connect("other")  # not awaited: a new replica, reconnecting every 50 s
         h.service.reconcile()
     assert h.state("m")[1] == {}  # dead-0 was lost 60 s after serving
+
+
+def test_a_second_live_agent_of_one_replica_is_refused_saying_why(h: Harness) -> None:
+    """Two live agents with one POD_NAME must not take the replica from each other: the
+    second is refused while the first's stream is open, and gets in once it has ended."""
+    first = h.connect("mlserver")
+    h.load("iris")
+    with pytest.raises(AlreadyExists, match=r"mlserver-0 is connected already .*POD_NAME"):
+        h.connect("mlserver")
+    assert first.session.connected and h.state("iris")[1] == {"mlserver-0": "LoadRequested"}
+    h.service.disconnect(first.session)
+    second = h.connect("mlserver")
+    assert second.session.connected
 
 
 def test_a_storm_of_cluster_changes_tries_a_refused_model_once_per_window(h: Harness) -> None:
