@@ -12,7 +12,7 @@ import logging
 import signal
 import sys
 
-from scheduler_service.server import running
+from scheduler_service.server import ListenError, running
 from scheduler_service.settings import SchedulerSettings
 from scheduler_service.store import StoreError
 
@@ -33,12 +33,12 @@ def run(settings: SchedulerSettings) -> int:
     """Serve until SIGTERM or SIGINT; the exit code."""
     try:
         asyncio.run(serve(settings))
-    except StoreError as exc:
+    except (StoreError, ListenError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"error: cannot listen: {exc}", file=sys.stderr)
-        return 1
+        return 2
+    except OSError as exc:  # the HTTP port (aiohttp)
+        print(f"error: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager
 from dataclasses import dataclass
 
 import grpc
@@ -21,7 +22,7 @@ from scheduler_service.metrics import SchedulerMetrics
 from scheduler_service.service import Clock, SchedulerService
 from scheduler_service.servicers import AgentServicer, ClientServicer
 from scheduler_service.settings import SchedulerSettings
-from scheduler_service.store import Store
+from scheduler_service.store import Store, state_file_lock
 
 log = logging.getLogger(__name__)
 _GRACE_S = 2.0
@@ -60,6 +61,8 @@ def _grpc_server(settings: SchedulerSettings, service_name: str, port: int) -> _
             # next agent gets in (a second live one is refused).
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ("grpc.keepalive_permit_without_calls", 1),
+            # One process per port: never share it with another scheduler.
+            ("grpc.so_reuseport", 0),
             ("grpc.keepalive_time_ms", 20_000),
             ("grpc.keepalive_timeout_ms", 10_000),
         ]
@@ -69,8 +72,37 @@ def _grpc_server(settings: SchedulerSettings, service_name: str, port: int) -> _
     reflection.enable_server_reflection(
         (service_name, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    bound = server.add_insecure_port(f"{settings.host}:{port}")
+    if port:
+        _check_free(settings.host, port, service_name)
+    try:
+        bound = server.add_insecure_port(f"{settings.host}:{port}")
+    except RuntimeError as exc:
+        raise ListenError(f"cannot listen on {settings.host}:{port} ({exc})") from None
     return _GrpcServer(server, health_servicer, bound)
+
+
+class ListenError(OSError):
+    """A port the scheduler is told to listen on cannot be had."""
+
+
+def _check_free(host: str, port: int, what: str) -> None:
+    """Refuse, in one line, a port another process listens on: gRPC would bind it too
+    (SO_REUSEPORT) and clients would reach either process at random, or fail with a log
+    line of its own."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                raise ListenError(
+                    f"cannot listen on {host}:{port} for {what}: {exc.strerror} (another "
+                    "scheduler, or another program, has it)"
+                ) from None
 
 
 _AGENT_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
@@ -83,7 +115,21 @@ async def running(
 ) -> AsyncIterator[RunningScheduler]:
     """Start everything; on exit stop it all, in order, and close the state file."""
     registry = CollectorRegistry()
-    store = Store(settings.db)
+    with ExitStack() as held:
+        held.enter_context(state_file_lock(settings.db))
+        store = Store(settings.db, settings.db_synchronous)
+        held.callback(store.close)
+        async with _serving(settings, store, registry, clock) as scheduler:
+            yield scheduler
+
+
+@asynccontextmanager
+async def _serving(
+    settings: SchedulerSettings,
+    store: Store,
+    registry: CollectorRegistry,
+    clock: Clock | None,
+) -> AsyncIterator[RunningScheduler]:
     service = SchedulerService(settings, store, SchedulerMetrics(registry), clock)
     client = _grpc_server(settings, _CLIENT_SERVICE, settings.port)
     scheduler_pb2_grpc.add_SchedulerServicer_to_server(ClientServicer(service), client.server)
@@ -99,6 +145,8 @@ async def running(
         access_log=None,
     )
     await runner.setup()
+    if settings.http_port:
+        _check_free(settings.host, settings.http_port, "HTTP")
     site = web.TCPSite(runner, settings.host, settings.http_port)
     try:
         await site.start()
@@ -125,5 +173,4 @@ async def running(
         await asyncio.gather(client.server.stop(_GRACE_S), agent.server.stop(_GRACE_S))
         await stop_tasks(tasks)
         await runner.cleanup()
-        store.close()
         log.info("scheduler stopped")

@@ -410,6 +410,17 @@ class SchedulerService:
             # A replica the state file expected is back: the others are on their way.
             self._awaited.discard(key)
             self._restored_since = now
+        try:
+            self._welcome(session, now)
+        except Exception:
+            # Not half connected (a replica shown connected with no stream behind it): what
+            # was decided is saved; the agent's next hello tells the rest again.
+            self.disconnect(session)
+            raise
+        return session
+
+    def _welcome(self, session: AgentSession, now: float) -> None:
+        hello, key = session.hello, session.key
         ctx = self._context(now)
         session.send(Welcome())
         reported = {loaded.name: loaded for loaded in hello.loaded}
@@ -434,7 +445,6 @@ class SchedulerService:
             len(hello.loaded),
         )
         self._cluster_changed()
-        return session
 
     def _holding(self, key: Key) -> set[str]:
         """The models that hold, load or unload a copy on replica `key`: those the usage

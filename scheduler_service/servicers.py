@@ -189,6 +189,17 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         except AlreadyExists as exc:
             log.warning("%s", exc)
             await _abort(context, exc)
+        except Exception as exc:  # the state file cannot be written, say
+            log.error(
+                "replica %s: its hello could not be recorded: %s: %s",
+                replica_id(*key),
+                type(exc).__name__,
+                exc,
+            )
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                "the scheduler could not record this hello (its state file); try again",
+            )
         reader = start_task(
             self._read(request_iterator, session, close), f"agent-{replica_id(*key)}"
         )

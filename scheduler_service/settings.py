@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -22,6 +23,13 @@ class SchedulerSettings(BaseSettings):
         9999, ge=0, le=65535, description="HTTP port for /live, /ready and /metrics (0: any free)"
     )
     db: Path = Field(Path("gpuplace-state.db"), description="SQLite state file")
+    db_synchronous: Literal["normal", "full"] = Field(
+        "normal",
+        description="when SQLite syncs the state file to disk: normal (at checkpoints: a "
+        "process crash loses nothing, a power loss or node crash may lose the last changes) "
+        "or full (at every commit: nothing answered is lost even then; each pass waits for "
+        "the disk)",
+    )
     policy: Policy = Field(Policy.BINPACK, description="placement policy: binpack or spread")
     load_timeout_s: float = Field(
         300.0, gt=0, description="a load not finished by then fails and is retried elsewhere"

@@ -12,14 +12,18 @@ schema 2 (host memory learned) cannot be read by a scheduler that reads 1.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import socket
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
+from contract.names import shown
 from scheduler_service.model import (
     CopyState,
     Footprint,
@@ -97,13 +101,57 @@ _SPEC_FIELDS = fields(ModelSpec)
 
 
 class StoreError(RuntimeError):
-    """The state file cannot be used (wrong schema version, corrupt)."""
+    """The state file cannot be used (wrong schema version, corrupt, in use, read-only)."""
+
+
+# How long a write waits for a file another program holds busy: a pass that finds it busy
+# fails and is tried again, rather than holding the event loop.
+_BUSY_TIMEOUT_S = 0.05
+_SYNCHRONOUS = {"normal": "NORMAL", "full": "FULL"}
+
+
+@contextmanager
+def state_file_lock(path: Path) -> Iterator[None]:
+    """Hold `<path>.lock` exclusively while the scheduler runs: two schedulers on one state
+    file would each place models the other does not know of. Raises StoreError naming the
+    process that holds it. (A Store alone takes no lock: tools and tests read the file.)"""
+    handle = _lock(path)
+    try:
+        yield
+    finally:
+        handle.close()
+
+
+def _lock(path: Path) -> TextIO:
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        handle = open(lock_path, "a+")  # noqa: SIM115 - held until close()
+    except OSError as exc:
+        raise StoreError(
+            f"{path}: cannot use the state file ({exc.strerror}: {lock_path}); is its folder "
+            "there and writable? (--db / GPUPLACE_SCHEDULER_DB)"
+        ) from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise StoreError(
+            f"{path}: the state file is in use by another scheduler ({holder}); one "
+            "scheduler per state file"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    handle.flush()
+    return handle
 
 
 class Store:
     """The scheduler's `service.StateStore`, in one SQLite file."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, synchronous: str = "normal") -> None:
         # What was last written per model: its spec (as JSON) and its highest version, so
         # that a save writes them again only when they changed.
         self._specs: dict[str, tuple[ModelSpec, str]] = {}
@@ -111,15 +159,20 @@ class Store:
         self._rows: dict[str, dict[Key, _Row]] = {}  # each model's replica rows as written
         self._batched = False  # inside `batch`: saves are savepoints of its transaction
         try:
-            self._db = sqlite3.connect(path, isolation_level=None)
+            # A busy file (another program writing it) fails a pass at once, to be tried
+            # again, instead of holding the event loop while SQLite waits.
+            self._db = sqlite3.connect(path, isolation_level=None, timeout=_BUSY_TIMEOUT_S)
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(f"PRAGMA synchronous={_SYNCHRONOUS[synchronous]}")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.executescript(_SCHEMA)
+            # Writable? (A read-only file opens, reads, and would fail every load later.)
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("ROLLBACK")
         except sqlite3.Error as exc:
             raise StoreError(
-                f"{path}: cannot use the state file ({exc}); is its folder there and writable? "
-                "(--db / GPUPLACE_SCHEDULER_DB)"
+                f"{path}: cannot use the state file ({exc}); is it a gpuplace state file, "
+                "and are it and its folder there and writable? (--db / GPUPLACE_SCHEDULER_DB)"
             ) from None
         row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
         if row is None:
@@ -252,7 +305,17 @@ class Store:
             )
 
     def footprints(self) -> list[Footprint]:
-        """Every learned footprint, as last saved."""
+        """Every learned footprint, as last saved (StoreError when one cannot be read)."""
+        try:
+            return self._footprints()
+        except (sqlite3.Error, ValueError, TypeError) as exc:
+            raise StoreError(
+                f"the state file's learned footprints cannot be read ({type(exc).__name__}: "
+                f"{shown(str(exc), 200)}); restore a backup, or move the file away to start "
+                "empty"
+            ) from None
+
+    def _footprints(self) -> list[Footprint]:
         return [
             Footprint(
                 storage_uri=uri,
@@ -287,46 +350,67 @@ class Store:
         self._rows.pop(name, None)
 
     def load(self) -> list[ModelRecord]:
-        """Every model with its replicas, as last saved."""
+        """Every model with its replicas, as last saved. Raises StoreError naming the row
+        when one cannot be read (a file damaged, or written by something else)."""
         records: dict[str, ModelRecord] = {}
-        for name, version, spec, state, reason, reasons, deleted, updated_at in self._db.execute(
-            "SELECT name, version, spec, state, reason, server_reasons, deleted, updated_at "
-            "FROM models ORDER BY name"
-        ):
-            fields = json.loads(spec)
-            fields["requirements"] = tuple(fields["requirements"])
-            fields["parameters"] = tuple(tuple(item) for item in fields["parameters"])
-            records[name] = ModelRecord(
-                spec=ModelSpec(**fields),
-                version=version,
-                state=ModelState(state),
-                reason=reason,
-                server_reasons=tuple(tuple(item) for item in _loads(reasons)),
-                deleted=bool(deleted),
-                updated_at=updated_at,
-            )
-        for (
-            model,
-            server,
-            idx,
-            version,
-            state,
-            reason,
-            devices,
-            footprint,
-            retire,
-        ) in self._db.execute("SELECT * FROM replicas ORDER BY model, server, idx"):
-            replica = ModelCopy(
-                server=server,
-                index=idx,
-                version=version,
-                state=CopyState(state),
-                reason=reason,
-                device_uuids=tuple(_loads(devices)),
-                footprint_bytes=_loads(footprint),
-                retire=bool(retire),
-            )
-            records[model].copies[replica.key] = replica
+        where = "the models table"
+        try:
+            for (
+                name,
+                version,
+                spec,
+                state,
+                reason,
+                reasons,
+                deleted,
+                updated_at,
+            ) in self._db.execute(
+                "SELECT name, version, spec, state, reason, server_reasons, deleted, "
+                "updated_at FROM models ORDER BY name"
+            ):
+                where = f"model {shown(str(name))}"
+                fields = json.loads(spec)
+                fields["requirements"] = tuple(fields["requirements"])
+                fields["parameters"] = tuple(tuple(item) for item in fields["parameters"])
+                records[name] = ModelRecord(
+                    spec=ModelSpec(**fields),
+                    version=version,
+                    state=ModelState(state),
+                    reason=reason,
+                    server_reasons=tuple(tuple(item) for item in _loads(reasons)),
+                    deleted=bool(deleted),
+                    updated_at=updated_at,
+                )
+            where = "the replicas table"
+            for (
+                model,
+                server,
+                idx,
+                version,
+                state,
+                reason,
+                devices,
+                footprint,
+                retire,
+            ) in self._db.execute("SELECT * FROM replicas ORDER BY model, server, idx"):
+                where = f"model {shown(str(model))}'s copy on {shown(f'{server}-{idx}')}"
+                replica = ModelCopy(
+                    server=server,
+                    index=idx,
+                    version=version,
+                    state=CopyState(state),
+                    reason=reason,
+                    device_uuids=tuple(_loads(devices)),
+                    footprint_bytes=_loads(footprint),
+                    retire=bool(retire),
+                )
+                records[model].copies[replica.key] = replica
+        except (sqlite3.Error, ValueError, KeyError, TypeError) as exc:
+            raise StoreError(
+                f"the state file's {where} cannot be read ({type(exc).__name__}: "
+                f"{shown(str(exc), 200)}); restore a backup, or move the file away to start "
+                "empty"
+            ) from None
         return list(records.values())
 
     @contextmanager

@@ -622,6 +622,31 @@ def test_a_second_live_agent_of_one_replica_is_refused_saying_why(h: Harness) ->
     assert second.session.connected
 
 
+def test_a_hello_that_cannot_be_recorded_leaves_no_replica_half_connected(
+    tmp_path: Path,
+) -> None:
+    """A full disk while a hello is handled: the replica is not shown connected with no
+    stream behind it; its next hello, once the disk has room, gets in."""
+    store = MemoryStore()
+    h = Harness(tmp_path, store=store)
+    first = h.connect("a")
+    h.load("iris")
+    h.event(first, EventKind.LOADED, "iris", 1)
+    h.service.disconnect(first.session)
+    save = store.save
+
+    def full(record: ModelRecord) -> None:
+        raise OSError("disk full")
+
+    store.save = full  # type: ignore[method-assign]
+    with pytest.raises(OSError, match="disk full"):
+        h.connect("a", loaded=(LoadedModel("iris", 2),))  # an unknown version: decided
+    assert [s.connected for s in h.service.agents()] == [False]
+    store.save = save  # type: ignore[method-assign]
+    back = h.connect("a", loaded=(LoadedModel("iris", 1),))
+    assert back.session.connected and h.state("iris")[1] == {"a-0": "Available"}
+
+
 def test_a_storm_of_cluster_changes_tries_a_refused_model_once_per_window(h: Harness) -> None:
     h.connect("a")
     h.load("huge", memory="100Gi")
