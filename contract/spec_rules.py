@@ -4,6 +4,7 @@ receipt) enforce: one definition, so the two can never disagree."""
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 # The schemes the agent fetches from: local, HTTP, and object stores (Google Cloud Storage,
@@ -16,6 +17,16 @@ _REMOTE = re.compile(r"^[a-z][a-z0-9+.-]*$")
 MAX_GPUS = 64
 # More copies of one model than any fleet runs replicas (and a bound on a pass's work).
 MAX_REPLICAS = 10_000
+
+
+# Field sizes: a model's status (its spec, and a reason per server) goes into every list and
+# watch message, which gRPC caps at 4 MiB.
+MAX_URI = 4096
+MAX_REQUIREMENT = 253
+MAX_REQUIREMENTS = 64
+MAX_PARAMETERS = 64
+MAX_PARAMETER_KEY = 253
+MAX_PARAMETER_VALUE = 4096
 
 
 def uri_scheme(uri: str) -> str:
@@ -31,6 +42,8 @@ def uri_scheme(uri: str) -> str:
 def storage_uri_problem(uri: str, secret_name: str = "") -> str | None:
     """Why `uri` cannot be fetched, or None. An empty URI is not checked here (a spec
     without storageUri is allowed; the YAML layer refuses `storageUri: ""`)."""
+    if len(uri) > MAX_URI:
+        return f"{len(uri):,} characters; at most {MAX_URI:,}"
     if any(ord(char) < 0x20 or ord(char) == 0x7F for char in uri):
         return "contains a control character (a newline, a NUL, ...); refused"
     try:
@@ -63,9 +76,32 @@ def storage_uri_problem(uri: str, secret_name: str = "") -> str | None:
 
 
 def requirement_problem(requirement: str) -> str | None:
+    if len(requirement) > MAX_REQUIREMENT:
+        return f"a requirement of {len(requirement):,} characters; at most {MAX_REQUIREMENT}"
     if requirement.strip() and "," not in requirement:
         return None
     return f"{requirement!r} must be non-empty and contain no comma"
+
+
+def requirements_problem(requirements: Sequence[str]) -> str | None:
+    """The list as a whole (each one: `requirement_problem`)."""
+    if len(requirements) > MAX_REQUIREMENTS:
+        return f"{len(requirements)} requirements; at most {MAX_REQUIREMENTS}"
+    return None
+
+
+def parameters_problem(parameters: Sequence[tuple[str, str]]) -> str | None:
+    if len(parameters) > MAX_PARAMETERS:
+        return f"{len(parameters)} parameters; at most {MAX_PARAMETERS}"
+    for key, value in parameters:
+        if not key or len(key) > MAX_PARAMETER_KEY:
+            return f"a parameter name of {len(key)} characters; 1 to {MAX_PARAMETER_KEY}"
+        if len(value) > MAX_PARAMETER_VALUE:
+            return (
+                f"parameter {key[:64]!r}: a value of {len(value):,} characters; at most "
+                f"{MAX_PARAMETER_VALUE:,}"
+            )
+    return None
 
 
 def replicas_problem(replicas: int) -> str | None:

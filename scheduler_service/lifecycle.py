@@ -49,6 +49,9 @@ from scheduler_service.settings import SchedulerSettings
 
 # A command for one replica's agent.
 Addressed = tuple[Key, Load | Unload]
+# The longest reason kept per server, and for the model as a whole.
+MAX_REASON = 300
+MAX_MESSAGE = 2000
 
 
 class ClusterView(Protocol):
@@ -702,9 +705,19 @@ def _place(record: ModelRecord, ctx: Context, out: Outcome) -> None:
     out.placement = PlacementFact(outcome, seconds, retry)
 
 
+def clipped(reasons: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """Reasons per server as a status carries them: each cut at MAX_REASON characters (a
+    status lists one per server, and goes into every list and watch message)."""
+    return tuple((server, _clip(reason, MAX_REASON)) for server, reason in reasons)
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _rejected(record: ModelRecord, result: Rejection, ctx: Context, out: Outcome) -> None:
-    record.server_reasons = result.reasons
-    record.reason = result.message
+    record.server_reasons = clipped(result.reasons)
+    record.reason = _clip(result.message, MAX_MESSAGE)
     record.attempts += 1
     record.next_retry_at = ctx.now + backoff(ctx.settings, record.attempts)
     learned = learned_text(record)
@@ -724,7 +737,7 @@ def _placed(record: ModelRecord, result: Placement, ctx: Context, out: Outcome) 
     outcome for the metrics (placed or partial)."""
     wanted = {(a.server, a.index): a for a in result.assignments}
     full = len(wanted) >= record.spec.replicas
-    record.server_reasons = result.reasons
+    record.server_reasons = clipped(result.reasons)
     record.reason = "" if full else _partial(len(wanted), record.spec)
     record.attempts = 0 if full else record.attempts + 1
     if full:

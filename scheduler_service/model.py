@@ -227,7 +227,9 @@ def validate_spec(
         ("model.replicas", rules.replicas_problem(count)),
         ("model.storageUri", rules.storage_uri_problem(storage_uri, secret_name)),
         ("model.gpus", rules.gpus_problem(gpus, gpu_memory_bytes > 0)),
+        ("model.requirements", rules.requirements_problem(requirements)),
         *(("model.requirements", rules.requirement_problem(r)) for r in requirements),
+        ("model.parameters", rules.parameters_problem(parameters)),
     ]
     if min_replicas is not None:
         checks.append(("model.minReplicas", rules.min_replicas_problem(min_replicas, count)))

@@ -16,11 +16,11 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
 from contract.aio import start_task, stop_tasks
-from protos import agent_pb2, agent_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
+from protos import agent_pb2, scheduler_pb2
 from scheduler_service.http import build_app
 from scheduler_service.metrics import SchedulerMetrics
 from scheduler_service.service import Clock, SchedulerService
-from scheduler_service.servicers import AgentServicer, ClientServicer
+from scheduler_service.servicers import AgentServicer, ClientServicer, register
 from scheduler_service.settings import SchedulerSettings
 from scheduler_service.store import Store, state_file_lock
 
@@ -105,6 +105,13 @@ def _check_free(host: str, port: int, what: str) -> None:
                 ) from None
 
 
+_SERVICES = {
+    service.full_name: service
+    for service in (
+        agent_pb2.DESCRIPTOR.services_by_name["AgentService"],
+        scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"],
+    )
+}
 _AGENT_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
 _CLIENT_SERVICE = scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name
 
@@ -132,10 +139,12 @@ async def _serving(
 ) -> AsyncIterator[RunningScheduler]:
     service = SchedulerService(settings, store, SchedulerMetrics(registry), clock)
     client = _grpc_server(settings, _CLIENT_SERVICE, settings.port)
-    scheduler_pb2_grpc.add_SchedulerServicer_to_server(ClientServicer(service), client.server)
+    register(client.server, ClientServicer(service), _SERVICES[_CLIENT_SERVICE])
     agent = _grpc_server(settings, _AGENT_SERVICE, settings.agent_port)
-    agent_pb2_grpc.add_AgentServiceServicer_to_server(
-        AgentServicer(service, settings.agent_queue_size), agent.server
+    register(
+        agent.server,
+        AgentServicer(service, settings.agent_queue_size),
+        _SERVICES[_AGENT_SERVICE],
     )
     ready = False
     tasks: list[asyncio.Task[None]] = []

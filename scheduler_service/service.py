@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from contract.errors import GpuplaceError, NotFound, ResourceExhausted
-from contract.names import replica_id
+from contract.names import replica_id, shown
 from contract.protocol import Command, GpuDevice, Hello, ModelEvent, Welcome
 from contract.quantity import format_bytes
 from placement import Replica, schedule
@@ -329,7 +329,7 @@ class SchedulerService:
     def model(self, name: str) -> ModelRecord:
         record = self._models.get(name)
         if record is None:
-            raise NotFound(f"model {name!r} not found")
+            raise NotFound(f"model {shown(name)} not found")
         return record
 
     def serving(self) -> None:
@@ -356,7 +356,7 @@ class SchedulerService:
         request = lifecycle.placement_request(record)
         result = schedule(snapshot, request, self._settings.policy, self._clock.now())
         shown = copy.copy(record)
-        shown.server_reasons = result.reasons
+        shown.server_reasons = lifecycle.clipped(result.reasons)
         return shown
 
     def models_after(self, name: str) -> Iterator[ModelRecord]:
@@ -379,7 +379,7 @@ class SchedulerService:
 
     def watch(self, name: str) -> Watcher:
         if name and name not in self._models:
-            raise NotFound(f"model {name!r} not found")
+            raise NotFound(f"model {shown(name)} not found")
         # The first snapshot does not count against the slow-consumer bound.
         watcher = Watcher(name, self._settings.watch_queue_size + len(self._models))
         for record in self.models():

@@ -9,6 +9,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn, TypeVar
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import DecodeError
+from google.protobuf.message_factory import GetMessageClass
 
 from contract.aio import start_task
 from contract.errors import (
@@ -52,13 +55,62 @@ def _unary(
     @functools.wraps(method)
     async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext[Any, Any]) -> Resp:
         try:
-            return await method(self, request, context)
+            return await method(self, _well_formed(request), context)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             await _abort(context, exc)
 
     return wrapper
+
+
+class Malformed:
+    """A request whose bytes are not the message its method takes (garbage, or another
+    message): answered INVALID_ARGUMENT by the method, never a traceback in the log."""
+
+    def __init__(self, message: str, error: str) -> None:
+        self.problem = f"not a valid {message} ({error})"
+
+
+def _reader(message_class: Any) -> Callable[[bytes], Any]:
+    def read(data: bytes) -> Any:
+        try:
+            return message_class.FromString(data)
+        except DecodeError as exc:
+            return Malformed(message_class.DESCRIPTOR.name, str(exc))
+
+    return read
+
+
+_HANDLERS = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
+def register(server: grpc.aio.Server, servicer: object, service: ServiceDescriptor) -> None:
+    """Add `servicer`'s methods for `service` to `server`, as the generated
+    `add_*_to_server` does, with requests read by `_reader`: a malformed one reaches the
+    method as `Malformed` instead of failing inside gRPC (which logs a traceback per
+    request: an unauthenticated log flood)."""
+    handlers = {
+        method.name: _HANDLERS[method.client_streaming, method.server_streaming](
+            getattr(servicer, method.name),
+            request_deserializer=_reader(GetMessageClass(method.input_type)),
+            response_serializer=GetMessageClass(method.output_type).SerializeToString,
+        )
+        for method in service.methods
+    }
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )
+
+
+def _well_formed(request: Any) -> Any:
+    if isinstance(request, Malformed):
+        raise InvalidArgument("request", request.problem)
+    return request
 
 
 # ListModels: models per page by default and at most, and the bytes a page stays under
@@ -134,7 +186,7 @@ class ClientServicer(scheduler_pb2_grpc.SchedulerServicer):
         self, request: scheduler_pb2.WatchModelsRequest, context: Any
     ) -> AsyncIterator[scheduler_pb2.ModelStatus]:
         try:
-            watcher = self._service.watch(request.name)
+            watcher = self._service.watch(_well_formed(request).name)
         except GpuplaceError as exc:
             await _abort(context, exc)
         try:
@@ -164,7 +216,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 grpc.StatusCode.DEADLINE_EXCEEDED, f"no hello within {_HELLO_TIMEOUT_S:g}s"
             )
         try:
-            hello = decode_agent_message(first)
+            hello = decode_agent_message(_well_formed(first))
             if not isinstance(hello, Hello):
                 raise InvalidArgument(
                     "message", f"the first must be a hello, not {first.WhichOneof('message')}"
@@ -219,7 +271,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         reason = "agent closed the stream"
         try:
             async for wire in messages:
-                match decode_agent_message(wire):
+                match decode_agent_message(_well_formed(wire)):
                     case ModelEvent() as event:
                         self._service.on_event(session, event)
                     case ResourceUpdate(devices=devices):

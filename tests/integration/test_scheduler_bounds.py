@@ -93,3 +93,67 @@ async def test_a_reconcile_loop_error_is_survived(
     assert await ready(scheduler) == 200
     value = service._metrics.registry.get_sample_value("gpuplace_scheduler_reconcile_errors_total")
     assert value == 1
+
+
+async def test_a_malformed_request_is_invalid_argument_without_a_traceback(
+    scheduler: SchedulerHandle, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Garbage bytes on either API are answered, never logged with a traceback each (an
+    unauthenticated log flood)."""
+    async with grpc.aio.insecure_channel(scheduler.client_address) as channel:
+        raw = channel.unary_unary("/gpuplace.scheduler.v1.Scheduler/LoadModel")
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await raw(b"\xff\xff\xff\xff not a message")
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid LoadModelRequest" in caught.value.details()
+    async with grpc.aio.insecure_channel(scheduler.agent_address) as channel:
+        stream = channel.stream_stream("/gpuplace.agent.v1.AgentService/Connect")
+        call = stream()
+        await call.write(b"\xff\xff\xff\xff not a message")
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call.read()
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert not [r for r in caplog.records if r.exc_info or r.levelname == "ERROR"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "says"),
+    [
+        ({"requirements": ["x" * 600_000]}, "model.requirements", "at most 253"),
+        ({"requirements": [f"r{n}" for n in range(65)]}, "model.requirements", "at most 64"),
+        ({"parameters": {f"p{n}": "v" for n in range(65)}}, "model.parameters", "at most 64"),
+        ({"parameters": {"extra": "v" * 5000}}, "model.parameters", "at most 4,096"),
+        ({"storage_uri": "gs://b/" + "x" * 5000}, "model.storageUri", "at most 4,096"),
+    ],
+)
+async def test_a_field_too_large_for_every_status_is_refused(
+    client: Stub, fields: dict[str, Any], field: str, says: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await load(client, "big", **fields)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details().startswith(field) and says in caught.value.details()
+
+
+async def test_an_unknown_long_name_is_not_found_in_a_short_answer(client: Stub) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await client.GetModelStatus(scheduler_pb2.GetModelStatusRequest(name="x" * 100_000))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert len(caught.value.details()) < 200 and "100,000 characters" in caught.value.details()
+
+
+async def test_reasons_per_server_are_cut_short(client: Stub, agents: Callable[..., Any]) -> None:
+    """A model that needs 64 long capabilities, refused by 10 servers: a reason each, each
+    at most 300 characters, however long the list of what is missing."""
+    for number in range(10):
+        await agents(f"s{number}")
+    needs = [f"{n:02d}-" + "c" * 250 for n in range(64)]
+    await load(client, "picky", requirements=needs)
+
+    async def refused() -> scheduler_pb2.ModelStatus | None:
+        status = await client.GetModelStatus(scheduler_pb2.GetModelStatusRequest(name="picky"))
+        return status if len(status.server_reasons) == 10 else None
+
+    status = await wait_until(refused, what="a reason from each of the 10 servers")
+    assert all(len(r.reason) <= 300 for r in status.server_reasons)
+    assert len(status.reason) <= 2000
