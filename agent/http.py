@@ -9,6 +9,8 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from contract.http_logs import quiet_malformed_requests
+
 log = logging.getLogger(__name__)
 
 ReadyCheck = Callable[[], Awaitable[tuple[bool, str]]]
@@ -75,6 +77,7 @@ class HttpEndpoints:
         )
 
     async def _serve(self, app: web.Application, port: int) -> int:
+        quiet_malformed_requests()
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         self._runners.append(runner)

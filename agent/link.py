@@ -247,7 +247,7 @@ class SchedulerLink:
             self.outbox.attach(queue)
             try:
                 hello = await self.hello()
-                await call.write(encode_agent_message(hello))
+                await _write_or_fail(call, encode_agent_message(hello))
                 first = await asyncio.wait_for(call.read(), timeout=self.settings.request_timeout_s)
                 if not isinstance(first, agent_pb2.SchedulerMessage) or not first.HasField(
                     "welcome"
@@ -291,7 +291,7 @@ class SchedulerLink:
         queue: asyncio.Queue[agent_pb2.AgentMessage | None],
     ) -> None:
         while (message := await queue.get()) is not None:
-            await call.write(message)
+            await _write_or_fail(call, message)
         await call.done_writing()
 
     async def _read(
@@ -338,3 +338,21 @@ class SchedulerLink:
                 self.drain_complete.set()
             case Welcome():
                 log.debug("%s: extra welcome ignored", self.replica)
+
+
+async def _write_or_fail(
+    call: grpc.aio.StreamStreamCall[agent_pb2.AgentMessage, agent_pb2.SchedulerMessage],
+    message: agent_pb2.AgentMessage,
+) -> None:
+    """Write, or raise the call's own error when it has ended already (the scheduler is
+    unreachable, or ended the stream): gRPC says only "RPC already finished"."""
+    try:
+        await call.write(message)
+    except asyncio.InvalidStateError:
+        code = await call.code()
+        raise grpc.aio.AioRpcError(
+            code,
+            await call.initial_metadata(),
+            await call.trailing_metadata(),
+            await call.details(),
+        ) from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Iterator
 from types import TracebackType
@@ -17,9 +18,39 @@ CALL_TIMEOUT_S = 15.0
 
 
 def scheduler_address(flag: str | None, environ: dict[str, str] | None = None) -> str:
-    """`--scheduler`, else GPUPLACE_SCHEDULER, else localhost:9004."""
+    """`--scheduler`, else GPUPLACE_SCHEDULER, else localhost:9004; raises AddressError
+    naming where a bad one came from."""
     env = os.environ if environ is None else environ
-    return flag or env.get(SCHEDULER_ENV) or DEFAULT_SCHEDULER
+    if flag:
+        return check_address(flag, "--scheduler")
+    if env.get(SCHEDULER_ENV):
+        return check_address(env[SCHEDULER_ENV], SCHEDULER_ENV)
+    return DEFAULT_SCHEDULER
+
+
+class AddressError(ValueError):
+    """A scheduler address that is not HOST:PORT."""
+
+
+_HOST_PORT = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):(?P<port>[0-9]+)$")
+
+
+def check_address(address: str, source: str) -> str:
+    """`address` when it is HOST:PORT (an IPv6 host in brackets) or a gRPC `unix:` target."""
+    if address.startswith("unix:"):
+        return address
+    match = _HOST_PORT.match(address)
+    problem = None
+    if match is None:
+        problem = "expected HOST:PORT (a port is required: gRPC would pick 443)"
+    elif not 1 <= int(match["port"]) <= 65535:
+        problem = f"port {int(match['port'])} is out of range (1 to 65535)"
+    if problem:
+        raise AddressError(
+            f"{source} {address[:100]!r}: {problem}, e.g. {DEFAULT_SCHEDULER} (the client API; "
+            "the agent API listens on 9005, HTTP on 9999)"
+        )
+    return address
 
 
 class ClientError(Exception):
@@ -36,6 +67,11 @@ class ClientError(Exception):
         return str(self.code.name)
 
     def describe(self) -> str:
+        if self.code == grpc.StatusCode.UNAVAILABLE and "http1" in self.details.lower():
+            return (
+                f"{self.address} speaks HTTP/1, not gRPC: is it the scheduler's HTTP port "
+                "(9999 by default)? The client API listens on 9004 by default"
+            )
         if self.code == grpc.StatusCode.UNAVAILABLE:
             return (
                 f"cannot reach the scheduler at {self.address} ({self.details}); set --scheduler "
@@ -43,6 +79,13 @@ class ClientError(Exception):
             )
         if self.code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return f"the scheduler at {self.address} did not answer in time"
+        if self.code == grpc.StatusCode.UNIMPLEMENTED and self.details.startswith(
+            "Method not found"
+        ):
+            return (
+                f"{self.address} does not serve gpuplace's client API: is it the scheduler's "
+                "agent port (9005 by default)? The client API listens on 9004 by default"
+            )
         if self.code == grpc.StatusCode.UNIMPLEMENTED:
             return (
                 f"the scheduler at {self.address} does not know this call (an older version?): "

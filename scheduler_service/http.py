@@ -7,8 +7,12 @@ from collections.abc import Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from contract.http_logs import quiet_malformed_requests
+
 
 def build_app(registry: CollectorRegistry, ready: Callable[[], bool]) -> web.Application:
+    quiet_malformed_requests()
+
     async def live(_: web.Request) -> web.Response:
         return web.Response(text="ok\n")
 

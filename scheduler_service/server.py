@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import grpc
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 from prometheus_client import CollectorRegistry
 
 from contract.aio import start_task, stop_tasks
@@ -69,8 +69,24 @@ def _grpc_server(settings: SchedulerSettings, service_name: str, port: int) -> _
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (service_name, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    names = (service_name, health.SERVICE_NAME, reflection.SERVICE_NAME, _REFLECTION_V1)
+    reflection.enable_server_reflection(names, server)
+    # Reflection v1 (what newer grpcurl and Postman ask first) is v1alpha under another
+    # name, message for message: the same servicer answers both.
+    v1 = reflection.aio.ReflectionServicer(names)
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                _REFLECTION_V1,
+                {
+                    "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+                        v1.ServerReflectionInfo,
+                        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+                        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+                    )
+                },
+            ),
+        )
     )
     if port:
         _check_free(settings.host, port, service_name)
@@ -79,6 +95,9 @@ def _grpc_server(settings: SchedulerSettings, service_name: str, port: int) -> _
     except RuntimeError as exc:
         raise ListenError(f"cannot listen on {settings.host}:{port} ({exc})") from None
     return _GrpcServer(server, health_servicer, bound)
+
+
+_REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 
 
 class ListenError(OSError):

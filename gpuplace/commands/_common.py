@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import grpc
 
-from gpuplace.client import DEFAULT_SCHEDULER, SCHEDULER_ENV, ClientError
+from gpuplace.client import DEFAULT_SCHEDULER, SCHEDULER_ENV, AddressError, ClientError
 from gpuplace.output import FORMATS
 from gpuplace.resources import Problem, ResourceError
 
@@ -119,6 +119,9 @@ def guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.
             return report_input_error(exc)
         except ClientError as exc:
             return report_client_error(exc)
+        except AddressError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_INPUT
 
     run.__doc__ = command.__doc__
     return run

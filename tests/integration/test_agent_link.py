@@ -511,3 +511,24 @@ async def test_the_agent_says_when_the_inference_server_serves_another_folder(
             )
     finally:
         await agent.stop()
+
+
+async def test_an_unreachable_scheduler_is_one_line_per_try_without_a_traceback(
+    gpus: FakeNvml, v2: FakeV2Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        nobody = sock.getsockname()[1]
+    caplog.set_level(logging.INFO, logger="agent")
+    agent = Agent(settings_for(v2, nobody, reconnect_initial_s=0.05, reconnect_max_s=0.1))
+    await agent.start()
+    try:
+        await wait_until(
+            lambda: caplog.text.count("reconnecting in") >= 3, what="three tries", timeout=15
+        )
+    finally:
+        await agent.stop()
+    assert not [r for r in caplog.records if r.exc_info], caplog.text
+    assert "UNAVAILABLE" in caplog.text

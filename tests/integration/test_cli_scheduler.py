@@ -296,3 +296,35 @@ async def test_a_partial_placement_shows_as_k_of_n_replicas(
     table = capsys.readouterr().out
     assert table.splitlines()[1].split()[:4] == ["llama3", "1", "Available", "1/2"]
     assert "llama3: partial: 1/2 replicas fit (minReplicas 1); the rest is retried" in table
+
+
+@pytest.mark.parametrize(
+    ("address", "says"),
+    [
+        ("localhost:99999", "port 99999 is out of range (1 to 65535)"),
+        ("localhost", "expected HOST:PORT (a port is required: gRPC would pick 443)"),
+        ("http://localhost:9004", "expected HOST:PORT"),
+    ],
+)
+async def test_a_scheduler_address_that_is_not_host_port_is_refused(
+    address: str, says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert await cli("model", "status", "--scheduler", address) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"error: --scheduler {address!r}: {says}"), error
+
+
+async def test_the_likely_port_mix_ups_are_named(
+    cluster: tuple[SchedulerHandle, SimAgent, SimAgent],
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The CLI names the port it probably meant; the scheduler logs no traceback for a gRPC
+    client on its HTTP port."""
+    scheduler, _, _ = cluster
+    assert await cli("model", "status", "--scheduler", scheduler.agent_address) == 3
+    assert "is it the scheduler's agent port" in capsys.readouterr().err
+    http = scheduler.http_url.removeprefix("http://")
+    assert await cli("model", "status", "--scheduler", http) == 3
+    assert "is it the scheduler's HTTP port" in capsys.readouterr().err
+    assert not [r for r in caplog.records if r.exc_info], caplog.text

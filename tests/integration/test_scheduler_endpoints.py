@@ -94,6 +94,19 @@ async def test_health_and_reflection_on_both_ports(scheduler: SchedulerHandle) -
             async for answer in reflection.ServerReflectionInfo(iter([request])):
                 names = {s.name for s in answer.list_services_response.service}
                 assert service in names
+            # v1, as newer grpcurl asks first: the same messages under another name.
+            v1 = channel.stream_stream(
+                "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+            )
+            symbol = reflection_pb2.ServerReflectionRequest(file_containing_symbol=service)
+            async for answer in v1(iter([request, symbol])):
+                if answer.HasField("list_services_response"):
+                    names = {s.name for s in answer.list_services_response.service}
+                    assert {service, "grpc.reflection.v1.ServerReflection"} <= names
+                else:
+                    assert answer.file_descriptor_response.file_descriptor_proto
 
 
 async def test_watch_streams_every_state_change(
