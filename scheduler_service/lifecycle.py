@@ -49,6 +49,8 @@ from scheduler_service.settings import SchedulerSettings
 
 # A command for one replica's agent.
 Addressed = tuple[Key, Load | Unload]
+# The kind of a load that failed because its agent's stream ended during it.
+DISCONNECTED = "agent_disconnected"
 # The longest reason kept per server, and for the model as a whole.
 MAX_REASON = 300
 MAX_MESSAGE = 2000
@@ -311,6 +313,13 @@ def _hello_copy(
             copy.state = CopyState.AVAILABLE
             copy.deadline = 0.0
             copy.footprint_bytes = dict(loaded.footprint_bytes)
+        elif copy.state in (CopyState.LOAD_FAILED, CopyState.UNLOADED) and _adoptable(
+            record, ctx.cluster.replica(key), loaded.version, ctx.now
+        ):
+            # A load that finished after the scheduler stopped waiting for it (its agent's
+            # stream dropped during it, say), as a late LOADED would be.
+            _adopt(record, key, loaded.version, loaded.footprint_bytes)
+            out.note("info", "model %s: kept the late copy on %s", record.name, replica_id(*key))
         else:
             out.note(
                 "info",
@@ -384,7 +393,7 @@ def on_disconnect(record: ModelRecord, key: Key, ctx: Context) -> Outcome:
     out = Outcome(publish=True)
     if copy.state in IN_FLIGHT:
         reason = "agent disconnected during the load"
-        _load_failed(record, copy, ctx, out, reason=reason, kind="agent_disconnected")
+        _load_failed(record, copy, ctx, out, reason=reason, kind=DISCONNECTED)
     elif ctx.cluster.draining(key) or copy.state == CopyState.UNLOADING:
         del record.copies[key]
     elif copy.state == CopyState.AVAILABLE:
@@ -490,8 +499,9 @@ def _adopt(record: ModelRecord, key: Key, version: int, footprint: Mapping[str, 
 def _load_failed(
     record: ModelRecord, copy: ModelCopy, ctx: Context, out: Outcome, *, reason: str, kind: str
 ) -> None:
-    """The copy's load failed: its replica is excluded for this version for a while, and the
-    model is placed again at once."""
+    """The copy's load failed: its replica is excluded for this version for a while (unless
+    its agent's stream dropped: that is not the replica's doing), and the model is placed
+    again at once."""
     out.note(
         "warning",
         "model %s v%d on %s: load failed (%s): %s",
@@ -509,7 +519,8 @@ def _load_failed(
     copy.reason = reason
     copy.deadline = 0.0
     copy.lost_since = 0.0
-    record.excluded_until[copy.key] = ctx.now + ctx.settings.exclusion_s
+    if kind != DISCONNECTED:  # not the replica's fault: it may take the model when back
+        record.excluded_until[copy.key] = ctx.now + ctx.settings.exclusion_s
     record.load_failures += 1
     record.next_retry_at = 0.0
     out.load_failures.append(kind)

@@ -721,7 +721,8 @@ class SchedulerService:
                     shown[record.name] = record
                 self._act(outcome)
         for record in shown.values():
-            self._publish(record)
+            if record.name not in self._dirty:  # its pass is still to come: shown after it
+                self._publish(record)
         if self._outbox:
             self._kick.set()
         if work.freed:

@@ -157,3 +157,22 @@ async def test_reasons_per_server_are_cut_short(client: Stub, agents: Callable[.
     status = await wait_until(refused, what="a reason from each of the 10 servers")
     assert all(len(r.reason) <= 300 for r in status.server_reasons)
     assert len(status.reason) <= 2000
+
+
+async def test_a_load_its_agent_finished_while_its_stream_was_down_is_kept(
+    client: Stub, agents: Callable[..., Any]
+) -> None:
+    """A pinned model's only agent drops its stream during the load, which finishes: on
+    reconnect its hello reports the copy and the model is Available, nothing unloaded, the
+    replica not excluded."""
+    agent: SimAgent = await agents("solo", silent={"iris"})
+    await load(client, "iris", server="solo")
+    await wait_until(lambda: agent.loads, what="the load sent")
+    await agent.disconnect()
+    agent.loaded["iris"] = 1  # the load finished meanwhile
+    agent.silent.clear()
+    await agent.connect()
+    await available(client, "iris")
+    assert agent.unloads == []
+    status = await client.GetModelStatus(scheduler_pb2.GetModelStatusRequest(name="iris"))
+    assert [(r.server, r.state) for r in status.replicas] == [("solo", "Available")]

@@ -433,7 +433,8 @@ ROWS = [
         on_disconnect(A0, ctx()),
         ModelState.PROGRESSING,
         {"a-0": "LoadFailed"},
-        also=lambda r, o: o.load_failures == ["agent_disconnected"] and A0 in r.excluded_until,
+        # Not the replica's doing: it is not excluded, and may take the model when back.
+        also=lambda r, o: o.load_failures == ["agent_disconnected"] and not r.excluded_until,
     ),
     Row(
         "C7-available-waits-for-its-agent",
@@ -500,11 +501,18 @@ ROWS = [
         {},
     ),
     Row(
-        "C13-hello-reports-a-failed-copy",
+        "C13-hello-reports-a-failed-copy-still-wanted",
         model(copy(A0, FAILED)),
         on_hello(A0, LoadedModel("iris", 1)),
         ModelState.PROGRESSING,
-        {"a-0": "LoadFailed"},
+        {"a-0": "Available"},  # the load finished after all (its stream dropped during it)
+    ),
+    Row(
+        "C13-hello-reports-a-failed-copy-no-longer-wanted",
+        model(copy(A0, FAILED), copy(B0, AVAILABLE), state=ModelState.AVAILABLE),
+        on_hello(A0, LoadedModel("iris", 1)),
+        ModelState.AVAILABLE,
+        {"a-0": "LoadFailed", "b-0": "Available"},
         (("a-0", "Unload", 1),),
     ),
     Row(

@@ -284,8 +284,8 @@ def test_an_event_whose_save_fails_changes_nothing_and_its_news_comes_again(
 ) -> None:
     """The record in memory is never ahead of the saved one: an agent's LOADED whose save
     fails leaves the copy LoadRequested (memory and store agree), and the error ends the
-    agent's stream. Its reconnect is then a stream drop during a load (the copy counts as
-    failed and is unloaded: the reliability issue changes that to an adoption)."""
+    agent's stream. Its reconnect is then a stream drop during a load: the copy its hello
+    reports is kept."""
     store = MemoryStore()
     h = Harness(tmp_path, store=store)
     agent = h.connect("a")
@@ -306,7 +306,7 @@ def test_an_event_whose_save_fails_changes_nothing_and_its_news_comes_again(
     store.save = save  # type: ignore[method-assign]
     h.service.disconnect(agent.session)
     back = h.connect("a", loaded=(LoadedModel("iris", 1),))
-    assert ("iris", 1) in back.unloads()
+    assert back.unloads() == [] and h.state("iris") == (ModelState.AVAILABLE, {"a-0": "Available"})
     memory, saved = h.service.model("iris"), store.saved["iris"]
     assert {k: c.state for k, c in memory.copies.items()} == {
         k: c.state for k, c in saved.copies.items()
@@ -505,6 +505,30 @@ def test_news_in_a_pass_that_cannot_be_committed_ends_its_agents_stream(tmp_path
     assert {k: c.state for k, c in saved.copies.items()} == {
         k: c.state for k, c in h.service.model("iris").copies.items()
     }
+
+
+def test_watchers_see_a_model_as_its_pass_leaves_it_never_between_an_event_and_its_pass(
+    h: Harness,
+) -> None:
+    """An event's change is shown with the pass that follows it (which may undo it: a copy
+    retired, a model being unloaded), never alone: a pass cut short by its budget shows the
+    models it reached, the others after their own pass."""
+    agent = h.connect("a")
+    for name in ("m1", "m2"):
+        h.service.load_model(validate_spec(name))
+    h.service.reconcile()
+    watcher = h.service.watch("")
+    snapshot = watcher.queue.qsize()
+    for _ in range(snapshot):
+        watcher.queue.get_nowait()
+    for name, version in agent.loads():
+        h.service.on_event(agent.session, ModelEvent(EventKind.LOADED, name, version))
+    assert h.service.reconcile(budget=1) is True  # both events applied, m1's pass only
+    shown = [watcher.queue.get_nowait() for _ in range(watcher.queue.qsize())]
+    assert [(r.name, r.state) for r in shown] == [("m1", ModelState.AVAILABLE)]
+    h.service.reconcile()
+    shown = [watcher.queue.get_nowait() for _ in range(watcher.queue.qsize())]
+    assert [(r.name, r.state) for r in shown] == [("m2", ModelState.AVAILABLE)]
 
 
 class CountingBatches(Store):
