@@ -38,7 +38,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
-from urllib.parse import unquote, urlparse, urlsplit, urlunsplit
+from urllib.parse import unquote, urlparse, urlsplit
 
 import aiohttp
 
@@ -46,6 +46,7 @@ from agent.storage import ObjectStores, Progress
 from agent.storage_config import METRIC_LABELS, SCHEME_FAMILIES, StorageError, scrub
 from contract.names import check_name
 from contract.quantity import format_bytes
+from contract.spec_rules import redact
 
 log = logging.getLogger(__name__)
 
@@ -753,19 +754,6 @@ def scheme_label(storage_uri: str) -> str:
         return "http"
     family = SCHEME_FAMILIES.get(scheme)
     return METRIC_LABELS[family] if family else "remote"
-
-
-def redact(url: str) -> str:
-    """`url` without its user:password and its query string (a signature, a token), as
-    every message and log line shows a storageUri. A plain path is returned unchanged."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "(an unparseable URI)"
-    if not parts.scheme or len(parts.scheme) == 1:  # a path, or a Windows drive letter
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def _redact_text(text: str, url: str) -> str:

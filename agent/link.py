@@ -36,6 +36,7 @@ from contract.protocol import (
     Unload,
     Welcome,
 )
+from contract.tls import TlsError
 from contract.wire import decode_command, encode_agent_message
 from protos import agent_pb2, agent_pb2_grpc
 
@@ -184,7 +185,7 @@ class SchedulerLink:
                     self.replica,
                     self.settings.request_timeout_s,
                 )
-            except BadHandshake as exc:
+            except (BadHandshake, TlsError) as exc:
                 log.warning("%s: handshake with the scheduler failed: %s", self.replica, exc)
             except Exception:
                 log.exception("%s: stream to the scheduler failed", self.replica)
@@ -234,9 +235,14 @@ class SchedulerLink:
             ("grpc.keepalive_timeout_ms", 10_000),
             ("grpc.keepalive_permit_without_calls", 1),
         ]
-        async with grpc.aio.insecure_channel(
-            self.settings.scheduler_address, options=options
-        ) as channel:
+        tls = self.settings.client_tls()
+        if tls is None:
+            channel = grpc.aio.insecure_channel(self.settings.scheduler_address, options=options)
+        else:
+            channel = grpc.aio.secure_channel(
+                self.settings.scheduler_address, tls.credentials(), options + tls.options()
+            )
+        async with channel:
             stub = agent_pb2_grpc.AgentServiceStub(channel)
             call = stub.Connect()
             # Queue events from now on: whatever completes after the hello is built is sent

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import threading
 from collections.abc import Awaitable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +41,7 @@ from agent.settings import AgentSettings
 from agent.storage import ObjectStores
 from contract import __version__
 from contract.aio import start_task, stop_tasks
+from contract.tls import TlsError
 
 log = logging.getLogger(__name__)
 
@@ -330,6 +332,13 @@ async def _until(
 
 def run(settings: AgentSettings) -> int:
     """Run the agent until it has drained and stopped; the exit code."""
+    tls = settings.client_tls()
+    try:
+        if tls is not None:
+            tls.credentials()  # the files are read at every connection: fail now, once
+    except TlsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     code, stuck = run_bounded(run_agent(settings), EXECUTOR_GRACE_S)
     if stuck:
         # Worker threads (a large copy, a hung NVML call) would keep the process alive past

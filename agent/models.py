@@ -44,6 +44,7 @@ from agent.storage import ObjectStores
 from contract.names import InvalidName, is_dns1123_label
 from contract.protocol import EventKind, GpuDevice, Load, LoadedModel, ModelEvent, Unload
 from contract.quantity import format_bytes
+from contract.spec_rules import redact
 from placement import DeviceShortfall, NamedShortfall, Policy, fit_devices
 
 log = logging.getLogger(__name__)
@@ -509,7 +510,7 @@ class ModelManager:
             name,
             version,
             self.replica,
-            artifacts.redact(request.storage_uri.strip()),
+            redact(request.storage_uri.strip()),
             format_bytes(size),
             elapsed,
         )

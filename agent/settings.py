@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from contract.names import check_name, replica_id, split_pod_name
 from contract.protocol import MAX_OVERCOMMIT_PERCENTAGE
 from contract.quantity import parse_bytes
+from contract.tls import ClientTls
 
 
 def _comma_list(value: Any) -> Any:
@@ -183,6 +184,20 @@ class AgentSettings(BaseSettings):
     reconnect_max_s: float = Field(
         30.0, gt=0, description="longest back-off between reconnects to the scheduler"
     )
+    tls_ca: Path | None = Field(
+        None,
+        description="CA (PEM) that signed the scheduler's certificate: connect with TLS and "
+        "verify it",
+    )
+    tls_cert: Path | None = Field(
+        None, description="this agent's certificate (PEM), for a scheduler that asks (mTLS)"
+    )
+    tls_key: Path | None = Field(None, description="this agent's private key (PEM)")
+    tls_server_name: str = Field(
+        "",
+        description="the name the scheduler's certificate carries, when it is not "
+        "SELDON_SCHEDULER_HOST",
+    )
     http_host: str = Field("0.0.0.0", description="address the HTTP endpoints bind to")
     readiness_port: int = Field(
         9008, ge=0, le=65535, description="HTTP port for /ready and /live (0: any free)"
@@ -216,7 +231,17 @@ class AgentSettings(BaseSettings):
     def _backoff(self) -> AgentSettings:
         if self.reconnect_max_s < self.reconnect_initial_s:
             raise ValueError("reconnect_max_s must be at least reconnect_initial_s")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together")
+        if self.tls_cert is not None and self.tls_ca is None:
+            raise ValueError("--tls-cert needs --tls-ca (the scheduler is verified first)")
         return self
+
+    def client_tls(self) -> ClientTls | None:
+        """TLS to the scheduler, when a CA to verify it is given."""
+        if self.tls_ca is None:
+            return None
+        return ClientTls(self.tls_ca, self.tls_cert, self.tls_key, self.tls_server_name)
 
     @property
     def server(self) -> str:

@@ -71,7 +71,10 @@ def describe_error(settings_cls: type[BaseSettings], error: ValidationError) -> 
     """One line per bad setting, naming the flag and the environment variable."""
     lines = []
     for item in error.errors():
-        reported = str(item["loc"][0]) if item["loc"] else "?"
+        if not item["loc"]:  # a rule across settings: its message names them
+            lines.append(f"invalid settings: {item['msg'].removeprefix('Value error, ')}")
+            continue
+        reported = str(item["loc"][0])
         field = _field_of(settings_cls, reported)
         if field is None:
             lines.append(f"invalid setting {reported} = {item.get('input')!r}: {item['msg']}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 # The schemes the agent fetches from: local, HTTP, and object stores (Google Cloud Storage,
 # Amazon S3 and compatibles, Azure Blob Storage).
@@ -128,3 +128,16 @@ def is_gpu_resource(name: str) -> bool:
     """A Kubernetes resource of NVIDIA's device plugin that gives a container GPUs: whole
     GPUs, time-sliced shares (`renameByDefault`) and MIG profiles (the "mixed" strategy)."""
     return name in ("nvidia.com/gpu", "nvidia.com/gpu.shared") or name.startswith("nvidia.com/mig-")
+
+
+def redact(url: str) -> str:
+    """`url` without its user:password and its query string (a signature, a token), as
+    every message and log line shows a storageUri. A plain path is returned unchanged."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "(an unparseable URI)"
+    if not parts.scheme or len(parts.scheme) == 1:  # a path, or a Windows drive letter
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))

@@ -28,6 +28,7 @@ from contract.protocol import (
     Unload,
     Welcome,
 )
+from contract.tls import ClientTls
 from contract.wire import decode_command, encode_agent_message
 from protos import agent_pb2, agent_pb2_grpc
 
@@ -66,6 +67,8 @@ class SimAgent:
     fail: dict[str, str] = field(default_factory=dict)
     fail_memory: set[str] = field(default_factory=set)
     silent: set[str] = field(default_factory=set)
+    # Connect with TLS (and a client certificate, for a scheduler that asks for one).
+    tls: ClientTls | None = None
     # The GPU memory a load of a model reports having taken, per device uuid (default none).
     footprints: dict[str, dict[str, int]] = field(default_factory=dict)
     # State and what was seen.
@@ -103,7 +106,12 @@ class SimAgent:
         """Open the stream and send the hello (with what it holds)."""
         self._outgoing = asyncio.Queue()
         self._outgoing.put_nowait(self.hello())
-        self._channel = grpc.aio.insecure_channel(self.address)
+        if self.tls is None:
+            self._channel = grpc.aio.insecure_channel(self.address)
+        else:
+            self._channel = grpc.aio.secure_channel(
+                self.address, self.tls.credentials(), self.tls.options()
+            )
         stub = agent_pb2_grpc.AgentServiceStub(self._channel)
         call = stub.Connect(self._requests())
         self._call = call

@@ -10,6 +10,7 @@ from types import TracebackType
 
 import grpc
 
+from contract.tls import ClientTls
 from protos import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 
 DEFAULT_SCHEDULER = "localhost:9004"
@@ -103,11 +104,24 @@ def _error(address: str, exc: grpc.RpcError) -> ClientError:
 class SchedulerClient:
     """One channel to the scheduler; each method is one call; errors become ClientError."""
 
-    def __init__(self, address: str, *, timeout_s: float = CALL_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        address: str,
+        *,
+        timeout_s: float = CALL_TIMEOUT_S,
+        tls: ClientTls | None = None,
+        token: str = "",
+    ) -> None:
+        """`tls`: connect with TLS (and a client certificate, for a scheduler that asks);
+        `token`: the bearer token every call carries."""
         self.address = address
         self.timeout_s = timeout_s
-        self._channel = grpc.insecure_channel(address)
+        if tls is None:
+            self._channel = grpc.insecure_channel(address)
+        else:
+            self._channel = grpc.secure_channel(address, tls.credentials(), tls.options())
         self._stub = scheduler_pb2_grpc.SchedulerStub(self._channel)
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
 
     def __enter__(self) -> SchedulerClient:
         return self
@@ -126,7 +140,9 @@ class SchedulerClient:
     def load(self, spec: common_pb2.ModelSpec) -> scheduler_pb2.LoadModelResponse:
         try:
             return self._stub.LoadModel(
-                scheduler_pb2.LoadModelRequest(model=spec), timeout=self.timeout_s
+                scheduler_pb2.LoadModelRequest(model=spec),
+                timeout=self.timeout_s,
+                metadata=self._metadata,
             )
         except grpc.RpcError as exc:
             raise _error(self.address, exc) from None
@@ -135,7 +151,9 @@ class SchedulerClient:
         """Where the scheduler would place the model now, and why; nothing is loaded."""
         try:
             return self._stub.PlanModel(
-                scheduler_pb2.PlanModelRequest(model=spec), timeout=self.timeout_s
+                scheduler_pb2.PlanModelRequest(model=spec),
+                timeout=self.timeout_s,
+                metadata=self._metadata,
             )
         except grpc.RpcError as exc:
             raise _error(self.address, exc) from None
@@ -143,7 +161,9 @@ class SchedulerClient:
     def unload(self, name: str) -> None:
         try:
             self._stub.UnloadModel(
-                scheduler_pb2.UnloadModelRequest(name=name), timeout=self.timeout_s
+                scheduler_pb2.UnloadModelRequest(name=name),
+                timeout=self.timeout_s,
+                metadata=self._metadata,
             )
         except grpc.RpcError as exc:
             raise _error(self.address, exc) from None
@@ -151,7 +171,9 @@ class SchedulerClient:
     def model(self, name: str) -> scheduler_pb2.ModelStatus:
         try:
             return self._stub.GetModelStatus(
-                scheduler_pb2.GetModelStatusRequest(name=name), timeout=self.timeout_s
+                scheduler_pb2.GetModelStatusRequest(name=name),
+                timeout=self.timeout_s,
+                metadata=self._metadata,
             )
         except grpc.RpcError as exc:
             raise _error(self.address, exc) from None
@@ -163,7 +185,9 @@ class SchedulerClient:
         while True:
             request = scheduler_pb2.ListModelsRequest(page_size=page_size, page_token=token)
             try:
-                reply = self._stub.ListModels(request, timeout=self.timeout_s)
+                reply = self._stub.ListModels(
+                    request, timeout=self.timeout_s, metadata=self._metadata
+                )
             except grpc.RpcError as exc:
                 raise _error(self.address, exc) from None
             found.extend(reply.models)
@@ -174,7 +198,7 @@ class SchedulerClient:
     def servers(self) -> list[scheduler_pb2.ServerStatus]:
         try:
             reply = self._stub.ListServers(
-                scheduler_pb2.ListServersRequest(), timeout=self.timeout_s
+                scheduler_pb2.ListServersRequest(), timeout=self.timeout_s, metadata=self._metadata
             )
         except grpc.RpcError as exc:
             raise _error(self.address, exc) from None
@@ -189,7 +213,7 @@ class SchedulerClient:
         if remaining <= 0:
             return
         call = self._stub.WatchModels(
-            scheduler_pb2.WatchModelsRequest(name=name), timeout=remaining
+            scheduler_pb2.WatchModelsRequest(name=name), timeout=remaining, metadata=self._metadata
         )
         try:
             yield from call

@@ -64,6 +64,8 @@ SERVER_CONFIG_ANNOTATION = "gpuplace/server-config"
 STORAGE_SECRETS_PATH = "/etc/gpuplace/storage-secrets"
 STORAGE_SECRETS_VARIABLE = "GPUPLACE_AGENT_STORAGE_SECRETS_DIR"
 STORAGE_SECRET_VOLUME = "gpuplace-storage-secret-{index}"
+TLS_PATH = "/etc/gpuplace/tls"
+TLS_VOLUME = "gpuplace-tls"
 # The kubelet's PodResources API: the agent asks it which GPUs the inference container has.
 POD_RESOURCES_PATH = "/var/lib/kubelet/pod-resources"
 POD_RESOURCES_VOLUME = "gpuplace-pod-resources"
@@ -187,9 +189,13 @@ class RenderSettings:
     inference_container: str | None = None
     # Secrets mounted read-only into every agent at <STORAGE_SECRETS_PATH>/<name>/.
     storage_secrets: tuple[str, ...] = ()
+    # A Secret as cert-manager writes it (ca.crt, tls.crt, tls.key): every agent verifies
+    # the scheduler with ca.crt and shows tls.crt (mutual TLS). "": plaintext.
+    tls_secret: str = ""
 
     def __post_init__(self) -> None:
-        problems = [p for p in map(storage_secret_problem, self.storage_secrets) if p]
+        secrets = (*self.storage_secrets, *((self.tls_secret,) if self.tls_secret else ()))
+        problems = [p for p in map(storage_secret_problem, secrets) if p]
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -660,6 +666,20 @@ def mount_storage_secrets(
         )
 
 
+def mount_tls(pod: dict[str, Any], agent: dict[str, Any], secret: str) -> None:
+    """The TLS Secret read-only at TLS_PATH in the agent, and the agent told to use it."""
+    if not secret:
+        return
+    pod.setdefault("volumes", []).append(
+        {"name": TLS_VOLUME, "secret": {"secretName": secret, "defaultMode": 0o400}}
+    )
+    agent.setdefault("volumeMounts", []).append(
+        {"name": TLS_VOLUME, "mountPath": TLS_PATH, "readOnly": True}
+    )
+    for setting, file in (("TLS_CA", "ca.crt"), ("TLS_CERT", "tls.crt"), ("TLS_KEY", "tls.key")):
+        _set_default_env(agent, f"GPUPLACE_AGENT_{setting}", value=f"{TLS_PATH}/{file}")
+
+
 def check_images(resolved: ResolvedServer, pod: dict[str, Any]) -> None:
     """Every container of the merged pod needs an image: name each one without."""
     problems = [
@@ -755,6 +775,7 @@ def add_agent(
     elif _uses_gpus(inference):
         give_agent_the_gpus(pod, inference, agent)
     mount_storage_secrets(pod, agent, settings.storage_secrets)
+    mount_tls(pod, agent, settings.tls_secret)
     _set_default_env(
         agent,
         "GPUPLACE_AGENT_LOCAL_ARTIFACT_ROOTS",

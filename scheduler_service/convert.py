@@ -3,6 +3,7 @@ shared conversion: contract.wire.)"""
 
 from __future__ import annotations
 
+from contract.spec_rules import redact
 from contract.wire import device_to_proto
 from placement.types import Replica
 from protos import common_pb2, scheduler_pb2
@@ -33,9 +34,11 @@ def spec_from_proto(spec: common_pb2.ModelSpec) -> ModelSpec:
 
 
 def spec_to_proto(spec: ModelSpec) -> common_pb2.ModelSpec:
+    """The spec as statuses show it: the storageUri without a user:password or a query string
+    (a presigned URL's signature, a SAS token), which only the agent that loads it gets."""
     message = common_pb2.ModelSpec(
         name=spec.name,
-        storage_uri=spec.storage_uri,
+        storage_uri=redact(spec.storage_uri),
         requirements=spec.requirements,
         server=spec.server,
         memory=spec.memory,

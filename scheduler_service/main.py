@@ -12,6 +12,8 @@ import logging
 import signal
 import sys
 
+from contract.tls import TlsError
+from scheduler_service.auth import TokenError
 from scheduler_service.server import ListenError, running
 from scheduler_service.settings import SchedulerSettings
 from scheduler_service.store import StoreError
@@ -33,7 +35,7 @@ def run(settings: SchedulerSettings) -> int:
     """Serve until SIGTERM or SIGINT; the exit code."""
     try:
         asyncio.run(serve(settings))
-    except (StoreError, ListenError) as exc:
+    except (StoreError, ListenError, TlsError, TokenError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # the HTTP port (aiohttp)

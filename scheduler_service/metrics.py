@@ -130,6 +130,13 @@ class SchedulerMetrics:
             "Placements made again after a failed load or a refusal",
             registry=registry,
         )
+        self.auth_refusals = Counter(
+            "gpuplace_scheduler_auth_refusals",
+            "Calls refused for a missing or wrong bearer token, by API (a client without a "
+            "trusted certificate is refused by TLS itself, before any call)",
+            ["api"],
+            registry=registry,
+        )
         self.loop_errors = Counter(
             "gpuplace_scheduler_reconcile_errors",
             "Reconcile passes that failed outside any one model's pass (a bug; the loop goes "

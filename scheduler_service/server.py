@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import ExitStack, asynccontextmanager
 from dataclasses import dataclass
 
@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from contract.aio import start_task, stop_tasks
 from protos import agent_pb2, scheduler_pb2
+from scheduler_service.auth import BearerToken, read_token
 from scheduler_service.http import build_app
 from scheduler_service.metrics import SchedulerMetrics
 from scheduler_service.service import Clock, SchedulerService
@@ -49,10 +50,18 @@ class _GrpcServer:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
 
-def _grpc_server(settings: SchedulerSettings, service_name: str, port: int) -> _GrpcServer:
-    """A gRPC server with health checking and reflection, bound to `port` (0: any)."""
+def _grpc_server(
+    settings: SchedulerSettings,
+    service_name: str,
+    port: int,
+    tls: grpc.ServerCredentials | None,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+) -> _GrpcServer:
+    """A gRPC server with health checking and reflection, bound to `port` (0: any), with
+    TLS when `tls` is given."""
     limit = settings.max_message_bytes
     server = grpc.aio.server(
+        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
@@ -65,7 +74,7 @@ def _grpc_server(settings: SchedulerSettings, service_name: str, port: int) -> _
             ("grpc.so_reuseport", 0),
             ("grpc.keepalive_time_ms", 20_000),
             ("grpc.keepalive_timeout_ms", 10_000),
-        ]
+        ],
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -90,8 +99,9 @@ def _grpc_server(settings: SchedulerSettings, service_name: str, port: int) -> _
     )
     if port:
         _check_free(settings.host, port, service_name)
+    address = f"{settings.host}:{port}"
     try:
-        bound = server.add_insecure_port(f"{settings.host}:{port}")
+        bound = server.add_secure_port(address, tls) if tls else server.add_insecure_port(address)
     except RuntimeError as exc:
         raise ListenError(f"cannot listen on {settings.host}:{port} ({exc})") from None
     return _GrpcServer(server, health_servicer, bound)
@@ -156,10 +166,17 @@ async def _serving(
     registry: CollectorRegistry,
     clock: Clock | None,
 ) -> AsyncIterator[RunningScheduler]:
-    service = SchedulerService(settings, store, SchedulerMetrics(registry), clock)
-    client = _grpc_server(settings, _CLIENT_SERVICE, settings.port)
+    metrics = SchedulerMetrics(registry)
+    service = SchedulerService(settings, store, metrics, clock)
+    server_tls = settings.server_tls()
+    tls = server_tls.credentials() if server_tls else None
+    interceptors = []
+    if settings.client_token_file is not None:
+        token = read_token(settings.client_token_file)
+        interceptors.append(BearerToken(token, metrics.auth_refusals.labels("client")))
+    client = _grpc_server(settings, _CLIENT_SERVICE, settings.port, tls, interceptors)
     register(client.server, ClientServicer(service), _SERVICES[_CLIENT_SERVICE])
-    agent = _grpc_server(settings, _AGENT_SERVICE, settings.agent_port)
+    agent = _grpc_server(settings, _AGENT_SERVICE, settings.agent_port, tls)
     register(
         agent.server,
         AgentServicer(service, settings.agent_queue_size),

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from contract.tls import ServerTls
 from placement.types import Policy
 
 
@@ -67,3 +68,30 @@ class SchedulerSettings(BaseSettings):
         description="a model that declares no gpuMemory or no memory is placed, once a load of "
         "its artifact was measured, with the largest measured figure plus this many percent",
     )
+    tls_cert: Path | None = Field(
+        None, description="server certificate (PEM) for both gRPC ports; with --tls-key: TLS"
+    )
+    tls_key: Path | None = Field(None, description="the server certificate's private key (PEM)")
+    tls_client_ca: Path | None = Field(
+        None,
+        description="CA (PEM) whose certificates clients must present on both gRPC ports "
+        "(mutual TLS: agents and the CLI); needs --tls-cert",
+    )
+    client_token_file: Path | None = Field(
+        None,
+        description="file holding the bearer token every client API call must carry "
+        "(authorization: Bearer ...); health checks are exempt",
+    )
+
+    @model_validator(mode="after")
+    def _tls_pairs(self) -> SchedulerSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key (mutual TLS)")
+        return self
+
+    def server_tls(self) -> ServerTls | None:
+        if self.tls_cert is None or self.tls_key is None:
+            return None
+        return ServerTls(self.tls_cert, self.tls_key, self.tls_client_ca)

@@ -110,6 +110,18 @@ _BUSY_TIMEOUT_S = 0.05
 _SYNCHRONOUS = {"normal": "NORMAL", "full": "FULL"}
 
 
+def _owner_only(path: Path) -> None:
+    """The state file readable and writable by its owner alone (it holds every model's
+    storageUri, which may carry a signed URL's token); SQLite gives its -wal and -shm files
+    the same mode. Created so when missing, narrowed when wider."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def state_file_lock(path: Path) -> Iterator[None]:
     """Hold `<path>.lock` exclusively while the scheduler runs: two schedulers on one state
@@ -125,7 +137,7 @@ def state_file_lock(path: Path) -> Iterator[None]:
 def _lock(path: Path) -> TextIO:
     lock_path = path.with_name(path.name + ".lock")
     try:
-        handle = open(lock_path, "a+")  # noqa: SIM115 - held until close()
+        handle = os.fdopen(os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600), "r+")
     except OSError as exc:
         raise StoreError(
             f"{path}: cannot use the state file ({exc.strerror}: {lock_path}); is its folder "
@@ -159,6 +171,7 @@ class Store:
         self._rows: dict[str, dict[Key, _Row]] = {}  # each model's replica rows as written
         self._batched = False  # inside `batch`: saves are savepoints of its transaction
         try:
+            _owner_only(path)
             # A busy file (another program writing it) fails a pass at once, to be tried
             # again, instead of holding the event loop while SQLite waits.
             self._db = sqlite3.connect(path, isolation_level=None, timeout=_BUSY_TIMEOUT_S)
@@ -169,7 +182,7 @@ class Store:
             # Writable? (A read-only file opens, reads, and would fail every load later.)
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute("ROLLBACK")
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise StoreError(
                 f"{path}: cannot use the state file ({exc}); is it a gpuplace state file, "
                 "and are it and its folder there and writable? (--db / GPUPLACE_SCHEDULER_DB)"

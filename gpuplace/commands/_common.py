@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 
-from gpuplace.client import DEFAULT_SCHEDULER, SCHEDULER_ENV, AddressError, ClientError
+from contract.tls import ClientTls, TlsError
+from gpuplace.client import (
+    DEFAULT_SCHEDULER,
+    SCHEDULER_ENV,
+    AddressError,
+    ClientError,
+    SchedulerClient,
+    scheduler_address,
+)
 from gpuplace.output import FORMATS
 from gpuplace.resources import Problem, ResourceError
 
@@ -46,6 +56,20 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
+# The flags that say how to reach the scheduler, and their environment variables.
+_TLS_FLAGS = {
+    "tls_ca": ("--tls-ca", "GPUPLACE_TLS_CA", "CA (PEM) that signed the scheduler's certificate: "
+               "connect with TLS and verify it"),
+    "tls_cert": ("--tls-cert", "GPUPLACE_TLS_CERT", "your certificate (PEM), for a scheduler "
+                 "that asks for one (mutual TLS)"),
+    "tls_key": ("--tls-key", "GPUPLACE_TLS_KEY", "your certificate's private key (PEM)"),
+    "tls_server_name": ("--tls-server-name", "GPUPLACE_TLS_SERVER_NAME", "the name the "
+                        "scheduler's certificate carries, when it is not the host connected to"),
+    "token_file": ("--token-file", "GPUPLACE_TOKEN_FILE", "file holding the bearer token the "
+                   "scheduler's client API asks for"),
+}  # fmt: skip
+
+
 def add_scheduler_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--scheduler",
@@ -53,6 +77,44 @@ def add_scheduler_option(parser: argparse.ArgumentParser) -> None:
         default=None,
         help=f"the scheduler's client API [env {SCHEDULER_ENV}; default {DEFAULT_SCHEDULER}]",
     )
+    for dest, (flag, env, what) in _TLS_FLAGS.items():
+        parser.add_argument(flag, dest=dest, default=None, help=f"{what} [env {env}]")
+
+
+def connect(args: argparse.Namespace) -> SchedulerClient:
+    """A client of the scheduler the flags (else the environment) name, over TLS and with
+    a bearer token when they say so; AddressError or ConnectionSetupError when they are
+    not usable."""
+    given = {
+        dest: getattr(args, dest, None) or os.environ.get(env) or None
+        for dest, (_, env, _) in _TLS_FLAGS.items()
+    }
+    tls = None
+    if given["tls_ca"]:
+        tls = ClientTls(
+            Path(given["tls_ca"]),
+            Path(given["tls_cert"]) if given["tls_cert"] else None,
+            Path(given["tls_key"]) if given["tls_key"] else None,
+            given["tls_server_name"] or "",
+        )
+    elif given["tls_cert"] or given["tls_key"]:
+        raise ConnectionSetupError("--tls-cert and --tls-key need --tls-ca (GPUPLACE_TLS_CA)")
+    token = ""
+    if given["token_file"]:
+        try:
+            token = Path(given["token_file"]).read_text().strip()
+        except OSError as exc:
+            raise ConnectionSetupError(
+                f"--token-file {given['token_file']}: {exc.strerror or exc}"
+            ) from None
+    try:
+        return SchedulerClient(scheduler_address(args.scheduler), tls=tls, token=token)
+    except TlsError as exc:
+        raise ConnectionSetupError(str(exc)) from None
+
+
+class ConnectionSetupError(ValueError):
+    """TLS or token settings that cannot be used."""
 
 
 def add_output_option(parser: argparse.ArgumentParser, choices: tuple[str, ...] = FORMATS) -> None:
@@ -119,7 +181,7 @@ def guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.
             return report_input_error(exc)
         except ClientError as exc:
             return report_client_error(exc)
-        except AddressError as exc:
+        except (AddressError, ConnectionSetupError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_INPUT
 

@@ -9,13 +9,14 @@ from typing import Any
 import grpc
 
 from contract.names import replica_id
-from gpuplace.client import ClientError, SchedulerClient, scheduler_address
+from gpuplace.client import ClientError
 from gpuplace.commands._common import (
     EXIT_FAILED,
     EXIT_OK,
     add_files_option,
     add_output_option,
     add_scheduler_option,
+    connect,
     guarded,
     print_warnings,
 )
@@ -159,7 +160,7 @@ def model_text(status: scheduler_pb2.ModelStatus, labels: dict[str, str]) -> str
 
 
 def model_command(args: argparse.Namespace) -> int:
-    with SchedulerClient(scheduler_address(args.scheduler)) as client:
+    with connect(args) as client:
         try:
             status = client.model(args.name)
         except ClientError as exc:

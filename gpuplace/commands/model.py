@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import grpc
 
 from contract.names import replica_id
-from gpuplace.client import ClientError, SchedulerClient, scheduler_address
+from gpuplace.client import ClientError, SchedulerClient
 from gpuplace.commands._common import (
     EXIT_FAILED,
     EXIT_INPUT,
@@ -20,6 +20,7 @@ from gpuplace.commands._common import (
     add_files_option,
     add_output_option,
     add_scheduler_option,
+    connect,
     guarded,
     parse_duration,
     print_warnings,
@@ -193,7 +194,7 @@ def load_command(args: argparse.Namespace) -> int:
     if args.dry_run == "client":
         return _checked(specs, args.output)
     sent: dict[str, int] = {}
-    with SchedulerClient(scheduler_address(args.scheduler)) as client:
+    with connect(args) as client:
         if args.dry_run == "server":
             return _planned(client, specs, args.output)
         replies, code = _ask_each(specs, client.load)
@@ -267,7 +268,7 @@ def _planned(client: SchedulerClient, specs: list[common_pb2.ModelSpec], output:
 def unload_command(args: argparse.Namespace) -> int:
     code = EXIT_OK
     gone: dict[str, int] = {}
-    with SchedulerClient(scheduler_address(args.scheduler)) as client:
+    with connect(args) as client:
         for name in args.names:
             try:
                 client.unload(name)
@@ -289,7 +290,7 @@ def unload_command(args: argparse.Namespace) -> int:
 
 
 def status_command(args: argparse.Namespace) -> int:
-    with SchedulerClient(scheduler_address(args.scheduler)) as client:
+    with connect(args) as client:
         if args.name:
             try:
                 statuses = [client.model(args.name)]
@@ -317,7 +318,7 @@ def status_command(args: argparse.Namespace) -> int:
 
 
 def wait_command(args: argparse.Namespace) -> int:
-    with SchedulerClient(scheduler_address(args.scheduler)) as client:
+    with connect(args) as client:
         try:
             results = wait_models(
                 client, {args.name: 0}, goal=args.goal, timeout_s=args.timeout, progress=Progress()

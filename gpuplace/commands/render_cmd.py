@@ -11,6 +11,7 @@ from gpuplace.output import dump
 from gpuplace.render import (
     INFERENCE_CONTAINERS,
     STORAGE_SECRETS_PATH,
+    TLS_PATH,
     RenderSettings,
     render_bundle,
     storage_secret_problem,
@@ -65,6 +66,15 @@ def register(commands: Any) -> None:
         f"read-only into every agent at {STORAGE_SECRETS_PATH}/NAME/ (repeatable)",
     )
     render.add_argument(
+        "--tls-secret",
+        metavar="NAME",
+        default=None,
+        type=_secret_name,
+        help="a Secret as cert-manager writes it (ca.crt, tls.crt, tls.key), mounted into every "
+        f"agent at {TLS_PATH}: the agent verifies the scheduler with ca.crt and shows "
+        "tls.crt (for a scheduler with TLS, and mutual TLS)",
+    )
+    render.add_argument(
         "--namespace",
         default=None,
         help="namespace of resources that name none (default: none set)",
@@ -90,6 +100,7 @@ def render_command(args: argparse.Namespace) -> int:
         namespace=args.namespace,
         inference_container=args.inference_container,
         storage_secrets=tuple(args.storage_secrets),
+        tls_secret=args.tls_secret or "",
     )
     rendered = render_bundle(bundle, settings)
     print_warnings(rendered.warnings)

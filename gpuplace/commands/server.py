@@ -6,12 +6,12 @@ import argparse
 import sys
 from typing import Any
 
-from gpuplace.client import SchedulerClient, scheduler_address
 from gpuplace.commands._common import (
     EXIT_FAILED,
     EXIT_OK,
     add_output_option,
     add_scheduler_option,
+    connect,
     guarded,
 )
 from gpuplace.output import dump, server_to_dict, servers_table
@@ -35,7 +35,7 @@ def register(commands: Any) -> None:
 
 
 def status_command(args: argparse.Namespace) -> int:
-    with SchedulerClient(scheduler_address(args.scheduler)) as client:
+    with connect(args) as client:
         servers = sorted(client.servers(), key=lambda server: server.name)
     if args.name:
         servers = [server for server in servers if server.name == args.name]

@@ -311,8 +311,38 @@ def test_chart_defaults_are_the_schedulers_defaults() -> None:
         default = fields[field].default
         parsed = SchedulerSettings.model_validate({field: value})
         assert getattr(parsed, field) == default, f"{name}={value!r}, scheduler default {default!r}"
-    # every setting but the db has a value in the chart
-    assert {f"{SCHEDULER_ENV_PREFIX}{f.upper()}" for f in fields} == set(env)
+    # every setting but the db has a value in the chart; TLS and the token only when their
+    # Secrets are named (below)
+    assert {f"{SCHEDULER_ENV_PREFIX}{f.upper()}" for f in fields if f not in FROM_SECRETS} == set(
+        env
+    )
+
+
+FROM_SECRETS = {"tls_cert", "tls_key", "tls_client_ca", "client_token_file"}
+
+
+def test_tls_and_the_token_come_from_the_secrets_the_values_name() -> None:
+    manifests = template(
+        {"tls.secretName": "gpuplace-tls", "tls.clientAuth": "true", "auth.tokenSecret": "tok"}
+    )
+    container = scheduler_container(manifests)
+    env = env_of(container)
+    assert {name: env[f"{SCHEDULER_ENV_PREFIX}{name.upper()}"] for name in FROM_SECRETS} == {
+        "tls_cert": "/etc/gpuplace/tls/tls.crt",
+        "tls_key": "/etc/gpuplace/tls/tls.key",
+        "tls_client_ca": "/etc/gpuplace/tls/ca.crt",
+        "client_token_file": "/etc/gpuplace/token/token",
+    }
+    volumes = {
+        v["name"]: v["secret"]["secretName"]
+        for v in one(manifests, "Deployment")["spec"]["template"]["spec"]["volumes"]
+        if "secret" in v
+    }
+    assert volumes == {"tls": "gpuplace-tls", "token": "tok"}
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts["tls"] == "/etc/gpuplace/tls" and mounts["token"] == "/etc/gpuplace/token"
+    server_only = env_of(scheduler_container(template({"tls.secretName": "gpuplace-tls"})))
+    assert f"{SCHEDULER_ENV_PREFIX}TLS_CLIENT_CA" not in server_only  # TLS, not mutual
 
 
 def test_values_reach_the_container_as_environment_and_parse(

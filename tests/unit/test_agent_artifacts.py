@@ -19,10 +19,10 @@ from agent.artifacts import (
     Placement,
     Record,
     fetch,
-    redact,
     scheme_label,
 )
 from contract.names import InvalidName
+from contract.spec_rules import redact
 
 SKLEARN = {"implementation": "mlserver_sklearn.SKLearnModel"}
 HUGGINGFACE = {"implementation": "mlserver_huggingface.HuggingFaceRuntime"}

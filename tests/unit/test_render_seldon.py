@@ -513,6 +513,29 @@ def test_a_storage_secret_must_be_a_secret_name() -> None:
     assert SUBDOMAIN_RULE in str(caught.value)
 
 
+def test_a_tls_secret_makes_every_agent_verify_the_scheduler_and_show_its_certificate() -> None:
+    rendered = render(server(config="mlserver"), settings=RenderSettings(tls_secret="agent-tls"))
+    pod = pod_of(rendered)
+    agent = by_name(pod["containers"])["agent"]
+    assert {k: v for k, v in env(agent).items() if k.startswith("GPUPLACE_AGENT_TLS")} == {
+        "GPUPLACE_AGENT_TLS_CA": "/etc/gpuplace/tls/ca.crt",
+        "GPUPLACE_AGENT_TLS_CERT": "/etc/gpuplace/tls/tls.crt",
+        "GPUPLACE_AGENT_TLS_KEY": "/etc/gpuplace/tls/tls.key",
+    }
+    (mount,) = [m for m in agent["volumeMounts"] if m["mountPath"] == "/etc/gpuplace/tls"]
+    assert mount["readOnly"] is True
+    assert by_name(pod["volumes"])[mount["name"]]["secret"] == {
+        "secretName": "agent-tls",
+        "defaultMode": 0o400,
+    }
+    inference = by_name(pod["containers"])["mlserver"]
+    assert "/etc/gpuplace/tls" not in {m["mountPath"] for m in inference.get("volumeMounts", [])}
+    for manifest in rendered.manifests:
+        kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
+    with pytest.raises(ValueError, match="'Agent_TLS' is not a Secret name"):
+        RenderSettings(tls_secret="Agent_TLS")
+
+
 def test_the_agent_reads_mlservers_metrics_port_for_host_memory() -> None:
     containers = (
         "      - name: mlserver\n"
