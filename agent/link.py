@@ -24,6 +24,7 @@ from agent.settings import AgentSettings
 from contract import __version__
 from contract.aio import stop_tasks
 from contract.errors import InvalidArgument
+from contract.grpc_tls import channel_credentials
 from contract.protocol import (
     AgentMessage,
     DrainComplete,
@@ -240,7 +241,7 @@ class SchedulerLink:
             channel = grpc.aio.insecure_channel(self.settings.scheduler_address, options=options)
         else:
             channel = grpc.aio.secure_channel(
-                self.settings.scheduler_address, tls.credentials(), options + tls.options()
+                self.settings.scheduler_address, channel_credentials(tls), options + tls.options()
             )
         async with channel:
             stub = agent_pb2_grpc.AgentServiceStub(channel)

@@ -41,6 +41,7 @@ from agent.settings import AgentSettings
 from agent.storage import ObjectStores
 from contract import __version__
 from contract.aio import start_task, stop_tasks
+from contract.grpc_tls import channel_credentials
 from contract.tls import TlsError
 
 log = logging.getLogger(__name__)
@@ -335,7 +336,7 @@ def run(settings: AgentSettings) -> int:
     tls = settings.client_tls()
     try:
         if tls is not None:
-            tls.credentials()  # the files are read at every connection: fail now, once
+            channel_credentials(tls)  # the files are read at every connection: fail now, once
     except TlsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,22 +1,20 @@
-"""TLS for the two gRPC APIs: the scheduler's server credentials (mutual TLS when a client
-CA is given), and the credentials the agent and the CLI connect with. Files are PEM, as
-cert-manager writes them into a Secret (tls.crt, tls.key, ca.crt)."""
+"""TLS for the two gRPC APIs, as settings: the scheduler's certificate (and the CA its
+clients' must come from, for mutual TLS), and what the agent and the CLI trust and show.
+Files are PEM, as cert-manager writes them into a Secret (tls.crt, tls.key, ca.crt).
+`contract.grpc_tls` makes gRPC credentials of them; this module stays free of gRPC (the
+settings import it)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # imported when credentials are made: settings stay free of gRPC
-    import grpc
 
 
 class TlsError(ValueError):
     """A certificate or key file that cannot be used: names the setting and the file."""
 
 
-def _read(path: Path, setting: str) -> bytes:
+def read_pem(path: Path, setting: str) -> bytes:
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -35,17 +33,6 @@ class ServerTls:
     key: Path
     client_ca: Path | None = None
 
-    def credentials(self) -> grpc.ServerCredentials:
-        import grpc
-
-        return grpc.ssl_server_credentials(
-            [(_read(self.key, "--tls-key"), _read(self.cert, "--tls-cert"))],
-            root_certificates=(
-                _read(self.client_ca, "--tls-client-ca") if self.client_ca else None
-            ),
-            require_client_auth=self.client_ca is not None,
-        )
-
 
 @dataclass(frozen=True)
 class ClientTls:
@@ -58,17 +45,6 @@ class ClientTls:
     cert: Path | None = None
     key: Path | None = None
     server_name: str = ""
-
-    def credentials(self) -> grpc.ChannelCredentials:
-        import grpc
-
-        if (self.cert is None) != (self.key is None):
-            raise TlsError("a client certificate needs its key, and a key its certificate")
-        return grpc.ssl_channel_credentials(
-            root_certificates=_read(self.ca, "--tls-ca"),
-            private_key=_read(self.key, "--tls-key") if self.key else None,
-            certificate_chain=_read(self.cert, "--tls-cert") if self.cert else None,
-        )
 
     def options(self) -> list[tuple[str, str]]:
         return [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []

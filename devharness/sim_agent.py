@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 
+from contract.grpc_tls import channel_credentials
 from contract.protocol import (
     AgentMessage,
     DrainComplete,
@@ -110,7 +111,7 @@ class SimAgent:
             self._channel = grpc.aio.insecure_channel(self.address)
         else:
             self._channel = grpc.aio.secure_channel(
-                self.address, self.tls.credentials(), self.tls.options()
+                self.address, channel_credentials(self.tls), self.tls.options()
             )
         stub = agent_pb2_grpc.AgentServiceStub(self._channel)
         call = stub.Connect(self._requests())

@@ -10,6 +10,7 @@ from types import TracebackType
 
 import grpc
 
+from contract.grpc_tls import channel_credentials
 from contract.tls import ClientTls
 from protos import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 
@@ -119,7 +120,7 @@ class SchedulerClient:
         if tls is None:
             self._channel = grpc.insecure_channel(address)
         else:
-            self._channel = grpc.secure_channel(address, tls.credentials(), tls.options())
+            self._channel = grpc.secure_channel(address, channel_credentials(tls), tls.options())
         self._stub = scheduler_pb2_grpc.SchedulerStub(self._channel)
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
 

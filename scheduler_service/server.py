@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from prometheus_client import CollectorRegistry
 
 from contract.aio import start_task, stop_tasks
+from contract.grpc_tls import server_credentials
 from protos import agent_pb2, scheduler_pb2
 from scheduler_service.auth import BearerToken, read_token
 from scheduler_service.http import build_app
@@ -169,7 +170,7 @@ async def _serving(
     metrics = SchedulerMetrics(registry)
     service = SchedulerService(settings, store, metrics, clock)
     server_tls = settings.server_tls()
-    tls = server_tls.credentials() if server_tls else None
+    tls = server_credentials(server_tls) if server_tls else None
     interceptors = []
     if settings.client_token_file is not None:
         token = read_token(settings.client_token_file)

@@ -15,6 +15,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from contract.grpc_tls import channel_credentials
 from contract.tls import ClientTls
 from devharness.sim_agent import SimAgent
 from gpuplace.cli import main
@@ -143,7 +144,7 @@ async def test_health_needs_no_token(secured: Secured) -> None:
     pair = secured.trusted.client("probe")
     tls = ClientTls(secured.trusted.ca, pair.cert, pair.key)
     async with grpc.aio.secure_channel(
-        secured.scheduler.client_address, tls.credentials()
+        secured.scheduler.client_address, channel_credentials(tls)
     ) as channel:
         reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
