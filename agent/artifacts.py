@@ -468,6 +468,29 @@ def _inside(root: str, path: str) -> bool:
     return real == root or real.startswith(root + os.sep)
 
 
+# Members an archive may have: a model is a few files to a few thousand (100,000 empty files
+# took 78 s to unpack, and as long to remove again).
+MAX_MEMBERS = 10_000
+
+
+def _check_count(archive: str, count: int) -> None:
+    if count > MAX_MEMBERS:
+        raise ArtifactError(
+            f"{archive}: more than {MAX_MEMBERS:,} members; an artifact may have at most "
+            f"{MAX_MEMBERS:,}; refused"
+        )
+
+
+def _bounded_members(archive_name: str, archive: tarfile.TarFile) -> list[tarfile.TarInfo]:
+    """The tar's members, read one header at a time and refused past MAX_MEMBERS (a tar has
+    no index: getmembers() would read them all first)."""
+    members: list[tarfile.TarInfo] = []
+    for member in archive:
+        members.append(member)
+        _check_count(archive_name, len(members))
+    return members
+
+
 def _check_total(archive: str, total: int, limit: int) -> None:
     if total > limit:
         raise ArtifactError(
@@ -528,7 +551,7 @@ def _extract_tar(path: Path, into: Path, limit: int) -> None:
         raise ArtifactError(f"{path.name}: not a readable tar archive: {exc}") from exc
     try:
         with archive:
-            members = archive.getmembers()
+            members = _bounded_members(path.name, archive)
             files: set[tuple[str, ...]] = set()
             total = 0
             for member in members:
@@ -604,6 +627,7 @@ def _extract_zip(path: Path, into: Path, limit: int) -> None:
     try:
         with archive:
             infos = archive.infolist()
+            _check_count(path.name, len(infos))
             total = 0
             for info in infos:
                 why = _safe_member_name(info.filename)

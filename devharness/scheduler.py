@@ -87,7 +87,11 @@ class SchedulerProcess:
             match = _READY.search(text)
             return (int(match[1]), int(match[2]), int(match[3])) if match else None
 
-        self.ports = wait_until_sync(ready, timeout=30, what="the scheduler to be ready")
+        try:
+            self.ports = wait_until_sync(ready, timeout=30, what="the scheduler to be ready")
+        except BaseException:
+            self.stop()  # never leave a scheduler that did not get ready running
+            raise
         return self
 
     def kill(self) -> None:

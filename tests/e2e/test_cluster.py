@@ -481,6 +481,32 @@ def test_scheduler_sigkill_and_restart_keeps_every_model_without_a_second_load(
     assert loads_after == loads_before
 
 
+def test_an_agent_sigkilled_and_started_again_keeps_its_models_without_a_second_load(
+    cluster: LocalCluster, iris_artifacts: IrisArtifacts, tmp_path: Path
+) -> None:
+    """The agent of a replica is SIGKILLed (MLServer keeps running) and started again within
+    the grace: its hello reports what MLServer holds, the model stays where it was, and
+    MLServer loads nothing again."""
+    load(cluster, tmp_path, model("steady", iris_artifacts.with_settings, server="mlserver"))
+    where = available_on(status(cluster, "steady"))
+    (replica,) = [r for r in cluster.replicas if r.name in where]
+    loads = replica.mlserver.load_events("steady")
+    assert loads == 1
+    replica.agent.kill()
+    replica.agent.start()
+    cluster.wait_connected(timeout=60)
+
+    def back() -> dict[str, Any] | None:
+        now = status(cluster, "steady")
+        return now if now["state"] == "Available" and available_on(now) == where else None
+
+    assert wait_until_sync(back, timeout=30, interval=0.2, what="steady back where it was")
+    assert_served(cluster, "steady", where)
+    assert replica.mlserver.load_events("steady") == loads
+    assert "model steady on " in replica.agent.log_text()
+    assert "already loaded (version 1)" in replica.agent.log_text()  # read back from MLServer
+
+
 def test_shutdown_leaves_no_process_behind(cluster: LocalCluster) -> None:
     """The cluster stops cleanly: every model unloaded, every agent exits 0, no scheduler,
     agent or MLServer process is left (checked by pid, process group and command line)."""

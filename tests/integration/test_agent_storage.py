@@ -407,7 +407,8 @@ async def test_a_tampered_azure_signature_is_refused_without_showing_it(
     caplog.set_level(logging.DEBUG)
     url = azure.container_sas_url(BUCKET)
     signature = url.partition("sig=")[2].split("&")[0]
-    tampered = url.replace(signature, "A" + signature[1:])
+    # Another first character (the same one, 1 time in 64, left it valid: a flaky test).
+    tampered = url.replace(signature, ("B" if signature[0] == "A" else "A") + signature[1:])
     remote = {"type": "azureblob", "name": "az", "parameters": {"sas_url": tampered}}
     write_storage_secret(secrets, "sas", remote)
     message = await failure(repo, stores, f"az://{BUCKET}/iris", "sas")

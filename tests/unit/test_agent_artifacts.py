@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from agent.artifacts import (
+    MAX_MEMBERS,
     MODEL_SETTINGS,
     ArtifactError,
     ModelRepository,
@@ -473,6 +474,26 @@ def test_archives_larger_than_the_limit_are_refused(tmp_path: Path, kind: str) -
     with pytest.raises(ArtifactError, match="max_artifact_bytes"):
         repo.unpack_if_archive(archive)
     assert not (staged / "a").exists()
+
+
+@pytest.mark.parametrize("kind", ["tar", "zip"])
+def test_archives_with_too_many_members_are_refused_before_any_is_written(
+    tmp_path: Path, kind: str
+) -> None:
+    repo = ModelRepository(tmp_path / "models")
+    repo.prepare()
+    staged = repo.new_staging_folder("m")
+    names = [f"f{number}" for number in range(MAX_MEMBERS + 1)]
+    if kind == "tar":
+        archive = make_tar(staged / "model.tar", [file_member(name) for name in names], data=b"")
+    else:
+        archive = staged / "model.zip"
+        with zipfile.ZipFile(archive, "w") as out:
+            for name in names:
+                out.writestr(name, b"")
+    with pytest.raises(ArtifactError, match="more than 10,000 members"):
+        repo.unpack_if_archive(archive)
+    assert not (staged / "f0").exists()
 
 
 async def test_local_copies_larger_than_the_limit_are_refused(tmp_path: Path) -> None:
