@@ -182,6 +182,7 @@ class Agent:
         if self._stopping.is_set():
             return
         self._tasks.append(start_task(self.link.run(), name="scheduler link"))
+        self._tasks.append(start_task(self.manager.watch_server(), name="lost-model check"))
         self.linked.set()
 
     async def drain_and_stop(self, force: asyncio.Event | None = None) -> None:

@@ -14,6 +14,8 @@ the scheduler charges and learns it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import time
 from collections import Counter
@@ -48,6 +50,8 @@ from contract.spec_rules import redact
 from placement import DeviceShortfall, NamedShortfall, Policy, fit_devices
 
 log = logging.getLogger(__name__)
+# How often the inference server's index is read for models it lost (a restart).
+LOST_CHECK_S = 5.0
 
 
 class Overlaps:
@@ -234,8 +238,8 @@ class ModelManager:
         self.after_change = after_change
         self.loaded: dict[str, LoadedModel] = {}
         self._slots = asyncio.Semaphore(max_concurrent_loads)
-        self._tails: dict[str, asyncio.Task[ModelEvent]] = {}
-        self._running: set[asyncio.Task[ModelEvent]] = set()
+        self._tails: dict[str, asyncio.Task[ModelEvent | None]] = {}
+        self._running: set[asyncio.Task[ModelEvent | None]] = set()
         self._device_locks: dict[str, asyncio.Lock] = {}
         # How often each device's lock was taken: a device no one took meanwhile had no
         # load or unload of this agent changing its memory.
@@ -252,23 +256,25 @@ class ModelManager:
 
     # -- scheduling -----------------------------------------------------------------------
 
-    def load(self, request: Load) -> asyncio.Task[ModelEvent]:
+    def load(self, request: Load) -> asyncio.Task[ModelEvent | None]:
         """Queue a load after every earlier command for the same model."""
         return self._chain(request.model, lambda: self._timed_load(request))
 
-    def unload(self, request: Unload) -> asyncio.Task[ModelEvent]:
+    def unload(self, request: Unload) -> asyncio.Task[ModelEvent | None]:
         """Queue an unload after every earlier command for the same model."""
         return self._chain(request.model, lambda: self._timed_unload(request))
 
     def _chain(
-        self, name: str, work: Callable[[], Awaitable[ModelEvent]]
-    ) -> asyncio.Task[ModelEvent]:
+        self, name: str, work: Callable[[], Awaitable[ModelEvent | None]]
+    ) -> asyncio.Task[ModelEvent | None]:
         previous = self._tails.get(name)
 
-        async def run() -> ModelEvent:
+        async def run() -> ModelEvent | None:
             if previous is not None:
                 await asyncio.wait([previous])
             event = await work()
+            if event is None:  # nothing to tell
+                return None
             self.emit(event)
             if self.after_change is not None and event.kind in (
                 EventKind.LOADED,
@@ -281,7 +287,7 @@ class ModelManager:
         self._tails[name] = task
         self._running.add(task)
 
-        def done(finished: asyncio.Task[ModelEvent]) -> None:
+        def done(finished: asyncio.Task[ModelEvent | None]) -> None:
             self._running.discard(finished)
             if self._tails.get(name) is finished:
                 del self._tails[name]
@@ -319,6 +325,52 @@ class ModelManager:
         ]
         results = await asyncio.gather(*tasks, return_exceptions=True)
         return [result for result in results if isinstance(result, ModelEvent)]
+
+    # -- an inference server that lost its models -----------------------------------------
+
+    async def watch_server(self, interval_s: float = LOST_CHECK_S) -> None:
+        """Every `interval_s`, look for models this agent loaded that the inference server
+        no longer holds ready (it restarted, or was killed): each is loaded again from its
+        folder, after any command for it that is queued."""
+        while True:
+            await asyncio.sleep(interval_s)
+            if not self.loaded:
+                continue
+            try:
+                entries = await self.inference.index()
+            except InferenceServerError:
+                continue  # down for now (restarting): looked at again next time
+            ready = {entry.name for entry in entries if entry.ready}
+            for name in sorted(set(self.loaded) - ready - set(self._tails)):
+                self._chain(name, functools.partial(self._recover, name))
+
+    async def _recover(self, name: str) -> ModelEvent | None:
+        """Load `name` again from its folder, if the inference server still lacks it. When
+        that fails it is forgotten here and reported unloaded: the scheduler places it
+        again (on this replica or another)."""
+        current = self.loaded.get(name)
+        if current is None or await self._server_holds(name) is not False:
+            return None  # unloaded meanwhile, back already, or the index cannot be read
+        version = current.version
+        try:
+            with self._server_calls.track():
+                await self.inference.load(name)
+        except InferenceServerError as exc:
+            message = f"the inference server lost it and could not load it again: {exc}"
+            log.warning("model %s v%d on %s: %s", name, version, self.replica, message)
+            self._forget(name)
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(self.repository.remove, name)
+            return ModelEvent(EventKind.UNLOADED, name, version, message)
+        log.warning(
+            "model %s v%d on %s: the inference server had lost it (restarted?); loaded again",
+            name,
+            version,
+            self.replica,
+        )
+        return ModelEvent(
+            EventKind.LOADED, name, version, footprint_bytes=dict(current.footprint_bytes)
+        )
 
     # -- restore --------------------------------------------------------------------------
 

@@ -507,6 +507,30 @@ def test_an_agent_sigkilled_and_started_again_keeps_its_models_without_a_second_
     assert "already loaded (version 1)" in replica.agent.log_text()  # read back from MLServer
 
 
+def test_mlserver_sigkilled_and_started_again_gets_its_models_back(
+    cluster: LocalCluster, iris_artifacts: IrisArtifacts, tmp_path: Path
+) -> None:
+    """MLServer is SIGKILLed and started again (it loads nothing by itself): the agent finds
+    the model gone from its index and loads it again from its folder; the scheduler's copy
+    stays where it was."""
+    load(cluster, tmp_path, model("phoenix", iris_artifacts.with_settings, server="mlserver"))
+    where = available_on(status(cluster, "phoenix"))
+    (replica,) = [r for r in cluster.replicas if r.name in where]
+    replica.mlserver.kill()
+    replica.mlserver.start()
+
+    def served() -> bool:
+        return "phoenix" in {
+            entry["name"] for entry in replica.mlserver.repository_index(ready=True)
+        }
+
+    assert wait_until_sync(served, timeout=60, interval=0.5, what="phoenix loaded again")
+    assert status(cluster, "phoenix")["state"] == "Available"
+    assert available_on(status(cluster, "phoenix")) == where
+    assert_served(cluster, "phoenix", where)
+    assert "had lost it (restarted?); loaded again" in replica.agent.log_text()
+
+
 def test_shutdown_leaves_no_process_behind(cluster: LocalCluster) -> None:
     """The cluster stops cleanly: every model unloaded, every agent exits 0, no scheduler,
     agent or MLServer process is left (checked by pid, process group and command line)."""

@@ -419,6 +419,28 @@ async def test_an_unload_waits_for_a_load_measuring_the_same_device(tmp_path: Pa
     assert h.probe.by_uuid["GPU-0"].free_bytes == 60 * GiB
 
 
+async def test_a_model_the_inference_server_lost_is_loaded_again(tmp_path: Path) -> None:
+    """MLServer restarted (its models gone, their folders still there): the agent loads
+    each again and says LOADED (the scheduler's copy stays Available); one that cannot be
+    loaded again is forgotten and reported UNLOADED, so the scheduler places it again."""
+    h = make(tmp_path)
+    for name in ("iris", "wine"):
+        await h.manager.load(load(h, name))
+    h.events.clear()
+    h.inference.loaded.clear()  # a restart
+    h.inference.fail["wine"] = "out of memory"
+    watching = asyncio.create_task(h.manager.watch_server(interval_s=0.01))
+    try:
+        await wait_until(lambda: len(h.events) == 2, what="both looked at")
+    finally:
+        watching.cancel()
+    by_name = {event.model: event for event in h.events}
+    assert by_name["iris"].kind == EventKind.LOADED and "iris" in h.inference.loaded
+    assert by_name["wine"].kind == EventKind.UNLOADED
+    assert "could not load it again: out of memory" in by_name["wine"].message
+    assert set(h.manager.loaded) == {"iris"} and not (h.repository.root / "wine").exists()
+
+
 async def test_an_unreadable_index_forgets_nothing(tmp_path: Path) -> None:
     """The same version again while MLServer stalls: LOAD_FAILED, model and folder kept."""
     h = make(tmp_path, gpu("GPU-0", 40))
