@@ -167,6 +167,11 @@ class _Work:
     # An event said an unload ended: a replica has room again.
     freed: bool = False
 
+    def remember(self, record: ModelRecord) -> None:
+        """Keep `record` as it is now, unless the transaction changed it already."""
+        if record.name not in self.befores:
+            self.befores[record.name] = record.clone()
+
     def sessions(self, names: Iterable[str] | None = None) -> list[AgentSession]:
         """The agents whose news the models `names` (None: all) hold."""
         found: dict[int, AgentSession] = {}
@@ -499,7 +504,7 @@ class SchedulerService:
         if record is None:
             outcome = lifecycle.on_event(None, session.key, event, ctx)
         else:
-            work.befores.setdefault(record.name, record.clone())
+            work.remember(record)
             work.sources.setdefault(record.name, {})[id(session)] = session
             outcome = lifecycle.on_event(record, session.key, event, ctx)
             if outcome.publish:
@@ -747,7 +752,7 @@ class SchedulerService:
         """One model's pass, added to `work`; if it fails (e.g. its save), the model goes
         back to what was saved (see `_failed`)."""
         if record.name not in work.created:
-            work.befores.setdefault(record.name, record.clone())
+            work.remember(record)
         try:
             outcome = self._reconcile_model(record, now, work)
         except Exception as exc:
