@@ -137,6 +137,12 @@ class SchedulerMetrics:
             ["api"],
             registry=registry,
         )
+        self.state_write_errors = Counter(
+            "gpuplace_scheduler_state_write_errors",
+            "Changes the state file could not take (a model's save, a whole pass, a hello): "
+            "each was undone and is tried again",
+            registry=registry,
+        )
         self.loop_errors = Counter(
             "gpuplace_scheduler_reconcile_errors",
             "Reconcile passes that failed outside any one model's pass (a bug; the loop goes "

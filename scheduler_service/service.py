@@ -602,6 +602,7 @@ class SchedulerService:
             outcome = decision(record)
             self._settle(record, outcome)
         except Exception:
+            self._metrics.state_write_errors.inc()
             self._models[before.name] = before
             self._mark(before.name)
             raise
@@ -775,6 +776,7 @@ class SchedulerService:
         again after a back-off, and the agents whose news it held are closed (their next
         hello tells it again)."""
         log.error("model %s: reconcile failed; trying again", name, exc_info=exc)
+        self._metrics.state_write_errors.inc()
         work.failed[name] = exc
         work.unsaved.discard(name)
         if name in work.created:
@@ -816,6 +818,7 @@ class SchedulerService:
         back to what was saved, nothing it decided is shown or sent, and each is tried again
         after a back-off (those it never reached too). The requests it held get the error;
         the agents whose news it held are closed: their next hello tells it again."""
+        self._metrics.state_write_errors.inc()
         for before in work.befores.values():
             self._restore(before, now)
         for name in work.created:
