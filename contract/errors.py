@@ -25,4 +25,7 @@ class ResourceExhausted(GpuplaceError):
 
 
 class AlreadyExists(GpuplaceError):
-    """Something of that name is live already (a replica's agent)."""
+    """Something of that name is live already (a replica's agent); `holder`: who has it,
+    for the log (not told to the caller)."""
+
+    holder: str = ""

@@ -84,6 +84,10 @@ MAX_OVERCOMMIT_PERCENTAGE = 1000
 MAX_DEVICES = 256
 # The longest message an event carries: it becomes a copy's reason, shown in every status.
 MAX_EVENT_MESSAGE = 2000
+# Capabilities one replica may advertise, and the longest string of a hello (a capability,
+# a device's name or uuid): they are shown in every server status and keyed.
+MAX_CAPABILITIES = 256
+MAX_TEXT = 253
 
 
 @dataclass(frozen=True)

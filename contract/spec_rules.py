@@ -48,13 +48,20 @@ def storage_uri_problem(uri: str, secret_name: str = "") -> str | None:
         return "contains a control character (a newline, a NUL, ...); refused"
     try:
         parts = urlsplit(uri)
-        port = parts.port
     except ValueError as exc:
         return f"not a valid URI: {exc}"
+    try:
+        port = parts.port
+    except ValueError:  # its text may hold a piece of a password: not echoed
+        return "not a valid URI: what follows the host's ':' is not a port number"
+    if not parts.scheme and parts.netloc:
+        return "a URI without a scheme ('//host/...'): name one (https://, gs://, ...)"
     scheme = parts.scheme.lower()
     if len(scheme) == 1:  # a Windows drive letter is not a scheme we know either
         scheme = "?"
     if scheme in STORAGE_SCHEMES:
+        if scheme in ("http", "https") and not parts.hostname:
+            return f"{scheme}:// needs a host: {scheme}://<host>/<path>"
         if scheme in OBJECT_STORE_SCHEMES and not parts.netloc:
             return f"{scheme}:// needs a bucket (or container): {scheme}://<bucket>/<path>"
         if scheme in OBJECT_STORE_SCHEMES and (parts.username is not None or port is not None):
@@ -140,4 +147,27 @@ def redact(url: str) -> str:
     if not parts.scheme or len(parts.scheme) == 1:  # a path, or a Windows drive letter
         return url
     host = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+    # Path parameters (`;sig=...`) go too: a signature may sit there as well.
+    return urlunsplit((parts.scheme, host, parts.path.split(";", 1)[0], "", ""))
+
+
+def scrub_uri(text: str, uri: str) -> str:
+    """`text` (an agent's message, say) with `uri` in it shown as `redact` shows it, and its
+    secrets (user:password, query, path parameters) taken out wherever else they appear."""
+    if not text or not uri:
+        return text
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return text
+    text = text.replace(uri, redact(uri))
+    secrets = (
+        parts.query,
+        parts.netloc.rpartition("@")[0],
+        parts.password or "",
+        parts.path.partition(";")[2],
+    )
+    for secret in secrets:
+        if len(secret) >= 4:
+            text = text.replace(secret, "…")
+    return text

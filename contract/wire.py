@@ -14,9 +14,11 @@ from collections.abc import Mapping
 from contract.errors import InvalidArgument
 from contract.names import InvalidName, check_name
 from contract.protocol import (
+    MAX_CAPABILITIES,
     MAX_DEVICES,
     MAX_EVENT_MESSAGE,
     MAX_OVERCOMMIT_PERCENTAGE,
+    MAX_TEXT,
     AgentMessage,
     Command,
     DrainComplete,
@@ -106,7 +108,17 @@ def _devices_from_proto(devices: list[common_pb2.GpuDevice], where: str) -> tupl
     for number, device in enumerate(decoded):
         for name in ("total_bytes", "free_bytes", "used_bytes"):
             _size(f"{where}[{number}].{name}", getattr(device, name))
+        for name in ("uuid", "name", "parent_uuid", "compute_capability"):
+            _short(f"{where}[{number}].{name}", getattr(device, name))
     return decoded
+
+
+def _short(where: str, text: str, limit: int = MAX_TEXT) -> str:
+    """A string an agent sent that is shown or keyed (a device's name, a capability):
+    refused when longer than `limit`."""
+    if len(text) > limit:
+        raise InvalidArgument(where, f"{len(text):,} characters; at most {limit}")
+    return text
 
 
 # ------------------------------------------------------------------ agent -> scheduler
@@ -194,6 +206,13 @@ def _hello_from_proto(hello: agent_pb2.Hello) -> Hello:
     _name("hello.server_name", hello.server_name)
     for model in hello.loaded_models:
         _name("hello.loaded_models.name", model.name)
+    if len(hello.capabilities) > MAX_CAPABILITIES:
+        raise InvalidArgument(
+            "hello.capabilities", f"{len(hello.capabilities)}; at most {MAX_CAPABILITIES}"
+        )
+    for capability in hello.capabilities:
+        _short("hello.capabilities", capability)
+    _short("hello.agent_version", hello.agent_version, 64)
     if hello.overcommit_percentage > MAX_OVERCOMMIT_PERCENTAGE:
         raise InvalidArgument(
             "hello.overcommit_percentage",

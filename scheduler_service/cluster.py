@@ -76,6 +76,16 @@ class AgentSession:
         self.on_change()
         return sum(gpu.free_bytes for gpu in self.gpus.values()) > before
 
+    def measured_on_own_devices(self, footprint: Mapping[str, int]) -> dict[str, int]:
+        """`footprint` as this replica can have taken it: on its own devices only, at most
+        each device's total (what an agent reports beyond that is not believed: it would be
+        learned for every model of the artifact)."""
+        return {
+            uuid: min(size, gpu.total_bytes)
+            for uuid, size in footprint.items()
+            if (gpu := self.gpus.get(uuid)) is not None
+        }
+
     def charge(self, footprint: Mapping[str, int]) -> None:
         """Until the agent measures again, count a fresh load's memory as used."""
         for uuid, size in footprint.items():
@@ -84,7 +94,7 @@ class AgentSession:
                 self.gpus[uuid] = replace(
                     gpu,
                     free_bytes=max(0, gpu.free_bytes - size),
-                    used_bytes=gpu.used_bytes + size,
+                    used_bytes=min(gpu.total_bytes, gpu.used_bytes + size),
                 )
                 self.on_change()
 
@@ -180,12 +190,13 @@ class Cluster:
         )
         previous = self.sessions.get(session.key)
         if previous is not None and previous.connected:
-            raise AlreadyExists(
-                f"replica {replica_id(*session.key)} is connected already (from "
-                f"{previous.peer or 'another agent'}, since {_clock(previous.joined_at)}): "
-                "two agents with the same POD_NAME? This one is refused while that stream "
-                "is open"
+            refused = AlreadyExists(
+                f"replica {replica_id(*session.key)} is connected already (since "
+                f"{_clock(previous.joined_at)}): two agents with the same POD_NAME? This one "
+                "is refused while that stream is open"
             )
+            refused.holder = previous.peer  # for the scheduler's log, not for the caller
+            raise refused
         session.joined_at = now
         self.sessions[session.key] = session
         session.on_change = lambda: self._changed(session)

@@ -8,7 +8,13 @@ from enum import StrEnum
 
 from contract import spec_rules as rules
 from contract.errors import InvalidArgument
-from contract.names import SUBDOMAIN_RULE, InvalidName, check_name, is_dns1123_subdomain
+from contract.names import (
+    SUBDOMAIN_RULE,
+    InvalidName,
+    check_name,
+    is_dns1123_subdomain,
+    shown,
+)
 from contract.protocol import Load
 from contract.quantity import QuantityError, parse_bytes
 from placement.schedule import least_replicas
@@ -219,7 +225,7 @@ def validate_spec(
         field_name = str(exc).split(":", 1)[0]
         raise InvalidArgument(field_name, str(exc).split(": ", 1)[1]) from None
     if secret_name and not is_dns1123_subdomain(secret_name):
-        raise InvalidArgument("model.secretName", f"{secret_name!r} is not {SUBDOMAIN_RULE}")
+        raise InvalidArgument("model.secretName", f"{shown(secret_name)} is not {SUBDOMAIN_RULE}")
     count = 1 if replicas is None else replicas
     memory_bytes = _bytes("model.memory", memory)
     gpu_memory_bytes = _bytes("model.gpuMemory", gpu_memory)

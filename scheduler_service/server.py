@@ -169,15 +169,18 @@ async def _serving(
 ) -> AsyncIterator[RunningScheduler]:
     metrics = SchedulerMetrics(registry)
     service = SchedulerService(settings, store, metrics, clock)
-    server_tls = settings.server_tls()
-    tls = server_credentials(server_tls) if server_tls else None
+    tls = agent_tls = None
+    if (client_side := settings.server_tls()) is not None:
+        tls = server_credentials(client_side)
+    if (agent_side := settings.server_tls(agents=True)) is not None:
+        agent_tls = server_credentials(agent_side)
     interceptors = []
     if settings.client_token_file is not None:
         token = read_token(settings.client_token_file)
         interceptors.append(BearerToken(token, metrics.auth_refusals.labels("client")))
     client = _grpc_server(settings, _CLIENT_SERVICE, settings.port, tls, interceptors)
     register(client.server, ClientServicer(service), _SERVICES[_CLIENT_SERVICE])
-    agent = _grpc_server(settings, _AGENT_SERVICE, settings.agent_port, tls)
+    agent = _grpc_server(settings, _AGENT_SERVICE, settings.agent_port, agent_tls)
     register(
         agent.server,
         AgentServicer(service, settings.agent_queue_size),

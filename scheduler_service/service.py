@@ -20,13 +20,14 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from contract.errors import GpuplaceError, NotFound, ResourceExhausted
 from contract.names import replica_id, shown
 from contract.protocol import Command, GpuDevice, Hello, ModelEvent, Welcome
 from contract.quantity import format_bytes
+from contract.spec_rules import scrub_uri
 from placement import Replica, schedule
 from scheduler_service import lifecycle
 from scheduler_service.cluster import AgentSession, Cluster
@@ -428,7 +429,12 @@ class SchedulerService:
         hello, key = session.hello, session.key
         ctx = self._context(now)
         session.send(Welcome())
-        reported = {loaded.name: loaded for loaded in hello.loaded}
+        reported = {
+            loaded.name: replace(
+                loaded, footprint_bytes=session.measured_on_own_devices(loaded.footprint_bytes)
+            )
+            for loaded in hello.loaded
+        }
         for name in sorted(set(reported) | self._holding(key)):
             record = self._models.get(name)
             if record is None:
@@ -444,7 +450,7 @@ class SchedulerService:
         log.info(
             "replica %s connected: capabilities=%s memory=%d gpus=%d loaded=%d",
             replica_id(*key),
-            ",".join(sorted(hello.capabilities)),
+            shown(",".join(sorted(hello.capabilities)), 300),
             hello.memory_bytes,
             len(hello.devices),
             len(hello.loaded),
@@ -501,6 +507,11 @@ class SchedulerService:
         saved once, by its pass or at the end (`work.unsaved`)."""
         record = self._models.get(event.model)
         ctx = self._context(now)
+        event = replace(
+            event,
+            footprint_bytes=session.measured_on_own_devices(event.footprint_bytes),
+            message=scrub_uri(event.message, record.spec.storage_uri if record else ""),
+        )
         if record is None:
             outcome = lifecycle.on_event(None, session.key, event, ctx)
         else:

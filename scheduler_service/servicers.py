@@ -36,7 +36,8 @@ _CODES: dict[type[GpuplaceError], grpc.StatusCode] = {
     NotFound: grpc.StatusCode.NOT_FOUND,
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
-_HELLO_TIMEOUT_S = 30.0
+# A stream that says nothing is dropped after this long (a silent stream holds memory).
+_HELLO_TIMEOUT_S = 10.0
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
@@ -239,7 +240,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         try:
             session = self._service.connect(hello, send, close, peer=context.peer())
         except AlreadyExists as exc:
-            log.warning("%s", exc)
+            log.warning("%s (held by %s; refused: %s)", exc, exc.holder, context.peer())
             await _abort(context, exc)
         except Exception as exc:  # the state file cannot be written, say
             log.error(

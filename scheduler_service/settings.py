@@ -77,6 +77,12 @@ class SchedulerSettings(BaseSettings):
         description="CA (PEM) whose certificates clients must present on both gRPC ports "
         "(mutual TLS: agents and the CLI); needs --tls-cert",
     )
+    tls_agent_ca: Path | None = Field(
+        None,
+        description="CA (PEM) whose certificates agents must present on the agent port, in "
+        "place of --tls-client-ca there: with a CA of their own, a CLI user's certificate "
+        "cannot say hello as an agent; needs --tls-cert",
+    )
     client_token_file: Path | None = Field(
         None,
         description="file holding the bearer token every client API call must carry "
@@ -87,11 +93,13 @@ class SchedulerSettings(BaseSettings):
     def _tls_pairs(self) -> SchedulerSettings:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("--tls-cert and --tls-key go together")
-        if self.tls_client_ca is not None and self.tls_cert is None:
-            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key (mutual TLS)")
+        if (self.tls_client_ca or self.tls_agent_ca) is not None and self.tls_cert is None:
+            raise ValueError("a client CA needs --tls-cert and --tls-key (mutual TLS)")
         return self
 
-    def server_tls(self) -> ServerTls | None:
+    def server_tls(self, agents: bool = False) -> ServerTls | None:
+        """TLS for the client port, or (`agents`) for the agent port."""
         if self.tls_cert is None or self.tls_key is None:
             return None
-        return ServerTls(self.tls_cert, self.tls_key, self.tls_client_ca)
+        ca = (self.tls_agent_ca or self.tls_client_ca) if agents else self.tls_client_ca
+        return ServerTls(self.tls_cert, self.tls_key, ca)

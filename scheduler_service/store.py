@@ -114,6 +114,8 @@ def _owner_only(path: Path) -> None:
     """The state file readable and writable by its owner alone (it holds every model's
     storageUri, which may carry a signed URL's token); SQLite gives its -wal and -shm files
     the same mode. Created so when missing, narrowed when wider."""
+    if str(path) == ":memory:":  # SQLite's in-memory database: no file
+        return
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         if os.fstat(fd).st_mode & 0o077:
@@ -127,6 +129,9 @@ def state_file_lock(path: Path) -> Iterator[None]:
     """Hold `<path>.lock` exclusively while the scheduler runs: two schedulers on one state
     file would each place models the other does not know of. Raises StoreError naming the
     process that holds it. (A Store alone takes no lock: tools and tests read the file.)"""
+    if str(path) == ":memory:":  # SQLite's in-memory database: nobody else can open it
+        yield
+        return
     handle = _lock(path)
     try:
         yield

@@ -318,12 +318,17 @@ def test_chart_defaults_are_the_schedulers_defaults() -> None:
     )
 
 
-FROM_SECRETS = {"tls_cert", "tls_key", "tls_client_ca", "client_token_file"}
+FROM_SECRETS = {"tls_cert", "tls_key", "tls_client_ca", "tls_agent_ca", "client_token_file"}
 
 
 def test_tls_and_the_token_come_from_the_secrets_the_values_name() -> None:
     manifests = template(
-        {"tls.secretName": "gpuplace-tls", "tls.clientAuth": "true", "auth.tokenSecret": "tok"}
+        {
+            "tls.secretName": "gpuplace-tls",
+            "tls.clientAuth": "true",
+            "tls.agentCASecretName": "agents-ca",
+            "auth.tokenSecret": "tok",
+        }
     )
     container = scheduler_container(manifests)
     env = env_of(container)
@@ -331,6 +336,7 @@ def test_tls_and_the_token_come_from_the_secrets_the_values_name() -> None:
         "tls_cert": "/etc/gpuplace/tls/tls.crt",
         "tls_key": "/etc/gpuplace/tls/tls.key",
         "tls_client_ca": "/etc/gpuplace/tls/ca.crt",
+        "tls_agent_ca": "/etc/gpuplace/agent-ca/ca.crt",
         "client_token_file": "/etc/gpuplace/token/token",
     }
     volumes = {
@@ -338,7 +344,7 @@ def test_tls_and_the_token_come_from_the_secrets_the_values_name() -> None:
         for v in one(manifests, "Deployment")["spec"]["template"]["spec"]["volumes"]
         if "secret" in v
     }
-    assert volumes == {"tls": "gpuplace-tls", "token": "tok"}
+    assert volumes == {"tls": "gpuplace-tls", "agent-ca": "agents-ca", "token": "tok"}
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     assert mounts["tls"] == "/etc/gpuplace/tls" and mounts["token"] == "/etc/gpuplace/token"
     server_only = env_of(scheduler_container(template({"tls.secretName": "gpuplace-tls"})))

@@ -52,6 +52,10 @@ async def ready(scheduler: SchedulerHandle) -> int:
         ({"parameters": {f"p{n}": "v" for n in range(65)}}, "model.parameters", "at most 64"),
         ({"parameters": {"extra": "v" * 5000}}, "model.parameters", "at most 4,096"),
         ({"storage_uri": "gs://b/" + "x" * 5000}, "model.storageUri", "at most 4,096"),
+        ({"secret_name": "x_" * 3000}, "model.secretName", "(6,000 characters)"),
+        ({"storage_uri": "https:user:pa55@host/p"}, "model.storageUri", "needs a host"),
+        ({"storage_uri": "//user:pa55@host/p"}, "model.storageUri", "without a scheme"),
+        ({"storage_uri": "https://u:pa/55@h/p"}, "model.storageUri", "not a port number"),
     ],
 )
 async def test_a_value_out_of_bounds_is_refused_at_load_naming_the_field(
@@ -61,6 +65,7 @@ async def test_a_value_out_of_bounds_is_refused_at_load_naming_the_field(
         await load(client, "huge", **fields)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert caught.value.details().startswith(field) and says in caught.value.details()
+    assert len(caught.value.details()) < 400 and "pa55" not in caught.value.details()
 
 
 async def test_an_agent_with_memory_out_of_range_is_refused_and_placement_goes_on(

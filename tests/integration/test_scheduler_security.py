@@ -151,3 +151,58 @@ async def test_health_needs_no_token(secured: Secured) -> None:
     async with aiohttp.ClientSession() as session:
         async with session.get(f"{secured.scheduler.http_url}/ready") as response:
             assert response.status == 200
+
+
+async def test_an_agents_message_is_shown_without_the_storage_credentials(
+    client: Stub, agents: Callable[..., Any]
+) -> None:
+    """Even when an agent's own message quotes the storageUri whole (the real agent redacts
+    first), statuses show it without its credentials."""
+    await agents("a", fail={"iris": f"fetch {SIGNED} failed: 403 Forbidden"})
+    await client.LoadModel(
+        scheduler_pb2.LoadModelRequest(model=common_pb2.ModelSpec(name="iris", storage_uri=SIGNED))
+    )
+
+    async def failed() -> scheduler_pb2.ModelStatus | None:
+        status = await client.GetModelStatus(scheduler_pb2.GetModelStatusRequest(name="iris"))
+        return status if any(r.reason for r in status.replicas) else None
+
+    status = await wait_until(failed, what="the failed load's reason")
+    assert "s3cret" not in str(status) and "abc123" not in str(status)
+    assert "https://models.example.com/iris/model.joblib failed: 403" in str(status)
+
+
+async def test_with_an_agent_ca_a_cli_certificate_cannot_say_hello_as_an_agent(
+    tmp_path: Path,
+) -> None:
+    users, fleet = Authority(tmp_path, "users"), Authority(tmp_path, "agents")
+    server = fleet.server()
+    async with running_scheduler(
+        tmp_path,
+        tls_cert=server.cert,
+        tls_key=server.key,
+        tls_client_ca=users.ca,
+        tls_agent_ca=fleet.ca,
+    ) as scheduler:
+        # Both trust the scheduler's certificate (the agents' CA signed it).
+        user, agent = users.client("cli"), fleet.client("agent")
+        as_user = ClientTls(fleet.ca, user.cert, user.key)
+        as_agent = ClientTls(fleet.ca, agent.cert, agent.key)
+        impostor = await SimAgent(scheduler.agent_address, "gpu-a", tls=as_user).connect()
+        real = await SimAgent(scheduler.agent_address, "gpu-b", tls=as_agent).connect()
+        try:
+            await wait_until(lambda: real.welcomed, what="the agent welcomed")
+            await wait_until(lambda: impostor.closed_with is not None, what="the impostor")
+            assert impostor.closed_with == grpc.StatusCode.UNAVAILABLE
+            assert not impostor.welcomed
+        finally:
+            await impostor.disconnect()
+            await real.disconnect()
+        async with grpc.aio.secure_channel(
+            scheduler.client_address, channel_credentials(as_agent)
+        ) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await scheduler_pb2_grpc.SchedulerStub(channel).ListModels(
+                    scheduler_pb2.ListModelsRequest(), timeout=5
+                )
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE

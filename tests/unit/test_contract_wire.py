@@ -221,6 +221,26 @@ def test_hello_capabilities_are_trimmed_and_empty_ones_dropped() -> None:
             ),
             "event.model_name",
         ),
+        (
+            agent_pb2.AgentMessage(
+                hello=agent_pb2.Hello(
+                    server_name="s", devices=[common_pb2.GpuDevice(uuid="x", name="n" * 254)]
+                )
+            ),
+            "hello.devices[0].name",
+        ),
+        (
+            agent_pb2.AgentMessage(
+                hello=agent_pb2.Hello(server_name="s", capabilities=[f"c{n}" for n in range(257)])
+            ),
+            "hello.capabilities",
+        ),
+        (
+            agent_pb2.AgentMessage(
+                hello=agent_pb2.Hello(server_name="s", capabilities=["c" * 254])
+            ),
+            "hello.capabilities",
+        ),
         (agent_pb2.AgentMessage(event=agent_pb2.ModelEvent(kind=99)), "event.kind"),
         (agent_pb2.AgentMessage(event=agent_pb2.ModelEvent()), "event.kind"),
         (agent_pb2.AgentMessage(), "message"),

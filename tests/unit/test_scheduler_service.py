@@ -671,6 +671,22 @@ def test_a_hello_that_cannot_be_recorded_leaves_no_replica_half_connected(
     assert back.session.connected and h.state("iris")[1] == {"a-0": "Available"}
 
 
+def test_an_agents_footprint_counts_only_on_its_own_devices_and_within_their_size(
+    h: Harness,
+) -> None:
+    """A footprint on a device the replica does not have, or larger than the device, is not
+    believed: it would be charged there and learned for every model of the artifact."""
+    device = GpuDevice("GPU-1", "H100", 0, 80 * GiB, 80 * GiB, 0)
+    agent = h.connect("gpu", capabilities=("sklearn",), devices=(device,))
+    h.load("iris", storage_uri="gs://b/iris", gpu_memory="1Gi")
+    huge = {"GPU-1": 2**60, "GPU-elsewhere": GiB}
+    h.service.on_event(agent.session, ModelEvent(EventKind.LOADED, "iris", 1, footprint_bytes=huge))
+    h.service.reconcile()
+    assert h.service.model("iris").copies[("gpu", 0)].footprint_bytes == {"GPU-1": 80 * GiB}
+    assert agent.session.gpus["GPU-1"].used_bytes == 80 * GiB  # never past the device
+    assert [f.gpu.size for f in h.service.footprints()] == [80 * GiB]
+
+
 def test_a_storm_of_cluster_changes_tries_a_refused_model_once_per_window(h: Harness) -> None:
     h.connect("a")
     h.load("huge", memory="100Gi")
