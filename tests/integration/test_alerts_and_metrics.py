@@ -1,11 +1,12 @@
 """The metrics pages pass `promtool check metrics`; the alert rules in deploy/prometheus/
 pass `promtool check rules` and their unit tests (`promtool test rules`: series in, alerts
-out); every metric the rules use is one the processes export. promtool comes with Debian's
-`prometheus` package (`.ci/run` installs it)."""
+out); every metric the rules and the Grafana dashboard use is one the processes export.
+promtool comes with Debian's `prometheus` package (`.ci/run` installs it)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import shutil
 import subprocess
@@ -20,6 +21,9 @@ from agent.metrics import AgentMetrics
 from tests.support.scheduler import SchedulerHandle
 
 RULES = Path(__file__).parents[2] / "deploy" / "prometheus"
+DASHBOARD = Path(__file__).parents[2] / "charts" / "gpuplace" / "dashboards" / "gpuplace.json"
+# A series name as PromQL writes it, without what a histogram or a counter adds.
+_SUFFIXES = re.compile(r"_(bucket|sum|count|total)$")
 
 
 @pytest.fixture(scope="module")
@@ -79,17 +83,38 @@ def test_every_rule_has_a_unit_test_that_fires_it() -> None:
     assert alerts == fired
 
 
-async def test_every_metric_the_rules_use_is_exported(scheduler: SchedulerHandle) -> None:
-    exported = {
-        name.removesuffix("_total")
+async def exported(scheduler: SchedulerHandle) -> set[str]:
+    return {
+        _SUFFIXES.sub("", name)
         for page in (await scheduler_page(scheduler), agent_page())
         for name in re.findall(r"^# TYPE (gpuplace_\w+) ", page, re.M)
     }
-    rules = yaml.safe_load((RULES / "gpuplace-alerts.yaml").read_text())
-    used = {
-        name.removesuffix("_total")
-        for group in rules["groups"]
-        for rule in group["rules"]
-        for name in re.findall(r"gpuplace_\w+", rule["expr"])
+
+
+def used_in(expressions: list[str]) -> set[str]:
+    return {
+        _SUFFIXES.sub("", name)
+        for expr in expressions
+        for name in re.findall(r"gpuplace_\w+", expr)
     }
-    assert used and used <= exported, used - exported
+
+
+async def test_every_metric_the_rules_use_is_exported(scheduler: SchedulerHandle) -> None:
+    rules = yaml.safe_load((RULES / "gpuplace-alerts.yaml").read_text())
+    used = used_in([rule["expr"] for group in rules["groups"] for rule in group["rules"]])
+    assert used and used <= await exported(scheduler), used - await exported(scheduler)
+
+
+async def test_every_metric_the_dashboard_queries_is_exported(scheduler: SchedulerHandle) -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    panels = dashboard["panels"]
+    assert len({panel["id"] for panel in panels}) == len(panels)
+    expressions = [target["expr"] for panel in panels for target in panel["targets"]]
+    used = used_in(expressions)
+    assert used and used <= await exported(scheduler), used - await exported(scheduler)
+    for wanted in ("models", "placements", "load_failures", "load_duration_seconds"):
+        assert f"gpuplace_scheduler_{wanted}" in used
+    assert {
+        "gpuplace_scheduler_gpu_memory_free_bytes",
+        "gpuplace_scheduler_gpu_memory_reserved_bytes",
+    } <= used

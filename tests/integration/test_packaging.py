@@ -321,6 +321,14 @@ def test_chart_defaults_are_the_schedulers_defaults() -> None:
 FROM_SECRETS = {"tls_cert", "tls_key", "tls_client_ca", "tls_agent_ca", "client_token_file"}
 
 
+def test_the_dashboard_configmap_carries_the_dashboard_for_the_sidecar() -> None:
+    assert not [m for m in template() if m["kind"] == "ConfigMap"]  # off by default
+    config_map = one(template({"grafanaDashboard.enabled": "true"}), "ConfigMap")
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = CHART / "dashboards" / "gpuplace.json"
+    assert json.loads(config_map["data"]["gpuplace.json"]) == json.loads(dashboard.read_text())
+
+
 def test_tls_and_the_token_come_from_the_secrets_the_values_name() -> None:
     manifests = template(
         {
