@@ -321,6 +321,19 @@ def test_chart_defaults_are_the_schedulers_defaults() -> None:
 FROM_SECRETS = {"tls_cert", "tls_key", "tls_client_ca", "tls_agent_ca", "client_token_file"}
 
 
+def test_the_prometheus_rule_carries_the_unit_tested_alert_rules() -> None:
+    assert not [m for m in template() if m["kind"] == "PrometheusRule"]  # off by default
+    manifests = template({"prometheusRule.enabled": "true", "prometheusRule.labels.release": "kps"})
+    rule = one(manifests, "PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["metadata"]["labels"]["release"] == "kps"
+    rules = yaml.safe_load((CHART / "rules" / "gpuplace-alerts.yaml").read_text())
+    assert rule["spec"] == rules
+    # deploy/prometheus/ links to the same file: one set of rules, tested by promtool there
+    linked = ROOT / "deploy" / "prometheus" / "gpuplace-alerts.yaml"
+    assert linked.resolve() == (CHART / "rules" / "gpuplace-alerts.yaml").resolve()
+
+
 def test_the_dashboard_configmap_carries_the_dashboard_for_the_sidecar() -> None:
     assert not [m for m in template() if m["kind"] == "ConfigMap"]  # off by default
     config_map = one(template({"grafanaDashboard.enabled": "true"}), "ConfigMap")
