@@ -24,8 +24,10 @@ def read_token(path: Path) -> str:
     """The token in `path` (surrounding whitespace dropped); never logged."""
     try:
         token = path.read_text().strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TokenError(f"--client-token-file {path}: {exc}") from None
+    except OSError as exc:
+        raise TokenError(f"--client-token-file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise TokenError(f"--client-token-file {path}: not text") from None
     if len(token) < 16:
         raise TokenError(f"--client-token-file {path}: the token is shorter than 16 characters")
     return token

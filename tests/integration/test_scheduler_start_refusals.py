@@ -81,3 +81,10 @@ def test_an_unknown_value_in_the_state_file_is_refused_naming_the_model(tmp_path
     with sqlite3.connect(db) as raw:
         raw.execute("UPDATE models SET state='Bogus'")
     refused(start(db), "model 'iris'", "'Bogus' is not a valid ModelState")
+
+
+def test_a_certificate_that_is_not_one_is_refused_naming_the_files(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.pem"
+    bad.write_text("-----BEGIN CERTIFICATE-----\nZ2FyYmFnZQ==\n-----END CERTIFICATE-----\n")
+    result = start(tmp_path / "s.db", "--tls-cert", str(bad), "--tls-key", str(bad))
+    refused(result, f"{bad}, {bad}: not a usable certificate, key or CA")
