@@ -43,10 +43,10 @@ from urllib.parse import unquote, urlparse, urlsplit
 import aiohttp
 
 from agent.storage import ObjectStores, Progress
-from agent.storage_config import METRIC_LABELS, SCHEME_FAMILIES, StorageError, scrub
+from agent.storage_config import METRIC_LABELS, SCHEME_FAMILIES, StorageError
 from contract.names import check_name
 from contract.quantity import format_bytes
-from contract.spec_rules import redact
+from contract.redaction import redact, scrub_uri
 
 log = logging.getLogger(__name__)
 
@@ -780,16 +780,6 @@ def scheme_label(storage_uri: str) -> str:
     return METRIC_LABELS[family] if family else "remote"
 
 
-def _redact_text(text: str, url: str) -> str:
-    """An error text (aiohttp's, for one) with every URL in it redacted, and the secrets of
-    `url` removed wherever else they appear."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return scrub(text)
-    return scrub(text, (parts.query, parts.password or "", parts.netloc.rpartition("@")[0]))
-
-
 async def fetch(
     repository: ModelRepository,
     storage_uri: str,
@@ -892,9 +882,9 @@ async def _download(url: str, target: Path, timeout_s: float, limit: int, what: 
     except TimeoutError as exc:
         raise ArtifactError(f"{shown}: no complete answer within {timeout_s:g}s") from exc
     except aiohttp.ClientError as exc:
-        detail = _redact_text(str(exc) or type(exc).__name__, url)
+        detail = scrub_uri(str(exc) or type(exc).__name__, url)
         raise ArtifactError(f"{shown}: {detail}") from None
     except (ValueError, OSError) as exc:
         # aiohttp raises ValueError for some malformed URLs; OSError: the staging disk.
-        detail = _redact_text(str(exc) or type(exc).__name__, url)
+        detail = scrub_uri(str(exc) or type(exc).__name__, url)
         raise ArtifactError(f"{shown}: {detail}") from None

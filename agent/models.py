@@ -46,7 +46,7 @@ from agent.storage import ObjectStores
 from contract.names import InvalidName, is_dns1123_label
 from contract.protocol import EventKind, GpuDevice, Load, LoadedModel, ModelEvent, Unload
 from contract.quantity import format_bytes
-from contract.spec_rules import redact
+from contract.redaction import redact
 from placement import DeviceShortfall, NamedShortfall, Policy, fit_devices
 
 log = logging.getLogger(__name__)

@@ -67,10 +67,10 @@ from agent.storage_config import (
     StorageError,
     StoreConfig,
     parse_object_uri,
-    scrub,
     store_config,
 )
 from contract.quantity import format_bytes
+from contract.redaction import scrub
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,6 @@ the credentials of the environment (ENVIRONMENT_SECRET_VARIABLES), never appear 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -33,6 +32,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import yaml
 
 from contract.names import is_dns1123_subdomain
+from contract.redaction import MIN_SECRET_CHARS
 
 Family = Literal["s3", "gcs", "azure"]
 
@@ -95,8 +95,6 @@ ENVIRONMENT_SECRET_VARIABLES = (
     "AZURE_CLIENT_CERTIFICATE_PASSWORD",
     "AZURE_PASSWORD",
 )
-# Shorter values are not scrubbed: they would blank unrelated words out of messages.
-MIN_SECRET_CHARS = 4
 # rclone parameters that carry credentials in a form the agent cannot use.
 _UNSUPPORTED = {
     "s3": ("shared_credentials_file", "profile", "role_arn"),
@@ -109,7 +107,6 @@ _UNSUPPORTED = {
         "client_certificate_path",
     ),
 }
-_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>()\[\]]+")
 
 
 class StorageError(Exception):
@@ -547,33 +544,3 @@ def _secret_parts(value: str | None) -> Iterator[str]:
 def _unique(values: Iterable[str]) -> tuple[str, ...]:
     """Each value once, in order."""
     return tuple(dict.fromkeys(values))
-
-
-def _variants(secret: str) -> Iterator[str]:
-    """The forms in which an error text may quote `secret`: as is, escaped as in a JSON
-    text or a repr, and, for one of several lines (a PEM key), each line."""
-    yield secret
-    yield json.dumps(secret)[1:-1]
-    yield repr(secret)[1:-1]
-    if "\n" in secret:
-        yield from (line.strip() for line in secret.splitlines())
-
-
-def scrub(text: str, secrets: tuple[str, ...] = ()) -> str:
-    """`text` with every URL's user:password and query string removed (a signature, a token)
-    and every value of `secrets` replaced by `***`."""
-
-    def shorten(match: re.Match[str]) -> str:
-        try:
-            parts = urlsplit(match.group(0))
-        except ValueError:
-            return "(a URL)"
-        host = parts.netloc.rpartition("@")[2]
-        return urlunsplit((parts.scheme, host, parts.path, "", ""))
-
-    text = _URL_IN_TEXT.sub(shorten, text)
-    forms = {form for secret in secrets for form in _variants(secret)}
-    for form in sorted(forms, key=len, reverse=True):
-        if len(form) >= MIN_SECRET_CHARS:
-            text = text.replace(form, "***")
-    return text

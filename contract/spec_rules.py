@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 # The schemes the agent fetches from: local, HTTP, and object stores (Google Cloud Storage,
 # Amazon S3 and compatibles, Azure Blob Storage).
@@ -135,39 +135,3 @@ def is_gpu_resource(name: str) -> bool:
     """A Kubernetes resource of NVIDIA's device plugin that gives a container GPUs: whole
     GPUs, time-sliced shares (`renameByDefault`) and MIG profiles (the "mixed" strategy)."""
     return name in ("nvidia.com/gpu", "nvidia.com/gpu.shared") or name.startswith("nvidia.com/mig-")
-
-
-def redact(url: str) -> str:
-    """`url` without its user:password and its query string (a signature, a token), as
-    every message and log line shows a storageUri. A plain path is returned unchanged."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "(an unparseable URI)"
-    if not parts.scheme or len(parts.scheme) == 1:  # a path, or a Windows drive letter
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    # Path parameters (`;sig=...`) go too: a signature may sit there as well.
-    return urlunsplit((parts.scheme, host, parts.path.split(";", 1)[0], "", ""))
-
-
-def scrub_uri(text: str, uri: str) -> str:
-    """`text` (an agent's message, say) with `uri` in it shown as `redact` shows it, and its
-    secrets (user:password, query, path parameters) taken out wherever else they appear."""
-    if not text or not uri:
-        return text
-    try:
-        parts = urlsplit(uri)
-    except ValueError:
-        return text
-    text = text.replace(uri, redact(uri))
-    secrets = (
-        parts.query,
-        parts.netloc.rpartition("@")[0],
-        parts.password or "",
-        parts.path.partition(";")[2],
-    )
-    for secret in secrets:
-        if len(secret) >= 4:
-            text = text.replace(secret, "…")
-    return text

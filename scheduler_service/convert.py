@@ -3,7 +3,7 @@ shared conversion: contract.wire.)"""
 
 from __future__ import annotations
 
-from contract.spec_rules import redact
+from contract.redaction import redact
 from contract.wire import device_to_proto
 from placement.types import Replica
 from protos import common_pb2, scheduler_pb2

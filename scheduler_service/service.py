@@ -27,7 +27,7 @@ from contract.errors import GpuplaceError, NotFound, ResourceExhausted
 from contract.names import replica_id, shown
 from contract.protocol import Command, GpuDevice, Hello, ModelEvent, Welcome
 from contract.quantity import format_bytes
-from contract.spec_rules import scrub_uri
+from contract.redaction import scrub_uri
 from placement import Replica, schedule
 from scheduler_service import lifecycle
 from scheduler_service.cluster import AgentSession, Cluster

@@ -23,7 +23,7 @@ from agent.artifacts import (
     scheme_label,
 )
 from contract.names import InvalidName
-from contract.spec_rules import redact
+from contract.redaction import redact
 
 SKLEARN = {"implementation": "mlserver_sklearn.SKLearnModel"}
 HUGGINGFACE = {"implementation": "mlserver_huggingface.HuggingFaceRuntime"}

@@ -24,9 +24,9 @@ from agent.storage_config import (
     from_environment,
     parse_object_uri,
     read_remote,
-    scrub,
     store_config,
 )
+from contract.redaction import scrub
 from contract.spec_rules import OBJECT_STORE_SCHEMES
 
 KEY = "AKIAEXAMPLE"
