@@ -31,6 +31,11 @@ def is_dns1123_subdomain(value: str) -> bool:
     return len(value) <= 253 and bool(_SUBDOMAIN.match(value))
 
 
+def clip(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` characters, an ellipsis marking a cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def shown(value: str, limit: int = 64) -> str:
     """`value` quoted for a message or a log line: control characters escaped (no forged
     lines), and cut after `limit` characters (no megabyte echoes)."""

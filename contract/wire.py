@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from contract.errors import InvalidArgument
-from contract.names import InvalidName, check_name
+from contract.names import InvalidName, check_name, clip
 from contract.protocol import (
     MAX_CAPABILITIES,
     MAX_DEVICES,
@@ -178,14 +178,11 @@ def decode_agent_message(message: agent_pb2.AgentMessage) -> AgentMessage:
         if kind is None:
             raise InvalidArgument("event.kind", f"{event.kind} is not a known event kind")
         _name("event.model_name", event.model_name)
-        text = event.message
-        if len(text) > MAX_EVENT_MESSAGE:
-            text = text[: MAX_EVENT_MESSAGE - 1] + "…"
         return ModelEvent(
             kind=kind,
             model=event.model_name,
             version=event.version,
-            message=text,
+            message=clip(event.message, MAX_EVENT_MESSAGE),
             footprint_bytes=_sizes("event.footprint_bytes", event.footprint_bytes),
             host_bytes=(
                 _size("event.host_memory_bytes", event.host_memory_bytes)

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
-from contract.names import replica_id
+from contract.names import clip, replica_id
 from contract.protocol import DrainComplete, EventKind, Load, LoadedModel, ModelEvent, Unload
 from contract.quantity import format_bytes
 from placement import (
@@ -719,16 +719,12 @@ def _place(record: ModelRecord, ctx: Context, out: Outcome) -> None:
 def clipped(reasons: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
     """Reasons per server as a status carries them: each cut at MAX_REASON characters (a
     status lists one per server, and goes into every list and watch message)."""
-    return tuple((server, _clip(reason, MAX_REASON)) for server, reason in reasons)
-
-
-def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return tuple((server, clip(reason, MAX_REASON)) for server, reason in reasons)
 
 
 def _rejected(record: ModelRecord, result: Rejection, ctx: Context, out: Outcome) -> None:
     record.server_reasons = clipped(result.reasons)
-    record.reason = _clip(result.message, MAX_MESSAGE)
+    record.reason = clip(result.message, MAX_MESSAGE)
     record.attempts += 1
     record.next_retry_at = ctx.now + backoff(ctx.settings, record.attempts)
     learned = learned_text(record)
