@@ -51,6 +51,8 @@ def scrub(text: str, secrets: Iterable[str] = ()) -> str:
 def scrub_uri(text: str, uri: str) -> str:
     """`text` (an error text, an agent's message) scrubbed, with the secrets of `uri`
     (user:password, query, path parameters) taken out wherever else they appear."""
+    if not text:  # most events carry none: nothing to parse on the scheduler's hot path
+        return text
     try:
         parts = urlsplit(uri)
     except ValueError:
