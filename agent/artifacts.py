@@ -44,6 +44,7 @@ import aiohttp
 
 from agent.storage import ObjectStores, Progress
 from agent.storage_config import METRIC_LABELS, SCHEME_FAMILIES, StorageError
+from contract.logs import log_fields
 from contract.names import check_name
 from contract.quantity import format_bytes
 from contract.redaction import redact, scrub_uri
@@ -414,6 +415,7 @@ def _place(
                 chosen,
                 placement.device,
                 ", ".join(placement.device_uuids),
+                extra=log_fields(model=name),
             )
         extra["device"] = placement.device
     parameters["extra"] = extra

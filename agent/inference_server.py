@@ -19,6 +19,8 @@ from typing import Any, Protocol
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from contract.logs import log_fields
+
 log = logging.getLogger(__name__)
 
 READY = "READY"
@@ -192,7 +194,11 @@ class MLServerClient:
             f"/v2/repository/models/{name}/unload", self._request_timeout, resend=True
         )
         if status == 404:
-            log.debug("model %s: not held by the inference server (404): counted as unloaded", name)
+            log.debug(
+                "model %s: not held by the inference server (404): counted as unloaded",
+                name,
+                extra=log_fields(model=name),
+            )
             return
         if status != 200:
             raise InferenceServerError(f"unload {name}: HTTP {status}: {error_text(text)}")

@@ -25,6 +25,7 @@ from contract import __version__
 from contract.aio import stop_tasks
 from contract.errors import InvalidArgument
 from contract.grpc_tls import channel_credentials
+from contract.logs import log_fields
 from contract.protocol import (
     AgentMessage,
     DrainComplete,
@@ -84,6 +85,7 @@ class Outbox:
                 event.version,
                 self.replica,
                 event.kind,
+                extra=log_fields(model=event.model, version=event.version),
             )
 
     def end(self) -> bool:
@@ -325,6 +327,7 @@ class SchedulerLink:
                     self.replica,
                     ",".join(load.device_uuids) or "-",
                     load.gpu_memory_bytes,
+                    extra=log_fields(model=load.model, version=load.version),
                 )
                 self.manager.load(load)
             case Unload() as unload:
@@ -333,6 +336,7 @@ class SchedulerLink:
                     unload.model,
                     unload.version,
                     self.replica,
+                    extra=log_fields(model=unload.model, version=unload.version),
                 )
                 self.manager.unload(unload)
             case DrainComplete(stranded=stranded):

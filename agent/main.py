@@ -42,6 +42,7 @@ from agent.storage import ObjectStores
 from contract import __version__
 from contract.aio import start_task, stop_tasks
 from contract.grpc_tls import channel_credentials
+from contract.logs import tag_process
 from contract.tls import TlsError
 
 log = logging.getLogger(__name__)
@@ -334,6 +335,7 @@ async def _until(
 
 def run(settings: AgentSettings) -> int:
     """Run the agent until it has drained and stopped; the exit code."""
+    tag_process(replica=settings.replica)
     tls = settings.client_tls()
     try:
         if tls is not None:

@@ -43,6 +43,7 @@ from agent.inference_server import (
 )
 from agent.metrics import AgentMetrics
 from agent.storage import ObjectStores
+from contract.logs import log_fields
 from contract.names import InvalidName, is_dns1123_label
 from contract.protocol import EventKind, GpuDevice, Load, LoadedModel, ModelEvent, Unload
 from contract.quantity import format_bytes
@@ -297,6 +298,7 @@ class ModelManager:
                     name,
                     self.replica,
                     exc_info=finished.exception(),
+                    extra=log_fields(model=name),
                 )
 
         task.add_done_callback(done)
@@ -357,7 +359,14 @@ class ModelManager:
                 await self.inference.load(name)
         except InferenceServerError as exc:
             message = f"the inference server lost it and could not load it again: {exc}"
-            log.warning("model %s v%d on %s: %s", name, version, self.replica, message)
+            log.warning(
+                "model %s v%d on %s: %s",
+                name,
+                version,
+                self.replica,
+                message,
+                extra=log_fields(model=name, version=version),
+            )
             self._forget(name)
             with contextlib.suppress(OSError):
                 await asyncio.to_thread(self.repository.remove, name)
@@ -367,6 +376,7 @@ class ModelManager:
             name,
             version,
             self.replica,
+            extra=log_fields(model=name, version=version),
         )
         return ModelEvent(
             EventKind.LOADED, name, version, footprint_bytes=dict(current.footprint_bytes)
@@ -385,6 +395,7 @@ class ModelManager:
                     "DNS-1123 label; not managed",
                     name,
                     self.replica,
+                    extra=log_fields(model=name),
                 )
                 continue
             record = await asyncio.to_thread(self.repository.read_record, name)
@@ -394,13 +405,20 @@ class ModelManager:
             found = dict(record.footprint_bytes) if record else {}
             self.loaded[name] = LoadedModel(name, version, found)
             self.metrics.set_footprint(name, found)
-            log.info("model %s on %s: already loaded (version %d)", name, self.replica, version)
+            log.info(
+                "model %s on %s: already loaded (version %d)",
+                name,
+                self.replica,
+                version,
+                extra=log_fields(model=name, version=version),
+            )
         for name in await asyncio.to_thread(self.repository.installed):
             if name not in ready:
                 log.info(
                     "model %s on %s: folder left from an earlier run, not loaded; removing it",
                     name,
                     self.replica,
+                    extra=log_fields(model=name),
                 )
                 await asyncio.to_thread(self.repository.remove, name)
         self.metrics.loaded_models.set(len(self.loaded))
@@ -419,6 +437,7 @@ class ModelManager:
                 request.model,
                 request.version,
                 self.replica,
+                extra=log_fields(model=request.model, version=request.version),
             )
             event = ModelEvent(
                 EventKind.LOAD_FAILED, request.model, request.version, f"agent error: {exc}"
@@ -441,7 +460,9 @@ class ModelManager:
         current = self.loaded.get(name)
         if current is not None and current.version > version:
             message = f"version {current.version} is loaded here; refusing older version {version}"
-            log.warning("model %s on %s: %s", name, self.replica, message)
+            log.warning(
+                "model %s on %s: %s", name, self.replica, message, extra=log_fields(model=name)
+            )
             return ModelEvent(EventKind.LOAD_FAILED, name, version, message)
         if current is not None and current.version == version:
             held = await self._server_holds(name)
@@ -451,10 +472,23 @@ class ModelManager:
                     "inference server unavailable: its repository index cannot be read, so "
                     f"whether it still holds version {version} is unknown; nothing changed"
                 )
-                log.warning("model %s v%d on %s: %s", name, version, self.replica, message)
+                log.warning(
+                    "model %s v%d on %s: %s",
+                    name,
+                    version,
+                    self.replica,
+                    message,
+                    extra=log_fields(model=name, version=version),
+                )
                 return ModelEvent(EventKind.LOAD_FAILED, name, version, message)
             if held:
-                log.info("model %s v%d on %s: already loaded", name, version, self.replica)
+                log.info(
+                    "model %s v%d on %s: already loaded",
+                    name,
+                    version,
+                    self.replica,
+                    extra=log_fields(model=name, version=version),
+                )
                 return ModelEvent(
                     EventKind.LOADED, name, version, footprint_bytes=dict(current.footprint_bytes)
                 )
@@ -463,11 +497,18 @@ class ModelManager:
                 name,
                 version,
                 self.replica,
+                extra=log_fields(model=name, version=version),
             )
             self._forget(name)
             current = None
 
-        log.info("model %s v%d on %s: loading", name, version, self.replica)
+        log.info(
+            "model %s v%d on %s: loading",
+            name,
+            version,
+            self.replica,
+            extra=log_fields(model=name, version=version),
+        )
         async with self._slots:
             # Refuse before a long download; checked again, under the device locks, after it.
             try:
@@ -523,6 +564,7 @@ class ModelManager:
                                     placement.device_uuids, placement.cuda_ordinals, strict=True
                                 )
                             ),
+                            extra=log_fields(model=name, version=version),
                         )
                     if mine:
                         return await self._install_and_load(
@@ -565,11 +607,19 @@ class ModelManager:
             redact(request.storage_uri.strip()),
             format_bytes(size),
             elapsed,
+            extra=log_fields(model=name, version=version),
         )
 
     def _artifact_failed(self, request: Load, exc: ArtifactError) -> ModelEvent:
         name, version = request.model, request.version
-        log.warning("model %s v%d on %s: artifact: %s", name, version, self.replica, exc)
+        log.warning(
+            "model %s v%d on %s: artifact: %s",
+            name,
+            version,
+            self.replica,
+            exc,
+            extra=log_fields(model=name, version=version),
+        )
         return ModelEvent(EventKind.LOAD_FAILED, name, version, f"artifact: {exc}")
 
     def _refused(self, request: Load, refused: Refused) -> ModelEvent:
@@ -579,6 +629,7 @@ class ModelManager:
             request.version,
             self.replica,
             refused,
+            extra=log_fields(model=request.model, version=request.version),
         )
         return ModelEvent(refused.kind, request.model, request.version, str(refused))
 
@@ -659,7 +710,14 @@ class ModelManager:
                     await self.inference.unload(name)
             except InferenceServerError as exc:
                 message = f"cannot unload version {current.version} to make room: {exc}"
-                log.warning("model %s v%d on %s: %s", name, version, self.replica, message)
+                log.warning(
+                    "model %s v%d on %s: %s",
+                    name,
+                    version,
+                    self.replica,
+                    message,
+                    extra=log_fields(model=name, version=version),
+                )
                 return ModelEvent(EventKind.LOAD_FAILED, name, version, message)
             log.info(
                 "model %s on %s: version %d unloaded first to make room for version %d",
@@ -667,6 +725,7 @@ class ModelManager:
                 self.replica,
                 current.version,
                 version,
+                extra=log_fields(model=name),
             )
             before = {device.uuid: device.free_bytes for device in await self.gpus.reading()}
         elif current is not None:
@@ -685,6 +744,7 @@ class ModelManager:
                 version,
                 self.replica,
                 exc,
+                extra=log_fields(model=name, version=version),
             )
             old_kept = (
                 current is not None
@@ -708,7 +768,14 @@ class ModelManager:
                     + ", ".join(f"{uuid} ({format_bytes(size)})" for uuid, size in found.items())
                     + "; reported where it appeared"
                 )
-                log.warning("model %s v%d on %s: %s", name, version, self.replica, message)
+                log.warning(
+                    "model %s v%d on %s: %s",
+                    name,
+                    version,
+                    self.replica,
+                    message,
+                    extra=log_fields(model=name, version=version),
+                )
                 measured = found
         elif before and alone():
             # A model that declares no GPU memory, loaded while no other such load ran: what
@@ -729,6 +796,7 @@ class ModelManager:
                     version,
                     self.replica,
                     ", ".join(f"{uuid} {format_bytes(size)}" for uuid, size in taken.items()),
+                    extra=log_fields(model=name, version=version),
                 )
         await asyncio.to_thread(self.repository.settle, Record(name, version, measured), aside)
         self.loaded[name] = LoadedModel(name, version, measured)
@@ -741,6 +809,7 @@ class ModelManager:
             self.replica,
             ", ".join(f"{uuid}={format_bytes(size)}" for uuid, size in measured.items()) or "none",
             "not measured" if host_bytes is None else format_bytes(host_bytes),
+            extra=log_fields(model=name, version=version),
         )
         return ModelEvent(
             EventKind.LOADED,
@@ -791,6 +860,7 @@ class ModelManager:
                 "model %s on %s: the inference server's memory could not be read",
                 name,
                 self.replica,
+                extra=log_fields(model=name),
             )
             return None
 
@@ -813,7 +883,13 @@ class ModelManager:
                 # A load that timed out may still end inside the server: until this model
                 # is unloaded or loaded again, no load's host memory is told apart from it.
                 self._unsettled.add(name)
-                log.warning("model %s on %s: cleanup unload failed: %s", name, self.replica, exc)
+                log.warning(
+                    "model %s on %s: cleanup unload failed: %s",
+                    name,
+                    self.replica,
+                    exc,
+                    extra=log_fields(model=name),
+                )
         await asyncio.to_thread(self.repository.roll_back, name, aside)
         if current is None:
             return
@@ -826,6 +902,7 @@ class ModelManager:
                     name,
                     self.replica,
                     current.version,
+                    extra=log_fields(model=name),
                 )
                 return
             if not held:
@@ -836,6 +913,7 @@ class ModelManager:
                 name,
                 self.replica,
                 current.version,
+                extra=log_fields(model=name),
             )
         except InferenceServerError as exc:
             log.error(
@@ -844,6 +922,7 @@ class ModelManager:
                 self.replica,
                 current.version,
                 exc,
+                extra=log_fields(model=name),
             )
             await asyncio.to_thread(self.repository.remove, name)
             self._forget(name)
@@ -867,6 +946,7 @@ class ModelManager:
                 name,
                 self.replica,
                 exc,
+                extra=log_fields(model=name),
             )
             return None
         return any(entry.name == name and entry.ready for entry in entries)
@@ -890,6 +970,7 @@ class ModelManager:
                 request.model,
                 request.version,
                 self.replica,
+                extra=log_fields(model=request.model, version=request.version),
             )
             event = ModelEvent(
                 EventKind.UNLOAD_FAILED, request.model, request.version, f"agent error: {exc}"
@@ -913,6 +994,7 @@ class ModelManager:
                 self.replica,
                 version,
                 current.version,
+                extra=log_fields(model=name),
             )
             return ModelEvent(
                 EventKind.UNLOADED,
@@ -936,9 +1018,23 @@ class ModelManager:
             self._unsettled.discard(name)
         except InferenceServerUnavailable as exc:
             message = f"inference server unreachable ({exc}); counted as unloaded"
-            log.warning("model %s v%d on %s: %s", name, version, self.replica, message)
+            log.warning(
+                "model %s v%d on %s: %s",
+                name,
+                version,
+                self.replica,
+                message,
+                extra=log_fields(model=name, version=version),
+            )
         except InferenceServerError as exc:
-            log.warning("model %s v%d on %s: unload failed: %s", name, version, self.replica, exc)
+            log.warning(
+                "model %s v%d on %s: unload failed: %s",
+                name,
+                version,
+                self.replica,
+                exc,
+                extra=log_fields(model=name, version=version),
+            )
             return ModelEvent(EventKind.UNLOAD_FAILED, name, version, str(exc))
         try:
             await asyncio.to_thread(self.repository.remove, name)
@@ -948,8 +1044,15 @@ class ModelManager:
                 name,
                 self.replica,
                 exc,
+                extra=log_fields(model=name),
             )
         self._forget(name)
         await self.gpus.reading()
-        log.info("model %s v%d on %s: unloaded", name, version, self.replica)
+        log.info(
+            "model %s v%d on %s: unloaded",
+            name,
+            version,
+            self.replica,
+            extra=log_fields(model=name, version=version),
+        )
         return ModelEvent(EventKind.UNLOADED, name, version, message)

@@ -33,9 +33,12 @@ class SchedulerProcess:
     """`gpuplace scheduler` as a child process; `kill()` is SIGKILL, `restart()` rebinds the
     same ports so that agents find it again."""
 
-    def __init__(self, tmp_path: Path, log_level: str = "DEBUG", **settings: Any) -> None:
+    def __init__(
+        self, tmp_path: Path, log_level: str = "DEBUG", log_format: str = "text", **settings: Any
+    ) -> None:
         self.tmp_path = tmp_path
         self.log_level = log_level
+        self.log_format = log_format
         self.settings = {**SCHEDULER_DEFAULTS, "db": tmp_path / "state.db", **settings}
         self.process: subprocess.Popen[bytes] | None = None
         self.ports: tuple[int, int, int] | None = None
@@ -61,7 +64,8 @@ class SchedulerProcess:
         values = dict(self.settings)
         if self.ports:
             values.update(port=self.ports[0], agent_port=self.ports[1], http_port=self.ports[2])
-        args = [sys.executable, "-m", "gpuplace.cli", "--log-level", self.log_level, "scheduler"]
+        args = [sys.executable, "-m", "gpuplace.cli", "--log-level", self.log_level]
+        args += ["--log-format", self.log_format, "scheduler"]
         for key, value in values.items():
             args += [f"--{key.replace('_', '-')}", str(value)]
         self.starts += 1

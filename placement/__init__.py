@@ -10,7 +10,7 @@ check before a load uses too.
 
 from __future__ import annotations
 
-from placement.filters import ELIGIBILITY, first_failure
+from placement.filters import CAUSES, ELIGIBILITY, first_failure
 from placement.fit import DeviceShortfall, NamedShortfall, fit_devices
 from placement.index import ClusterIndex, place
 from placement.schedule import UNKNOWN_SERVER, schedule
@@ -26,6 +26,7 @@ from placement.types import (
 )
 
 __all__ = [
+    "CAUSES",
     "ELIGIBILITY",
     "UNKNOWN_SERVER",
     "Assignment",

@@ -130,12 +130,27 @@ FILTERS: tuple[Filter, ...] = (*BEFORE_DEVICES, gpu_memory)
 ELIGIBILITY: tuple[Filter, ...] = (pinned, capabilities)
 
 
+# A refusal's cause, nearest miss last: the filters in order, then a server with fitting
+# replicas but too few of them. (No server at all is the farthest.)
+NO_SERVER = "no_server"
+TOO_FEW_REPLICAS = "too_few_replicas"
+CAUSES: tuple[str, ...] = (NO_SERVER, *(check.__name__ for check in FILTERS), TOO_FEW_REPLICAS)
+
+
+def failing(
+    request: Request, replica: Replica, now: float, filters: tuple[Filter, ...] = FILTERS
+) -> tuple[str, str] | None:
+    """The first failing filter's name and reason, or None when the replica may take it."""
+    for check in filters:
+        reason = check(request, replica, now)
+        if reason is not None:
+            return check.__name__, reason
+    return None
+
+
 def first_failure(
     request: Request, replica: Replica, now: float, filters: tuple[Filter, ...] = FILTERS
 ) -> str | None:
     """The first filter's reason against this replica, or None when it may take the model."""
-    for check in filters:
-        reason = check(request, replica, now)
-        if reason is not None:
-            return reason
-    return None
+    found = failing(request, replica, now, filters)
+    return None if found is None else found[1]

@@ -12,7 +12,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from placement.filters import BEFORE_DEVICES, first_failure, gpu_memory, gpus_needed
+from placement.filters import (
+    BEFORE_DEVICES,
+    CAUSES,
+    NO_SERVER,
+    TOO_FEW_REPLICAS,
+    failing,
+    gpu_memory,
+    gpus_needed,
+)
 from placement.sorters import Candidate, ReplicaKey, candidate, replica_key
 from placement.types import (
     Assignment,
@@ -34,6 +42,8 @@ class ServerVerdict:
     server: str
     fitting: tuple[Candidate, ...]  # best first
     failures: tuple[tuple[int, str], ...]  # (replica index, reason), by index
+    # The filter the replicas that fail got furthest to (a `CAUSES` code; "": none failed).
+    cause: str = ""
 
 
 def schedule(
@@ -47,14 +57,23 @@ def schedule(
     """
     groups = _group_by_server(snapshot.replicas, request.server)
     if request.server is not None and not groups:
-        return Rejection(((request.server, UNKNOWN_SERVER),))
+        return Rejection(((request.server, UNKNOWN_SERVER),), NO_SERVER)
     verdicts = [judge(request, policy, now, replicas) for _, replicas in sorted(groups.items())]
     wanted = max(request.replicas, 1)
     least = least_replicas(request.replicas, request.min_replicas)
     chosen = choose(verdicts, wanted, least, replica_key(request, policy))
     if chosen is None:
-        return Rejection(tuple((v.server, _shortfall(v, wanted, least)) for v in verdicts))
+        return Rejection(
+            tuple((v.server, _shortfall(v, wanted, least)) for v in verdicts), _cause(verdicts)
+        )
     return to_placement(chosen, wanted, _placement_reasons(verdicts, chosen, wanted, least))
+
+
+def _cause(verdicts: Sequence[ServerVerdict]) -> str:
+    """A refusal's nearest miss over all servers (see `Rejection.cause`)."""
+    if any(verdict.fitting for verdict in verdicts):
+        return TOO_FEW_REPLICAS
+    return max((verdict.cause for verdict in verdicts), key=CAUSES.index, default=NO_SERVER)
 
 
 def to_placement(
@@ -91,9 +110,10 @@ def judge(
     """Filter one server's replicas (all of one server) and rank the ones that fit."""
     fitting: list[Candidate] = []
     failures: list[tuple[int, str]] = []
+    cause = ""
     for replica in sorted(replicas, key=lambda r: r.index):
-        reason = first_failure(request, replica, now, BEFORE_DEVICES)
-        if reason is None:
+        found = failing(request, replica, now, BEFORE_DEVICES)
+        if found is None:
             # The devices are chosen once: no choice means no fit (whatever the policy).
             option = candidate(request, replica, policy)
             if option.devices or not gpus_needed(request):
@@ -101,9 +121,11 @@ def judge(
                 continue
             reason = gpu_memory(request, replica, now)
             assert reason is not None
-        failures.append((replica.index, reason))
+            found = (gpu_memory.__name__, reason)
+        failures.append((replica.index, found[1]))
+        cause = max(cause or found[0], found[0], key=CAUSES.index)
     ranked = tuple(sorted(fitting, key=replica_key(request, policy)))
-    return ServerVerdict(replicas[0].server, ranked, tuple(failures))
+    return ServerVerdict(replicas[0].server, ranked, tuple(failures), cause)
 
 
 def choose(

@@ -120,6 +120,10 @@ class Rejection:
     """No placement: one reason per server considered (server name, reason)."""
 
     reasons: tuple[tuple[str, str], ...]
+    # What stood in the way at the nearest miss, as a code for metrics and log fields (one of
+    # `placement.CAUSES`): the last filter any replica failed, in filter order, or too few
+    # fitting replicas, or no server at all. Not part of the answer's identity.
+    cause: str = field(default="", compare=False)
 
     @property
     def message(self) -> str:

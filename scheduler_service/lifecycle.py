@@ -118,6 +118,11 @@ class Note:
     level: Level
     message: str  # %-style, with `args`
     args: tuple[object, ...] = ()
+    # What the line is about, as fields of a structured log line (empty: not about one).
+    model: str = ""
+    version: int = 0
+    key: Key | None = None
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -147,11 +152,21 @@ class Outcome:
     # Facts for the metrics.
     load_failures: list[str] = field(default_factory=list)  # the kind of each failed load
     load_s: float | None = None  # from load requested to loaded
+    available_s: float | None = None  # from the client's request to the model Available
     placement: PlacementFact | None = None
     notes: list[Note] = field(default_factory=list)
 
-    def note(self, level: Level, message: str, *args: object) -> None:
-        self.notes.append(Note(level, message, args))
+    def note(
+        self,
+        level: Level,
+        message: str,
+        *args: object,
+        model: str = "",
+        version: int = 0,
+        key: Key | None = None,
+        reason: str = "",
+    ) -> None:
+        self.notes.append(Note(level, message, args, model, version, key, reason))
 
 
 # ------------------------------------------------------------------ client requests
@@ -160,7 +175,8 @@ class Outcome:
 def created(spec: ModelSpec, version: int, now: float) -> Change:
     """A model the scheduler does not hold; `version` is one above any it ever had."""
     record = _requested(ModelRecord(spec=spec, version=version, updated_at=now), now)
-    return Change(record, Note("info", "model %s: version %d requested", (spec.name, version)))
+    note = Note("info", "model %s: version %d requested", (spec.name, version), spec.name, version)
+    return Change(record, note)
 
 
 def respecified(current: ModelRecord, spec: ModelSpec, now: float) -> Change | None:
@@ -178,15 +194,29 @@ def respecified(current: ModelRecord, spec: ModelSpec, now: float) -> Change | N
         record.deleted = False
         record.excluded_until.clear()
         record.load_failures = 0
-        note = Note("info", "model %s: version %d requested", (spec.name, record.version))
+        note = Note(
+            "info",
+            "model %s: version %d requested",
+            (spec.name, record.version),
+            spec.name,
+            record.version,
+        )
     elif (current.spec.replicas, current.spec.min_replicas) != (spec.replicas, spec.min_replicas):
-        note = Note("info", "model %s: scaled to %d replicas in place", (spec.name, spec.replicas))
+        note = Note(
+            "info",
+            "model %s: scaled to %d replicas in place",
+            (spec.name, spec.replicas),
+            spec.name,
+            record.version,
+        )
     else:
         record.updated_at = now
         note = Note(
             "info",
             "model %s: namespace set to %r (metadata only, nothing reloaded)",
             (spec.name, spec.namespace),
+            spec.name,
+            record.version,
         )
         return Change(record, note)
     return Change(_requested(record, now), note)
@@ -201,10 +231,12 @@ def unload_requested(current: ModelRecord, now: float) -> Change | None:
     record.state = ModelState.TERMINATING
     record.reason = "unload requested"
     record.updated_at = now
-    return Change(record, Note("info", "model %s: unload requested", (record.name,)))
+    note = Note("info", "model %s: unload requested", (record.name,), record.name, record.version)
+    return Change(record, note)
 
 
 def _requested(record: ModelRecord, now: float) -> ModelRecord:
+    record.requested_at = now
     record.attempts = 0
     record.next_retry_at = 0.0
     record.state = (
@@ -255,7 +287,13 @@ def on_hello(
     if record is None:
         if loaded is not None:
             out.note(
-                "info", "replica %s: unloading unknown model %s", replica_id(*key), loaded.name
+                "info",
+                "replica %s: unloading unknown model %s",
+                replica_id(*key),
+                loaded.name,
+                model=loaded.name,
+                version=loaded.version,
+                key=key,
             )
             out.commands.append((key, Unload(loaded.name, loaded.version)))
         return out
@@ -294,7 +332,13 @@ def _hello_copy(
         if _adoptable(record, ctx.cluster.replica(key), loaded.version, ctx.now):
             _adopt(record, key, loaded.version, loaded.footprint_bytes)
             out.note(
-                "info", "model %s: adopted the copy already on %s", record.name, replica_id(*key)
+                "info",
+                "model %s: adopted the copy already on %s",
+                record.name,
+                replica_id(*key),
+                model=record.name,
+                version=loaded.version,
+                key=key,
             )
         else:
             out.note(
@@ -304,6 +348,9 @@ def _hello_copy(
                 record.name,
                 loaded.version,
                 replica_id(*key),
+                model=record.name,
+                version=loaded.version,
+                key=key,
             )
             out.commands.append((key, Unload(record.name, loaded.version)))
         return
@@ -319,7 +366,15 @@ def _hello_copy(
             # A load that finished after the scheduler stopped waiting for it (its agent's
             # stream dropped during it, say), as a late LOADED would be.
             _adopt(record, key, loaded.version, loaded.footprint_bytes)
-            out.note("info", "model %s: kept the late copy on %s", record.name, replica_id(*key))
+            out.note(
+                "info",
+                "model %s: kept the late copy on %s",
+                record.name,
+                replica_id(*key),
+                model=record.name,
+                version=record.version,
+                key=key,
+            )
         else:
             out.note(
                 "info",
@@ -327,6 +382,9 @@ def _hello_copy(
                 record.name,
                 loaded.version,
                 replica_id(*key),
+                model=record.name,
+                version=loaded.version,
+                key=key,
             )
             out.commands.append((key, Unload(record.name, loaded.version)))
     elif copy.state in IN_FLIGHT or (loaded is not None and copy.state in ACTIVE):
@@ -355,11 +413,21 @@ def on_event(record: ModelRecord | None, key: Key, event: ModelEvent, ctx: Conte
             _unexpected_load(record, key, event, ctx, out)
         elif copy.state in IN_FLIGHT:
             _loaded(copy, event, ctx, out)
-            out.note("info", "%s: available", where)
+            out.note(
+                "info", "%s: available", where, model=event.model, version=event.version, key=key
+            )
         else:
             return out  # a repeated answer for a copy already Available
     elif copy is None or not expected:
-        out.note("debug", "%s: stale %s event ignored", where, event.kind)
+        out.note(
+            "debug",
+            "%s: stale %s event ignored",
+            where,
+            event.kind,
+            model=event.model,
+            version=event.version,
+            key=key,
+        )
         return out
     elif event.kind in (EventKind.LOAD_FAILED, EventKind.LOAD_FAILED_MEMORY):
         if copy.state not in IN_FLIGHT:
@@ -373,9 +441,18 @@ def on_event(record: ModelRecord | None, key: Key, event: ModelEvent, ctx: Conte
         copy.reason = ""
         copy.deadline = 0.0
         out.freed = True
-        out.note("info", "%s: unloaded", where)
+        out.note("info", "%s: unloaded", where, model=event.model, version=event.version, key=key)
     else:  # UNLOAD_FAILED: asked again after a while.
-        out.note("warning", "%s: unload failed: %s", where, event.message)
+        out.note(
+            "warning",
+            "%s: unload failed: %s",
+            where,
+            event.message,
+            reason=event.message,
+            model=event.model,
+            version=event.version,
+            key=key,
+        )
         copy.reason = f"unload failed: {event.message}"
         copy.deadline = ctx.now + ctx.settings.retry_max_s
         if record.deleted:
@@ -455,7 +532,15 @@ def _unexpected_load(
     free = copy is None or copy.state in (CopyState.LOAD_FAILED, CopyState.UNLOADED)
     if free and _adoptable(record, ctx.cluster.replica(key), event.version, ctx.now):
         _adopt(record, key, event.version, event.footprint_bytes)
-        out.note("info", "model %s: kept the late copy on %s", record.name, replica_id(*key))
+        out.note(
+            "info",
+            "model %s: kept the late copy on %s",
+            record.name,
+            replica_id(*key),
+            model=record.name,
+            version=event.version,
+            key=key,
+        )
     else:
         _unwanted(key, event, out)
 
@@ -467,6 +552,9 @@ def _unwanted(key: Key, event: ModelEvent, out: Outcome) -> None:
         event.model,
         event.version,
         replica_id(*key),
+        model=event.model,
+        version=event.version,
+        key=key,
     )
     out.commands.append((key, Unload(event.model, event.version)))
 
@@ -510,6 +598,10 @@ def _load_failed(
         replica_id(*copy.key),
         kind,
         reason,
+        model=record.name,
+        version=copy.version,
+        key=copy.key,
+        reason=kind,
     )
     if copy.replaced_version:
         # The agent may have kept the old version it was replacing: nobody tracks it now.
@@ -543,6 +635,9 @@ def step(record: ModelRecord, ctx: Context) -> Outcome:
         _place(record, ctx, out)
         _retire(record, ctx, out)
         _set_state(record)
+        if record.state == ModelState.AVAILABLE and record.requested_at:
+            out.available_s = max(0.0, ctx.now - record.requested_at)
+            record.requested_at = 0.0
     if not out.terminated and _digest(record) != before:
         record.updated_at = ctx.now
         out.publish = True
@@ -601,6 +696,9 @@ def _expire(record: ModelRecord, ctx: Context, out: Outcome) -> None:
                 record.name,
                 replica_id(*copy.key),
                 copy.version,
+                model=record.name,
+                version=copy.version,
+                key=copy.key,
             )
             _start_unload(record, copy, ctx, out)
             continue
@@ -621,6 +719,10 @@ def _expire(record: ModelRecord, ctx: Context, out: Outcome) -> None:
                 record.name,
                 replica_id(*copy.key),
                 now - away,
+                model=record.name,
+                version=copy.version,
+                key=copy.key,
+                reason="agent_disconnected",
             )
             del record.copies[copy.key]
     for key, until in list(record.excluded_until.items()):
@@ -639,7 +741,7 @@ def _terminate(record: ModelRecord, ctx: Context, out: Outcome) -> None:
         record.state = ModelState.TERMINATED
         record.reason = "unloaded"
         out.terminated = True
-        out.note("info", "model %s: terminated", record.name)
+        out.note("info", "model %s: terminated", record.name, model=record.name)
 
 
 def settled(record: ModelRecord) -> bool:
@@ -725,6 +827,7 @@ def clipped(reasons: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
 def _rejected(record: ModelRecord, result: Rejection, ctx: Context, out: Outcome) -> None:
     record.server_reasons = clipped(result.reasons)
     record.reason = clip(result.message, MAX_MESSAGE)
+    record.refusal = result.cause
     record.attempts += 1
     record.next_retry_at = ctx.now + backoff(ctx.settings, record.attempts)
     learned = learned_text(record)
@@ -736,6 +839,9 @@ def _rejected(record: ModelRecord, result: Rejection, ctx: Context, out: Outcome
         record.next_retry_at - ctx.now,
         result.message,
         f" ({learned})" if learned else "",
+        model=record.name,
+        version=record.version,
+        reason=result.cause,
     )
 
 
@@ -746,6 +852,7 @@ def _placed(record: ModelRecord, result: Placement, ctx: Context, out: Outcome) 
     full = len(wanted) >= record.spec.replicas
     record.server_reasons = clipped(result.reasons)
     record.reason = "" if full else _partial(len(wanted), record.spec)
+    record.refusal = ""
     record.attempts = 0 if full else record.attempts + 1
     if full:
         record.load_failures = 0
@@ -791,6 +898,9 @@ def _start_load(record: ModelRecord, assignment: Assignment, ctx: Context, out: 
         replica_id(*key),
         f" (GPUs {', '.join(assignment.device_uuids)})" if assignment.device_uuids else "",
         f" ({learned})" if learned else "",
+        model=record.name,
+        version=record.version,
+        key=key,
     )
     command = record.spec.load_command(
         record.version,
@@ -839,6 +949,9 @@ def _retire(record: ModelRecord, ctx: Context, out: Outcome) -> None:
                 record.name,
                 copy.version,
                 replica_id(*copy.key),
+                model=record.name,
+                version=copy.version,
+                key=copy.key,
             )
             _start_unload(record, copy, ctx, out)
 

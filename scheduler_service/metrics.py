@@ -10,7 +10,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from placement import Replica
-from scheduler_service.model import ModelState
+from scheduler_service.model import WAITING_REASONS, ModelState
+
+_LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
 @dataclass(frozen=True)
@@ -18,6 +20,8 @@ class ClusterGauges:
     """What the gauges show, read from the service at scrape time."""
 
     models_by_state: dict[str, int]
+    # Models not Available (deleted ones aside), by `WAITING_REASONS`.
+    waiting: Mapping[str, int]
     # The connected replicas as the placement core sees them: memory, devices, the ledger.
     replicas: tuple[Replica, ...]
     # Per model that declares gpuMemory and whose artifact was measured: the largest
@@ -25,6 +29,9 @@ class ClusterGauges:
     gpu_memory_ratios: Mapping[str, float] = field(default_factory=dict)
     # The same for host memory, per model that declares memory.
     memory_ratios: Mapping[str, float] = field(default_factory=dict)
+    # GPU memory the models loaded or loading on a device were placed with (declared, else
+    # learned), per (server, replica index, device UUID).
+    gpu_placed: Mapping[tuple[str, int, str], int] = field(default_factory=dict)
 
 
 class _StateCollector(Collector):
@@ -37,6 +44,16 @@ class _StateCollector(Collector):
         for state in ModelState:
             models.add_metric([state.value], gauges.models_by_state.get(state.value, 0))
         yield models
+        waiting = GaugeMetricFamily(
+            "gpuplace_scheduler_models_waiting",
+            "Models not Available (deleted ones aside), by what keeps them: placing, "
+            "loading, load_failed, or a refusal's nearest miss (no_server, capabilities, "
+            "draining, excluded, host_memory, gpu_memory, too_few_replicas)",
+            labels=["reason"],
+        )
+        for reason in WAITING_REASONS:
+            waiting.add_metric([reason], gauges.waiting.get(reason, 0))
+        yield waiting
         yield GaugeMetricFamily(
             "gpuplace_scheduler_connected_agents",
             "Agents connected now",
@@ -69,9 +86,20 @@ class _StateCollector(Collector):
                 "Free GPU memory per device, as last measured by its agent",
                 labels=labels,
             ),
+            "used": GaugeMetricFamily(
+                "gpuplace_scheduler_gpu_memory_used_bytes",
+                "Used GPU memory per device (total minus free), as last measured by its agent",
+                labels=labels,
+            ),
             "reserved": GaugeMetricFamily(
                 "gpuplace_scheduler_gpu_memory_reserved_bytes",
                 "GPU memory promised to loads still in flight",
+                labels=labels,
+            ),
+            "placed": GaugeMetricFamily(
+                "gpuplace_scheduler_gpu_memory_placed_bytes",
+                "GPU memory the models loaded or loading on a device were placed with "
+                "(declared gpuMemory, else learned): compare with the measured used memory",
                 labels=labels,
             ),
         }
@@ -81,7 +109,10 @@ class _StateCollector(Collector):
                 if gpu.measured:  # an unmeasured device's memory is unknown, not 0
                     families["total"].add_metric(values, gpu.total_bytes)
                     families["free"].add_metric(values, gpu.free_bytes)
+                    families["used"].add_metric(values, gpu.total_bytes - gpu.free_bytes)
                 families["reserved"].add_metric(values, gpu.reserved_bytes)
+                placed = gauges.gpu_placed.get((replica.server, replica.index, gpu.uuid), 0)
+                families["placed"].add_metric(values, placed)
         yield from families.values()
         for name, what, ratios in (
             (
@@ -158,7 +189,15 @@ class SchedulerMetrics:
         self.load_seconds = Histogram(
             "gpuplace_scheduler_load_duration_seconds",
             "From load requested to loaded, per replica",
-            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.available_seconds = Histogram(
+            "gpuplace_scheduler_model_available_duration_seconds",
+            "From a client's LoadModel (a new version or a new replica count) to the model "
+            "Available, placement and retries included (not observed for requests made "
+            "before the scheduler last started)",
+            buckets=_LATENCY_BUCKETS,
             registry=registry,
         )
 

@@ -17,6 +17,7 @@ from contract.names import (
 )
 from contract.protocol import Load
 from contract.quantity import QuantityError, parse_bytes
+from placement import CAUSES
 from placement.schedule import least_replicas
 
 
@@ -50,6 +51,11 @@ Key = tuple[str, int]
 IN_FLIGHT = frozenset({CopyState.LOAD_REQUESTED, CopyState.LOADING})
 # A replica in one of these states holds (or is about to hold) the model.
 ACTIVE = IN_FLIGHT | {CopyState.AVAILABLE}
+
+
+# What keeps a model from being Available, for the metrics: a placement to come, loads in
+# flight, loads that failed, or the last refusal's cause.
+WAITING_REASONS: tuple[str, ...] = ("placing", "loading", "load_failed", *CAUSES)
 
 
 # An artifact's identity: (storageUri, artifactVersion).
@@ -313,6 +319,11 @@ class ModelRecord:
     attempts: int = 0
     next_retry_at: float = 0.0
     load_failures: int = 0
+    # The last refusal's cause (`placement.CAUSES`; "": placed since, or never refused).
+    refusal: str = ""
+    # When the client's request (a new version, a scale) that the model is not yet Available
+    # for was made (0: none, or made before the scheduler started), for the metrics.
+    requested_at: float = 0.0
     # Not saved with the record (the store keeps learned footprints in a table of their own),
     # set by each pass: the footprints learned for the spec's artifact (one per GPU product),
     # and, for a figure the spec does not declare, what the model is placed with (the largest
@@ -365,3 +376,16 @@ class ModelRecord:
             for r in self.copies.values()
             if r.version == self.version and r.state == CopyState.AVAILABLE and not r.retire
         )
+
+
+def waiting_for(record: ModelRecord) -> str | None:
+    """Why the model is not Available (one of `WAITING_REASONS`); None when it is, or is
+    going."""
+    if record.deleted or record.state == ModelState.AVAILABLE:
+        return None
+    current = [c for c in record.copies.values() if c.version == record.version]
+    if any(c.state in IN_FLIGHT for c in current):
+        return "loading"
+    if record.state == ModelState.FAILED:  # loads failed, and no other replica took it
+        return "load_failed"
+    return record.refusal or "placing"

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from contract.errors import GpuplaceError, NotFound, ResourceExhausted
+from contract.logs import log_fields
 from contract.names import replica_id, shown
 from contract.protocol import Command, GpuDevice, Hello, ModelEvent, Welcome
 from contract.quantity import format_bytes
@@ -34,12 +35,14 @@ from scheduler_service.cluster import AgentSession, Cluster
 from scheduler_service.lifecycle import Outcome
 from scheduler_service.metrics import ClusterGauges, SchedulerMetrics, count_states
 from scheduler_service.model import (
+    ACTIVE,
     Artifact,
     Footprint,
     FootprintBook,
     Key,
     ModelRecord,
     ModelSpec,
+    waiting_for,
 )
 from scheduler_service.settings import SchedulerSettings
 from scheduler_service.timers import Timers
@@ -271,6 +274,7 @@ class SchedulerService:
             result.record.version,
             result.record.state,
             ", ".join(replica_id(*key) for key in sorted(result.loads)) or "none",
+            extra=log_fields(model=spec.name, version=result.record.version),
         )
         return result
 
@@ -454,6 +458,7 @@ class SchedulerService:
             hello.memory_bytes,
             len(hello.devices),
             len(hello.loaded),
+            extra=log_fields(replica=replica_id(*key)),
         )
         self._cluster_changed()
 
@@ -478,6 +483,7 @@ class SchedulerService:
             "replica %s disconnected%s",
             replica_id(*session.key),
             " (drained)" if session.draining else "",
+            extra=log_fields(replica=replica_id(*session.key)),
         )
         self._cluster_changed()
 
@@ -564,7 +570,11 @@ class SchedulerService:
             try:
                 self._store.save_footprint(footprint)
             except Exception:
-                log.exception("model %s: its measured footprint was not saved", record.name)
+                log.exception(
+                    "model %s: its measured footprint was not saved",
+                    record.name,
+                    extra=log_fields(model=record.name, version=record.version),
+                )
                 return
             self._footprints.keep(footprint)
             what = []
@@ -583,6 +593,7 @@ class SchedulerService:
                 record.name,
                 ", ".join(what),
                 product or "a replica, no GPU memory taken",
+                extra=log_fields(model=record.name, version=record.version),
             )
         ctx = self._context(now)
         for name in self._by_artifact.get(artifact, ()):
@@ -599,7 +610,11 @@ class SchedulerService:
         self._apply_intake()
         if not session.start_drain(self._clock.now() + self._settings.drain_timeout_s):
             return
-        log.info("replica %s: draining", replica_id(*session.key))
+        log.info(
+            "replica %s: draining",
+            replica_id(*session.key),
+            extra=log_fields(replica=replica_id(*session.key)),
+        )
         for record in self._models.values():
             if lifecycle.on_drain(record, session.key):
                 self._mark(record.name)
@@ -640,6 +655,8 @@ class SchedulerService:
             self._metrics.load_failures.labels(kind).inc()
         if outcome.load_s is not None:
             self._metrics.load_seconds.observe(outcome.load_s)
+        if outcome.available_s is not None:
+            self._metrics.available_seconds.observe(outcome.available_s)
         if outcome.placement is not None:
             self._metrics.placement_seconds.observe(outcome.placement.seconds)
             self._metrics.placements.labels(outcome.placement.outcome).inc()
@@ -786,7 +803,12 @@ class SchedulerService:
         decided about it is shown or sent, the requests about it get the error, it is tried
         again after a back-off, and the agents whose news it held are closed (their next
         hello tells it again)."""
-        log.error("model %s: reconcile failed; trying again", name, exc_info=exc)
+        log.error(
+            "model %s: reconcile failed; trying again",
+            name,
+            exc_info=exc,
+            extra=log_fields(model=name),
+        )
         self._metrics.state_write_errors.inc()
         work.failed[name] = exc
         work.unsaved.discard(name)
@@ -885,6 +907,7 @@ class SchedulerService:
                     "replica %s: drained%s",
                     replica_id(*session.key),
                     f", stranded: {', '.join(done.stranded)}" if done.stranded else "",
+                    extra=log_fields(replica=replica_id(*session.key)),
                 )
 
     # ------------------------------------------------------------------ helpers
@@ -950,10 +973,17 @@ class SchedulerService:
                     "replica %s: a %s command could not be sent",
                     replica_id(*key),
                     type(command).__name__,
+                    extra=log_fields(
+                        model=getattr(command, "model", None), replica=replica_id(*key)
+                    ),
                 )
                 continue
             if not sent:
-                log.error("replica %s: command queue full, disconnecting it", replica_id(*key))
+                log.error(
+                    "replica %s: command queue full, disconnecting it",
+                    replica_id(*key),
+                    extra=log_fields(replica=replica_id(*key), reason="command queue full"),
+                )
                 session.close("command queue full")
                 self.disconnect(session)
 
@@ -965,8 +995,10 @@ class SchedulerService:
             watcher.offer(frozen)
 
     def gauges(self) -> ClusterGauges:
+        waiting = (waiting_for(r) for r in self._models.values())
         return ClusterGauges(
             models_by_state=count_states(r.state.value for r in self._models.values()),
+            waiting=count_states(reason for reason in waiting if reason is not None),
             replicas=tuple(view for _, view in self.replica_views() if view is not None),
             gpu_memory_ratios={
                 r.name: max(f.gpu.size for f in r.learned) / r.spec.gpu_memory_bytes
@@ -978,7 +1010,21 @@ class SchedulerService:
                 for r in self._models.values()
                 if r.spec.memory_bytes and any(f.host.samples for f in r.learned)
             },
+            gpu_placed=self._gpu_placed(),
         )
+
+    def _gpu_placed(self) -> dict[tuple[str, int, str], int]:
+        placed: dict[tuple[str, int, str], int] = {}
+        for record in self._models.values():
+            per_device = record.gpu_memory_bytes
+            if not per_device:
+                continue
+            for held in record.copies.values():
+                if held.state in ACTIVE:
+                    for uuid in held.device_uuids:
+                        where = (held.server, held.index, uuid)
+                        placed[where] = placed.get(where, 0) + per_device
+        return placed
 
 
 # The lifecycle's lines keep its logger's name: filter and find them as before.
@@ -988,4 +1034,10 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 
 def _log_notes(notes: Iterable[lifecycle.Note]) -> None:
     for note in notes:
-        _lifecycle_log.log(_LEVELS[note.level], note.message, *note.args)
+        fields = log_fields(
+            model=note.model,
+            version=note.version,
+            replica=replica_id(*note.key) if note.key else None,
+            reason=note.reason,
+        )
+        _lifecycle_log.log(_LEVELS[note.level], note.message, *note.args, extra=fields)

@@ -21,6 +21,7 @@ from contract.errors import (
     NotFound,
     ResourceExhausted,
 )
+from contract.logs import log_fields
 from contract.names import replica_id
 from contract.protocol import Command, DrainRequest, Hello, ModelEvent, ResourceUpdate
 from contract.wire import decode_agent_message, encode_command
@@ -234,13 +235,24 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             return True
 
         def close(reason: str) -> None:
-            log.info("replica %s: closing stream: %s", replica_id(*key), reason)
+            log.info(
+                "replica %s: closing stream: %s",
+                replica_id(*key),
+                reason,
+                extra=log_fields(replica=replica_id(*key), reason=reason),
+            )
             outbox.put_nowait(None)
 
         try:
             session = self._service.connect(hello, send, close, peer=context.peer())
         except AlreadyExists as exc:
-            log.warning("%s (held by %s; refused: %s)", exc, exc.holder, context.peer())
+            log.warning(
+                "%s (held by %s; refused: %s)",
+                exc,
+                exc.holder,
+                context.peer(),
+                extra=log_fields(replica=replica_id(*key), reason="already connected"),
+            )
             await _abort(context, exc)
         except Exception as exc:  # the state file cannot be written, say
             log.error(
@@ -248,6 +260,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 replica_id(*key),
                 type(exc).__name__,
                 exc,
+                extra=log_fields(replica=replica_id(*key)),
             )
             await context.abort(
                 grpc.StatusCode.UNAVAILABLE,
@@ -286,7 +299,11 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         except grpc.aio.AioRpcError as exc:
             reason = f"stream broken: {exc.code().name}"
         except Exception:
-            log.exception("replica %s: error handling its message", replica_id(*session.key))
+            log.exception(
+                "replica %s: error handling its message",
+                replica_id(*session.key),
+                extra=log_fields(replica=replica_id(*session.key)),
+            )
             reason = "internal error handling a message; see the scheduler log"
         finally:
             close(reason)

@@ -232,7 +232,7 @@ def test_defaults_one_scheduler_recreated_with_its_state_on_a_claim() -> None:
     container = scheduler_container(manifests)
     assert container["image"] == f"gpuplace:{gpuplace.__version__}"
     assert container["command"] == ["gpuplace"]
-    assert container["args"] == ["--log-level=INFO", "scheduler"]
+    assert container["args"] == ["--log-level=INFO", "--log-format=text", "scheduler"]
     claim = one(manifests, "PersistentVolumeClaim")
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["state"]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
@@ -385,6 +385,7 @@ def test_values_reach_the_container_as_environment_and_parse(
             "scheduler.retryInitialSeconds": "0.25",
             "scheduler.exclusionSeconds": "null",
             "scheduler.logLevel": "DEBUG",
+            "scheduler.logFormat": "json",
             "scheduler.ports.agent": "7005",
             "scheduler.extraEnv[0].name": "GPUPLACE_SCHEDULER_WATCH_QUEUE_SIZE",
             "scheduler.extraEnv[0].value": "99",
@@ -398,7 +399,12 @@ def test_values_reach_the_container_as_environment_and_parse(
     container = scheduler_container(manifests)
     names = [item["name"] for item in container["env"]]
     assert "GPUPLACE_SCHEDULER_EXCLUSION_S" not in names  # null: the scheduler's default
-    assert container["args"] == ["--log-level=DEBUG", "scheduler", "--agent-queue-size=77"]
+    assert container["args"] == [
+        "--log-level=DEBUG",
+        "--log-format=json",
+        "scheduler",
+        "--agent-queue-size=77",
+    ]
     env = env_of(container)
     assert env["GPUPLACE_SCHEDULER_MAX_MESSAGE_BYTES"] == "16777216"  # not 1.6777216e+07
     assert env["GPUPLACE_SCHEDULER_MAX_MODELS"] == "123456789"

@@ -19,6 +19,7 @@ from devharness.sim_agent import GiB, SimGpu
 from gpuplace.client import SchedulerClient
 from protos import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 from scheduler_service import servicers
+from scheduler_service.model import WAITING_REASONS
 from scheduler_service.settings import SchedulerSettings
 from tests.support.scheduler import SchedulerHandle
 from tests.support.wait import wait_until
@@ -60,14 +61,19 @@ async def test_metrics_follow_placements_failures_and_gpus(
             model=common_pb2.ModelSpec(name="big", requirements=["model-on-gpu"], gpu_memory="80Gi")
         )
     )
+    await client.LoadModel(
+        scheduler_pb2.LoadModelRequest(
+            model=common_pb2.ModelSpec(name="small", requirements=["model-on-gpu"], gpu_memory="8Gi")
+        )
+    )
 
     async def settled() -> Any:
         metrics = await scrape(scheduler)
-        ok = metrics.get(("gpuplace_scheduler_models", (("state", "Available"),))) == 1
+        ok = metrics.get(("gpuplace_scheduler_models", (("state", "Available"),))) == 2
         ok = ok and metrics.get(("gpuplace_scheduler_models", (("state", "ScheduleFailed"),))) == 1
         return metrics if ok else None
 
-    metrics = await wait_until(settled, what="one model available and one refused")
+    metrics = await wait_until(settled, what="two models available and one refused")
     assert metrics[("gpuplace_scheduler_connected_agents", ())] == 3
     assert metrics[("gpuplace_scheduler_load_failures_total", (("reason", "load_failed"),))] == 1
     assert metrics[("gpuplace_scheduler_retries_total", ())] >= 1
@@ -77,6 +83,18 @@ async def test_metrics_follow_placements_failures_and_gpus(
     assert metrics[("gpuplace_scheduler_gpu_memory_total_bytes", labels)] == 40 * GiB
     assert metrics[("gpuplace_scheduler_gpu_memory_free_bytes", labels)] == 30 * GiB
     assert metrics[("gpuplace_scheduler_gpu_memory_reserved_bytes", labels)] == 0
+    assert metrics[("gpuplace_scheduler_gpu_memory_used_bytes", labels)] == 10 * GiB
+    # The device holds `small`, placed with its declared 8Gi.
+    assert metrics[("gpuplace_scheduler_gpu_memory_placed_bytes", labels)] == 8 * GiB
+    # `big` got furthest on the GPU server (the others lack the capability): its GPU memory.
+    waiting = {
+        dict(labels)["reason"]: value
+        for (name, labels), value in metrics.items()
+        if name == "gpuplace_scheduler_models_waiting"
+    }
+    assert waiting == {reason: int(reason == "gpu_memory") for reason in WAITING_REASONS}
+    # iris (after a failed load and a retry) and small became Available after their LoadModel.
+    assert metrics[("gpuplace_scheduler_model_available_duration_seconds_count", ())] == 2
 
 
 async def test_health_and_reflection_on_both_ports(scheduler: SchedulerHandle) -> None:

@@ -688,3 +688,44 @@ def test_eligibility_is_the_pin_and_the_capabilities(
     request_: Request, found_on: Replica, reason: str | None
 ) -> None:
     assert first_failure(request_, found_on, NOW, ELIGIBILITY) == reason
+
+
+CAUSE_CASES = [
+    pytest.param([], request(), "no_server", id="no server connected"),
+    pytest.param([replica("a")], request(server="b"), "no_server", id="pinned server absent"),
+    pytest.param(
+        [replica("a")], request(requirements=frozenset({"triton"})), "capabilities", id="caps"
+    ),
+    pytest.param([replica("a", draining=True)], request(), "draining", id="draining"),
+    pytest.param(
+        [replica("a")],
+        request(excluded_until=((("a", 0), NOW + 60),)),
+        "excluded",
+        id="excluded after a failed load",
+    ),
+    pytest.param([replica("a", memory_gib=1)], request(memory_gib=2), "host_memory", id="memory"),
+    pytest.param(
+        [replica("a", gpus=ONE_24)], request(gpu_gib=40), "gpu_memory", id="GPU memory"
+    ),
+    pytest.param(
+        [replica("a"), replica("b", gpus=ONE_24, capabilities=GPU_CAPABILITIES)],
+        request(requirements=frozenset({"model-on-gpu"}), gpu_gib=40),
+        "gpu_memory",
+        id="the nearest miss over servers",
+    ),
+    pytest.param(
+        [replica("a", 0), replica("a", 1, draining=True), replica("b", memory_gib=1)],
+        request(replicas=2),
+        "too_few_replicas",
+        id="some replicas fit, too few",
+    ),
+]
+
+
+@pytest.mark.parametrize(("replicas", "request_", "cause"), CAUSE_CASES)
+def test_a_refusal_names_its_nearest_miss(
+    replicas: list[Replica], request_: Request, cause: str
+) -> None:
+    result = schedule(Snapshot(tuple(replicas)), request_, Policy.BINPACK, NOW)
+    assert isinstance(result, Rejection)
+    assert result.cause == cause

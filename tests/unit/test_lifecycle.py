@@ -37,6 +37,7 @@ from scheduler_service.model import (
     ModelRecord,
     ModelState,
     validate_spec,
+    waiting_for,
     with_margin,
 )
 from scheduler_service.settings import SchedulerSettings
@@ -1237,3 +1238,29 @@ def test_the_agent_is_asked_to_measure_host_memory_while_the_artifact_has_few_fi
     record = model(state=ModelState.PENDING, storage_uri=uri, memory="2Gi")
     ((_, load),) = lifecycle.step(record, context).commands
     assert isinstance(load, Load) and load.measure_host_memory is asked
+
+
+def test_what_keeps_a_model_waiting_and_when_it_became_available() -> None:
+    """The metrics' view of a model in its passes: refused (the nearest miss), placing,
+    loading, a load that failed, Available after its request (observed once), going."""
+    record = lifecycle.created(validate_spec("iris", requirements=["triton"]), 1, NOW).record
+    assert waiting_for(record) == "placing"
+    step(ctx(A0))(record)
+    assert (record.state, waiting_for(record)) == (ModelState.SCHEDULE_FAILED, "capabilities")
+    record = lifecycle.created(validate_spec("iris"), 1, NOW).record
+    assert step(ctx(A0))(record).available_s is None
+    assert waiting_for(record) == "loading"
+    on_event(A0, event(EventKind.LOAD_FAILED, message="boom"), ctx(A0))(record)
+    step(ctx(A0))(record)  # the only replica is excluded now
+    assert (record.state, record.refusal) == (ModelState.FAILED, "excluded")
+    assert waiting_for(record) == "load_failed"
+    step(ctx(A0, B0, now=NOW + 1))(record)  # placed again, on the other replica
+    on_event(B0, event(EventKind.LOADED), ctx(A0, B0, now=NOW + 3))(record)
+    outcome = step(ctx(A0, B0, now=NOW + 3))(record)
+    assert (record.state, waiting_for(record), outcome.available_s) == (
+        ModelState.AVAILABLE,
+        None,
+        3.0,
+    )
+    assert step(ctx(A0, B0, now=NOW + 4))(record).available_s is None  # once per request
+    assert waiting_for(terminating()) is None
