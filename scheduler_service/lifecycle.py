@@ -448,7 +448,7 @@ def on_event(record: ModelRecord | None, key: Key, event: ModelEvent, ctx: Conte
             "%s: unload failed: %s",
             where,
             event.message,
-            reason=event.message,
+            reason="unload_failed",
             model=event.model,
             version=event.version,
             key=key,

@@ -982,7 +982,7 @@ class SchedulerService:
                 log.error(
                     "replica %s: command queue full, disconnecting it",
                     replica_id(*key),
-                    extra=log_fields(replica=replica_id(*key), reason="command queue full"),
+                    extra=log_fields(replica=replica_id(*key), reason="queue_full"),
                 )
                 session.close("command queue full")
                 self.disconnect(session)

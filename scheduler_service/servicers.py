@@ -239,7 +239,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 "replica %s: closing stream: %s",
                 replica_id(*key),
                 reason,
-                extra=log_fields(replica=replica_id(*key), reason=reason),
+                extra=log_fields(replica=replica_id(*key)),
             )
             outbox.put_nowait(None)
 
@@ -251,7 +251,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 exc,
                 exc.holder,
                 context.peer(),
-                extra=log_fields(replica=replica_id(*key), reason="already connected"),
+                extra=log_fields(replica=replica_id(*key), reason="already_connected"),
             )
             await _abort(context, exc)
         except Exception as exc:  # the state file cannot be written, say

@@ -63,7 +63,9 @@ async def test_metrics_follow_placements_failures_and_gpus(
     )
     await client.LoadModel(
         scheduler_pb2.LoadModelRequest(
-            model=common_pb2.ModelSpec(name="small", requirements=["model-on-gpu"], gpu_memory="8Gi")
+            model=common_pb2.ModelSpec(
+                name="small", requirements=["model-on-gpu"], gpu_memory="8Gi"
+            )
         )
     )
 

@@ -704,9 +704,7 @@ CAUSE_CASES = [
         id="excluded after a failed load",
     ),
     pytest.param([replica("a", memory_gib=1)], request(memory_gib=2), "host_memory", id="memory"),
-    pytest.param(
-        [replica("a", gpus=ONE_24)], request(gpu_gib=40), "gpu_memory", id="GPU memory"
-    ),
+    pytest.param([replica("a", gpus=ONE_24)], request(gpu_gib=40), "gpu_memory", id="GPU memory"),
     pytest.param(
         [replica("a"), replica("b", gpus=ONE_24, capabilities=GPU_CAPABILITIES)],
         request(requirements=frozenset({"model-on-gpu"}), gpu_gib=40),
