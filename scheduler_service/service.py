@@ -44,6 +44,7 @@ from scheduler_service.model import (
     ModelSpec,
     waiting_for,
 )
+from scheduler_service.pacing import Pacing
 from scheduler_service.settings import SchedulerSettings
 from scheduler_service.timers import Timers
 
@@ -58,6 +59,8 @@ _RETRY_WINDOW_S = 1.0
 # Requests and events waiting for the next pass at most (~10 MB); past it they are applied
 # at once.
 _MAX_INTAKE = 50_000
+# The most turns of the event loop a woken pass gives to messages still arriving.
+_MAX_YIELDS = 8
 
 
 class Clock(Protocol):
@@ -230,6 +233,7 @@ class SchedulerService:
         self._refused: set[str] = set()
         self._retried_at, self._retry_due = -math.inf, math.inf
         self._kick = asyncio.Event()
+        self._pacing = Pacing(self._clock.now())
         self._outbox: list[tuple[Key, Command]] = []
         # Client requests and agents' events, applied in order at the start of the next
         # pass, in its transaction.
@@ -681,16 +685,25 @@ class SchedulerService:
                 self._metrics.loop_errors.inc()
                 await asyncio.sleep(_IDLE_WAKE_S)
                 continue
-            wake = self._next_timer() - self._clock.now()
+            idle_from = self._clock.now()
+            wake = self._next_timer() - idle_from
             if wake > 0:
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
                 # that races with the event being set, and shutdown would hang.
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(min(wake, _IDLE_WAKE_S)):
                         await self._kick.wait()
+            self._pacing.waited(idle_from, self._clock.now())
             # Woken: the calls and messages already received go into this pass too (one
-            # transaction for all of them, not one each).
-            await asyncio.sleep(0)
+            # transaction for all of them, not one each); flooded, those of a few ms more.
+            delay = self._pacing.delay()
+            if delay:
+                await asyncio.sleep(delay)
+            for _ in range(_MAX_YIELDS):
+                queued = len(self._intake)
+                await asyncio.sleep(0)  # a message gRPC has read may take a turn or two more
+                if len(self._intake) == queued:
+                    break
             self._kick.clear()
 
     def reconcile(self, budget: int | None = None) -> bool:

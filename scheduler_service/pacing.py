@@ -1,0 +1,39 @@
+"""When the reconcile loop should wait a little before a pass, to take more into it.
+
+A pass costs mostly per pass (a transaction, the usage table, the commands it sends), not
+per request or event in it. While work trickles in, a pass right away is best: nothing
+waits. Under a flood, work arrives faster than passes end, each pass takes one or two
+items, and the loop spends itself on passes: then a pass that waits a few milliseconds
+takes tens of items for nearly the cost of one. The loop is flooded when it has hardly had
+to wait for work lately.
+"""
+
+from __future__ import annotations
+
+# How long a pass waits for more when the loop is flooded.
+BATCH_S = 0.005
+# The loop is flooded when, over the last window, it waited for work less than this share
+# of the time.
+WINDOW_S = 0.1
+FLOODED_BELOW = 0.2
+
+
+class Pacing:
+    """The loop's recent waits for work, measured over windows of `WINDOW_S`."""
+
+    def __init__(self, now: float) -> None:
+        self._start = now
+        self._waited = 0.0
+        self._flooded = False
+
+    def waited(self, started: float, ended: float) -> None:
+        """The loop waited for work from `started` to `ended`."""
+        self._waited += max(0.0, ended - started)
+        span = ended - self._start
+        if span >= WINDOW_S:
+            self._flooded = self._waited < FLOODED_BELOW * span
+            self._start, self._waited = ended, 0.0
+
+    def delay(self) -> float:
+        """How long the next pass waits for more work (0: none)."""
+        return BATCH_S if self._flooded else 0.0
