@@ -3,6 +3,8 @@ shared conversion: contract.wire.)"""
 
 from __future__ import annotations
 
+import functools
+
 from contract.redaction import redact
 from contract.wire import device_to_proto
 from placement.types import Replica
@@ -33,6 +35,10 @@ def spec_from_proto(spec: common_pb2.ModelSpec) -> ModelSpec:
     )
 
 
+# Statuses are made for every change of every model (a watcher follows them all) while a
+# spec changes rarely: its message is made once per spec. It is shared, never changed: a
+# ModelStatus built with it copies it.
+@functools.lru_cache(maxsize=16_384)
 def spec_to_proto(spec: ModelSpec) -> common_pb2.ModelSpec:
     """The spec as statuses show it: the storageUri without a user:password or a query string
     (a presigned URL's signature, a SAS token), which only the agent that loads it gets."""

@@ -913,6 +913,8 @@ def _start_load(record: ModelRecord, assignment: Assignment, ctx: Context, out: 
 
 def _product(ctx: Context, key: Key, assignment: Assignment) -> str:
     """The GPU product a load on `assignment` is learned under ("" for a CPU load)."""
+    if not assignment.device_uuids:
+        return ""  # without a view of the replica: most loads are CPU loads
     replica = ctx.cluster.replica(key)
     names = {gpu.uuid: gpu.name for gpu in replica.gpus} if replica else {}
     return min((names.get(uuid, "") for uuid in assignment.device_uuids), default="")

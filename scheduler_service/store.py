@@ -1,4 +1,4 @@
-"""SQLite persistence of desired specs, versions and per-replica state.
+"""SQLite persistence of desired specs, versions and per-replica state: one row per model.
 
 Every change to a model is written, in one transaction, before it is acknowledged or acted
 on. WAL with synchronous=NORMAL survives a killed process (kill -9): a committed
@@ -7,7 +7,8 @@ transaction is in the log the moment commit returns.
 The learned footprints (per artifact and GPU product: GPU memory per device, host memory)
 live in a table of their own. A state file of an older schema version is migrated in place
 at open (`_MIGRATIONS`, one transaction per step); a newer one is refused, as is a downgrade:
-schema 2 (host memory learned) cannot be read by a scheduler that reads 1.
+schema 2 (host memory learned) cannot be read by a scheduler that reads 1, nor schema 3 (a
+model's copies in its row) by one that reads 2.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from contract.names import shown
 from scheduler_service.model import (
     CopyState,
     Footprint,
-    Key,
     Learned,
     ModelCopy,
     ModelRecord,
@@ -35,7 +35,9 @@ from scheduler_service.model import (
     ModelState,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+# `copies`: the model's copies, a JSON list of [server, index, version, state, reason, device
+# UUIDs, footprint per device, retire]. In the model's row, a save is one statement.
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS models (
@@ -46,19 +48,8 @@ CREATE TABLE IF NOT EXISTS models (
     reason TEXT NOT NULL,
     server_reasons TEXT NOT NULL,
     deleted INTEGER NOT NULL,
-    updated_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS replicas (
-    model TEXT NOT NULL REFERENCES models(name) ON DELETE CASCADE,
-    server TEXT NOT NULL,
-    idx INTEGER NOT NULL,
-    version INTEGER NOT NULL,
-    state TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    devices TEXT NOT NULL,
-    footprint TEXT NOT NULL,
-    retire INTEGER NOT NULL,
-    PRIMARY KEY (model, server, idx)
+    updated_at REAL NOT NULL,
+    copies TEXT NOT NULL DEFAULT '[]'
 );
 CREATE TABLE IF NOT EXISTS footprints (
     storage_uri TEXT NOT NULL,
@@ -90,14 +81,39 @@ def _add_host_columns(db: sqlite3.Connection) -> None:
             db.execute(f"ALTER TABLE footprints ADD COLUMN {column} {declaration}")
 
 
+def _copies_into_models(db: sqlite3.Connection) -> None:
+    """2 -> 3: each model's copies move from a table of their own (a row per copy) into the
+    model's row, so that a save is one statement."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(models)")}
+    if "copies" not in have:
+        db.execute("ALTER TABLE models ADD COLUMN copies TEXT NOT NULL DEFAULT '[]'")
+    copies: dict[str, list[list[Any]]] = {}
+    for model, server, idx, version, state, reason, devices, footprint, retire in db.execute(
+        "SELECT model, server, idx, version, state, reason, devices, footprint, retire "
+        "FROM replicas ORDER BY model, server, idx"
+    ):
+        copies.setdefault(model, []).append(
+            [server, idx, version, state, reason, _loads(devices), _loads(footprint), retire]
+        )
+    db.executemany(
+        "UPDATE models SET copies=? WHERE name=?",
+        [(json.dumps(rows), model) for model, rows in copies.items()],
+    )
+    db.execute("DROP TABLE replicas")
+
+
 # What turns a state file of each older schema version into the next one.
-_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _add_host_columns}
-
-
-# One replica row as written: version, state, reason, devices, footprint (sorted items),
-# retire.
-_Row = tuple[int, str, str, tuple[str, ...], tuple[tuple[str, int], ...], bool]
+_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    1: _add_host_columns,
+    2: _copies_into_models,
+}
 _SPEC_FIELDS = fields(ModelSpec)
+_UPSERT = (
+    "INSERT INTO models VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(name) DO UPDATE SET "
+    "version=excluded.version, spec=excluded.spec, state=excluded.state, "
+    "reason=excluded.reason, server_reasons=excluded.server_reasons, "
+    "deleted=excluded.deleted, updated_at=excluded.updated_at, copies=excluded.copies"
+)
 
 
 class StoreError(RuntimeError):
@@ -173,8 +189,7 @@ class Store:
         # that a save writes them again only when they changed.
         self._specs: dict[str, tuple[ModelSpec, str]] = {}
         self._versions: dict[str, int] = {}
-        self._rows: dict[str, dict[Key, _Row]] = {}  # each model's replica rows as written
-        self._batched = False  # inside `batch`: saves are savepoints of its transaction
+        self._batched = False  # inside `batch`: saves are part of its transaction
         try:
             _owner_only(path)
             # A busy file (another program writing it) fails a pass at once, to be tried
@@ -219,78 +234,50 @@ class Store:
         self._db.close()
 
     def save(self, record: ModelRecord) -> None:
-        """Write the model and all its replicas atomically."""
+        """Write the model and all its copies atomically: one statement, and a second (in a
+        savepoint with it) when the model has a version this store has not written."""
         spec = record.spec
         known = self._specs.get(record.name)
         if known is None or known[0] != spec:
             # Its fields are plain values and tuples of them: no asdict's deep copy needed.
             known = (spec, json.dumps({f.name: getattr(spec, f.name) for f in _SPEC_FIELDS}))
-        rows: dict[Key, _Row] = {
-            copy.key: (
-                copy.version,
-                copy.state.value,
-                copy.reason,
-                copy.device_uuids,
-                tuple(sorted(copy.footprint_bytes.items())),
-                copy.retire,
-            )
-            for copy in record.copies.values()
-        }
-        with self._transaction():
-            self._db.execute(
-                "INSERT INTO models VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(name) DO UPDATE SET "
-                "version=excluded.version, spec=excluded.spec, state=excluded.state, "
-                "reason=excluded.reason, server_reasons=excluded.server_reasons, "
-                "deleted=excluded.deleted, updated_at=excluded.updated_at",
-                (
-                    record.name,
-                    record.version,
-                    known[1],
-                    record.state.value,
-                    record.reason,
-                    _dumps(record.server_reasons),
-                    int(record.deleted),
-                    record.updated_at,
-                ),
-            )
-            # The highest version ever given to this name outlives the model (see delete).
-            if self._versions.get(record.name) != record.version:
+        row = (
+            record.name,
+            record.version,
+            known[1],
+            record.state.value,
+            record.reason,
+            _dumps(record.server_reasons),
+            int(record.deleted),
+            record.updated_at,
+            _dumps(
+                [
+                    [
+                        copy.server,
+                        copy.index,
+                        copy.version,
+                        copy.state.value,
+                        copy.reason,
+                        copy.device_uuids,
+                        copy.footprint_bytes,
+                        int(copy.retire),
+                    ]
+                    for copy in record.copies.values()
+                ]
+            ),
+        )
+        if self._versions.get(record.name) == record.version:
+            self._statement(_UPSERT, row)
+        else:
+            with self._transaction():
+                self._db.execute(_UPSERT, row)
+                # The highest version ever given to this name outlives the model (see delete).
                 self._db.execute(
                     "INSERT OR REPLACE INTO meta VALUES (?, ?)",
                     (f"version:{record.name}", str(record.version)),
                 )
-            # Only the replica rows that changed since this store last wrote them (all of
-            # them the first time): a pass or an event changes one copy, not every copy.
-            written = self._rows.get(record.name)
-            if written is None:
-                self._db.execute("DELETE FROM replicas WHERE model=?", (record.name,))
-                written = {}
-            gone = [key for key in written if key not in rows]
-            self._db.executemany(
-                "DELETE FROM replicas WHERE model=? AND server=? AND idx=?",
-                [(record.name, *key) for key in gone],
-            )
-            self._db.executemany(
-                "INSERT OR REPLACE INTO replicas VALUES (?,?,?,?,?,?,?,?,?)",
-                [
-                    (
-                        record.name,
-                        *key,
-                        version,
-                        state,
-                        reason,
-                        _dumps(devices),
-                        _dumps(dict(footprint)),
-                        int(retire),
-                    )
-                    for key, row in rows.items()
-                    if written.get(key) != row
-                    for version, state, reason, devices, footprint, retire in [row]
-                ],
-            )
         self._specs[record.name] = known
         self._versions[record.name] = record.version
-        self._rows[record.name] = rows
 
     def last_version(self, name: str) -> int:
         """The highest version this name ever had (0: never seen), deleted models included."""
@@ -362,15 +349,13 @@ class Store:
         ]
 
     def delete(self, name: str) -> None:
-        with self._transaction():
-            self._db.execute("DELETE FROM models WHERE name=?", (name,))
+        self._statement("DELETE FROM models WHERE name=?", (name,))
         self._specs.pop(name, None)
-        self._rows.pop(name, None)
 
     def load(self) -> list[ModelRecord]:
-        """Every model with its replicas, as last saved. Raises StoreError naming the row
-        when one cannot be read (a file damaged, or written by something else)."""
-        records: dict[str, ModelRecord] = {}
+        """Every model with its copies, as last saved. Raises StoreError naming the row when
+        one cannot be read (a file damaged, or written by something else)."""
+        records: list[ModelRecord] = []
         where = "the models table"
         try:
             for (
@@ -382,15 +367,16 @@ class Store:
                 reasons,
                 deleted,
                 updated_at,
+                copies,
             ) in self._db.execute(
                 "SELECT name, version, spec, state, reason, server_reasons, deleted, "
-                "updated_at FROM models ORDER BY name"
+                "updated_at, copies FROM models ORDER BY name"
             ):
                 where = f"model {shown(str(name))}"
                 fields = json.loads(spec)
                 fields["requirements"] = tuple(fields["requirements"])
                 fields["parameters"] = tuple(tuple(item) for item in fields["parameters"])
-                records[name] = ModelRecord(
+                record = ModelRecord(
                     spec=ModelSpec(**fields),
                     version=version,
                     state=ModelState(state),
@@ -399,44 +385,34 @@ class Store:
                     deleted=bool(deleted),
                     updated_at=updated_at,
                 )
-            where = "the replicas table"
-            for (
-                model,
-                server,
-                idx,
-                version,
-                state,
-                reason,
-                devices,
-                footprint,
-                retire,
-            ) in self._db.execute("SELECT * FROM replicas ORDER BY model, server, idx"):
-                where = f"model {shown(str(model))}'s copy on {shown(f'{server}-{idx}')}"
-                replica = ModelCopy(
-                    server=server,
-                    index=idx,
-                    version=version,
-                    state=CopyState(state),
-                    reason=reason,
-                    device_uuids=tuple(_loads(devices)),
-                    footprint_bytes=_loads(footprint),
-                    retire=bool(retire),
-                )
-                records[model].copies[replica.key] = replica
+                for server, idx, at, copy_state, why, devices, footprint, retire in _loads(copies):
+                    where = f"model {shown(str(name))}'s copy on {shown(f'{server}-{idx}')}"
+                    copy = ModelCopy(
+                        server=server,
+                        index=idx,
+                        version=at,
+                        state=CopyState(copy_state),
+                        reason=why,
+                        device_uuids=tuple(devices),
+                        footprint_bytes=footprint,
+                        retire=bool(retire),
+                    )
+                    record.copies[copy.key] = copy
+                records.append(record)
         except (sqlite3.Error, ValueError, KeyError, TypeError) as exc:
             raise StoreError(
                 f"the state file's {where} cannot be read ({type(exc).__name__}: "
                 f"{shown(str(exc), 200)}); restore a backup, or move the file away to start "
                 "empty"
             ) from None
-        return list(records.values())
+        return records
 
     @contextmanager
     def batch(self) -> Iterator[None]:
         """The saves and deletes inside as one transaction, committed at the end: a pass over
-        many models writes once. Each save is still its own savepoint (one that fails is
-        undone alone and raises, the others stay). Raises when the commit fails: then none
-        of them happened."""
+        many models writes once. A save that fails is undone alone (it is one statement, or
+        a savepoint) and raises; the others stay. Raises when the commit fails: then none of
+        them happened."""
         self._db.execute("BEGIN IMMEDIATE")
         self._batched = True
         try:
@@ -473,11 +449,17 @@ class Store:
             raise
         self._db.execute("COMMIT")
 
+    def _statement(self, sql: str, parameters: tuple[Any, ...]) -> None:
+        """One statement: atomic by itself, in the batch's transaction (a failure undoes it
+        alone) or, outside a batch, its own."""
+        if self._batched and not self._db.in_transaction:  # SQLite ended the batch on an error
+            raise StoreError("the batch's transaction was rolled back by SQLite")
+        self._db.execute(sql, parameters)
+
     def _forget_written(self) -> None:
-        """What was written may not be: write specs, versions and replica rows again."""
+        """What was written may not be: write specs and versions again."""
         self._specs.clear()
         self._versions.clear()
-        self._rows.clear()
 
 
 def _dumps(value: Any) -> str:

@@ -401,7 +401,7 @@ def state_file(path: Path) -> dict[str, list[Any]]:
     with closing(sqlite3.connect(path)) as db:
         return {
             table: db.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall()
-            for table in ("meta", "models", "replicas")
+            for table in ("meta", "models")
         }
 
 

@@ -126,29 +126,53 @@ INSERT INTO meta VALUES ('schema', '1');
 """
 
 
+# A model as an old scheduler (schema 1 or 2) wrote it: a row of its own per copy.
+_OLD_MODEL = """
+INSERT INTO models VALUES ('llama3', 3, '{"name": "llama3", "storage_uri": "",
+    "requirements": ["model-on-gpu"], "server": "", "memory": "", "gpu_memory": "20Gi",
+    "gpus": 1, "replicas": 2, "min_replicas": 1, "parameters": [], "memory_bytes": 0,
+    "gpu_memory_bytes": 21474836480, "artifact_version": null, "namespace": "",
+    "secret_name": ""}', 'Progressing', 'r', '[]', 0, 7.0);
+INSERT INTO replicas VALUES ('llama3', 'gpu', 0, 3, 'Available', '', '["GPU-a"]',
+    '{"GPU-a": 123}', 0);
+INSERT INTO replicas VALUES ('llama3', 'gpu', 1, 3, 'Loading', '', '[]', '{}', 1);
+"""
+
+
 def test_a_state_file_from_before_learned_footprints_opens_and_learns(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     with closing(sqlite3.connect(path)) as db:
-        db.executescript(_OLD_SCHEMA)
+        db.executescript(_OLD_SCHEMA + _OLD_MODEL)  # schema 1: no footprints table yet
     store = Store(path)
-    store.save(record())
-    store.close()
-    with closing(sqlite3.connect(path)) as db:
-        assert db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("2",)
-        columns = {row[1] for row in db.execute("PRAGMA table_info(footprints)")}
-        assert {"gpu_bytes", "host_bytes", "host_samples", "host_recent"} <= columns
-        # As an old scheduler left it, with a model: schema 1, no footprints table.
-        db.execute("DROP TABLE footprints")
-        db.execute("UPDATE meta SET value='1' WHERE key='schema'")
-        db.commit()
-    store = Store(path)
-    assert [m.name for m in store.load()] == ["llama3"]
+    (model,) = store.load()
+    assert (model.name, model.version, model.state) == ("llama3", 3, ModelState.PROGRESSING)
+    assert model.copies == {
+        ("gpu", 0): ModelCopy(
+            "gpu",
+            0,
+            3,
+            CopyState.AVAILABLE,
+            device_uuids=("GPU-a",),
+            footprint_bytes={"GPU-a": 123},
+        ),
+        ("gpu", 1): ModelCopy("gpu", 1, 3, CopyState.LOADING, retire=True),
+    }
     assert store.footprints() == []
     learned = Footprint(
         "gs://m/llama", None, "NVIDIA H100", Learned(GiB, 1, (GiB,)), updated_at=1.0
     )
     store.save_footprint(learned)
-    assert store.footprints() == [learned]
+    store.save(model)
+    store.close()
+    with closing(sqlite3.connect(path)) as db:
+        assert db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("3",)
+        columns = {row[1] for row in db.execute("PRAGMA table_info(footprints)")}
+        assert {"gpu_bytes", "host_bytes", "host_samples", "host_recent"} <= columns
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+        assert "replicas" not in tables  # the copies are in their model's row now
+    again = Store(path)
+    assert again.load() == [model]
+    assert again.footprints() == [learned]
 
 
 # Schema 1 as the first learning scheduler wrote it: GPU figures only.
@@ -176,7 +200,7 @@ def test_a_schema_1_file_is_migrated_keeping_its_gpu_figures(tmp_path: Path) -> 
     store.save_footprint(learned)
     store.close()
     with closing(sqlite3.connect(path)) as db:
-        assert db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("2",)
+        assert db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("3",)
     assert Store(path).footprints() == [learned]
 
 
@@ -184,9 +208,9 @@ def test_a_file_of_a_newer_scheduler_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "new.db"
     Store(path).close()
     with closing(sqlite3.connect(path)) as db:
-        db.execute("UPDATE meta SET value='3' WHERE key='schema'")
+        db.execute("UPDATE meta SET value='4' WHERE key='schema'")
         db.commit()
-    with pytest.raises(StoreError, match=r"schema version 3, this scheduler reads 2 \(written"):
+    with pytest.raises(StoreError, match=r"schema version 4, this scheduler reads 3 \(written"):
         Store(path)
 
 
@@ -254,7 +278,7 @@ def test_a_batch_that_fails_saves_nothing(tmp_path: Path) -> None:
     assert [m.spec for m in Store(tmp_path / "s.db").load()] == [record().spec]
 
 
-def test_a_save_writes_only_the_replica_rows_that_changed(tmp_path: Path) -> None:
+def test_a_save_is_one_statement_once_its_version_is_written(tmp_path: Path) -> None:
     store = Store(tmp_path / "s.db")
     model = record()
     store.save(model)
@@ -264,13 +288,12 @@ def test_a_save_writes_only_the_replica_rows_that_changed(tmp_path: Path) -> Non
     del model.copies[("gpu", 0)]  # one goes
     model.copies[("gpu", 2)] = ModelCopy("gpu", 2, 3, CopyState.LOADING)  # one comes
     store.save(model)
+    assert len(statements) == 1 and statements[0].startswith("INSERT INTO models"), statements
+    assert Store(tmp_path / "s.db").load() == [model]
+    statements.clear()
+    model.version = 4  # a new version: its number is kept too, in the same savepoint
+    store.save(model)
     store._db.set_trace_callback(None)
-    written = [s for s in statements if "replicas" in s]
-    assert sum("INSERT OR REPLACE INTO replicas" in s for s in written) == 2
-    assert sum(s.startswith("DELETE FROM replicas WHERE model=") for s in written) == 1
-    assert "DELETE FROM replicas WHERE model='llama3' AND server='gpu' AND idx=0" in written
-    assert Store(tmp_path / "s.db").load() == [model]
-    # Another store (a restart) knows nothing it wrote: its first save rewrites them all.
-    again = Store(tmp_path / "s.db")
-    again.save(model)
-    assert Store(tmp_path / "s.db").load() == [model]
+    assert [s.split()[0] for s in statements] == ["BEGIN", "INSERT", "INSERT", "COMMIT"]
+    assert "version:llama3" in statements[2]
+    assert Store(tmp_path / "s.db").last_version("llama3") == 4
