@@ -132,8 +132,10 @@ class UsageTable:
 
     def account(self, record: ModelRecord) -> None:
         """(Re)count `record` as it is now."""
-        self.forget(record.name)
         shares = {key: _share(record, copy) for key, copy in _holding(record)}
+        if self._shares.get(record.name) == shares:
+            return  # a change that moves no memory (most events): no replica changed
+        self.forget(record.name)
         for key, share in shares.items():
             self._apply(record.name, key, share, 1)
         self._shares[record.name] = shares
