@@ -257,7 +257,9 @@ class Cluster:
         self, record: ModelRecord, request: Request, policy: Policy, now: float
     ) -> Placement | Rejection:
         """`schedule(self.snapshot(record), ...)`'s answer, through the index (a placement
-        without its reasons: `snapshot` words them for whoever asks)."""
+        without its reasons: `snapshot` words them for whoever asks). The model's own usage
+        is taken out first: the caller counts it again once the model's pass is over."""
+        self.usage.forget(record.name)
         if self._index is None:
             return schedule(self.snapshot(record), request, policy, now)
         index = self._index

@@ -886,12 +886,12 @@ class SchedulerService:
             session.close("its news could not be saved; say hello again")
 
     def _reconcile_model(self, record: ModelRecord, now: float, work: _Work) -> Outcome:
-        """The lifecycle's pass over the model (its own usage taken out of the snapshot it
+        """The lifecycle's pass over the model (a placement takes its own usage out of what it
         reads), saved in the transaction (with what events changed before it); shown and
         acted on once that commits."""
-        self._cluster.usage.forget(record.name)
         outcome = lifecycle.step(record, self._context(now))
         if outcome.terminated:
+            self._cluster.usage.forget(record.name)
             del self._models[record.name]
             self._by_artifact[record.spec.artifact].discard(record.name)
             self._timers.discard(record.name)
@@ -1047,10 +1047,13 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 
 def _log_notes(notes: Iterable[lifecycle.Note]) -> None:
     for note in notes:
+        level = _LEVELS[note.level]
+        if not _lifecycle_log.isEnabledFor(level):
+            continue
         fields = log_fields(
             model=note.model,
             version=note.version,
             replica=replica_id(*note.key) if note.key else None,
             reason=note.reason,
         )
-        _lifecycle_log.log(_LEVELS[note.level], note.message, *note.args, extra=fields)
+        _lifecycle_log.log(level, note.message, *note.args, extra=fields)
