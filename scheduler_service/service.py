@@ -233,7 +233,7 @@ class SchedulerService:
         self._refused: set[str] = set()
         self._retried_at, self._retry_due = -math.inf, math.inf
         self._kick = asyncio.Event()
-        self._pacing = Pacing(self._clock.now())
+        self._pacing = Pacing(self._clock.now())  # measured again from run()
         self._outbox: list[tuple[Key, Command]] = []
         # Client requests and agents' events, applied in order at the start of the next
         # pass, in its transaction.
@@ -672,6 +672,7 @@ class SchedulerService:
 
     async def run(self) -> None:
         """Reconcile dirty and timer-due models until cancelled."""
+        self._pacing = Pacing(self._clock.now())  # what passes before the loop does not count
         while True:
             # A large pass is cut into slices so that agent streams, client calls and
             # /metrics are served in between.
@@ -735,6 +736,7 @@ class SchedulerService:
         what they decided is shown and acted on once it is committed. Nothing to do: no
         transaction."""
         intake, self._intake = self._intake, []
+        self._pacing.took(len(intake))
         names = [] if intake else chosen()
         if not intake and not names:
             return
