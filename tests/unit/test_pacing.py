@@ -8,7 +8,7 @@ from scheduler_service.pacing import BATCH_S, FLOODED_BELOW, SHARED_ABOVE, WINDO
 
 
 def run(
-    pacing: Pacing, start: float, span: float, idle_share: float, items: float, steps: int = 20
+    pacing: Pacing, start: float, span: float, *, idle_share: float, items: float, steps: int = 20
 ) -> float:
     """`span` seconds from `start`: `steps` passes of `items` each (on average), the loop
     idle for `idle_share` of the time."""
