@@ -189,6 +189,9 @@ class Store:
         # that a save writes them again only when they changed.
         self._specs: dict[str, tuple[ModelSpec, str]] = {}
         self._versions: dict[str, int] = {}
+        # Every name that may have a version row (read once, then each name saved added):
+        # a name not in it was never seen, and costs no query.
+        self._named: set[str] | None = None
         self._batched = False  # inside `batch`: saves are part of its transaction
         try:
             _owner_only(path)
@@ -272,6 +275,8 @@ class Store:
             with self._transaction():
                 self._db.execute(_UPSERT, row)
                 # The highest version ever given to this name outlives the model (see delete).
+                if self._named is not None:
+                    self._named.add(record.name)
                 self._db.execute(
                     "INSERT OR REPLACE INTO meta VALUES (?, ?)",
                     (f"version:{record.name}", str(record.version)),
@@ -281,6 +286,15 @@ class Store:
 
     def last_version(self, name: str) -> int:
         """The highest version this name ever had (0: never seen), deleted models included."""
+        if self._named is None:
+            self._named = {
+                key.removeprefix("version:")
+                for (key,) in self._db.execute(
+                    "SELECT key FROM meta WHERE substr(key, 1, 8) = 'version:'"
+                )
+            }
+        if name not in self._named:
+            return 0
         row = self._db.execute(
             "SELECT value FROM meta WHERE key=?", (f"version:{name}",)
         ).fetchone()

@@ -297,3 +297,20 @@ def test_a_save_is_one_statement_once_its_version_is_written(tmp_path: Path) -> 
     assert [s.split()[0] for s in statements] == ["BEGIN", "INSERT", "INSERT", "COMMIT"]
     assert "version:llama3" in statements[2]
     assert Store(tmp_path / "s.db").last_version("llama3") == 4
+
+
+def test_the_last_version_of_a_name_outlives_its_model_and_a_restart(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    assert store.last_version("llama3") == 0
+    store.save(record())  # version 3
+    store.delete("llama3")
+    assert store.last_version("llama3") == 3
+    again = Store(tmp_path / "s.db")  # a restart: the names are read from the file
+    statements: list[str] = []
+    again._db.set_trace_callback(statements.append)
+    assert (again.last_version("llama3"), again.last_version("never-seen")) == (3, 0)
+    assert not any("never-seen" in s for s in statements)  # a name never seen: no query
+    model = record()
+    model.spec = replace(model.spec, name="new")
+    again.save(model)
+    assert again.last_version("new") == 3
