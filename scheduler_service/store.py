@@ -237,8 +237,8 @@ class Store:
         self._db.close()
 
     def save(self, record: ModelRecord) -> None:
-        """Write the model and all its copies atomically: one statement, and a second (in a
-        savepoint with it) when the model has a version this store has not written."""
+        """Write the model and all its copies atomically: one statement (after a first that
+        keeps the number of a version this store has not written)."""
         spec = record.spec
         known = self._specs.get(record.name)
         if known is None or known[0] != spec:
@@ -269,18 +269,17 @@ class Store:
                 ]
             ),
         )
-        if self._versions.get(record.name) == record.version:
-            self._statement(_UPSERT, row)
-        else:
-            with self._transaction():
-                self._db.execute(_UPSERT, row)
-                # The highest version ever given to this name outlives the model (see delete).
-                if self._named is not None:
-                    self._named.add(record.name)
-                self._db.execute(
-                    "INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                    (f"version:{record.name}", str(record.version)),
-                )
+        if self._versions.get(record.name) != record.version:
+            # The highest version ever given to this name outlives the model (see delete).
+            # Written first, on its own: if the model's row then fails, the number is only
+            # kept higher than any saved, and a version is never given twice.
+            if self._named is not None:
+                self._named.add(record.name)
+            self._statement(
+                "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                (f"version:{record.name}", str(record.version)),
+            )
+        self._statement(_UPSERT, row)
         self._specs[record.name] = known
         self._versions[record.name] = record.version
 

@@ -266,6 +266,8 @@ def test_a_batch_commits_together_and_a_failed_save_inside_is_undone_alone(
         replaced = replace(good, reason="after the failed one")
         store.save(replaced)
     assert Store(tmp_path / "s.db").load() == [replaced]
+    # Its version's number was kept before its row failed: a later "bad" gets a higher one.
+    assert Store(tmp_path / "s.db").last_version("bad") == bad.version
 
 
 def test_a_batch_that_fails_saves_nothing(tmp_path: Path) -> None:
@@ -291,11 +293,14 @@ def test_a_save_is_one_statement_once_its_version_is_written(tmp_path: Path) -> 
     assert len(statements) == 1 and statements[0].startswith("INSERT INTO models"), statements
     assert Store(tmp_path / "s.db").load() == [model]
     statements.clear()
-    model.version = 4  # a new version: its number is kept too, in the same savepoint
+    model.version = 4  # a new version: its number is kept first (never given twice)
     store.save(model)
     store._db.set_trace_callback(None)
-    assert [s.split()[0] for s in statements] == ["BEGIN", "INSERT", "INSERT", "COMMIT"]
-    assert "version:llama3" in statements[2]
+    assert [s.split()[:3] for s in statements] == [
+        ["INSERT", "OR", "REPLACE"],
+        ["INSERT", "INTO", "models"],
+    ]
+    assert "version:llama3" in statements[0]
     assert Store(tmp_path / "s.db").last_version("llama3") == 4
 
 
