@@ -39,7 +39,7 @@ class Pacing:
             self._passes += 1
 
     def waited(self, started: float, ended: float) -> None:
-        """The loop waited for work from `started` to `ended`."""
+        """The loop waited for work from `started` to `ended` (monotonic seconds)."""
         self._waited += max(0.0, ended - started)
         span = ended - self._start
         if span >= WINDOW_S:

@@ -233,7 +233,7 @@ class SchedulerService:
         self._refused: set[str] = set()
         self._retried_at, self._retry_due = -math.inf, math.inf
         self._kick = asyncio.Event()
-        self._pacing = Pacing(self._clock.now())  # measured again from run()
+        self._pacing = Pacing(time.monotonic())  # measured again from run()
         self._outbox: list[tuple[Key, Command]] = []
         # Client requests and agents' events, applied in order at the start of the next
         # pass, in its transaction.
@@ -672,7 +672,8 @@ class SchedulerService:
 
     async def run(self) -> None:
         """Reconcile dirty and timer-due models until cancelled."""
-        self._pacing = Pacing(self._clock.now())  # what passes before the loop does not count
+        # Loop timing, on the monotonic clock; what passes before the loop does not count.
+        self._pacing = Pacing(time.monotonic())
         while True:
             # A large pass is cut into slices so that agent streams, client calls and
             # /metrics are served in between.
@@ -686,15 +687,15 @@ class SchedulerService:
                 self._metrics.loop_errors.inc()
                 await asyncio.sleep(_IDLE_WAKE_S)
                 continue
-            idle_from = self._clock.now()
-            wake = self._next_timer() - idle_from
+            idle_from = time.monotonic()
+            wake = self._next_timer() - self._clock.now()
             if wake > 0:
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
                 # that races with the event being set, and shutdown would hang.
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(min(wake, _IDLE_WAKE_S)):
                         await self._kick.wait()
-            self._pacing.waited(idle_from, self._clock.now())
+            self._pacing.waited(idle_from, time.monotonic())
             # Woken: the calls and messages already received go into this pass too (one
             # transaction for all of them, not one each); flooded, those of a few ms more.
             delay = self._pacing.delay()
@@ -813,8 +814,8 @@ class SchedulerService:
         work.unsaved.discard(record.name)
 
     def _failed(self, name: str, now: float, work: _Work, exc: Exception) -> None:
-        """A model's change in this transaction could not be saved (its savepoint is rolled
-        back): it goes back to what was saved (a model created here is gone again), nothing
+        """A model's change in this transaction could not be saved (its statement is undone):
+        it goes back to what was saved (a model created here is gone again), nothing
         decided about it is shown or sent, the requests about it get the error, it is tried
         again after a back-off, and the agents whose news it held are closed (their next
         hello tells it again)."""

@@ -87,14 +87,20 @@ def _copies_into_models(db: sqlite3.Connection) -> None:
     have = {row[1] for row in db.execute("PRAGMA table_info(models)")}
     if "copies" not in have:
         db.execute("ALTER TABLE models ADD COLUMN copies TEXT NOT NULL DEFAULT '[]'")
+    names = {name for (name,) in db.execute("SELECT name FROM models")}
     copies: dict[str, list[list[Any]]] = {}
     for model, server, idx, version, state, reason, devices, footprint, retire in db.execute(
         "SELECT model, server, idx, version, state, reason, devices, footprint, retire "
         "FROM replicas ORDER BY model, server, idx"
     ):
-        copies.setdefault(model, []).append(
-            [server, idx, version, state, reason, _loads(devices), _loads(footprint), retire]
-        )
+        where = f"model {shown(str(model))}'s copy on {shown(f'{server}-{idx}')}"
+        if model not in names:  # possible only in a file written with foreign keys off
+            raise ValueError(f"{where}: the model has no row")
+        try:
+            row = [server, idx, version, state, reason, _loads(devices), _loads(footprint)]
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+        copies.setdefault(model, []).append([*row, retire])
     db.executemany(
         "UPDATE models SET copies=? WHERE name=?",
         [(json.dumps(rows), model) for model, rows in copies.items()],
@@ -227,7 +233,7 @@ class Store:
                     self._db.execute(
                         "UPDATE meta SET value=? WHERE key='schema'", (str(version + 1),)
                     )
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, ValueError) as exc:
                 raise StoreError(
                     f"{path}: cannot migrate the state file from schema {version} to "
                     f"{version + 1} ({exc}); nothing was changed"
@@ -423,9 +429,10 @@ class Store:
     @contextmanager
     def batch(self) -> Iterator[None]:
         """The saves and deletes inside as one transaction, committed at the end: a pass over
-        many models writes once. A save that fails is undone alone (it is one statement, or
-        a savepoint) and raises; the others stay. Raises when the commit fails: then none of
-        them happened."""
+        many models writes once. A save that fails is undone alone (each of its statements
+        is; a new version's number written before its row stays, which only keeps the
+        number higher) and raises; the others stay. Raises when the commit fails: then none
+        of them happened."""
         self._db.execute("BEGIN IMMEDIATE")
         self._batched = True
         try:

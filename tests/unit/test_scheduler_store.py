@@ -319,3 +319,33 @@ def test_the_last_version_of_a_name_outlives_its_model_and_a_restart(tmp_path: P
     model.spec = replace(model.spec, name="new")
     again.save(model)
     assert again.last_version("new") == 3
+
+
+@pytest.mark.parametrize(
+    ("damage", "said"),
+    [
+        (
+            "UPDATE replicas SET footprint='{bad' WHERE idx=0",
+            "model 'llama3''s copy on 'gpu-0': Expecting",
+        ),
+        (
+            "INSERT INTO replicas VALUES ('gone', 'gpu', 5, 1, 'Available', '', '[]', '{}', 0)",
+            "model 'gone''s copy on 'gpu-5': the model has no row",
+        ),
+    ],
+)
+def test_a_damaged_copy_row_stops_the_migration_with_one_line(
+    tmp_path: Path, damage: str, said: str
+) -> None:
+    path = tmp_path / "old.db"
+    with closing(sqlite3.connect(path)) as db:
+        db.executescript(_OLD_SCHEMA + _OLD_MODEL)
+        db.execute("UPDATE meta SET value='2' WHERE key='schema'")
+        db.execute(damage)
+        db.commit()
+    with pytest.raises(StoreError, match="cannot migrate the state file from schema 2 to 3") as e:
+        Store(path)
+    assert said in str(e.value) and "nothing was changed" in str(e.value)
+    with closing(sqlite3.connect(path)) as db:  # left as it was
+        assert db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("2",)
+        assert db.execute("SELECT count(*) FROM replicas").fetchone()[0] >= 2
