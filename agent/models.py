@@ -359,24 +359,16 @@ class ModelManager:
                 await self.inference.load(name)
         except InferenceServerError as exc:
             message = f"the inference server lost it and could not load it again: {exc}"
-            log.warning(
-                "model %s v%d on %s: %s",
-                name,
-                version,
-                self.replica,
-                message,
-                extra=log_fields(model=name, version=version),
-            )
+            self._say(logging.WARNING, name, version, "%s", message)
             self._forget(name)
             with contextlib.suppress(OSError):
                 await asyncio.to_thread(self.repository.remove, name)
             return ModelEvent(EventKind.UNLOADED, name, version, message)
-        log.warning(
-            "model %s v%d on %s: the inference server had lost it (restarted?); loaded again",
+        self._say(
+            logging.WARNING,
             name,
             version,
-            self.replica,
-            extra=log_fields(model=name, version=version),
+            "the inference server had lost it (restarted?); loaded again",
         )
         return ModelEvent(
             EventKind.LOADED, name, version, footprint_bytes=dict(current.footprint_bytes)
@@ -472,43 +464,18 @@ class ModelManager:
                     "inference server unavailable: its repository index cannot be read, so "
                     f"whether it still holds version {version} is unknown; nothing changed"
                 )
-                log.warning(
-                    "model %s v%d on %s: %s",
-                    name,
-                    version,
-                    self.replica,
-                    message,
-                    extra=log_fields(model=name, version=version),
-                )
+                self._say(logging.WARNING, name, version, "%s", message)
                 return ModelEvent(EventKind.LOAD_FAILED, name, version, message)
             if held:
-                log.info(
-                    "model %s v%d on %s: already loaded",
-                    name,
-                    version,
-                    self.replica,
-                    extra=log_fields(model=name, version=version),
-                )
+                self._say(logging.INFO, name, version, "already loaded")
                 return ModelEvent(
                     EventKind.LOADED, name, version, footprint_bytes=dict(current.footprint_bytes)
                 )
-            log.warning(
-                "model %s v%d on %s: the inference server lost it; loading again",
-                name,
-                version,
-                self.replica,
-                extra=log_fields(model=name, version=version),
-            )
+            self._say(logging.WARNING, name, version, "the inference server lost it; loading again")
             self._forget(name)
             current = None
 
-        log.info(
-            "model %s v%d on %s: loading",
-            name,
-            version,
-            self.replica,
-            extra=log_fields(model=name, version=version),
-        )
+        self._say(logging.INFO, name, version, "loading")
         async with self._slots:
             # Refuse before a long download; checked again, under the device locks, after it.
             try:
@@ -599,27 +566,19 @@ class ModelManager:
         elapsed = time.monotonic() - started
         self.metrics.fetch_seconds.labels(scheme, "ok").observe(elapsed)
         self.metrics.fetched_bytes.labels(scheme).inc(size)
-        log.info(
-            "model %s v%d on %s: artifact %s fetched: %s in %.1fs",
+        self._say(
+            logging.INFO,
             name,
             version,
-            self.replica,
+            "artifact %s fetched: %s in %.1fs",
             redact(request.storage_uri.strip()),
             format_bytes(size),
             elapsed,
-            extra=log_fields(model=name, version=version),
         )
 
     def _artifact_failed(self, request: Load, exc: ArtifactError) -> ModelEvent:
         name, version = request.model, request.version
-        log.warning(
-            "model %s v%d on %s: artifact: %s",
-            name,
-            version,
-            self.replica,
-            exc,
-            extra=log_fields(model=name, version=version),
-        )
+        self._say(logging.WARNING, name, version, "artifact: %s", exc)
         return ModelEvent(EventKind.LOAD_FAILED, name, version, f"artifact: {exc}")
 
     def _refused(self, request: Load, refused: Refused) -> ModelEvent:
@@ -710,14 +669,7 @@ class ModelManager:
                     await self.inference.unload(name)
             except InferenceServerError as exc:
                 message = f"cannot unload version {current.version} to make room: {exc}"
-                log.warning(
-                    "model %s v%d on %s: %s",
-                    name,
-                    version,
-                    self.replica,
-                    message,
-                    extra=log_fields(model=name, version=version),
-                )
+                self._say(logging.WARNING, name, version, "%s", message)
                 return ModelEvent(EventKind.LOAD_FAILED, name, version, message)
             log.info(
                 "model %s on %s: version %d unloaded first to make room for version %d",
@@ -738,13 +690,8 @@ class ModelManager:
                 name, measure=request.measure_host_memory and current is None
             )
         except InferenceServerError as exc:
-            log.warning(
-                "model %s v%d on %s: the inference server failed to load it: %s",
-                name,
-                version,
-                self.replica,
-                exc,
-                extra=log_fields(model=name, version=version),
+            self._say(
+                logging.WARNING, name, version, "the inference server failed to load it: %s", exc
             )
             old_kept = (
                 current is not None
@@ -768,14 +715,7 @@ class ModelManager:
                     + ", ".join(f"{uuid} ({format_bytes(size)})" for uuid, size in found.items())
                     + "; reported where it appeared"
                 )
-                log.warning(
-                    "model %s v%d on %s: %s",
-                    name,
-                    version,
-                    self.replica,
-                    message,
-                    extra=log_fields(model=name, version=version),
-                )
+                self._say(logging.WARNING, name, version, "%s", message)
                 measured = found
         elif before and alone():
             # A model that declares no GPU memory, loaded while no other such load ran: what
@@ -790,26 +730,24 @@ class ModelManager:
             }
             if sum(taken.values()) >= STRAY_MIN_BYTES:
                 measured = taken
-                log.info(
-                    "model %s v%d on %s: declares no GPU memory but took %s",
+                self._say(
+                    logging.INFO,
                     name,
                     version,
-                    self.replica,
+                    "declares no GPU memory but took %s",
                     ", ".join(f"{uuid} {format_bytes(size)}" for uuid, size in taken.items()),
-                    extra=log_fields(model=name, version=version),
                 )
         await asyncio.to_thread(self.repository.settle, Record(name, version, measured), aside)
         self.loaded[name] = LoadedModel(name, version, measured)
         self.metrics.set_footprint(name, measured)
         self.metrics.loaded_models.set(len(self.loaded))
-        log.info(
-            "model %s v%d on %s: loaded, footprint %s, host memory %s",
+        self._say(
+            logging.INFO,
             name,
             version,
-            self.replica,
+            "loaded, footprint %s, host memory %s",
             ", ".join(f"{uuid}={format_bytes(size)}" for uuid, size in measured.items()) or "none",
             "not measured" if host_bytes is None else format_bytes(host_bytes),
-            extra=log_fields(model=name, version=version),
         )
         return ModelEvent(
             EventKind.LOADED,
@@ -951,6 +889,18 @@ class ModelManager:
             return None
         return any(entry.name == name and entry.ready for entry in entries)
 
+    def _say(self, level: int, name: str, version: int, what: str, *args: object) -> None:
+        """A log line about one version of a model on this replica, with its fields."""
+        log.log(
+            level,
+            f"model %s v%d on %s: {what}",
+            name,
+            version,
+            self.replica,
+            *args,
+            extra=log_fields(model=name, version=version),
+        )
+
     def _forget(self, name: str) -> None:
         self.loaded.pop(name, None)
         self.metrics.clear_footprint(name)
@@ -1018,23 +968,9 @@ class ModelManager:
             self._unsettled.discard(name)
         except InferenceServerUnavailable as exc:
             message = f"inference server unreachable ({exc}); counted as unloaded"
-            log.warning(
-                "model %s v%d on %s: %s",
-                name,
-                version,
-                self.replica,
-                message,
-                extra=log_fields(model=name, version=version),
-            )
+            self._say(logging.WARNING, name, version, "%s", message)
         except InferenceServerError as exc:
-            log.warning(
-                "model %s v%d on %s: unload failed: %s",
-                name,
-                version,
-                self.replica,
-                exc,
-                extra=log_fields(model=name, version=version),
-            )
+            self._say(logging.WARNING, name, version, "unload failed: %s", exc)
             return ModelEvent(EventKind.UNLOAD_FAILED, name, version, str(exc))
         try:
             await asyncio.to_thread(self.repository.remove, name)
@@ -1048,11 +984,5 @@ class ModelManager:
             )
         self._forget(name)
         await self.gpus.reading()
-        log.info(
-            "model %s v%d on %s: unloaded",
-            name,
-            version,
-            self.replica,
-            extra=log_fields(model=name, version=version),
-        )
+        self._say(logging.INFO, name, version, "unloaded")
         return ModelEvent(EventKind.UNLOADED, name, version, message)

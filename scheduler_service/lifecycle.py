@@ -172,11 +172,15 @@ class Outcome:
 # ------------------------------------------------------------------ client requests
 
 
+def _said(name: str, version: int, what: str, *args: object) -> Note:
+    """A client's request decided, as the log tells it: `model NAME: what`."""
+    return Note("info", f"model %s: {what}", (name, *args), name, version)
+
+
 def created(spec: ModelSpec, version: int, now: float) -> Change:
     """A model the scheduler does not hold; `version` is one above any it ever had."""
     record = _requested(ModelRecord(spec=spec, version=version, updated_at=now), now)
-    note = Note("info", "model %s: version %d requested", (spec.name, version), spec.name, version)
-    return Change(record, note)
+    return Change(record, _said(spec.name, version, "version %d requested", version))
 
 
 def respecified(current: ModelRecord, spec: ModelSpec, now: float) -> Change | None:
@@ -194,29 +198,16 @@ def respecified(current: ModelRecord, spec: ModelSpec, now: float) -> Change | N
         record.deleted = False
         record.excluded_until.clear()
         record.load_failures = 0
-        note = Note(
-            "info",
-            "model %s: version %d requested",
-            (spec.name, record.version),
-            spec.name,
-            record.version,
-        )
+        note = _said(spec.name, record.version, "version %d requested", record.version)
     elif (current.spec.replicas, current.spec.min_replicas) != (spec.replicas, spec.min_replicas):
-        note = Note(
-            "info",
-            "model %s: scaled to %d replicas in place",
-            (spec.name, spec.replicas),
-            spec.name,
-            record.version,
-        )
+        note = _said(spec.name, record.version, "scaled to %d replicas in place", spec.replicas)
     else:
         record.updated_at = now
-        note = Note(
-            "info",
-            "model %s: namespace set to %r (metadata only, nothing reloaded)",
-            (spec.name, spec.namespace),
+        note = _said(
             spec.name,
             record.version,
+            "namespace set to %r (metadata only, nothing reloaded)",
+            spec.namespace,
         )
         return Change(record, note)
     return Change(_requested(record, now), note)
@@ -231,8 +222,7 @@ def unload_requested(current: ModelRecord, now: float) -> Change | None:
     record.state = ModelState.TERMINATING
     record.reason = "unload requested"
     record.updated_at = now
-    note = Note("info", "model %s: unload requested", (record.name,), record.name, record.version)
-    return Change(record, note)
+    return Change(record, _said(record.name, record.version, "unload requested"))
 
 
 def _requested(record: ModelRecord, now: float) -> ModelRecord:
@@ -365,16 +355,7 @@ def _hello_copy(
         ):
             # A load that finished after the scheduler stopped waiting for it (its agent's
             # stream dropped during it, say), as a late LOADED would be.
-            _adopt(record, key, loaded.version, loaded.footprint_bytes)
-            out.note(
-                "info",
-                "model %s: kept the late copy on %s",
-                record.name,
-                replica_id(*key),
-                model=record.name,
-                version=record.version,
-                key=key,
-            )
+            _keep_late(record, key, loaded.version, loaded.footprint_bytes, out)
         else:
             out.note(
                 "info",
@@ -531,16 +512,7 @@ def _unexpected_load(
     copy = record.copies.get(key)
     free = copy is None or copy.state in (CopyState.LOAD_FAILED, CopyState.UNLOADED)
     if free and _adoptable(record, ctx.cluster.replica(key), event.version, ctx.now):
-        _adopt(record, key, event.version, event.footprint_bytes)
-        out.note(
-            "info",
-            "model %s: kept the late copy on %s",
-            record.name,
-            replica_id(*key),
-            model=record.name,
-            version=event.version,
-            key=key,
-        )
+        _keep_late(record, key, event.version, event.footprint_bytes, out)
     else:
         _unwanted(key, event, out)
 
@@ -572,6 +544,22 @@ def _adoptable(record: ModelRecord, replica: Replica | None, version: int, now: 
         return False
     current = current_copies(record)
     return len(current) < request.replicas and all(c.server == replica.server for c in current)
+
+
+def _keep_late(
+    record: ModelRecord, key: Key, version: int, footprint: Mapping[str, int], out: Outcome
+) -> None:
+    """A load that ended after the record stopped waiting for it stands for the model."""
+    _adopt(record, key, version, footprint)
+    out.note(
+        "info",
+        "model %s: kept the late copy on %s",
+        record.name,
+        replica_id(*key),
+        model=record.name,
+        version=version,
+        key=key,
+    )
 
 
 def _adopt(record: ModelRecord, key: Key, version: int, footprint: Mapping[str, int]) -> None:
