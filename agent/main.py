@@ -14,7 +14,6 @@ import contextlib
 import logging
 import os
 import signal
-import sys
 import threading
 from collections.abc import Awaitable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -42,7 +41,7 @@ from agent.storage import ObjectStores
 from contract import __version__
 from contract.aio import start_task, stop_tasks
 from contract.grpc_tls import channel_credentials
-from contract.logs import tag_process
+from contract.logs import fatal, tag_process
 from contract.tls import TlsError
 
 log = logging.getLogger(__name__)
@@ -341,7 +340,7 @@ def run(settings: AgentSettings) -> int:
         if tls is not None:
             channel_credentials(tls)  # the files are read at every connection: fail now, once
     except TlsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        fatal(f"error: {exc}")
         return 2
     code, stuck = run_bounded(run_agent(settings), EXECUTOR_GRACE_S)
     if stuck:

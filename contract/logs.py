@@ -8,6 +8,7 @@ The text format shows the message only: it already names them.
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Literal, TextIO
 
 from contract.names import split_pod_name
@@ -56,9 +57,13 @@ def formatter(log_format: LogFormat) -> logging.Formatter:
     return logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+_HANDLER_NAMES: dict[LogFormat, str] = {name: f"gpuplace-{name}" for name in LOG_FORMATS}
+
+
 def configure_logging(level: str, log_format: LogFormat, stream: TextIO) -> None:
     """The root logger writes `level` and above to `stream` in `log_format`."""
     handler = logging.StreamHandler(stream)
+    handler.set_name(_HANDLER_NAMES[log_format])
     handler.setFormatter(formatter(log_format))
     root = logging.getLogger()
     for old in list(root.handlers):
@@ -87,3 +92,15 @@ def tag_process(*, replica: str) -> None:
     tag = _Fields(log_fields(replica=replica))
     for handler in logging.getLogger().handlers:
         handler.addFilter(tag)
+
+
+def fatal(*lines: str) -> None:
+    """Why the process stops before it serves, on stderr: each line as it is, or, with JSON
+    logs, each as an ERROR object, so that the stream stays one object per line."""
+    root = logging.getLogger()
+    if any(handler.name == _HANDLER_NAMES["json"] for handler in root.handlers):
+        for line in lines:
+            logging.getLogger("gpuplace").error(line)
+        return
+    for line in lines:
+        print(line, file=sys.stderr)

@@ -10,8 +10,8 @@ import asyncio
 import gc
 import logging
 import signal
-import sys
 
+from contract.logs import fatal
 from contract.tls import TlsError
 from scheduler_service.auth import TokenError
 from scheduler_service.server import ListenError, running
@@ -36,10 +36,10 @@ def run(settings: SchedulerSettings) -> int:
     try:
         asyncio.run(serve(settings))
     except (StoreError, ListenError, TlsError, TokenError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        fatal(f"error: {exc}")
         return 2
     except OSError as exc:  # the HTTP port (aiohttp)
-        print(f"error: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+        fatal(f"error: cannot listen: {exc.strerror or exc}")
         return 2
     return 0
 

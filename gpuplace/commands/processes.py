@@ -8,13 +8,13 @@ so `gpuplace model status` never pays for it.
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
 from agent.settings import AgentSettings
+from contract.logs import fatal
 from contract.settings_cli import add_settings_arguments, describe_error, settings_from_args
 from scheduler_service.settings import SchedulerSettings
 
@@ -27,7 +27,7 @@ def _settings(settings_cls: type[S], args: argparse.Namespace) -> S | None:
     try:
         return settings_from_args(settings_cls, args)
     except ValidationError as exc:
-        print(describe_error(settings_cls, exc), file=sys.stderr)
+        fatal(*describe_error(settings_cls, exc).splitlines())
         return None
 
 

@@ -3,6 +3,7 @@ state file in use by another scheduler, damaged or unreadable, a port another pr
 
 from __future__ import annotations
 
+import json
 import socket
 import sqlite3
 import subprocess
@@ -61,6 +62,20 @@ def test_a_port_another_program_listens_on_is_refused(
     tmp_path: Path, listener: int, flag: str
 ) -> None:
     refused(start(tmp_path / "s.db", flag, str(listener)), f"127.0.0.1:{listener}", "in use")
+
+
+def test_with_json_logs_the_refusal_is_one_json_error(tmp_path: Path, listener: int) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "gpuplace.cli", "--log-format", "json", "scheduler",
+         "--host", "127.0.0.1", "--db", str(tmp_path / "s.db"), "--port", str(listener),
+         "--agent-port", "0", "--http-port", "0"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    error = json.loads(line)
+    assert error["level"] == "ERROR" and error["message"].startswith("error: "), error
+    assert f"127.0.0.1:{listener}" in error["message"] and "in use" in error["message"]
 
 
 def test_a_file_that_is_no_state_file_is_refused(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from contract.logs import configure_logging, log_fields, tag_process
+from contract.logs import configure_logging, fatal, log_fields, tag_process
 from gpuplace import cli
 
 
@@ -116,3 +116,17 @@ def test_the_variables_set_the_defaults_and_the_flags_win(monkeypatch: pytest.Mo
         ["--log-format", "text", "--log-level", "ERROR", "model", "status", "iris"]
     )
     assert (args.log_format, args.log_level) == ("text", "ERROR")
+
+
+def test_a_fatal_line_follows_the_log_format(
+    restore_root_logger: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fatal("error: one", "error: two")
+    assert capsys.readouterr().err == "error: one\nerror: two\n"  # no logging set up: text
+    out = io.StringIO()
+    configure_logging("INFO", "json", out)
+    fatal("invalid setting MEMORY_REQUEST (--memory-bytes) = 'lots'")
+    (line,) = out.getvalue().splitlines()
+    assert json.loads(line)["level"] == "ERROR"
+    assert json.loads(line)["message"].startswith("invalid setting MEMORY_REQUEST")
+    assert capsys.readouterr().err == ""
