@@ -278,6 +278,13 @@ def test_service_exposes_the_three_ports_and_selects_the_scheduler_pod() -> None
     assert {p["targetPort"] for p in ports.values()} == container_ports
 
 
+def test_values_from_before_log_format_render_text_logs() -> None:
+    """An upgrade with --reuse-values keeps a release's old values, which have no
+    logFormat: the scheduler still gets a valid flag (an empty one would stop it)."""
+    container = scheduler_container(template({"scheduler.logFormat": "null"}))
+    assert "--log-format=text" in container["args"]
+
+
 def test_agents_find_the_scheduler_under_renders_default_name() -> None:
     """Release `gpuplace`: the Service is `gpuplace-scheduler:9005`, render's default."""
     service = one(template(), "Service")
