@@ -464,8 +464,7 @@ class ModelManager:
                     "inference server unavailable: its repository index cannot be read, so "
                     f"whether it still holds version {version} is unknown; nothing changed"
                 )
-                self._say(logging.WARNING, name, version, "%s", message)
-                return ModelEvent(EventKind.LOAD_FAILED, name, version, message)
+                return self._load_failed(name, version, message)
             if held:
                 self._say(logging.INFO, name, version, "already loaded")
                 return ModelEvent(
@@ -577,9 +576,12 @@ class ModelManager:
         )
 
     def _artifact_failed(self, request: Load, exc: ArtifactError) -> ModelEvent:
-        name, version = request.model, request.version
-        self._say(logging.WARNING, name, version, "artifact: %s", exc)
-        return ModelEvent(EventKind.LOAD_FAILED, name, version, f"artifact: {exc}")
+        return self._load_failed(request.model, request.version, f"artifact: {exc}")
+
+    def _load_failed(self, name: str, version: int, message: str) -> ModelEvent:
+        """A load that failed here, logged and reported with the same words."""
+        self._say(logging.WARNING, name, version, "%s", message)
+        return ModelEvent(EventKind.LOAD_FAILED, name, version, message)
 
     def _refused(self, request: Load, refused: Refused) -> ModelEvent:
         log.warning(
@@ -669,8 +671,7 @@ class ModelManager:
                     await self.inference.unload(name)
             except InferenceServerError as exc:
                 message = f"cannot unload version {current.version} to make room: {exc}"
-                self._say(logging.WARNING, name, version, "%s", message)
-                return ModelEvent(EventKind.LOAD_FAILED, name, version, message)
+                return self._load_failed(name, version, message)
             log.info(
                 "model %s on %s: version %d unloaded first to make room for version %d",
                 name,
