@@ -369,9 +369,9 @@ class SchedulerService:
             self._cluster.usage.account(record)
         request = lifecycle.placement_request(record)
         result = schedule(snapshot, request, self._settings.policy, self._clock.now())
-        shown = copy.copy(record)
-        shown.server_reasons = lifecycle.clipped(result.reasons)
-        return shown
+        worded = copy.copy(record)
+        worded.server_reasons = lifecycle.clipped(result.reasons)
+        return worded
 
     def models_after(self, name: str) -> Iterator[ModelRecord]:
         """The models whose names come after `name` ("": all), by name."""
@@ -762,15 +762,15 @@ class SchedulerService:
             return
         for name, request, result in work.answers:
             request.give(result, work.failed.get(name))
-        shown: dict[str, ModelRecord] = {}  # each model once, as the transaction left it
+        to_show: dict[str, ModelRecord] = {}  # each model once, as the transaction left it
         for record, outcome in work.decided:
             if record is None:
                 self._act(outcome)
             elif record.name not in work.failed:
                 if outcome.publish or outcome.terminated:
-                    shown[record.name] = record
+                    to_show[record.name] = record
                 self._act(outcome)
-        for record in shown.values():
+        for record in to_show.values():
             if record.name not in self._dirty:  # its pass is still to come: shown after it
                 self._publish(record)
         if self._outbox:
