@@ -710,7 +710,7 @@ def _expire(record: ModelRecord, ctx: Context, out: Outcome) -> None:
                 model=record.name,
                 version=copy.version,
                 key=copy.key,
-                reason="agent_disconnected",
+                reason=DISCONNECTED,
             )
             del record.copies[copy.key]
     for key, until in list(record.excluded_until.items()):
