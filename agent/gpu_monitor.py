@@ -56,30 +56,46 @@ class GpuMonitor:
         self.latest: list[GpuDevice] = []
         self.reported: list[GpuDevice] | None = None
         self._read = False  # whether a refresh has read the probe yet
+        # The assignment's answer at the last refresh; None: every device NVML sees.
+        self._wanted: tuple[str, ...] | None = None
+
+    @property
+    def has_read(self) -> bool:
+        """Whether the probe was read yet (the agent reads it for its hello)."""
+        return self._read
 
     async def refresh(self) -> list[GpuDevice]:
+        """Ask the assignment which devices are this server's, then read them (the
+        periodic refresh and a hello)."""
         # Asked outside the lock (the kubelet may be slow, and readings for loads wait on
         # the lock), of what NVML saw at the last reading.
-        wanted = None
         if self._assignment is not None:
-            wanted = await self._assignment.uuids(self._visible)
+            self._wanted = await self._assignment.uuids(self._visible)
+        return await self._read_devices()
+
+    async def reading(self) -> list[GpuDevice]:
+        """A fresh reading for a load or an unload to measure: NVML read again, of the
+        devices the assignment gave at the last refresh (a pod's devices do not change
+        while it runs, so a load waits on no kubelet). A replica with no device of its own
+        (NVML saw none, or the kubelet assigned none) has nothing to measure: no trip to the
+        worker thread, its latest (empty) reading; the periodic refresh still looks."""
+        if not self._read:
+            return await self.refresh()
+        nothing_here = not self._wanted if self._wanted is not None else not self._visible
+        if nothing_here:
+            return list(self.latest)
+        return await self._read_devices()
+
+    async def _read_devices(self) -> list[GpuDevice]:
         async with self._lock:
             devices = await asyncio.to_thread(self._probe.devices)
             self._read = True
             self._visible = [device.uuid for device in devices]
-            if wanted is not None:
-                devices = self._assigned(devices, wanted)
+            if self._wanted is not None:
+                devices = self._assigned(devices, self._wanted)
             self.latest = devices
             self._metrics.set_gpus(devices)
             return list(devices)
-
-    async def reading(self) -> list[GpuDevice]:
-        """A fresh reading for a load or an unload to measure. A replica whose NVML saw no
-        device at all (a CPU server) has nothing to measure: no trip to the worker thread,
-        its latest (empty) reading; the periodic refresh still looks."""
-        if self._read and not self._visible and self._assignment is None:
-            return list(self.latest)
-        return await self.refresh()
 
     def _assigned(self, devices: list[GpuDevice], wanted: tuple[str, ...]) -> list[GpuDevice]:
         """The devices of `wanted`: those NVML sees here, in NVML's order, then those it

@@ -116,7 +116,7 @@ class Agent:
     async def _after_change(self) -> None:
         """After a load or unload: send the fresh GPU reading, after the event, so that the
         scheduler replaces the footprint it charged with what NVML measures now."""
-        devices = await self.gpus.refresh()
+        devices = await self.gpus.reading()
         if devices and self.link.send_resource_update(devices):
             self.gpus.mark_reported(devices)
 

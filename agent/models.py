@@ -476,11 +476,17 @@ class ModelManager:
 
         self._say(logging.INFO, name, version, "loading")
         async with self._slots:
-            # Refuse before a long download; checked again, under the device locks, after it.
-            try:
-                await self._check_memory(request, current)
-            except Refused as refused:
-                return self._refused(request, refused)
+            # The devices a load tells apart (`_quiet`) are those of a reading: the
+            # hello's, or a first one here.
+            if not self.gpus.has_read:
+                await self.gpus.refresh()
+            # Refuse before a long download (a load that asks for no GPU memory is never
+            # refused); checked again, under the device locks, after it.
+            if request.device_uuids or request.gpu_memory_bytes > 0:
+                try:
+                    await self._check_memory(request, current)
+                except Refused as refused:
+                    return self._refused(request, refused)
             staged = await asyncio.to_thread(self.repository.new_staging_folder, name)
             try:
                 try:
@@ -983,7 +989,6 @@ class ModelManager:
                 exc,
                 extra=log_fields(model=name),
             )
-        self._forget(name)
-        await self.gpus.reading()
+        self._forget(name)  # the devices are read again once the event is sent
         self._say(logging.INFO, name, version, "unloaded")
         return ModelEvent(EventKind.UNLOADED, name, version, message)

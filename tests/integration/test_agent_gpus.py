@@ -27,6 +27,7 @@ from contract.spec_rules import requirement_problem
 from contract.wire import decode_agent_message, encode_agent_message
 from devharness import fake_nvml
 from devharness.fake_nvml import FakeGpu, FakeMig, FakeNvml, GiB
+from tests.support.probes import CountingProbe
 
 
 @pytest.fixture
@@ -359,16 +360,6 @@ async def test_the_hello_advertises_nothing_without_a_gpu(fake: FakeNvml) -> Non
     fake.write()
     hello = await _hello(AgentSettings(capabilities=["sklearn"], gpu_capabilities=True))
     assert hello.capabilities == {"sklearn"}
-
-
-class CountingProbe(NvmlGpuProbe):
-    def __init__(self) -> None:
-        super().__init__()
-        self.reads = 0
-
-    def devices(self) -> list[GpuDevice]:
-        self.reads += 1
-        return super().devices()
 
 
 async def test_a_load_on_a_replica_without_gpus_reads_no_device_again(fake: FakeNvml) -> None:

@@ -28,6 +28,7 @@ from contract.protocol import GpuDevice
 from devharness.fake_nvml import FakeGpu, FakeMig, FakeNvml, GiB
 from placement import Replica, Request, first_failure
 from protos import podresources_pb2, podresources_pb2_grpc
+from tests.support.probes import CountingProbe
 
 POD, NAMESPACE, CONTAINER = "mlserver-gpu-0", "seldon-mesh", "mlserver"
 FOUR = [
@@ -169,6 +170,48 @@ async def test_a_changed_assignment_is_picked_up_and_reported(
     finally:
         gpus.close()
     assert sent == [["GPU-0000", "GPU-1111"]]
+
+
+async def test_a_loads_readings_ask_nvml_again_but_not_the_kubelet(
+    four: FakeNvml, kubelet: tuple[FakeKubelet, str]
+) -> None:
+    """A load's before and after readings keep the assignment of the last refresh (a pod's
+    devices do not change while it runs): no kubelet round trip in a load's path."""
+    fake, socket_path = kubelet
+    fake.pods[(NAMESPACE, POD)] = {"mlserver": ["GPU-1111"]}
+    gpus = monitor(socket_path)
+    try:
+        await gpus.refresh()
+        four.gpus[1] = FakeGpu("GPU-1111", 80 * GiB, 50 * GiB)
+        four.write()
+        reading = await gpus.reading()
+        assert fake.calls == ["Get"]
+        assert [(d.uuid, d.free_bytes) for d in reading] == [("GPU-1111", 50 * GiB)]
+        await gpus.refresh()  # the periodic refresh asks again
+        assert fake.calls == ["Get", "Get"]
+    finally:
+        gpus.close()
+
+
+async def test_a_pod_assigned_no_gpu_reads_nvml_for_no_load(
+    four: FakeNvml, kubelet: tuple[FakeKubelet, str]
+) -> None:
+    """NVML sees the node's devices, the kubelet gave this container none: a load has
+    nothing of its own to measure."""
+    fake, socket_path = kubelet
+    fake.pods[(NAMESPACE, POD)] = {"mlserver": []}
+    probe = CountingProbe()
+    gpus = GpuMonitor(
+        probe,
+        AgentMetrics(CollectorRegistry()),
+        GiB,
+        KubeletGpus(socket_path, POD, NAMESPACE, CONTAINER, "mlserver-gpu-0"),
+    )
+    try:
+        assert await gpus.refresh() == []
+        assert await gpus.reading() == [] and probe.reads == 1
+    finally:
+        gpus.close()
 
 
 async def test_a_kubelet_without_get_is_asked_with_list(

@@ -35,8 +35,10 @@ HUGGINGFACE = {"implementation": "mlserver_huggingface.HuggingFaceRuntime", "tas
 class FakeProbe:
     def __init__(self, *devices: GpuDevice) -> None:
         self.by_uuid = {device.uuid: device for device in devices}
+        self.reads = 0
 
     def devices(self) -> list[GpuDevice]:
+        self.reads += 1
         return list(self.by_uuid.values())
 
     def take(self, uuid: str, nbytes: int) -> None:
@@ -248,6 +250,21 @@ async def test_a_model_that_declares_no_gpu_memory_but_takes_some_reports_it(
     h.inference.on_load = lambda name: h.probe.take("GPU-a", 16 * 2**20)
     small = await h.manager.load(load(h, "tiny"))
     assert small.footprint_bytes == {}
+
+
+async def test_the_devices_are_read_where_a_load_or_unload_needs_them(tmp_path: Path) -> None:
+    """A GPU load is checked before its fetch, then measured before and after the server's
+    load. A load that asks for no GPU memory cannot be refused: it is only measured (for
+    what it takes anyway). An unload's reading follows its event (`after_change`)."""
+    h = make(tmp_path, gpu("GPU-a", 80))
+    await h.manager.gpus.refresh()  # the agent's hello reads them
+    reads = h.probe.reads
+    await h.manager.load(load(h, "gpu-model", gpu_memory_bytes=GiB))
+    assert h.probe.reads - reads == 3
+    await h.manager.load(load(h, "cpu-model"))
+    assert h.probe.reads - reads == 5
+    assert (await h.manager.unload(Unload("cpu-model", 1))).kind is EventKind.UNLOADED
+    assert h.probe.reads - reads == 5
 
 
 @pytest.mark.parametrize("first", ["llm", "small"])
