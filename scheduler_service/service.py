@@ -509,6 +509,8 @@ class SchedulerService:
         call answered at once its request saved."""
         if self._intake:
             self._commit(self._clock.now(), lambda: [])
+            if self._outbox:  # a pass sends them (`reconcile` sends its own at its end)
+                self._kick.set()
 
     def _apply_event(
         self, session: AgentSession, event: ModelEvent, now: float, work: _Work
@@ -773,8 +775,6 @@ class SchedulerService:
         for record in to_show.values():
             if record.name not in self._dirty:  # its pass is still to come: shown after it
                 self._publish(record)
-        if self._outbox:
-            self._kick.set()
         if work.freed:
             self._cluster_changed()
         for record, session, outcome, current in work.reported:
