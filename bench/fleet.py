@@ -206,9 +206,7 @@ def machine() -> dict[str, object]:
     }
 
 
-def arguments(
-    doc: str | None, name: str, quick: str, argv: Sequence[str] | None
-) -> argparse.Namespace:
+def options(doc: str | None, name: str, quick: str) -> argparse.ArgumentParser:
     """A benchmark's options: `--quick` (what it shrinks to) and `--out` (its JSON file)."""
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0] if doc else None)
     parser.add_argument("--quick", action="store_true", help=quick)
@@ -218,7 +216,14 @@ def arguments(
         default=ROOT / "bench" / "results" / f"{name}.json",
         help=f"JSON results file (default: bench/results/{name}.json)",
     )
-    return parser.parse_args(argv)
+    return parser
+
+
+def arguments(
+    doc: str | None, name: str, quick: str, argv: Sequence[str] | None
+) -> argparse.Namespace:
+    """Parse a benchmark's `options`."""
+    return options(doc, name, quick).parse_args(argv)
 
 
 def report(

@@ -13,9 +13,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run(script: str, out: Path) -> dict[str, object]:
+def run(script: str, out: Path, *flags: str) -> dict[str, object]:
     done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / script), "--quick", "--out", str(out)],
+        [sys.executable, str(ROOT / "bench" / script), "--quick", "--out", str(out), *flags],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -52,3 +52,20 @@ def test_quick(script: str, keys: set[str], tmp_path: Path) -> None:
     assert isinstance(rows, list) and rows
     for row in rows:
         assert keys <= set(row), (script, row)
+
+
+def test_overhead_trace_quick(tmp_path: Path) -> None:
+    """`--trace`: the scheduler and the agent both timed their steps, in a cycle's order."""
+    trace = run("mlserver_overhead.py", tmp_path / "out.json", "--trace")["trace"]
+    assert isinstance(trace, list)
+    steps = [row["step"] for row in trace]
+    for step in (
+        "scheduler: ClientServicer.LoadModel",
+        "agent: ModelManager._load",
+        "agent: MLServerClient.load",
+        "client: gone seen",
+    ):
+        assert step in steps, steps
+    assert steps.index("scheduler: ClientServicer.LoadModel") < steps.index(
+        "agent: MLServerClient.load"
+    )
