@@ -732,11 +732,6 @@ class SchedulerService:
         self._finish_drains(now)
         self._cluster.forget_gone(now, self._settings.disconnect_grace_s)
         self._flush()
-        # What the pass marked (its models, their timers, a retry) is in `_dirty` and the
-        # timers, which the loop reads before it waits: a kick it set would only wake the
-        # loop for an empty pass after every change.
-        if not self._intake:
-            self._kick.clear()
         return bool(rest)
 
     def _commit(self, now: float, chosen: Callable[[], list[str]]) -> None:

@@ -175,34 +175,6 @@ def test_an_idle_pass_sends_nothing_again(h: Harness) -> None:
     assert len(agent.sent) == count
 
 
-async def test_the_loop_passes_once_per_change(h: Harness) -> None:
-    """A pass marks what it changed (and would wake the loop again); what is left to do is in
-    the marks and timers the loop reads before it waits, so a load and its LOADED cost one
-    pass each, with no empty pass after either."""
-    agent = h.connect("mlserver")
-    passes: list[bool] = []
-    reconcile = h.service.reconcile
-
-    def counted(budget: int | None = None) -> bool:
-        passes.append(reconcile(budget))
-        return passes[-1]
-
-    h.service.reconcile = counted  # type: ignore[method-assign]
-    loop = asyncio.create_task(h.service.run())
-    try:
-        await h.service.request_load(validate_spec("iris"))
-        assert agent.loads() == [("iris", 1)]
-        h.service.on_event(agent.session, ModelEvent(EventKind.LOADED, "iris", 1))
-        for _ in range(50):  # the loop's turns, far more than two passes take
-            await asyncio.sleep(0)
-        assert h.state("iris")[0] is ModelState.AVAILABLE
-        assert passes == [False, False]
-    finally:
-        loop.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await loop
-
-
 def test_a_load_that_outlives_a_disconnect_is_kept_not_leaked(h: Harness) -> None:
     first = h.connect("a")
     h.load("iris")
