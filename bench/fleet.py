@@ -136,8 +136,8 @@ async def until(done: object, timeout_s: float, what: str, watching: Watch | Non
     return time.perf_counter() - started
 
 
-def client_channel(scheduler: SchedulerProcess) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(scheduler.client_address, options=CHANNEL_OPTIONS)
+def client_channel(address: str) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
 
 
 @dataclass

@@ -80,7 +80,7 @@ async def run_case(case: str, work: Path, count: int, models: int, refused: int)
         work, log_level="INFO", disconnect_grace_s=GRACE_S, watch_queue_size=1_000_000
     ).start()
     fleet = agents(scheduler.agent_address, count)
-    channel = client_channel(scheduler)
+    channel = client_channel(scheduler.client_address)
     try:
         started = time.perf_counter()
         await connect_all(fleet)

@@ -45,6 +45,7 @@ def test_placement_quick(tmp_path: Path) -> None:
         ("restart.py", {"case", "agents", "settled_s", "reloads"}),
         ("agent_footprint.py", {"rss_mean_mb", "peak_rss_mb", "cpu_percent"}),
         ("mlserver_overhead.py", {"path", "load_ms", "unload_ms", "cycle_ms"}),
+        ("grpc_floor.py", {"server", "models_per_s", "server_cpu_ms_per_model", "bench_cpu_s"}),
     ],
 )
 def test_quick(script: str, keys: set[str], tmp_path: Path) -> None:
