@@ -126,7 +126,7 @@ async def _get(
 
 
 class KubeletGpus:
-    """The inference container's GPUs, asked of the kubelet at every GPU refresh.
+    """The inference container's GPUs, asked of the kubelet at every periodic GPU refresh.
 
     `uuids()`: the assigned UUIDs; () when the kubelet does not list this pod or container,
     or does not answer (no GPU is reported, CPU models are still served); None (every
