@@ -32,12 +32,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import grpc
-from fanin import Row, measure
-from fleet import machine, options, report, scheduler_pid, table
+from fanin import Row, measure, run_once
+from fleet import machine, options, report, table
 
 from contract.protocol import EventKind, Hello, Load, ModelEvent, Welcome
 from contract.wire import decode_agent_message, encode_command
-from devharness.scheduler import SchedulerProcess
 from protos import (
     agent_pb2,
     agent_pb2_grpc,
@@ -171,28 +170,6 @@ async def against_floor(count: int, models: int) -> FloorRow:
         await process.wait()
 
 
-async def against_scheduler(work: Path, count: int, models: int) -> FloorRow:
-    # As bench/fanin.py starts it.
-    scheduler = SchedulerProcess(
-        work,
-        log_level="INFO",
-        disconnect_grace_s=60,
-        load_timeout_s=120,
-        watch_queue_size=1_000_000,
-    ).start()
-    try:
-        result = await measure(
-            scheduler.client_address,
-            scheduler.agent_address,
-            scheduler_pid(scheduler),
-            count,
-            models,
-        )
-        return row("scheduler", result)
-    finally:
-        scheduler.stop()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = options(__doc__, "grpc_floor", "100 agents and 1,000 models")
     parser.add_argument("--serve", action="store_true", help="be the floor server (internal)")
@@ -204,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     info, wall = machine(), time.perf_counter()
     rows = [asyncio.run(against_floor(count, models))]
     with tempfile.TemporaryDirectory(prefix="gpuplace-floor-") as work:
-        rows.append(asyncio.run(against_scheduler(Path(work), count, models)))
+        rows.append(row("scheduler", asyncio.run(run_once(Path(work), count, models))))
     print(
         table(
             (
