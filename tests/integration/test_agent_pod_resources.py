@@ -3,6 +3,7 @@ socket in a temp dir, gpuplace's own proto) and the fake NVML library with four 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from agent.gpu_monitor import GpuMonitor
 from agent.gpus import NvmlGpuProbe
+from agent.main import Agent
 from agent.metrics import AgentMetrics
 from agent.pod_resources import (
     Assigned,
@@ -24,10 +26,11 @@ from agent.pod_resources import (
     NotListed,
     assigned_gpus,
 )
+from agent.settings import AgentSettings
 from contract.protocol import GpuDevice
 from devharness.fake_nvml import FakeGpu, FakeMig, FakeNvml, GiB
 from placement import Replica, Request, first_failure
-from protos import podresources_pb2, podresources_pb2_grpc
+from protos import agent_pb2, podresources_pb2, podresources_pb2_grpc
 from tests.support.probes import CountingProbe
 
 POD, NAMESPACE, CONTAINER = "mlserver-gpu-0", "seldon-mesh", "mlserver"
@@ -191,6 +194,40 @@ async def test_a_loads_readings_ask_nvml_again_but_not_the_kubelet(
         assert fake.calls == ["Get", "Get"]
     finally:
         gpus.close()
+
+
+async def test_the_update_after_a_change_asks_no_kubelet(
+    four: FakeNvml, kubelet: tuple[FakeKubelet, str], tmp_path: Path
+) -> None:
+    """After each load and unload the agent sends a fresh NVML reading of the devices the
+    last refresh was assigned: a change waits on no kubelet."""
+    fake, socket_path = kubelet
+    fake.pods[(NAMESPACE, POD)] = {"mlserver": ["GPU-1111"]}
+    agent = Agent(
+        AgentSettings(
+            pod_name=POD,
+            pod_namespace=NAMESPACE,
+            pod_resources_socket=socket_path,
+            capabilities=["sklearn"],
+            memory_bytes=8 * GiB,
+            model_repository=tmp_path / "models",
+        )
+    )
+    sent: asyncio.Queue[agent_pb2.AgentMessage | None] = asyncio.Queue()
+    agent.outbox.attach(sent)
+    try:
+        agent.gpus.mark_reported(await agent.gpus.refresh())  # the hello's reading
+        four.gpus[1] = FakeGpu("GPU-1111", 80 * GiB, 40 * GiB)
+        four.write()
+        assert agent.manager.after_change is not None
+        await agent.manager.after_change()
+    finally:
+        agent.gpus.close()
+    message = sent.get_nowait()
+    assert message is not None and message.WhichOneof("message") == "resources"
+    (device,) = message.resources.devices
+    assert (device.uuid, device.free_bytes) == ("GPU-1111", 40 * GiB)
+    assert fake.calls == ["Get"]
 
 
 async def test_a_pod_assigned_no_gpu_reads_nvml_for_no_load(

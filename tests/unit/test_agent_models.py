@@ -263,8 +263,10 @@ async def test_the_devices_are_read_where_a_load_or_unload_needs_them(tmp_path: 
     assert h.probe.reads - reads == 3
     await h.manager.load(load(h, "cpu-model"))
     assert h.probe.reads - reads == 5
+    changes = len(h.changes)
     assert (await h.manager.unload(Unload("cpu-model", 1))).kind is EventKind.UNLOADED
     assert h.probe.reads - reads == 5
+    assert len(h.changes) == changes + 1  # the agent's reading after the event
 
 
 @pytest.mark.parametrize("first", ["llm", "small"])
