@@ -508,9 +508,9 @@ class SchedulerService:
         drain or a measurement of the same agent must find its earlier news applied, and a
         call answered at once its request saved."""
         if self._intake:
+            # Commands it queues wait for the next pass: the kick the intake set is still
+            # set (the loop clears it only right before a pass).
             self._commit(self._clock.now(), lambda: [])
-            if self._outbox:  # a pass sends them (`reconcile` sends its own at its end)
-                self._kick.set()
 
     def _apply_event(
         self, session: AgentSession, event: ModelEvent, now: float, work: _Work
@@ -689,10 +689,11 @@ class SchedulerService:
                 self._metrics.loop_errors.inc()
                 await asyncio.sleep(_IDLE_WAKE_S)
                 continue
-            # A pass that changed anything marked it, which set the kick: the loop goes
-            # straight back to gathering, and the next pass takes what came meanwhile (or
-            # finds nothing, for 0.01 ms). Only after a pass that found nothing does it wait
-            # here, so the pacing's waiting time is idle time, not gRPC's handlers running.
+            # A pass that took requests or events marked their models, which set the kick:
+            # the loop goes straight back to gathering, and the next pass takes what came
+            # meanwhile (or finds nothing, for 0.01 ms). So in a flood the loop does not wait
+            # here, and the pacing counts as waiting only the time after passes that took no
+            # news (timers, retries, drains, or nothing), not gRPC's handlers running.
             idle_from = time.monotonic()
             wake = self._next_timer() - self._clock.now()
             if wake > 0:
