@@ -126,7 +126,8 @@ async def _get(
 
 
 class KubeletGpus:
-    """The inference container's GPUs, asked of the kubelet at every periodic GPU refresh.
+    """The inference container's GPUs, asked of the kubelet at the hello and every periodic
+    GPU refresh (a load's readings keep the last answer).
 
     `uuids()`: the assigned UUIDs; () when the kubelet does not list this pod or container,
     or does not answer (no GPU is reported, CPU models are still served); None (every
