@@ -160,14 +160,22 @@ async def against_floor(count: int, models: int) -> FloorRow:
     )
     try:
         assert process.stdout is not None
-        client_port, agent_port = (await process.stdout.readline()).decode().split()
+        ports = (await asyncio.wait_for(process.stdout.readline(), 30)).decode().split()
+        if len(ports) != 2:
+            raise RuntimeError(f"the floor server did not start (exit code {process.returncode})")
+        client_port, agent_port = ports
         result = await measure(
             f"127.0.0.1:{client_port}", f"127.0.0.1:{agent_port}", process.pid, count, models
         )
         return row("floor", result)
     finally:
-        process.terminate()
-        await process.wait()
+        if process.returncode is None:
+            process.terminate()
+            try:
+                await asyncio.wait_for(process.wait(), 10)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
 
 
 def main(argv: list[str] | None = None) -> int:
