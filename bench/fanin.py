@@ -16,7 +16,7 @@ scheduler's peak resident memory. `--quick`: N = 10 and 100, M = 1,000.
 from __future__ import annotations
 
 import asyncio
-import resource
+import os
 import statistics
 import sys
 import tempfile
@@ -46,12 +46,6 @@ from fleet import (
 
 from devharness.scheduler import SchedulerProcess
 from protos import scheduler_pb2_grpc
-
-
-def bench_cpu_s() -> float:
-    """This process's CPU seconds (user + system)."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 @dataclass
@@ -104,7 +98,7 @@ async def measure(
         stub = scheduler_pb2_grpc.SchedulerStub(channel)
         seen = await watch(stub)
         specs = [model_spec(number) for number in range(models)]
-        before, bench_before = ProcessUsage.of(pid), bench_cpu_s()
+        before, bench_before = ProcessUsage.of(pid), ProcessUsage.of(os.getpid())
         started = time.perf_counter()
         returned = await load_all(stub, specs, concurrency=64)
         load_calls_s = time.perf_counter() - started
@@ -115,7 +109,7 @@ async def measure(
             watching=seen,
         )
         to_available = time.perf_counter() - started
-        bench_loading_cpu_s = bench_cpu_s() - bench_before
+        bench_loading_cpu_s = ProcessUsage.of(os.getpid()).cpu_s - bench_before.cpu_s
         latencies = [(seen.available_at[name] - returned[name]) * 1e3 for name in returned]
         usage = ProcessUsage.of(pid)
         if seen.task is not None:
